@@ -1,0 +1,161 @@
+//! A hostile fanout function for tests: each input file under /in holds one command, and
+//! the guest does what it says. Commands that probe the sandbox exit 0 and write what they
+//! found into /out only when they broke out, so a leak shows up as a *successful* shard
+//! (and a test that expects failure catches it).
+//!
+//! Commands: ok | trap | exit N | loop | sleep | alloc | passwd | dotdot | env NAME |
+//! symlink | flaky | files N | bytes N | stdout N | stderr N | stdin
+
+use std::io::{Read, Write};
+use std::process::exit;
+
+fn leak(name: &str, what: &[u8]) -> ! {
+    std::fs::write(format!("/out/{name}"), what).expect("write the leak");
+    exit(0)
+}
+
+fn run(command: &str, argument: &str, name: &str) {
+    match command {
+        "ok" => {
+            eprintln!("ok: {name}");
+            std::fs::write(format!("/out/{name}.ok"), b"fine\n").expect("write /out");
+        }
+        "trap" => {
+            #[cfg(target_arch = "wasm32")]
+            core::arch::wasm32::unreachable();
+            #[cfg(not(target_arch = "wasm32"))]
+            std::process::abort();
+        }
+        "exit" => exit(argument.parse().unwrap_or(3)),
+        "loop" => {
+            let mut x: u64 = 0;
+            loop {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+        }
+        "sleep" => std::thread::sleep(std::time::Duration::from_secs(3600)),
+        "alloc" => {
+            // 64 MiB at a time, touched, up to 4 GiB: the memory cap must stop it.
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            for _ in 0..64 {
+                hoard.push(vec![1u8; 64 << 20]);
+            }
+            eprintln!("allocated {} MiB", hoard.len() * 64);
+        }
+        "passwd" => {
+            for path in ["/etc/passwd", "/proc/self/environ", "/root/.aws/credentials"] {
+                match std::fs::read(path) {
+                    Ok(bytes) => leak("passwd-leak", &bytes),
+                    Err(e) => eprintln!("denied {path}: {e}"),
+                }
+            }
+            exit(42)
+        }
+        "dotdot" => {
+            for path in ["/in/../../etc/passwd", "../etc/passwd", "/out/../../etc/passwd", "/in/../../../../../../etc/passwd"] {
+                match std::fs::read(path) {
+                    Ok(bytes) => leak("dotdot-leak", &bytes),
+                    Err(e) => eprintln!("denied {path}: {e}"),
+                }
+            }
+            match std::fs::read_dir("/") {
+                Ok(entries) => {
+                    let names: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+                    if names.iter().any(|n| n == "etc" || n == "root" || n == "proc") {
+                        leak("root-listing", names.join("\n").as_bytes());
+                    }
+                    eprintln!("/ shows {names:?}");
+                }
+                Err(e) => eprintln!("denied listing /: {e}"),
+            }
+            exit(43)
+        }
+        "env" => {
+            let all: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
+            eprintln!("environment: {}", all.join(" "));
+            if let Ok(value) = std::env::var(argument) {
+                leak("env-leak", value.as_bytes());
+            }
+            exit(44)
+        }
+        "symlink" => {
+            match std::os::wasi::fs::symlink_path("/etc/passwd", "/out/link") {
+                Ok(()) => eprintln!("planted /out/link -> /etc/passwd"),
+                Err(e) => eprintln!("symlink to /etc/passwd refused: {e}"),
+            }
+            match std::os::wasi::fs::symlink_path("../in", "/out/escape") {
+                Ok(()) => eprintln!("planted /out/escape -> ../in"),
+                Err(e) => eprintln!("relative symlink refused: {e}"),
+            }
+            std::fs::write("/out/fine.txt", b"a real output beside the links\n").expect("write /out");
+        }
+        "flaky" => {
+            let attempt = std::env::var("FANOUT_ATTEMPT").unwrap_or_default();
+            if attempt == "1" {
+                eprintln!("flaky: failing attempt {attempt}");
+                exit(1);
+            }
+            std::fs::write(format!("/out/{name}.ok"), format!("passed on attempt {attempt}\n")).expect("write /out");
+        }
+        "files" => {
+            for i in 0..argument.parse::<u32>().unwrap_or(10_000) {
+                std::fs::write(format!("/out/f{i:05}"), b"x").expect("write /out");
+            }
+        }
+        "bytes" => {
+            let total: u64 = argument.parse().unwrap_or(1 << 20);
+            let mut file = std::fs::File::create("/out/big").expect("create /out/big");
+            let block = vec![7u8; 1 << 20];
+            let mut written = 0;
+            while written < total {
+                let n = block.len().min((total - written) as usize);
+                file.write_all(&block[..n]).expect("write /out/big");
+                written += n as u64;
+            }
+        }
+        "stdout" => {
+            let total: u64 = argument.parse().unwrap_or(1 << 20);
+            let block = vec![b'o'; 1 << 16];
+            let mut out = std::io::stdout().lock();
+            let mut written = 0;
+            while written < total {
+                if out.write_all(&block).is_err() {
+                    exit(5);
+                }
+                written += block.len() as u64;
+            }
+        }
+        "stderr" => {
+            let total: u64 = argument.parse().unwrap_or(1 << 20);
+            let block = vec![b'e'; 1 << 16];
+            let mut err = std::io::stderr().lock();
+            let mut written = 0;
+            while written < total {
+                let _ = err.write_all(&block);
+                written += block.len() as u64;
+            }
+        }
+        "stdin" => {
+            let mut data = Vec::new();
+            std::io::stdin().read_to_end(&mut data).expect("read stdin");
+            std::fs::write(format!("/out/{name}.stdin"), &data).expect("write /out");
+        }
+        other => {
+            eprintln!("misbehave: unknown command {other:?}");
+            exit(99)
+        }
+    }
+}
+
+fn main() {
+    let mut entries: Vec<_> = std::fs::read_dir("/in").expect("read /in").flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(entry.path()).expect("read the command");
+        let mut words = text.split_whitespace();
+        let command = words.next().unwrap_or("ok");
+        let argument = words.next().unwrap_or("");
+        run(command, argument, &name);
+    }
+}

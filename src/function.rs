@@ -1,0 +1,134 @@
+//! Finding the function's bytes: a `.wasm` file, an `s3://` object, or a Rust crate folder
+//! (such as `examples/thumbnail`) that is built for `wasm32-wasip1` with cargo when its
+//! `.wasm` is missing or stale. Owns that resolution and its errors; compiling the bytes is
+//! `runtime`'s business.
+
+use crate::location::Location;
+use crate::storage::{self, StorageError, StorageOptions};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// The target example crates are built for.
+pub const CRATE_TARGET: &str = "wasm32-wasip1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum FunctionError {
+    #[error("function.wasm: {0} does not exist")]
+    Missing(String),
+    #[error("function.wasm: {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("function.wasm: {0} is not WebAssembly (a .wasm module or component, or a crate folder with Cargo.toml)")]
+    NotWasm(String),
+    #[error("function.wasm: {crate_dir}: cannot run cargo to build it: {source}")]
+    NoCargo { crate_dir: String, source: std::io::Error },
+    #[error("function.wasm: building {crate_dir} for {CRATE_TARGET} failed{hint}")]
+    Build { crate_dir: String, hint: String },
+    #[error("function.wasm: {0}")]
+    Storage(#[from] StorageError),
+}
+
+/// The function's bytes and a name for messages.
+pub struct FunctionBytes {
+    pub name: String,
+    pub bytes: Vec<u8>,
+    /// Set when the function was built from a crate (the .wasm cargo produced).
+    pub built: Option<PathBuf>,
+}
+
+/// Resolves `function.wasm`. `quiet` hides cargo's progress (errors are still shown).
+pub async fn load(location: &Location, options: &StorageOptions, quiet: bool) -> Result<FunctionBytes, FunctionError> {
+    match location {
+        Location::Local(path) => {
+            if path.is_dir() {
+                if path.join("Cargo.toml").is_file() {
+                    let path = path.clone();
+                    let wasm = tokio::task::spawn_blocking(move || build_crate(&path, quiet))
+                        .await
+                        .expect("the build task does not panic")?;
+                    let bytes = std::fs::read(&wasm)
+                        .map_err(|source| FunctionError::Read { path: wasm.display().to_string(), source })?;
+                    return checked(location.to_string(), bytes, Some(wasm));
+                }
+                return Err(FunctionError::NotWasm(path.display().to_string()));
+            }
+            match tokio::fs::read(path).await {
+                Ok(bytes) => checked(path.display().to_string(), bytes, None),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(FunctionError::Missing(path.display().to_string())),
+                Err(source) => Err(FunctionError::Read { path: path.display().to_string(), source }),
+            }
+        }
+        Location::S3 { bucket, prefix } => {
+            let (parent, key) = match prefix.rsplit_once('/') {
+                Some((parent, key)) => (format!("{parent}/"), key.to_string()),
+                None => (String::new(), prefix.clone()),
+            };
+            let storage = storage::open(&Location::S3 { bucket: bucket.clone(), prefix: parent }, options).await?;
+            match storage.get(&key).await {
+                Ok(bytes) => checked(location.to_string(), bytes.to_vec(), None),
+                Err(e) if e.is_not_found() => Err(FunctionError::Missing(location.to_string())),
+                Err(e) => Err(e.into()),
+            }
+        }
+    }
+}
+
+fn checked(name: String, bytes: Vec<u8>, built: Option<PathBuf>) -> Result<FunctionBytes, FunctionError> {
+    if !crate::runtime::looks_like_wasm(&bytes) {
+        return Err(FunctionError::NotWasm(name));
+    }
+    Ok(FunctionBytes { name, bytes, built })
+}
+
+/// Runs `cargo build --release --target wasm32-wasip1` in the crate and returns the path of
+/// the .wasm it produced (cargo decides whether anything is stale).
+pub fn build_crate(crate_dir: &Path, quiet: bool) -> Result<PathBuf, FunctionError> {
+    let shown = crate_dir.display().to_string();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        .arg("build")
+        .arg("--release")
+        .arg("--target")
+        .arg(CRATE_TARGET)
+        .arg("--message-format=json-render-diagnostics")
+        .arg("--manifest-path")
+        .arg(crate_dir.join("Cargo.toml"))
+        // From the crate's own folder, so that its .cargo/config.toml (target, flags) applies.
+        .current_dir(crate_dir)
+        .stdout(Stdio::piped())
+        .stderr(if quiet { Stdio::piped() } else { Stdio::inherit() });
+    // Builds of the function must not inherit a host build's target-specific settings.
+    command.env_remove("CARGO_BUILD_TARGET").env_remove("RUSTFLAGS");
+    let output = command.output().map_err(|source| FunctionError::NoCargo { crate_dir: shown.clone(), source })?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let hint = if stderr.contains("target may not be installed") || stdout.contains("target may not be installed") {
+            format!(": the {CRATE_TARGET} target is missing; run `rustup target add {CRATE_TARGET}`")
+        } else if quiet && !stderr.trim().is_empty() {
+            format!(":\n{}", stderr.trim_end())
+        } else {
+            " (see cargo's messages above)".to_string()
+        };
+        return Err(FunctionError::Build { crate_dir: shown, hint });
+    }
+    let mut wasm = None;
+    for line in stdout.lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        if message["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let is_bin = message["target"]["kind"].as_array().is_some_and(|kinds| kinds.iter().any(|k| k == "bin"));
+        if !is_bin {
+            continue;
+        }
+        if let Some(files) = message["filenames"].as_array() {
+            for file in files.iter().filter_map(|f| f.as_str()) {
+                if file.ends_with(".wasm") {
+                    wasm = Some(PathBuf::from(file));
+                }
+            }
+        }
+    }
+    wasm.ok_or_else(|| FunctionError::Build { crate_dir: shown, hint: ": cargo produced no .wasm binary (is it a bin crate?)".into() })
+}

@@ -1,0 +1,166 @@
+//! Where data lives: `s3://bucket/prefix/`, `file:///abs/path/` or a plain path. Owns the
+//! parsing and printing of those addresses; it opens nothing (see `storage::open`).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// A folder-like place: a local directory or an S3 bucket and key prefix.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Location {
+    /// An absolute local path (a directory, or one file for single-object sources).
+    Local(PathBuf),
+    /// A bucket and a key prefix; the prefix is empty or ends in `/`, unless it names one object.
+    S3 { bucket: String, prefix: String },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum LocationError {
+    #[error("\"{0}\": unknown URL scheme \"{1}\" (use s3://bucket/prefix/, file:///abs/path/ or a plain path)")]
+    UnknownScheme(String, String),
+    #[error("\"{0}\": an s3:// URL needs a bucket name (s3://bucket/prefix/)")]
+    NoBucket(String),
+    #[error("\"{0}\": a file:// URL needs an absolute path (file:///abs/path/)")]
+    RelativeFileUrl(String),
+    #[error("an empty string is not a location")]
+    Empty,
+}
+
+impl Location {
+    /// Parses a location; relative plain paths are taken from the current directory.
+    pub fn parse(text: &str) -> Result<Self, LocationError> {
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+        Self::parse_relative_to(text, &cwd)
+    }
+
+    pub fn parse_relative_to(text: &str, base: &Path) -> Result<Self, LocationError> {
+        if text.is_empty() {
+            return Err(LocationError::Empty);
+        }
+        if let Some(rest) = text.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(LocationError::NoBucket(text.to_string()));
+            }
+            return Ok(Location::S3 { bucket: bucket.to_string(), prefix: prefix.to_string() });
+        }
+        if let Some(rest) = text.strip_prefix("file://") {
+            if !rest.starts_with('/') {
+                return Err(LocationError::RelativeFileUrl(text.to_string()));
+            }
+            return Ok(Location::Local(normalize(Path::new(rest))));
+        }
+        if let Some((scheme, _)) = text.split_once("://") {
+            if !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)) {
+                return Err(LocationError::UnknownScheme(text.to_string(), scheme.to_string()));
+            }
+        }
+        Ok(Location::Local(normalize(&base.join(text))))
+    }
+
+    /// The location of `key` below this one (a folder-like join with `/`).
+    pub fn join(&self, key: &str) -> Location {
+        match self {
+            Location::Local(path) => Location::Local(path.join(key)),
+            Location::S3 { bucket, prefix } => {
+                let mut joined = prefix.clone();
+                if !joined.is_empty() && !joined.ends_with('/') {
+                    joined.push('/');
+                }
+                joined.push_str(key);
+                Location::S3 { bucket: bucket.clone(), prefix: joined }
+            }
+        }
+    }
+
+    /// True when `other` is this location or lies inside it.
+    pub fn contains(&self, other: &Location) -> bool {
+        match (self, other) {
+            (Location::Local(a), Location::Local(b)) => b.starts_with(a),
+            (Location::S3 { bucket: ba, prefix: pa }, Location::S3 { bucket: bb, prefix: pb }) => {
+                let folder = if pa.is_empty() || pa.ends_with('/') { pa.clone() } else { format!("{pa}/") };
+                ba == bb && (pb == pa || pb.starts_with(&folder))
+            }
+            _ => false,
+        }
+    }
+
+    pub fn is_s3(&self) -> bool {
+        matches!(self, Location::S3 { .. })
+    }
+}
+
+/// Removes `.` and resolves `..` lexically, so that `DEST inside the input` checks and
+/// the names printed to users are stable without touching the file system.
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Location::Local(path) => write!(f, "{}", path.display()),
+            Location::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+        }
+    }
+}
+
+impl TryFrom<String> for Location {
+    type Error = LocationError;
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        Location::parse(&text)
+    }
+}
+
+impl From<Location> for String {
+    fn from(location: Location) -> String {
+        location.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_three_forms() {
+        let base = Path::new("/work");
+        assert_eq!(
+            Location::parse_relative_to("s3://photos/raw/", base).unwrap(),
+            Location::S3 { bucket: "photos".into(), prefix: "raw/".into() }
+        );
+        assert_eq!(
+            Location::parse_relative_to("file:///data/in/", base).unwrap(),
+            Location::Local("/data/in".into())
+        );
+        assert_eq!(Location::parse_relative_to("out/../x", base).unwrap(), Location::Local("/work/x".into()));
+        assert!(matches!(
+            Location::parse_relative_to("http://host/x", base),
+            Err(LocationError::UnknownScheme(_, s)) if s == "http"
+        ));
+        assert!(matches!(Location::parse_relative_to("s3:///x", base), Err(LocationError::NoBucket(_))));
+        assert!(matches!(Location::parse_relative_to("file://rel", base), Err(LocationError::RelativeFileUrl(_))));
+    }
+
+    #[test]
+    fn containment() {
+        let base = Path::new("/");
+        let input = Location::parse_relative_to("/data", base).unwrap();
+        assert!(input.contains(&Location::parse_relative_to("/data/out", base).unwrap()));
+        assert!(!input.contains(&Location::parse_relative_to("/data2", base).unwrap()));
+        let s3 = Location::parse_relative_to("s3://b/raw", base).unwrap();
+        assert!(s3.contains(&Location::parse_relative_to("s3://b/raw/out/", base).unwrap()));
+        assert!(!s3.contains(&Location::parse_relative_to("s3://b/rawer/", base).unwrap()));
+    }
+}

@@ -1,0 +1,495 @@
+//! Planning: a source listing becomes a stream of shards. Owns the include globs, the shard
+//! rules (per object, N objects, N bytes, N rows, byte chunks) and the shard's identity
+//! (its number and fingerprint). Streamed: shards leave as the listing arrives, so a
+//! million objects are never in memory at once. It reads the source (listings, and for
+//! record rules the bytes needed to find record ends) and writes nothing.
+
+use crate::job::{Job, ShardRule};
+use crate::location::Location;
+use crate::storage::{self, DynStorage, ObjectMeta, StorageError, StorageOptions};
+use futures::StreamExt;
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+/// Bytes read at a time while scanning an object for record ends.
+const SCAN_BLOCK: u64 = 8 << 20;
+
+/// One unit of work: one invocation's input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Shard {
+    pub id: u64,
+    #[serde(flatten)]
+    pub input: ShardInput,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum ShardInput {
+    /// Whole objects, staged as files under `/in`.
+    Objects { objects: Vec<ObjectMeta> },
+    /// A byte range of one object, fed on stdin; `header` is the length of a CSV header
+    /// row that precedes the range on stdin (0 when none).
+    Records { key: String, start: u64, end: u64, header: u64 },
+}
+
+impl Shard {
+    pub fn bytes_in(&self) -> u64 {
+        match &self.input {
+            ShardInput::Objects { objects } => objects.iter().map(|o| o.size).sum(),
+            ShardInput::Records { start, end, header, .. } => end - start + header,
+        }
+    }
+
+    /// A short hash of what the shard reads: resuming checks it so that a source that
+    /// changed since the job started cannot pass its old commits off as current.
+    pub fn fingerprint(&self) -> String {
+        let mut hasher = Sha256::new();
+        match &self.input {
+            ShardInput::Objects { objects } => {
+                for object in objects {
+                    hasher.update(object.key.as_bytes());
+                    hasher.update([0]);
+                    hasher.update(object.size.to_le_bytes());
+                }
+            }
+            ShardInput::Records { key, start, end, header } => {
+                hasher.update(key.as_bytes());
+                hasher.update([1]);
+                for n in [start, end, header] {
+                    hasher.update(n.to_le_bytes());
+                }
+            }
+        }
+        let digest = hasher.finalize();
+        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// A one-line description for `fanout plan`.
+    pub fn describe(&self) -> String {
+        match &self.input {
+            ShardInput::Objects { objects } if objects.len() == 1 => {
+                format!("{} ({})", objects[0].key, crate::units::format_size(objects[0].size))
+            }
+            ShardInput::Objects { objects } => format!(
+                "{} objects, {}: {} .. {}",
+                objects.len(),
+                crate::units::format_size(self.bytes_in()),
+                objects.first().map(|o| o.key.as_str()).unwrap_or_default(),
+                objects.last().map(|o| o.key.as_str()).unwrap_or_default()
+            ),
+            ShardInput::Records { key, start, end, header } => format!(
+                "{key} bytes {start}..{end}{}",
+                if *header > 0 { format!(" (+{header} byte header)") } else { String::new() }
+            ),
+        }
+    }
+
+    /// The extension of the object a record shard reads, for its `part-NNNNN<ext>` output.
+    pub fn record_extension(&self) -> Option<String> {
+        match &self.input {
+            ShardInput::Records { key, .. } => Some(extension_of(key).map(|e| format!(".{e}")).unwrap_or_default()),
+            ShardInput::Objects { .. } => None,
+        }
+    }
+}
+
+fn extension_of(key: &str) -> Option<&str> {
+    let name = key.rsplit('/').next()?;
+    let (stem, ext) = name.rsplit_once('.')?;
+    (!stem.is_empty()).then_some(ext)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("input.source: {0} does not exist")]
+    SourceMissing(Location),
+    #[error("input.source: {0} holds no objects")]
+    Empty(Location),
+    #[error("input.include: no object under {folder} matches {}", include.join(", "))]
+    NothingMatches { folder: Location, include: Vec<String> },
+    #[error("reading the stored plan: {0}")]
+    Stored(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// Compiles one include glob; `*` matches across folders (`*.jpg` finds `a/b.jpg`).
+pub fn compile_glob(glob: &str) -> Result<globset::GlobMatcher, String> {
+    if glob.trim().is_empty() {
+        return Err("an empty glob matches nothing".to_string());
+    }
+    GlobBuilder::new(glob)
+        .literal_separator(false)
+        .build()
+        .map(|g| g.compile_matcher())
+        .map_err(|e| format!("\"{glob}\" is not a valid glob: {}", e.kind()))
+}
+
+fn glob_set(include: &[String]) -> Option<GlobSet> {
+    if include.is_empty() {
+        return None;
+    }
+    let mut builder = GlobSetBuilder::new();
+    for glob in include {
+        builder.add(GlobBuilder::new(glob).literal_separator(false).build().expect("validated when the job was resolved"));
+    }
+    Some(builder.build().expect("validated globs build a set"))
+}
+
+/// The input, opened: a storage root and either a folder prefix or one object.
+pub struct Source {
+    pub storage: DynStorage,
+    pub location: Location,
+    /// Set when the source names one object rather than a folder.
+    pub single: Option<ObjectMeta>,
+}
+
+/// Opens the job's source and decides whether it is a folder or one object.
+pub async fn open_source(job: &Job, options: &StorageOptions) -> Result<Source, PlanError> {
+    let location = job.input.source.clone();
+    match &location {
+        Location::Local(path) => {
+            let meta = tokio::fs::metadata(path).await.map_err(|_| PlanError::SourceMissing(location.clone()))?;
+            if meta.is_file() {
+                let parent = path.parent().unwrap_or(path).to_path_buf();
+                let key = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let storage = storage::open(&Location::Local(parent), options).await?;
+                return Ok(Source { storage, location, single: Some(ObjectMeta { key, size: meta.len() }) });
+            }
+            let storage = storage::open(&location, options).await?;
+            Ok(Source { storage, location, single: None })
+        }
+        Location::S3 { bucket, prefix } => {
+            if !prefix.is_empty() && !prefix.ends_with('/') {
+                let (parent, name) = match prefix.rsplit_once('/') {
+                    Some((parent, name)) => (format!("{parent}/"), name.to_string()),
+                    None => (String::new(), prefix.clone()),
+                };
+                let parent_storage =
+                    storage::open(&Location::S3 { bucket: bucket.clone(), prefix: parent }, options).await?;
+                parent_storage.check(false).await?;
+                if let Some(object) = parent_storage.head(&name).await? {
+                    return Ok(Source { storage: parent_storage, location, single: Some(object) });
+                }
+            }
+            let folder = Location::S3 {
+                bucket: bucket.clone(),
+                prefix: if prefix.is_empty() || prefix.ends_with('/') { prefix.clone() } else { format!("{prefix}/") },
+            };
+            let storage = storage::open(&folder, options).await?;
+            storage.check(false).await?;
+            Ok(Source { storage, location: folder, single: None })
+        }
+    }
+}
+
+/// Totals of a finished plan.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PlanTotals {
+    pub shards: u64,
+    pub objects: u64,
+    pub bytes: u64,
+}
+
+/// Starts planning in the background. Shards arrive on the returned channel in id order;
+/// the last message is `Ok(totals)` or the error that stopped planning. The channel is
+/// bounded, so planning runs only as far ahead as the consumer lets it.
+pub fn stream(job: &Job, source: Source) -> mpsc::Receiver<Result<Planned, PlanError>> {
+    let (tx, rx) = mpsc::channel(1024);
+    let rule = job.input.shard.clone();
+    let include = job.input.include.clone();
+    tokio::spawn(async move {
+        let result = plan_into(&tx, rule, include, source).await;
+        let _ = tx.send(result.map(Planned::Done)).await;
+    });
+    rx
+}
+
+/// What the planning channel carries.
+#[derive(Debug)]
+pub enum Planned {
+    Shard(Shard),
+    Done(PlanTotals),
+}
+
+struct Grouper {
+    rule: ShardRule,
+    pending: Vec<ObjectMeta>,
+    pending_bytes: u64,
+    next_id: u64,
+    totals: PlanTotals,
+}
+
+impl Grouper {
+    fn shard(&mut self, input: ShardInput) -> Shard {
+        let shard = Shard { id: self.next_id, input };
+        self.next_id += 1;
+        self.totals.shards += 1;
+        shard
+    }
+
+    /// Adds an object; returns a shard when one is complete.
+    fn push(&mut self, object: ObjectMeta) -> Option<Shard> {
+        self.totals.objects += 1;
+        self.totals.bytes += object.size;
+        match self.rule {
+            ShardRule::Object => Some(self.shard(ShardInput::Objects { objects: vec![object] })),
+            ShardRule::Objects { count } => {
+                self.pending.push(object);
+                (self.pending.len() as u64 >= count).then(|| self.flush()).flatten()
+            }
+            ShardRule::Bytes { bytes } => {
+                // An object that would overflow a non-empty shard starts the next one.
+                let overflow = !self.pending.is_empty() && self.pending_bytes + object.size > bytes;
+                let done = if overflow { self.flush() } else { None };
+                self.pending_bytes += object.size;
+                self.pending.push(object);
+                done.or_else(|| (self.pending_bytes >= bytes).then(|| self.flush()).flatten())
+            }
+            ShardRule::Rows { .. } | ShardRule::Chunk { .. } => unreachable!("record rules do not group objects"),
+        }
+    }
+
+    fn flush(&mut self) -> Option<Shard> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        let objects = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
+        Some(self.shard(ShardInput::Objects { objects }))
+    }
+}
+
+async fn plan_into(
+    tx: &mpsc::Sender<Result<Planned, PlanError>>,
+    rule: ShardRule,
+    include: Vec<String>,
+    source: Source,
+) -> Result<PlanTotals, PlanError> {
+    let globs = glob_set(&include);
+    let mut grouper = Grouper { rule: rule.clone(), pending: Vec::new(), pending_bytes: 0, next_id: 0, totals: PlanTotals::default() };
+    let mut listed = 0u64;
+    let mut objects = match &source.single {
+        Some(object) => futures::stream::iter(vec![Ok(object.clone())]).boxed(),
+        None => source.storage.list(""),
+    };
+    while let Some(object) = objects.next().await {
+        let object = object?;
+        listed += 1;
+        if source.single.is_none() {
+            if let Some(globs) = &globs {
+                if !globs.is_match(&object.key) {
+                    continue;
+                }
+            }
+        }
+        if rule.is_record_rule() {
+            grouper.totals.objects += 1;
+            grouper.totals.bytes += object.size;
+            let ranges = record_ranges(&source.storage, &object, &rule).await?;
+            for (start, end, header) in ranges {
+                let shard = grouper.shard(ShardInput::Records { key: object.key.clone(), start, end, header });
+                if tx.send(Ok(Planned::Shard(shard))).await.is_err() {
+                    return Ok(grouper.totals);
+                }
+            }
+        } else if let Some(shard) = grouper.push(object) {
+            if tx.send(Ok(Planned::Shard(shard))).await.is_err() {
+                return Ok(grouper.totals);
+            }
+        }
+    }
+    if let Some(shard) = grouper.flush() {
+        let _ = tx.send(Ok(Planned::Shard(shard))).await;
+    }
+    if grouper.totals.shards == 0 {
+        return Err(if listed == 0 {
+            if source.single.is_none() && matches!(source.location, Location::Local(_)) && !local_exists(&source.location) {
+                PlanError::SourceMissing(source.location)
+            } else {
+                PlanError::Empty(source.location)
+            }
+        } else {
+            PlanError::NothingMatches { folder: source.location, include }
+        });
+    }
+    Ok(grouper.totals)
+}
+
+fn local_exists(location: &Location) -> bool {
+    matches!(location, Location::Local(path) if path.exists())
+}
+
+fn is_csv(key: &str) -> bool {
+    matches!(extension_of(key).map(|e| e.to_ascii_lowercase()).as_deref(), Some("csv") | Some("tsv"))
+}
+
+/// Cuts one object into record shards: `(start, end, header_len)` byte ranges.
+async fn record_ranges(storage: &DynStorage, object: &ObjectMeta, rule: &ShardRule) -> Result<Vec<(u64, u64, u64)>, PlanError> {
+    if object.size == 0 {
+        return Ok(Vec::new());
+    }
+    let csv = is_csv(&object.key);
+    let mut scanner = RecordScanner::new(csv);
+    let mut ranges = Vec::new();
+    match *rule {
+        ShardRule::Rows { rows } => {
+            // Scan the whole object once, cutting every `rows` records (the CSV header is
+            // the first record and is repeated before every shard instead).
+            let mut header = 0u64;
+            let mut start = 0u64;
+            let mut records_in_shard = 0u64;
+            let mut offset = 0u64;
+            while offset < object.size {
+                let block = storage.get_range(&object.key, offset..offset + SCAN_BLOCK).await?;
+                if block.is_empty() {
+                    break;
+                }
+                for (i, &byte) in block.iter().enumerate() {
+                    if scanner.ends_record(byte) {
+                        let end = offset + i as u64 + 1;
+                        if csv && header == 0 {
+                            header = end;
+                            start = end;
+                            continue;
+                        }
+                        records_in_shard += 1;
+                        if records_in_shard == rows {
+                            ranges.push((start, end, header));
+                            start = end;
+                            records_in_shard = 0;
+                        }
+                    }
+                }
+                offset += block.len() as u64;
+            }
+            if csv && header == 0 {
+                // Only a header (without a line end): no records, no shards.
+                return Ok(Vec::new());
+            }
+            if start < object.size {
+                ranges.push((start, object.size, header));
+            }
+        }
+        ShardRule::Chunk { bytes, align_lines } => {
+            let header = if csv && align_lines { first_line_end(storage, object).await? } else { 0 };
+            let mut start = header;
+            while start < object.size {
+                let nominal = start.saturating_add(bytes).min(object.size);
+                let end = if align_lines && nominal < object.size {
+                    next_line_end(storage, object, nominal).await?
+                } else {
+                    nominal
+                };
+                ranges.push((start, end, header));
+                start = end;
+            }
+        }
+        _ => unreachable!("only record rules come here"),
+    }
+    Ok(ranges)
+}
+
+/// Finds record ends: newlines, except inside a quoted CSV field.
+struct RecordScanner {
+    csv: bool,
+    in_quotes: bool,
+}
+
+impl RecordScanner {
+    fn new(csv: bool) -> Self {
+        RecordScanner { csv, in_quotes: false }
+    }
+
+    fn ends_record(&mut self, byte: u8) -> bool {
+        if self.csv && byte == b'"' {
+            // `""` inside quotes toggles twice: an escaped quote changes nothing.
+            self.in_quotes = !self.in_quotes;
+        }
+        byte == b'\n' && !self.in_quotes
+    }
+}
+
+async fn first_line_end(storage: &DynStorage, object: &ObjectMeta) -> Result<u64, PlanError> {
+    let end = next_line_end(storage, object, 0).await?;
+    Ok(end)
+}
+
+/// The offset just past the first newline at or after `from` (or the object's end).
+async fn next_line_end(storage: &DynStorage, object: &ObjectMeta, from: u64) -> Result<u64, PlanError> {
+    let mut offset = from;
+    let mut window = 64 << 10;
+    while offset < object.size {
+        let block = storage.get_range(&object.key, offset..offset + window).await?;
+        if block.is_empty() {
+            break;
+        }
+        if let Some(i) = block.iter().position(|&b| b == b'\n') {
+            return Ok(offset + i as u64 + 1);
+        }
+        offset += block.len() as u64;
+        window = (window * 2).min(SCAN_BLOCK);
+    }
+    Ok(object.size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn objects(sizes: &[u64]) -> Vec<ObjectMeta> {
+        sizes.iter().enumerate().map(|(i, &size)| ObjectMeta { key: format!("k{i:03}"), size }).collect()
+    }
+
+    fn group(rule: ShardRule, sizes: &[u64]) -> Vec<Vec<u64>> {
+        let mut grouper = Grouper { rule, pending: Vec::new(), pending_bytes: 0, next_id: 0, totals: PlanTotals::default() };
+        let mut shards: Vec<Shard> = objects(sizes).into_iter().filter_map(|o| grouper.push(o)).collect();
+        shards.extend(grouper.flush());
+        for (i, shard) in shards.iter().enumerate() {
+            assert_eq!(shard.id, i as u64);
+        }
+        shards
+            .into_iter()
+            .map(|s| match s.input {
+                ShardInput::Objects { objects } => objects.iter().map(|o| o.size).collect(),
+                _ => unreachable!(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn object_rules_group_in_order() {
+        assert_eq!(group(ShardRule::Object, &[1, 2, 3]), vec![vec![1], vec![2], vec![3]]);
+        assert_eq!(group(ShardRule::Objects { count: 2 }, &[1, 2, 3]), vec![vec![1, 2], vec![3]]);
+        assert_eq!(
+            group(ShardRule::Bytes { bytes: 10 }, &[4, 4, 4, 20, 1, 9, 3]),
+            vec![vec![4, 4], vec![4], vec![20], vec![1, 9], vec![3]]
+        );
+    }
+
+    #[test]
+    fn csv_quotes_hide_newlines() {
+        let mut scanner = RecordScanner::new(true);
+        let text = b"a,\"x\ny\"\nb,\"\"\"\"\n";
+        let ends: Vec<usize> = text.iter().enumerate().filter(|(_, &b)| scanner.ends_record(b)).map(|(i, _)| i).collect();
+        assert_eq!(ends, vec![7, 14]);
+    }
+
+    #[test]
+    fn globs_cross_folders_and_bad_ones_are_named() {
+        assert!(compile_glob("*.jpg").unwrap().is_match("a/b/c.jpg"));
+        assert!(!compile_glob("*.jpg").unwrap().is_match("a/b/c.png"));
+        let err = compile_glob("[abc").unwrap_err();
+        assert!(err.contains("[abc"), "{err}");
+    }
+
+    #[test]
+    fn fingerprints_change_with_content() {
+        let a = Shard { id: 0, input: ShardInput::Objects { objects: objects(&[5]) } };
+        let b = Shard { id: 0, input: ShardInput::Objects { objects: objects(&[6]) } };
+        assert_ne!(a.fingerprint(), b.fingerprint());
+        assert_eq!(a.fingerprint(), a.clone().fingerprint());
+    }
+}

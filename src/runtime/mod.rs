@@ -1,0 +1,489 @@
+//! The WebAssembly runtime: one wasmtime engine and one compiled function per job, a fresh
+//! sandboxed instance per invocation. Owns the engine configuration (pooling allocator,
+//! epoch interruption), the on-disk cache of compiled code, the sandbox (what a guest may
+//! see: `/in`, `/out`, its stdio, args and env, and nothing of the host), and the
+//! classification of how an invocation ended. It never touches storage or manifests:
+//! callers stage the folders and publish what comes out.
+
+pub mod capture;
+
+use capture::{CappedCapture, Captured, Overflow};
+use sha2::{Digest, Sha256};
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use wasmtime::component::{Component, ResourceTable};
+use wasmtime::{
+    Config, Engine, Enabled, InstanceAllocationStrategy, InstancePre, Linker, Module, PoolingAllocationConfig,
+    ResourceLimiter, Store, Trap,
+};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+/// The epoch ticks this often; timeouts are precise to about one tick.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// How an invocation ended. Decided once, here; everything downstream reads this.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "detail")]
+pub enum Outcome {
+    Ok,
+    /// The guest exited with a non-zero code.
+    Exit(i32),
+    /// The guest trapped (unreachable, out-of-bounds access, stack overflow, a panic...).
+    Trap(String),
+    /// The invocation ran past `function.timeout`.
+    Timeout,
+    /// The guest asked for more memory than `function.memory` allows.
+    OutOfMemory,
+    /// The attempt was stopped by fanout (Ctrl-C, or a backup attempt finished first).
+    Cancelled,
+    /// The host could not run or finish the attempt (staging, output rules, I/O).
+    Error(String),
+}
+
+impl Outcome {
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Outcome::Ok)
+    }
+
+    /// The short name used in `report.csv`'s `outcome` column.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Exit(_) => "exit",
+            Outcome::Trap(_) => "trap",
+            Outcome::Timeout => "timeout",
+            Outcome::OutOfMemory => "oom",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Error(_) => "error",
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Ok => write!(f, "ok"),
+            Outcome::Exit(code) => write!(f, "exit code {code}"),
+            Outcome::Trap(message) => write!(f, "trap: {message}"),
+            Outcome::Timeout => write!(f, "timeout"),
+            Outcome::OutOfMemory => write!(f, "out of memory"),
+            Outcome::Cancelled => write!(f, "cancelled"),
+            Outcome::Error(message) => write!(f, "error: {message}"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{name}: not a WebAssembly module or component (it does not start with \\0asm)")]
+    NotWasm { name: String },
+    #[error("{name}: cannot compile: {message}")]
+    Compile { name: String, message: String },
+    #[error("{name}: {message}")]
+    Link { name: String, message: String },
+    #[error("cannot set up the runtime: {0}")]
+    Engine(String),
+    #[error("{}: {source}", path.display())]
+    Cache { path: PathBuf, source: std::io::Error },
+}
+
+/// Limits every invocation of a job gets.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub timeout: Duration,
+    pub memory_bytes: u64,
+    /// Invocations that may run at once (sizes the instance pool).
+    pub concurrency: usize,
+}
+
+/// How loading went, for the summary: did the compiled-code cache spare a compile?
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LoadReport {
+    pub kind: &'static str,
+    pub sha256: String,
+    pub cache_hit: bool,
+    pub load_ms: u64,
+    pub cache_file: PathBuf,
+}
+
+enum Prepared {
+    Module(InstancePre<ModuleHost>),
+    Component(CommandPre<ComponentHost>),
+}
+
+/// A compiled function, ready to be invoked many times from many threads.
+pub struct Runtime {
+    engine: Engine,
+    prepared: Prepared,
+    limits: Limits,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One invocation's sandbox, as the caller staged it.
+pub struct Invocation {
+    /// argv, the first being the function's name.
+    pub argv: Vec<String>,
+    /// The whole environment the guest sees.
+    pub env: Vec<(String, String)>,
+    pub in_dir: PathBuf,
+    pub out_dir: PathBuf,
+    /// A file to feed on stdin, or none (empty stdin).
+    pub stdin: Option<PathBuf>,
+    pub stdout: PathBuf,
+    pub stdout_cap: u64,
+    /// Whether stdout is an output (fail past the cap) or part of the log (truncate).
+    pub stdout_overflow: Overflow,
+    pub stderr: PathBuf,
+    pub stderr_cap: u64,
+}
+
+#[derive(Debug)]
+pub struct InvocationReport {
+    pub outcome: Outcome,
+    pub stdout: Captured,
+    pub stderr: Captured,
+    pub elapsed: Duration,
+}
+
+impl InvocationReport {
+    /// The report of an invocation that never started.
+    pub fn not_run(outcome: Outcome) -> Self {
+        InvocationReport { outcome, stdout: Captured::default(), stderr: Captured::default(), elapsed: Duration::ZERO }
+    }
+}
+
+/// Caps linear memory and tables, and remembers a refusal so that the trap the guest's
+/// allocator raises afterwards is reported as out-of-memory, not as a mystery trap.
+struct MemoryCap {
+    memory_bytes: usize,
+    denied: bool,
+}
+
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes {
+            self.denied = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.denied = true;
+        Ok(())
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+struct ModuleHost {
+    wasi: WasiP1Ctx,
+    cap: MemoryCap,
+}
+
+struct ComponentHost {
+    ctx: WasiCtx,
+    table: ResourceTable,
+    cap: MemoryCap,
+}
+
+impl WasiView for ComponentHost {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.ctx, table: &mut self.table }
+    }
+}
+
+/// What the first bytes say a binary is.
+fn binary_kind(bytes: &[u8]) -> Option<&'static str> {
+    if bytes.len() < 8 || &bytes[0..4] != b"\0asm" {
+        return None;
+    }
+    // The layer field (bytes 6-7) is 0 for core modules and 1 for components.
+    Some(if bytes[6..8] == [1, 0] { "component" } else { "module" })
+}
+
+/// Where compiled code is kept: `$FANOUT_CACHE_DIR`, else `$XDG_CACHE_HOME/fanout`, else
+/// `~/.cache/fanout`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("FANOUT_CACHE_DIR") {
+        return PathBuf::from(dir);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("fanout")
+}
+
+fn engine_for(limits: &Limits) -> Result<Engine, RuntimeError> {
+    let slots = (limits.concurrency as u32).max(1) + 2;
+    let mut pool = PoolingAllocationConfig::new();
+    // A component instance holds a few core instances, memories and tables (its adapters).
+    pool.total_component_instances(slots)
+        .total_core_instances(slots * 8)
+        .total_memories(slots * 4)
+        .total_tables(slots * 8)
+        .total_stacks(slots)
+        .max_memory_size(limits.memory_bytes as usize)
+        // Reset by memset of the dirty pages instead of madvise: with several threads the
+        // madvise path turns into kernel contention (see notes/wasmtime.md).
+        .linear_memory_keep_resident(2 << 20)
+        .table_keep_resident(64 << 10)
+        .async_stack_keep_resident(64 << 10)
+        .pagemap_scan(Enabled::Auto);
+    let mut config = Config::new();
+    config
+        .epoch_interruption(true)
+        .parallel_compilation(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Engine::new(&config).map_err(|e| RuntimeError::Engine(format!("{e:#}")))
+}
+
+fn compatibility_hash(engine: &Engine) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    hasher.finish()
+}
+
+impl Runtime {
+    /// Compiles `wasm` (or loads it from the cache), links WASI and pre-instantiates.
+    /// `name` is what errors call the function.
+    pub fn load(name: &str, wasm: &[u8], limits: Limits) -> Result<(Runtime, LoadReport), RuntimeError> {
+        let started = Instant::now();
+        let kind = binary_kind(wasm).ok_or_else(|| RuntimeError::NotWasm { name: name.to_string() })?;
+        let engine = engine_for(&limits)?;
+        let sha256 = format!("{:x}", Sha256::digest(wasm));
+        let dir = cache_dir().join("modules");
+        let cache_file = dir.join(format!("{sha256}-{:016x}.cwasm", compatibility_hash(&engine)));
+        let compile_error = |e: wasmtime::Error| RuntimeError::Compile { name: name.to_string(), message: format!("{e:#}") };
+        let link_error = |e: wasmtime::Error| RuntimeError::Link { name: name.to_string(), message: link_message(&e) };
+
+        let mut cache_hit = cache_file.exists();
+        let prepared = loop {
+            if !cache_file.exists() {
+                let compiled = match kind {
+                    "component" => engine.precompile_component(wasm),
+                    _ => engine.precompile_module(wasm),
+                }
+                .map_err(compile_error)?;
+                std::fs::create_dir_all(&dir).map_err(|source| RuntimeError::Cache { path: dir.clone(), source })?;
+                crate::storage::local::write_atomic(&cache_file, &compiled)
+                    .map_err(|source| RuntimeError::Cache { path: cache_file.clone(), source })?;
+            }
+            // SAFETY: the file is one this engine configuration wrote into fanout's own cache
+            // (its name carries the engine's compatibility hash); wasmtime checks its header.
+            let loaded = match kind {
+                "component" => unsafe { Component::deserialize_file(&engine, &cache_file) }.map(|c| {
+                    let mut linker = wasmtime::component::Linker::<ComponentHost>::new(&engine);
+                    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+                        .and_then(|_| linker.instantiate_pre(&c))
+                        .and_then(CommandPre::new)
+                        .map(Prepared::Component)
+                }),
+                _ => unsafe { Module::deserialize_file(&engine, &cache_file) }.map(|m| {
+                    let mut linker = Linker::<ModuleHost>::new(&engine);
+                    wasmtime_wasi::p1::add_to_linker_async(&mut linker, |host| &mut host.wasi)
+                        .and_then(|_| linker.instantiate_pre(&m))
+                        .map(Prepared::Module)
+                }),
+            };
+            match loaded {
+                Ok(linked) => break linked.map_err(link_error)?,
+                // A damaged or foreign cache file: compile afresh, once.
+                Err(_) if cache_hit => {
+                    let _ = std::fs::remove_file(&cache_file);
+                    cache_hit = false;
+                }
+                Err(e) => return Err(compile_error(e)),
+            }
+        };
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        spawn_ticker(engine.clone(), ticker_stop.clone());
+        let report = LoadReport { kind, sha256, cache_hit, load_ms: started.elapsed().as_millis() as u64, cache_file };
+        Ok((Runtime { engine, prepared, limits, ticker_stop }, report))
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Runs one invocation in a fresh instance. Never panics on guest behaviour: every way a
+    /// guest can end is an [`Outcome`]. `cancel` stops it early (reported as `Cancelled`).
+    /// Must run inside a tokio runtime that is not shared with latency-sensitive work: the
+    /// guest's file system calls run inline on this thread.
+    pub async fn invoke(&self, invocation: &Invocation, cancel: &CancellationToken) -> InvocationReport {
+        let started = Instant::now();
+        let stdout = CappedCapture::new(&invocation.stdout, invocation.stdout_cap, invocation.stdout_overflow);
+        let stderr = CappedCapture::new(&invocation.stderr, invocation.stderr_cap, Overflow::Truncate);
+        let outcome = match sandbox(invocation, &stdout, &stderr) {
+            Ok(builder) => self.run(builder, cancel).await,
+            Err(message) => Outcome::Error(message),
+        };
+        let stdout = stdout.finish();
+        let stderr = stderr.finish();
+        let outcome = match outcome {
+            // A guest that went on after its output write failed must not pass.
+            Outcome::Ok if stdout.overflowed && invocation.stdout_overflow == Overflow::Fail => {
+                Outcome::Error(format!("stdout is larger than the {} byte output limit", invocation.stdout_cap))
+            }
+            Outcome::Ok if stdout.error.is_some() || stderr.error.is_some() => Outcome::Error(format!(
+                "cannot keep the guest's output: {}",
+                stdout.error.clone().or(stderr.error.clone()).unwrap_or_default()
+            )),
+            other => other,
+        };
+        InvocationReport { outcome, stdout, stderr, elapsed: started.elapsed() }
+    }
+
+    async fn run(&self, mut builder: WasiCtxBuilder, cancel: &CancellationToken) -> Outcome {
+        let cap = || MemoryCap { memory_bytes: self.limits.memory_bytes as usize, denied: false };
+        let timeout = self.limits.timeout;
+        match &self.prepared {
+            Prepared::Module(pre) => {
+                let mut store = Store::new(&self.engine, ModuleHost { wasi: builder.build_p1(), cap: cap() });
+                store.limiter(|host| &mut host.cap);
+                // Yield to tokio at every tick: the timeout and cancellation below then fire
+                // even while the guest spins, and a sleeping host call is simply dropped.
+                store.set_epoch_deadline(1);
+                store.epoch_deadline_async_yield_and_update(1);
+                let call = async {
+                    let instance = pre.instantiate_async(&mut store).await?;
+                    let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+                    start.call_async(&mut store, ()).await
+                };
+                let result = bounded(call, timeout, cancel).await;
+                classify(result, store.data().cap.denied)
+            }
+            Prepared::Component(pre) => {
+                let host = ComponentHost { ctx: builder.build(), table: ResourceTable::new(), cap: cap() };
+                let mut store = Store::new(&self.engine, host);
+                store.limiter(|host| &mut host.cap);
+                store.set_epoch_deadline(1);
+                store.epoch_deadline_async_yield_and_update(1);
+                let call = async {
+                    let command = pre.instantiate_async(&mut store).await?;
+                    match command.wasi_cli_run().call_run(&mut store).await? {
+                        Ok(()) => Ok(()),
+                        Err(()) => Err(wasmtime::format_err!(I32Exit(1))),
+                    }
+                };
+                let result = bounded(call, timeout, cancel).await;
+                classify(result, store.data().cap.denied)
+            }
+        }
+    }
+}
+
+enum Ended {
+    Finished(wasmtime::Result<()>),
+    TimedOut,
+    Cancelled,
+}
+
+async fn bounded(
+    call: impl std::future::Future<Output = wasmtime::Result<()>>,
+    timeout: Duration,
+    cancel: &CancellationToken,
+) -> Ended {
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => Ended::Cancelled,
+        result = tokio::time::timeout(timeout, call) => match result {
+            Ok(finished) => Ended::Finished(finished),
+            Err(_) => Ended::TimedOut,
+        },
+    }
+}
+
+fn classify(ended: Ended, memory_denied: bool) -> Outcome {
+    let error = match ended {
+        Ended::Finished(Ok(())) => return Outcome::Ok,
+        Ended::TimedOut => return Outcome::Timeout,
+        Ended::Cancelled => return Outcome::Cancelled,
+        Ended::Finished(Err(error)) => error,
+    };
+    if let Some(I32Exit(code)) = error.downcast_ref::<I32Exit>() {
+        return match code {
+            0 => Outcome::Ok,
+            // An allocator that met a refused grow usually aborts or exits non-zero.
+            _ if memory_denied => Outcome::OutOfMemory,
+            code => Outcome::Exit(*code),
+        };
+    }
+    if memory_denied {
+        return Outcome::OutOfMemory;
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => Outcome::Timeout,
+        Some(trap) => Outcome::Trap(trap.to_string()),
+        None => {
+            // Instantiation failures (a missing export, an import fanout does not provide)
+            // and other host errors: keep the root cause, which names the culprit.
+            Outcome::Trap(link_message(&error))
+        }
+    }
+}
+
+fn link_message(error: &wasmtime::Error) -> String {
+    let text = format!("{error:#}");
+    text.lines().next().unwrap_or_default().chars().take(500).collect()
+}
+
+/// Builds the guest's whole world, denying by default: two preopened folders, captured
+/// stdio, the given args and env, no network, nothing inherited from the host.
+fn sandbox(invocation: &Invocation, stdout: &CappedCapture, stderr: &CappedCapture) -> Result<WasiCtxBuilder, String> {
+    let mut builder = WasiCtxBuilder::new();
+    // Must come before the preopens: each directory captures it when opened. The guest's
+    // file calls then run inline on this worker thread instead of hopping to a thread pool.
+    builder.allow_blocking_current_thread(true);
+    builder.args(&invocation.argv);
+    builder.envs(&invocation.env);
+    builder.stdout(stdout.clone());
+    builder.stderr(stderr.clone());
+    if let Some(stdin) = &invocation.stdin {
+        let file = std::fs::File::open(stdin).map_err(|e| format!("cannot open the staged stdin {}: {e}", stdin.display()))?;
+        builder.stdin(wasmtime_wasi::cli::InputFile::new(file));
+    }
+    builder.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+    builder
+        .preopened_dir(&invocation.in_dir, "/in", FsPerms::ReadOnly)
+        .map_err(|e| format!("cannot open the staged /in {}: {e:#}", invocation.in_dir.display()))?;
+    builder
+        .preopened_dir(&invocation.out_dir, "/out", FsPerms::ReadWrite)
+        .map_err(|e| format!("cannot open the staged /out {}: {e:#}", invocation.out_dir.display()))?;
+    Ok(builder)
+}
+
+fn spawn_ticker(engine: Engine, stop: Arc<AtomicBool>) {
+    std::thread::Builder::new()
+        .name("fanout-epoch".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                engine.increment_epoch();
+            }
+        })
+        .expect("spawn the epoch ticker thread");
+}
+
+/// True when `path` holds a WebAssembly binary (by its magic number).
+pub fn looks_like_wasm(bytes: &[u8]) -> bool {
+    binary_kind(bytes).is_some()
+}

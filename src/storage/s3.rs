@@ -1,0 +1,421 @@
+//! S3 and S3-compatible servers (AWS, MinIO, Garage, Ceph) through aws-sdk-s3. Owns client
+//! set-up from the AWS default chain (environment, profile, web identity), the endpoint
+//! override with path-style addressing, the checksum setting that older servers need,
+//! multipart uploads from files, and the mapping of SDK errors to [`StorageError`].
+//!
+//! Checksums: since 2025 the SDK signs streaming uploads with a CRC32 trailer
+//! (`aws-chunked`), which several S3-compatible servers (Garage among them) reject. When an
+//! endpoint is overridden and `AWS_REQUEST_CHECKSUM_CALCULATION` is unset, fanout asks for
+//! checksums only when an operation requires them; against AWS itself the default stays.
+
+use super::{ObjectMeta, Storage, StorageError, StorageResult};
+use crate::location::Location;
+use async_trait::async_trait;
+use aws_sdk_s3::config::{RequestChecksumCalculation, StalledStreamProtectionConfig};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::{ByteStream, Length};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::Client;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+
+/// Files at least this large go up in parts, so no upload holds a whole object in memory.
+pub const MULTIPART_THRESHOLD: u64 = 16 << 20;
+/// The size of each part (S3 allows 5 MiB to 5 GiB, at most 10,000 parts).
+pub const PART_SIZE: u64 = 16 << 20;
+/// Parts of one object in flight at once.
+const PART_CONCURRENCY: usize = 4;
+
+#[derive(Debug, Clone)]
+pub struct S3Storage {
+    client: Client,
+    bucket: String,
+    /// Empty or ending in `/`.
+    prefix: String,
+    location: Location,
+    endpoint: String,
+}
+
+impl S3Storage {
+    /// Builds a client from the AWS default chain. Nothing is sent until the first call;
+    /// `check` proves the bucket is usable.
+    pub async fn connect(bucket: &str, prefix: &str, options: &super::StorageOptions) -> StorageResult<Self> {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(url) = &options.endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        let shared = loader.load().await;
+        let endpoint_overridden = shared.endpoint_url().is_some();
+        let endpoint = shared.endpoint_url().map(str::to_string).unwrap_or_else(|| "AWS S3".to_string());
+        let mut config = aws_sdk_s3::config::Builder::from(&shared)
+            .retry_config(aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(5))
+            .timeout_config(
+                aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(5))
+                    .build(),
+            )
+            // fanout reads bodies at the pace of its staging writes; a busy disk must not
+            // be mistaken for a stalled server.
+            .stalled_stream_protection(StalledStreamProtectionConfig::disabled());
+        if endpoint_overridden {
+            config = config.force_path_style(true);
+            if std::env::var_os("AWS_REQUEST_CHECKSUM_CALCULATION").is_none() {
+                config = config.request_checksum_calculation(RequestChecksumCalculation::WhenRequired);
+            }
+        }
+        if shared.region().is_none() {
+            config = config.region(aws_sdk_s3::config::Region::new("us-east-1"));
+        }
+        let prefix = if prefix.is_empty() || prefix.ends_with('/') { prefix.to_string() } else { format!("{prefix}/") };
+        Ok(S3Storage {
+            client: Client::from_conf(config.build()),
+            location: Location::S3 { bucket: bucket.to_string(), prefix: prefix.clone() },
+            bucket: bucket.to_string(),
+            prefix,
+            endpoint,
+        })
+    }
+
+    fn full_key(&self, key: &str) -> StorageResult<String> {
+        super::validate_key(key)?;
+        Ok(format!("{}{key}", self.prefix))
+    }
+
+    fn url(&self, key: &str) -> String {
+        format!("s3://{}/{}{key}", self.bucket, self.prefix)
+    }
+
+    /// Maps an SDK error to one the user can act on.
+    fn classify<E>(&self, operation: &'static str, key: &str, error: SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> StorageError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let location = self.url(key);
+        let text = DisplayErrorContext(&error).to_string();
+        match &error {
+            SdkError::DispatchFailure(failure) => {
+                if text.contains("credential") {
+                    StorageError::Credentials { location, message: first_line(&text) }
+                } else if failure.is_io() || failure.is_timeout() {
+                    StorageError::Unreachable { location, endpoint: self.endpoint.clone(), message: connector_message(&text) }
+                } else {
+                    StorageError::Service { location, operation, message: first_line(&text) }
+                }
+            }
+            SdkError::TimeoutError(_) => {
+                StorageError::Unreachable { location, endpoint: self.endpoint.clone(), message: "timed out".into() }
+            }
+            SdkError::ServiceError(service) => {
+                let status = service.raw().status().as_u16();
+                let code = service.err().code().unwrap_or_default().to_string();
+                let message = service.err().message().unwrap_or_default().to_string();
+                let described = if message.is_empty() { format!("{code} (HTTP {status})") } else { format!("{code}: {message}") };
+                match code.as_str() {
+                    "NoSuchBucket" => StorageError::NoSuchBucket { location, bucket: self.bucket.clone() },
+                    "NoSuchKey" | "NotFound" => StorageError::NotFound { location },
+                    "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "InvalidToken" | "ExpiredToken" => {
+                        StorageError::AccessDenied { location, message: described }
+                    }
+                    _ if status == 404 => StorageError::NotFound { location },
+                    _ if status == 403 => StorageError::AccessDenied { location, message: described },
+                    _ => StorageError::Service { location, operation, message: described },
+                }
+            }
+            _ if text.contains("credential") => StorageError::Credentials { location, message: first_line(&text) },
+            _ => StorageError::Service { location, operation, message: first_line(&text) },
+        }
+    }
+
+    async fn upload_multipart(&self, key: &str, full_key: &str, path: &Path, size: u64) -> StorageResult<()> {
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(full_key)
+            .send()
+            .await
+            .map_err(|e| self.classify("CreateMultipartUpload", key, e))?;
+        let upload_id = created.upload_id().unwrap_or_default().to_string();
+        let result = self.upload_parts(key, full_key, path, size, &upload_id).await;
+        match result {
+            Ok(parts) => self
+                .client
+                .complete_multipart_upload()
+                .bucket(&self.bucket)
+                .key(full_key)
+                .upload_id(&upload_id)
+                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| self.classify("CompleteMultipartUpload", key, e)),
+            Err(error) => {
+                // Leave no parts behind to be billed: abort, and report the first error.
+                let _ = self
+                    .client
+                    .abort_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(full_key)
+                    .upload_id(&upload_id)
+                    .send()
+                    .await;
+                Err(error)
+            }
+        }
+    }
+
+    async fn upload_parts(&self, key: &str, full_key: &str, path: &Path, size: u64, upload_id: &str) -> StorageResult<Vec<CompletedPart>> {
+        use futures::{StreamExt, TryStreamExt};
+        let part_count = size.div_ceil(PART_SIZE);
+        let mut parts: Vec<CompletedPart> = futures::stream::iter(0..part_count)
+            .map(|index| async move {
+                let offset = index * PART_SIZE;
+                let length = PART_SIZE.min(size - offset);
+                let body = ByteStream::read_from()
+                    .path(path)
+                    .offset(offset)
+                    .length(Length::Exact(length))
+                    .build()
+                    .await
+                    .map_err(|e| StorageError::Io { location: path.display().to_string(), source: std::io::Error::other(e) })?;
+                let part_number = index as i32 + 1;
+                let uploaded = self
+                    .client
+                    .upload_part()
+                    .bucket(&self.bucket)
+                    .key(full_key)
+                    .upload_id(upload_id)
+                    .part_number(part_number)
+                    .content_length(length as i64)
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(|e| self.classify("UploadPart", key, e))?;
+                Ok::<_, StorageError>(
+                    CompletedPart::builder().part_number(part_number).set_e_tag(uploaded.e_tag().map(str::to_string)).build(),
+                )
+            })
+            .buffer_unordered(PART_CONCURRENCY)
+            .try_collect()
+            .await?;
+        parts.sort_by_key(|p| p.part_number());
+        Ok(parts)
+    }
+}
+
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or_default().chars().take(300).collect()
+}
+
+/// The innermost cause of a connection failure ("Connection refused (os error 111)").
+fn connector_message(text: &str) -> String {
+    text.rsplit(": ").next().map(first_line).unwrap_or_else(|| first_line(text))
+}
+
+#[async_trait]
+impl Storage for S3Storage {
+    fn root(&self) -> &Location {
+        &self.location
+    }
+
+    fn list(&self, prefix: &str) -> BoxStream<'static, StorageResult<ObjectMeta>> {
+        let (tx, rx) = tokio::sync::mpsc::channel::<StorageResult<Vec<ObjectMeta>>>(4);
+        let this = self.clone();
+        let full_prefix = format!("{}{prefix}", self.prefix);
+        let prefix = prefix.to_string();
+        tokio::spawn(async move {
+            let mut pages = this
+                .client
+                .list_objects_v2()
+                .bucket(&this.bucket)
+                .prefix(&full_prefix)
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                let page = match page {
+                    Ok(page) => page,
+                    Err(e) => {
+                        let _ = tx.send(Err(this.classify("ListObjectsV2", &prefix, e))).await;
+                        return;
+                    }
+                };
+                let objects = page
+                    .contents()
+                    .iter()
+                    .filter_map(|object| {
+                        let key = object.key()?.strip_prefix(&this.prefix)?;
+                        // "folder markers" some tools create are not data
+                        (!key.is_empty() && !key.ends_with('/'))
+                            .then(|| ObjectMeta { key: key.to_string(), size: object.size().unwrap_or(0).max(0) as u64 })
+                    })
+                    .collect();
+                if tx.send(Ok(objects)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        super::local::pages_to_stream(rx)
+    }
+
+    async fn list_dirs(&self, prefix: &str) -> StorageResult<Vec<String>> {
+        let full_prefix = format!("{}{prefix}", self.prefix);
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&full_prefix)
+            .delimiter("/")
+            .into_paginator()
+            .send();
+        let mut names = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.classify("ListObjectsV2", prefix, e))?;
+            for common in page.common_prefixes() {
+                if let Some(name) = common.prefix().and_then(|p| p.strip_prefix(&full_prefix)) {
+                    names.push(name.trim_end_matches('/').to_string());
+                }
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    async fn head(&self, key: &str) -> StorageResult<Option<ObjectMeta>> {
+        let full_key = self.full_key(key)?;
+        match self.client.head_object().bucket(&self.bucket).key(&full_key).send().await {
+            Ok(head) => Ok(Some(ObjectMeta { key: key.to_string(), size: head.content_length().unwrap_or(0).max(0) as u64 })),
+            Err(e) => match self.classify("HeadObject", key, e) {
+                StorageError::NotFound { .. } => Ok(None),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn get(&self, key: &str) -> StorageResult<Bytes> {
+        let full_key = self.full_key(key)?;
+        let object = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&full_key)
+            .send()
+            .await
+            .map_err(|e| self.classify("GetObject", key, e))?;
+        let body = object.body.collect().await.map_err(|e| StorageError::Service {
+            location: self.url(key),
+            operation: "GetObject",
+            message: e.to_string(),
+        })?;
+        Ok(body.into_bytes())
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> StorageResult<Bytes> {
+        if range.start >= range.end {
+            return Ok(Bytes::new());
+        }
+        let full_key = self.full_key(key)?;
+        let result = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&full_key)
+            .range(format!("bytes={}-{}", range.start, range.end - 1))
+            .send()
+            .await;
+        let object = match result {
+            Ok(object) => object,
+            // A range that starts at or past the end is "not satisfiable": that is no bytes.
+            Err(SdkError::ServiceError(e)) if e.raw().status().as_u16() == 416 => return Ok(Bytes::new()),
+            Err(e) => return Err(self.classify("GetObject", key, e)),
+        };
+        let body = object.body.collect().await.map_err(|e| StorageError::Service {
+            location: self.url(key),
+            operation: "GetObject",
+            message: e.to_string(),
+        })?;
+        Ok(body.into_bytes())
+    }
+
+    async fn download(&self, key: &str, target: &Path) -> StorageResult<u64> {
+        let full_key = self.full_key(key)?;
+        let object = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&full_key)
+            .send()
+            .await
+            .map_err(|e| self.classify("GetObject", key, e))?;
+        let io_error = |e: std::io::Error| StorageError::Io { location: target.display().to_string(), source: e };
+        let mut file = tokio::fs::File::create(target).await.map_err(io_error)?;
+        let mut reader = object.body.into_async_read();
+        let copied = tokio::io::copy_buf(&mut reader, &mut file).await.map_err(|e| StorageError::Service {
+            location: self.url(key),
+            operation: "GetObject",
+            message: e.to_string(),
+        })?;
+        file.flush().await.map_err(io_error)?;
+        Ok(copied)
+    }
+
+    async fn put(&self, key: &str, data: Bytes) -> StorageResult<()> {
+        let full_key = self.full_key(key)?;
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&full_key)
+            .content_length(data.len() as i64)
+            .body(ByteStream::from(data))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.classify("PutObject", key, e))
+    }
+
+    async fn upload(&self, key: &str, path: &Path) -> StorageResult<u64> {
+        let full_key = self.full_key(key)?;
+        let size = tokio::fs::metadata(path)
+            .await
+            .map_err(|e| StorageError::Io { location: path.display().to_string(), source: e })?
+            .len();
+        if size >= MULTIPART_THRESHOLD {
+            self.upload_multipart(key, &full_key, path, size).await?;
+            return Ok(size);
+        }
+        // Small files are read whole: one request, and the body can be re-sent on retry.
+        let data = tokio::fs::read(path)
+            .await
+            .map_err(|e| StorageError::Io { location: path.display().to_string(), source: e })?;
+        self.put(key, Bytes::from(data)).await?;
+        Ok(size)
+    }
+
+    async fn delete(&self, key: &str) -> StorageResult<()> {
+        let full_key = self.full_key(key)?;
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(&full_key)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.classify("DeleteObject", key, e))
+    }
+
+    async fn check(&self, _for_writing: bool) -> StorageResult<()> {
+        // One signed request proves the endpoint, the credentials and the bucket at once.
+        self.client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&self.prefix)
+            .max_keys(1)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.classify("ListObjectsV2", "", e))
+    }
+}
