@@ -6,10 +6,11 @@
 
 use crate::events::{Event, EventSink};
 use crate::runtime::{Invocation, InvocationReport, Outcome, Runtime};
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use crate::stage::{self, OutputFile, OutputRules};
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +23,8 @@ pub struct Task {
     pub attempt: u32,
     pub invocation: Invocation,
     pub cancel: CancellationToken,
+    /// Where the attempt's outputs land, and the rules they must keep.
+    pub outputs: (PathBuf, OutputRules),
 }
 
 /// What the pool sends back for every task.
@@ -33,17 +36,8 @@ pub struct AttemptDone {
     pub started: SystemTime,
     pub finished: SystemTime,
     pub report: InvocationReport,
-}
-
-/// The pool's counters; all changes happen under one lock so that a worker deciding to
-/// exit and a task arriving cannot miss each other.
-#[derive(Debug, Default)]
-struct Counts {
-    live: usize,
-    idle: usize,
-    next_worker: u32,
-    peak: usize,
-    cold_starts: u64,
+    /// For a successful attempt: the files under `/out`, checked, or why they break the rules.
+    pub outputs: Option<Result<Vec<OutputFile>, String>>,
 }
 
 /// The scaling rule, kept pure so it can be tested without threads or clocks: start a
@@ -52,17 +46,26 @@ pub fn should_start_worker(queued: usize, idle: usize, live: usize, max: usize) 
     queued > idle && live < max
 }
 
+/// The queue and the counters, under one lock, so that a worker deciding to exit and a
+/// task arriving cannot miss each other.
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Task>,
+    live: usize,
+    idle: usize,
+    next_worker: u32,
+    peak: usize,
+    stopping: bool,
+}
+
 pub struct Pool {
     runtime: Arc<Runtime>,
-    queue: Sender<Task>,
-    queue_rx: Receiver<Task>,
-    counts: Arc<Mutex<Counts>>,
+    state: Mutex<State>,
+    work_ready: Condvar,
     max: usize,
     idle_timeout: Duration,
     results: UnboundedSender<AttemptDone>,
     events: EventSink,
-    /// Set when the run stops early: queued tasks are handed back unrun, as cancelled.
-    stopping: AtomicBool,
 }
 
 impl Pool {
@@ -73,36 +76,28 @@ impl Pool {
         results: UnboundedSender<AttemptDone>,
         events: EventSink,
     ) -> Arc<Pool> {
-        let (queue, queue_rx) = crossbeam_channel::unbounded();
         Arc::new(Pool {
             runtime,
-            queue,
-            queue_rx,
-            counts: Arc::new(Mutex::new(Counts::default())),
+            state: Mutex::new(State::default()),
+            work_ready: Condvar::new(),
             max: max.max(1),
             idle_timeout,
             results,
             events,
-            stopping: AtomicBool::new(false),
         })
     }
 
-    /// Stops starting queued tasks; running ones go on (their own tokens cancel them).
-    pub fn stop_starting(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
-    }
-
-    /// Queues a task and starts a worker if none is free to take it.
+    /// Queues a task, and starts a worker if no idle one can take it.
     pub fn submit(self: &Arc<Self>, task: Task) {
-        self.queue.send(task).expect("the pool holds its own receiver");
-        let mut counts = self.counts.lock().expect("pool lock");
-        if should_start_worker(self.queue_rx.len(), counts.idle, counts.live, self.max) {
-            counts.live += 1;
-            counts.peak = counts.peak.max(counts.live);
-            let worker = counts.next_worker;
-            counts.next_worker += 1;
-            let live = counts.live;
-            drop(counts);
+        let mut state = self.state.lock().expect("pool lock");
+        state.queue.push_back(task);
+        if should_start_worker(state.queue.len(), state.idle, state.live, self.max) {
+            state.live += 1;
+            state.peak = state.peak.max(state.live);
+            let worker = state.next_worker;
+            state.next_worker += 1;
+            let live = state.live;
+            drop(state);
             self.events.emit(Event::WorkerStarted { worker, live });
             let pool = self.clone();
             std::thread::Builder::new()
@@ -110,19 +105,46 @@ impl Pool {
                 .stack_size(WORKER_STACK)
                 .spawn(move || pool.work(worker))
                 .expect("spawn a worker thread");
+        } else {
+            drop(state);
+            self.work_ready.notify_one();
         }
     }
 
+    /// Stops starting queued tasks: they come back as cancelled, unrun.
+    pub fn stop_starting(&self) {
+        self.state.lock().expect("pool lock").stopping = true;
+        self.work_ready.notify_all();
+    }
+
     pub fn live(&self) -> usize {
-        self.counts.lock().expect("pool lock").live
+        self.state.lock().expect("pool lock").live
     }
 
     pub fn peak(&self) -> usize {
-        self.counts.lock().expect("pool lock").peak
+        self.state.lock().expect("pool lock").peak
     }
 
-    pub fn cold_starts(&self) -> u64 {
-        self.counts.lock().expect("pool lock").cold_starts
+    /// The next task, or `None` once the worker has been idle for `idle_timeout`.
+    fn next_task(&self, worker: u32) -> Option<(Task, bool)> {
+        let mut state = self.state.lock().expect("pool lock");
+        let deadline = Instant::now() + self.idle_timeout;
+        loop {
+            if let Some(task) = state.queue.pop_front() {
+                return Some((task, state.stopping));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                state.live -= 1;
+                let live = state.live;
+                drop(state);
+                self.events.emit(Event::WorkerStopped { worker, live });
+                return None;
+            }
+            state.idle += 1;
+            state = self.work_ready.wait_timeout(state, deadline - now).expect("pool lock").0;
+            state.idle -= 1;
+        }
     }
 
     fn work(self: Arc<Self>, worker: u32) {
@@ -130,53 +152,33 @@ impl Pool {
         // here, and timeouts and cancellation are tokio timers on this thread.
         let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("a worker runtime");
         let mut cold = true;
-        loop {
-            self.counts.lock().expect("pool lock").idle += 1;
-            let task = match self.queue_rx.recv_timeout(self.idle_timeout) {
-                Ok(task) => {
-                    self.counts.lock().expect("pool lock").idle -= 1;
-                    task
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    let mut counts = self.counts.lock().expect("pool lock");
-                    counts.idle -= 1;
-                    if !self.queue_rx.is_empty() {
-                        continue;
-                    }
-                    counts.live -= 1;
-                    let live = counts.live;
-                    drop(counts);
-                    self.events.emit(Event::WorkerStopped { worker, live });
-                    return;
-                }
-                Err(RecvTimeoutError::Disconnected) => unreachable!("the pool holds its own sender"),
-            };
+        while let Some((task, stopping)) = self.next_task(worker) {
             let started = SystemTime::now();
-            let report = if self.stopping.load(Ordering::SeqCst) || task.cancel.is_cancelled() {
-                InvocationReport::not_run(Outcome::Cancelled)
-            } else {
-                if cold {
-                    self.counts.lock().expect("pool lock").cold_starts += 1;
-                }
+            let ran = !(stopping || task.cancel.is_cancelled());
+            let report = if ran {
                 self.events.emit(Event::AttemptStarted { shard: task.shard, attempt: task.attempt, worker, cold });
-                let report = runtime.block_on(self.runtime.invoke(&task.invocation, &task.cancel));
-                report
+                runtime.block_on(self.runtime.invoke(&task.invocation, &task.cancel))
+            } else {
+                InvocationReport::not_run(Outcome::Cancelled)
             };
-            let ran = !matches!(report.outcome, Outcome::Cancelled) || !report.elapsed.is_zero();
+            // The guest just wrote /out: listing it here is a few cached metadata calls,
+            // cheaper than handing the attempt to another thread to do it.
+            let outputs = report.outcome.is_ok().then(|| stage::scan_outputs(&task.outputs.0, task.outputs.1));
             let done = AttemptDone {
                 shard: task.shard,
                 attempt: task.attempt,
                 worker,
-                cold_start: cold,
+                cold_start: cold && ran,
                 started,
                 finished: SystemTime::now(),
                 report,
+                outputs,
             };
             cold = cold && !ran;
             if self.results.send(done).is_err() {
-                // The coordinator is gone (the run ended): nothing is waiting for results.
-                let mut counts = self.counts.lock().expect("pool lock");
-                counts.live -= 1;
+                // The run is over and nobody waits for results: leave.
+                let mut state = self.state.lock().expect("pool lock");
+                state.live -= 1;
                 return;
             }
         }

@@ -281,61 +281,64 @@ pub async fn drive_progress(mode: ProgressMode, mut events: UnboundedReceiver<Ev
         bar
     });
     let mut next_line = started + LINE_INTERVAL;
-    let mut ticker = tokio::time::interval(Duration::from_millis(250));
-    loop {
+    // Events are drained on a timer rather than awaited one by one: a busy run sends several
+    // per shard, and waking this task for each would cost more than the shard.
+    let mut ticker = tokio::time::interval(Duration::from_millis(100));
+    let mut finished = false;
+    while !finished {
         tokio::select! {
-            event = events.recv() => {
-                let Some(event) = event else { break };
-                match &event {
-                    Event::Note(text) if mode != ProgressMode::Quiet => match &bar {
-                        Some(bar) => bar.println(format!("fanout: {text}")),
-                        None => eprintln!("fanout: {text}"),
-                    },
-                    Event::Stopping { hard } if mode != ProgressMode::Quiet => {
-                        let text = if *hard {
-                            "fanout: stopping now: cancelling running attempts (nothing half-done is published)"
-                        } else {
-                            "fanout: stopping: no new shards; waiting for running attempts (Ctrl-C again to stop at once)"
-                        };
-                        match &bar {
-                            Some(bar) => bar.println(text),
-                            None => eprintln!("{text}"),
-                        }
-                    }
-                    Event::AttemptFailed { shard, attempt, outcome, retry } if mode != ProgressMode::Quiet => {
-                        let text = format!(
-                            "fanout: shard {shard:05} attempt {attempt}: {outcome}{}",
-                            if *retry { " (will retry)" } else { "" }
-                        );
-                        match &bar {
-                            Some(bar) => bar.println(text),
-                            None => eprintln!("{text}"),
-                        }
-                    }
-                    _ => {}
-                }
-                tally.apply(&event);
-            }
             _ = ticker.tick() => {}
-            _ = done.cancelled() => {
-                while let Ok(event) = events.try_recv() {
-                    tally.apply(&event);
+            _ = done.cancelled() => finished = true,
+        }
+        loop {
+            let event = match events.try_recv() {
+                Ok(event) => event,
+                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
+                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
+                    finished = true;
+                    break;
                 }
-                break;
+            };
+            if mode != ProgressMode::Quiet {
+                if let Some(text) = message_for(&event) {
+                    match &bar {
+                        Some(bar) => bar.println(text),
+                        None => eprintln!("{text}"),
+                    }
+                }
             }
+            tally.apply(&event);
         }
         let rate = tally.done() as f64 / started.elapsed().as_secs_f64().max(1e-3);
         if let Some(bar) = &bar {
             bar.set_length(tally.total.unwrap_or(tally.planned));
             bar.set_position(tally.done());
             bar.set_message(format!("| {} failed | {} workers | {:.1}/s", tally.failed, tally.workers, rate));
-        } else if mode == ProgressMode::Lines && Instant::now() >= next_line {
+        } else if mode == ProgressMode::Lines && Instant::now() >= next_line && !finished {
             next_line = Instant::now() + LINE_INTERVAL;
             eprintln!("{}", progress_line(&tally, rate));
         }
     }
     if let Some(bar) = bar {
         bar.finish_and_clear();
+    }
+}
+
+/// The line an event prints between progress updates, if any.
+fn message_for(event: &Event) -> Option<String> {
+    match event {
+        Event::Note(text) => Some(format!("fanout: {text}")),
+        Event::Stopping { hard: true } => {
+            Some("fanout: stopping now: cancelling running attempts (nothing half-done is published)".into())
+        }
+        Event::Stopping { hard: false } => {
+            Some("fanout: stopping: no new shards; waiting for running attempts (Ctrl-C again to stop at once)".into())
+        }
+        Event::AttemptFailed { shard, attempt, outcome, retry } => Some(format!(
+            "fanout: shard {shard:05} attempt {attempt}: {outcome}{}",
+            if *retry { " (will retry)" } else { "" }
+        )),
+        _ => None,
     }
 }
 

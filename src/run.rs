@@ -15,7 +15,7 @@ use crate::plan::{PlanError, PlanTotals, Planned, Shard};
 use crate::pool::{AttemptDone, Pool, Task};
 use crate::runtime::capture::Overflow;
 use crate::runtime::{Invocation, Outcome, Runtime};
-use crate::stage::{self, AttemptPaths, OutputRules, Published, StagedShard};
+use crate::stage::{self, OutputRules, Slot, Staged};
 use crate::storage::DynStorage;
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
@@ -109,6 +109,8 @@ pub struct RunResult {
 pub enum RunError {
     #[error("writing the manifest: {0}")]
     Manifest(#[from] ManifestError),
+    #[error("{0}")]
+    Fatal(String),
 }
 
 struct AttemptInfo {
@@ -119,9 +121,8 @@ struct AttemptInfo {
     started: SystemTime,
     finished: SystemTime,
     elapsed: Duration,
-    paths: AttemptPaths,
-    stdout_bytes: u64,
-    stderr_bytes: u64,
+    stdout: Option<PathBuf>,
+    stderr: Option<PathBuf>,
     stderr_truncated: bool,
 }
 
@@ -132,8 +133,8 @@ struct InFlight {
     prior_attempts: u32,
     /// Attempts made in this run so far.
     attempts: u32,
-    staged: Option<StagedShard>,
-    dir: PathBuf,
+    slot: Slot,
+    staged: Option<Staged>,
     history: Vec<AttemptInfo>,
     cancel: CancellationToken,
 }
@@ -142,14 +143,20 @@ impl InFlight {
     fn global_attempt(&self) -> u32 {
         self.prior_attempts + self.attempts
     }
+
+    /// Capture files the attempts left in the slot.
+    fn captures(&self) -> Vec<PathBuf> {
+        self.history.iter().flat_map(|a| a.stdout.iter().chain(a.stderr.iter()).cloned()).collect()
+    }
 }
 
 enum Msg {
-    Staged { shard: u64, result: Result<StagedShard, String> },
-    Published { shard: u64, result: Result<Published, String> },
+    Staged { shard: u64, result: Result<Staged, String>, slot: Slot },
+    /// Publishing an attempt's outputs failed (nothing of them is left in DEST).
+    PublishFailed { shard: u64, error: String },
     RetryDue { shard: u64 },
-    RetryPrepared { shard: u64, result: Result<AttemptPaths, String> },
-    Finalized { record: Option<ShardRecord>, shard: u64 },
+    /// The shard is done with its slot: committed (`Some` record) or left pending (`None`).
+    Finalized { shard: u64, record: Option<ShardRecord>, slot: Slot },
 }
 
 struct Coordinator {
@@ -167,6 +174,8 @@ struct Coordinator {
     write_job_document: bool,
     record_plan: bool,
 
+    /// Free staging slots; `None` until the first shard makes them.
+    slots: Option<Vec<Slot>>,
     capacity: usize,
     in_flight: HashMap<u64, InFlight>,
     records: BTreeMap<u64, ShardRecord>,
@@ -183,7 +192,7 @@ struct Coordinator {
     msg_tx: mpsc::UnboundedSender<Msg>,
     stats: RunStats,
     started: Instant,
-    fatal: Option<ManifestError>,
+    fatal: Option<String>,
 }
 
 /// Runs the job's shards to the end (or to a stop) and returns what happened.
@@ -191,6 +200,7 @@ pub async fn execute(spec: RunSpec) -> Result<RunResult, RunError> {
     let (results_tx, mut results_rx) = mpsc::unbounded_channel::<AttemptDone>();
     let (msg_tx, mut msg_rx) = mpsc::unbounded_channel::<Msg>();
     let pool = Pool::new(spec.runtime.clone(), spec.job.workers.max, spec.job.workers.idle(), results_tx, spec.events.clone());
+    // Enough shards in flight to keep every worker fed while others stage and publish.
     let capacity = (spec.job.workers.max * 4).max(16);
     let run = spec.prior.next_run;
     let mut shards = spec.shards;
@@ -207,6 +217,7 @@ pub async fn execute(spec: RunSpec) -> Result<RunResult, RunError> {
         document: spec.document,
         write_job_document: spec.write_job_document,
         record_plan: spec.record_plan,
+        slots: None,
         capacity,
         in_flight: HashMap::new(),
         records: BTreeMap::new(),
@@ -233,12 +244,15 @@ pub async fn execute(spec: RunSpec) -> Result<RunResult, RunError> {
         if coordinator.is_finished() {
             break;
         }
-        let can_take = !coordinator.plan_done && !coordinator.stopping && coordinator.in_flight.len() < coordinator.capacity;
+        let can_take = !coordinator.plan_done
+            && !coordinator.stopping
+            && coordinator.fatal.is_none()
+            && coordinator.slots.as_ref().is_none_or(|free| !free.is_empty());
         tokio::select! {
             planned = shards.recv(), if can_take => coordinator.on_planned(planned).await,
             Some(done) = results_rx.recv() => coordinator.on_attempt_done(done),
             Some(msg) = msg_rx.recv() => coordinator.on_message(msg),
-            _ = journal_tick.tick() => coordinator.flush_journal(false),
+            _ = journal_tick.tick() => coordinator.flush_journal(),
             _ = coordinator.shutdown.soft.cancelled(), if !coordinator.stopping => coordinator.begin_stop(),
         }
     }
@@ -258,14 +272,10 @@ impl Coordinator {
         self.pool.stop_starting();
         self.events.emit(Event::Stopping { hard: false });
         let hard = self.shutdown.hard.clone();
-        let cancels: Vec<CancellationToken> = self.in_flight.values().map(|f| f.cancel.clone()).collect();
         let events = self.events.clone();
         tokio::spawn(async move {
             hard.cancelled().await;
             events.emit(Event::Stopping { hard: true });
-            for cancel in cancels {
-                cancel.cancel();
-            }
         });
     }
 
@@ -278,9 +288,17 @@ impl Coordinator {
                     // job.json goes first: a manifest never exists without its job.
                     self.write_job_document = false;
                     if let Err(e) = self.manifest.write_job(&self.document).await {
-                        self.fatal = Some(e);
-                        self.plan_done = true;
+                        self.fatal = Some(format!("writing job.json: {e}"));
                         return;
+                    }
+                }
+                if self.slots.is_none() {
+                    match stage::make_slots(&self.staging_root, self.capacity).await {
+                        Ok(slots) => self.slots = Some(slots),
+                        Err(e) => {
+                            self.fatal = Some(e);
+                            return;
+                        }
                     }
                 }
                 if self.record_plan {
@@ -342,29 +360,34 @@ impl Coordinator {
             }
         }
         let prior_attempts = prior.filter(|r| r.fingerprint == fingerprint).map(|r| r.attempts).unwrap_or(0);
+        let slot = self.slots.as_mut().and_then(|free| free.pop()).expect("dispatch only with a free slot");
         let id = shard.id;
-        let dir = self.staging_root.join(format!("{id:05}"));
-        let flight = InFlight {
-            shard: shard.clone(),
-            fingerprint,
-            prior_attempts,
-            attempts: 1,
-            staged: None,
-            dir: dir.clone(),
-            history: Vec::new(),
-            cancel: self.shutdown.hard.child_token(),
-        };
-        let first = flight.global_attempt();
-        self.in_flight.insert(id, flight);
+        self.in_flight.insert(
+            id,
+            InFlight {
+                shard: shard.clone(),
+                fingerprint,
+                prior_attempts,
+                attempts: 1,
+                slot: slot.clone(),
+                staged: None,
+                history: Vec::new(),
+                cancel: self.shutdown.hard.child_token(),
+            },
+        );
+        self.spawn_staging(id, shard, slot);
+    }
+
+    fn spawn_staging(&self, id: u64, shard: Shard, mut slot: Slot) {
         let source = self.source.clone();
         let tx = self.msg_tx.clone();
         tokio::spawn(async move {
-            let result = stage::stage(&source, &shard, dir, first).await;
-            let _ = tx.send(Msg::Staged { shard: id, result });
+            let result = stage::stage(&source, &shard, &mut slot).await;
+            let _ = tx.send(Msg::Staged { shard: id, result, slot });
         });
     }
 
-    fn submit(&mut self, id: u64, paths: AttemptPaths) {
+    fn submit(&mut self, id: u64) {
         let job = &self.job;
         let total_hint = self.plan_totals.as_ref().map(|t| t.shards).unwrap_or(self.planned);
         let flight = self.in_flight.get_mut(&id).expect("submitted shards are in flight");
@@ -378,44 +401,51 @@ impl Coordinator {
         env.push(("FANOUT_ATTEMPT".into(), attempt.to_string()));
         let mut argv = vec![job.name.clone()];
         argv.extend(job.function.args.iter().cloned());
+        let slot = &flight.slot;
         let invocation = Invocation {
             argv,
             env,
-            in_dir: staged.in_dir.clone(),
-            out_dir: paths.out_dir.clone(),
+            in_dir: slot.in_dir.clone(),
+            out_dir: slot.out_dir.clone(),
             stdin: staged.stdin.clone(),
-            stdout: paths.stdout.clone(),
+            stdout: slot.stdout(attempt),
             stdout_cap: if is_records { job.output.max_bytes } else { LOG_CAP },
             stdout_overflow: if is_records { Overflow::Fail } else { Overflow::Truncate },
-            stderr: paths.stderr.clone(),
+            stderr: slot.stderr(attempt),
             stderr_cap: LOG_CAP,
         };
+        let rules = OutputRules { max_files: job.output.max_files, max_bytes: job.output.max_bytes };
         self.stats.attempts += 1;
-        self.pool.submit(Task { shard: id, attempt, invocation, cancel: flight.cancel.clone() });
+        self.pool.submit(Task {
+            shard: id,
+            attempt,
+            invocation,
+            cancel: flight.cancel.clone(),
+            outputs: (slot.out_dir.clone(), rules),
+        });
     }
 
     fn on_message(&mut self, msg: Msg) {
         match msg {
-            Msg::Staged { shard, result } => match result {
-                Ok(staged) => {
-                    let Some(flight) = self.in_flight.get_mut(&shard) else { return };
-                    let paths = stage::attempt_paths(&staged.dir, flight.global_attempt());
-                    flight.staged = Some(staged);
-                    if self.stopping {
-                        self.abandon(shard);
-                    } else {
-                        self.submit(shard, paths);
+            Msg::Staged { shard, result, slot } => {
+                let Some(flight) = self.in_flight.get_mut(&shard) else { return };
+                flight.slot = slot;
+                match result {
+                    Ok(staged) => {
+                        flight.staged = Some(staged);
+                        if self.stopping {
+                            self.abandon(shard);
+                        } else {
+                            self.submit(shard);
+                        }
                     }
+                    Err(error) => self.attempt_failed(shard, None, Outcome::Error(error)),
                 }
-                Err(error) => self.attempt_failed(shard, None, Outcome::Error(error)),
-            },
-            Msg::Published { shard, result } => match result {
-                Ok(published) => self.finalize(shard, Some(published)),
-                Err(error) => {
-                    let info = self.in_flight.get_mut(&shard).and_then(|f| f.history.pop());
-                    self.attempt_failed(shard, info, Outcome::Error(error));
-                }
-            },
+            }
+            Msg::PublishFailed { shard, error } => {
+                let info = self.in_flight.get_mut(&shard).and_then(|f| f.history.pop());
+                self.attempt_failed(shard, info, Outcome::Error(error));
+            }
             Msg::RetryDue { shard } => {
                 if self.stopping {
                     self.abandon(shard);
@@ -423,37 +453,33 @@ impl Coordinator {
                 }
                 let Some(flight) = self.in_flight.get_mut(&shard) else { return };
                 flight.attempts += 1;
-                let dir = flight.dir.clone();
-                let attempt = flight.global_attempt();
-                let staged = flight.staged.is_some();
-                let tx = self.msg_tx.clone();
-                if staged {
-                    tokio::spawn(async move {
-                        let result = stage::prepare_attempt(&dir, attempt).await;
-                        let _ = tx.send(Msg::RetryPrepared { shard, result });
-                    });
+                if flight.staged.is_some() {
+                    self.submit(shard);
                 } else {
-                    // Staging itself failed last time: stage again from scratch.
-                    let source = self.source.clone();
-                    let shard_copy = flight.shard.clone();
-                    tokio::spawn(async move {
-                        let result = stage::stage(&source, &shard_copy, dir, attempt).await;
-                        let _ = tx.send(Msg::Staged { shard, result });
-                    });
+                    // Staging itself failed last time: stage again.
+                    let (copy, slot) = (flight.shard.clone(), flight.slot.clone());
+                    self.spawn_staging(shard, copy, slot);
                 }
             }
-            Msg::RetryPrepared { shard, result } => match result {
-                Ok(paths) if !self.stopping => self.submit(shard, paths),
-                Ok(_) => self.abandon(shard),
-                Err(error) => self.attempt_failed(shard, None, Outcome::Error(error)),
-            },
-            Msg::Finalized { record, shard } => {
+            Msg::Finalized { shard, record, slot } => {
                 self.in_flight.remove(&shard);
+                if let Some(free) = self.slots.as_mut() {
+                    free.push(slot);
+                }
                 if let Some(record) = record {
+                    let ok = record.status == ShardStatus::Ok;
+                    if ok {
+                        self.stats.shards_ok += 1;
+                    } else {
+                        self.stats.shards_failed += 1;
+                    }
+                    self.stats.bytes_in += record.bytes_in;
+                    self.stats.bytes_out += record.bytes_out;
+                    self.events.emit(Event::ShardFinished { shard, ok, bytes_in: record.bytes_in, bytes_out: record.bytes_out });
                     self.records.insert(record.shard, record.clone());
                     self.journal_buffer.push(record);
                     if self.journal_buffer.len() >= JOURNAL_BATCH {
-                        self.flush_journal(false);
+                        self.flush_journal();
                     }
                 }
             }
@@ -462,13 +488,13 @@ impl Coordinator {
 
     fn on_attempt_done(&mut self, done: AttemptDone) {
         self.stats.busy_ms += done.report.elapsed.as_millis() as u64;
-        if done.cold_start {
-            self.stats.cold_starts += 1;
-        } else {
-            self.stats.warm_starts += 1;
+        if done.report.elapsed > Duration::ZERO || !matches!(done.report.outcome, Outcome::Cancelled) {
+            if done.cold_start {
+                self.stats.cold_starts += 1;
+            } else {
+                self.stats.warm_starts += 1;
+            }
         }
-        let Some(flight) = self.in_flight.get_mut(&done.shard) else { return };
-        let paths = stage::attempt_paths(&flight.dir, done.attempt);
         let info = AttemptInfo {
             attempt: done.attempt,
             outcome: done.report.outcome.clone(),
@@ -477,28 +503,46 @@ impl Coordinator {
             started: done.started,
             finished: done.finished,
             elapsed: done.report.elapsed,
-            paths: paths.clone(),
-            stdout_bytes: done.report.stdout.bytes,
-            stderr_bytes: done.report.stderr.bytes,
+            stdout: done.report.stdout.path.clone(),
+            stderr: done.report.stderr.path.clone(),
             stderr_truncated: done.report.stderr.overflowed,
         };
         *self.stats.outcomes.entry(info.outcome.kind().to_string()).or_default() += 1;
-        if !info.outcome.is_ok() {
-            let outcome = info.outcome.clone();
-            self.attempt_failed(done.shard, Some(info), outcome);
-            return;
-        }
-        let stdout_object = flight.shard.record_extension().map(|ext| {
-            (format!("part-{:05}{ext}", done.shard), done.report.stdout.path.clone())
-        });
+        let files = match done.outputs {
+            Some(Ok(files)) => files,
+            Some(Err(rule_broken)) => return self.attempt_failed(done.shard, Some(info), Outcome::Error(rule_broken)),
+            None => {
+                let outcome = info.outcome.clone();
+                return self.attempt_failed(done.shard, Some(info), outcome);
+            }
+        };
+        let Some(flight) = self.in_flight.get_mut(&done.shard) else { return };
+        let stdout_object = flight.shard.record_extension().map(|ext| (format!("part-{:05}{ext}", done.shard), info.stdout.clone()));
         flight.history.push(info);
-        let dest = self.dest.clone();
-        let rules = OutputRules { max_files: self.job.output.max_files, max_bytes: self.job.output.max_bytes };
-        let tx = self.msg_tx.clone();
+        let record = build_record(flight, true, self.run);
         let shard = done.shard;
+        if files.is_empty() && stdout_object.is_none() && !needs_log(flight, true) {
+            // Nothing to store but the record: finish here, without a task.
+            let slot = flight.slot.clone().release(flight.staged.clone().unwrap_or_default(), flight.captures(), false);
+            return self.on_message(Msg::Finalized { shard, record: Some(record), slot });
+        }
+        let log = needs_log(flight, true).then(|| compose_log(flight));
+        let (dest, manifest, tx) = (self.dest.clone(), self.manifest.clone(), self.msg_tx.clone());
+        let (slot, staged, captures) = (flight.slot.clone(), flight.staged.clone().unwrap_or_default(), flight.captures());
         tokio::spawn(async move {
-            let result = stage::publish(&dest, &paths, rules, stdout_object).await;
-            let _ = tx.send(Msg::Published { shard, result });
+            let published = match stage::publish(&dest, files, stdout_object).await {
+                Ok(published) => published,
+                Err(error) => {
+                    let _ = tx.send(Msg::PublishFailed { shard, error });
+                    return;
+                }
+            };
+            let mut record = record;
+            record.outputs = published.outputs;
+            record.bytes_out = published.bytes_out;
+            store_log(&manifest, shard, log, &mut record).await;
+            let slot = slot.release(staged, captures, published.out_dirty);
+            let _ = tx.send(Msg::Finalized { shard, record: Some(record), slot });
         });
     }
 
@@ -516,107 +560,63 @@ impl Coordinator {
             started: now,
             finished: now,
             elapsed: Duration::ZERO,
-            paths: stage::attempt_paths(&flight.dir, flight.global_attempt()),
-            stdout_bytes: 0,
-            stderr_bytes: 0,
+            stdout: None,
+            stderr: None,
             stderr_truncated: false,
         });
         info.outcome = outcome.clone();
-        let paths = info.paths.clone();
         flight.history.push(info);
-        // Nothing of a failed attempt is ever published.
-        tokio::spawn(async move { stage::discard_outputs(&paths).await });
         if matches!(outcome, Outcome::Cancelled) {
             self.abandon(shard);
             return;
         }
         let retry = flight.attempts < max_attempts && !self.stopping;
         self.events.emit(Event::AttemptFailed { shard, attempt: flight.global_attempt(), outcome: outcome.to_string(), retry });
-        if retry {
-            self.stats.retries += 1;
-            let delay = backoff_before(flight.attempts + 1, backoff);
-            let tx = self.msg_tx.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                let _ = tx.send(Msg::RetryDue { shard });
-            });
-        } else if self.stopping {
-            self.abandon(shard);
-        } else {
-            self.finalize(shard, None);
+        if !retry {
+            if self.stopping {
+                self.abandon(shard);
+            } else {
+                self.finalize_failed(shard);
+            }
+            return;
         }
-    }
-
-    /// Leaves a shard pending (stopping early): no record, staging removed.
-    fn abandon(&mut self, shard: u64) {
-        if let Some(flight) = self.in_flight.get(&shard) {
-            let dir = flight.dir.clone();
-            let tx = self.msg_tx.clone();
-            tokio::spawn(async move {
-                stage::remove_dir(dir).await;
-                let _ = tx.send(Msg::Finalized { record: None, shard });
-            });
-        }
-    }
-
-    /// The shard's final state is known: store its log, remove its staging, build its record.
-    fn finalize(&mut self, shard: u64, published: Option<Published>) {
-        let Some(flight) = self.in_flight.get_mut(&shard) else { return };
-        let last = flight.history.last().expect("a finalized shard had an attempt");
-        let ok = published.is_some();
-        let published = published.unwrap_or_default();
-        let record = ShardRecord {
-            shard,
-            fingerprint: flight.fingerprint.clone(),
-            status: if ok { ShardStatus::Ok } else { ShardStatus::Failed },
-            outcome: last.outcome.kind().to_string(),
-            attempts: flight.global_attempt(),
-            started: timestamp(last.started),
-            finished: timestamp(last.finished),
-            duration_ms: last.elapsed.as_millis() as u64,
-            bytes_in: flight.shard.bytes_in(),
-            bytes_out: published.bytes_out,
-            worker: last.worker,
-            cold_start: last.cold_start,
-            error: (!ok).then(|| last.outcome.to_string()),
-            outputs: published.outputs,
-            run: self.run,
-            backup: false,
-        };
-        if ok {
-            self.stats.shards_ok += 1;
-        } else {
-            self.stats.shards_failed += 1;
-        }
-        self.stats.bytes_in += record.bytes_in;
-        self.stats.bytes_out += record.bytes_out;
-        self.events.emit(Event::ShardFinished { shard, ok, bytes_in: record.bytes_in, bytes_out: record.bytes_out });
-        let stdout_in_log = flight.shard.record_extension().is_none();
-        let needs_log = !ok
-            || flight.history.len() > 1
-            || flight.history.iter().any(|a| a.stderr_bytes > 0 || (stdout_in_log && a.stdout_bytes > 0));
-        let log = needs_log.then(|| compose_log(shard, &flight.history, stdout_in_log));
-        let manifest = self.manifest.clone();
-        let dir = flight.dir.clone();
+        self.stats.retries += 1;
+        let delay = backoff_before(flight.attempts + 1, backoff);
+        let slot = flight.slot.clone();
         let tx = self.msg_tx.clone();
         tokio::spawn(async move {
-            let mut record = record;
-            if let Some(log) = log {
-                let text = log.await;
-                if let Err(e) = manifest.put_log(shard, text).await {
-                    // The outputs are stored; a lost log must not undo the shard, but says so.
-                    record.error.get_or_insert_with(String::new).push_str(&format!(" (log not stored: {e})"));
-                }
-            }
-            stage::remove_dir(dir).await;
-            let _ = tx.send(Msg::Finalized { record: Some(record), shard });
+            // Nothing of a failed attempt is ever published: its /out goes first.
+            stage::discard_outputs(&slot).await;
+            tokio::time::sleep(delay).await;
+            let _ = tx.send(Msg::RetryDue { shard });
         });
     }
 
-    /// Writes buffered records as one journal segment (at most one write at a time).
-    fn flush_journal(&mut self, force: bool) {
+    /// Leaves a shard pending (stopping early): no record, slot emptied.
+    fn abandon(&mut self, shard: u64) {
+        let Some(flight) = self.in_flight.get(&shard) else { return };
+        let slot = flight.slot.clone().release(flight.staged.clone().unwrap_or_default(), flight.captures(), true);
+        let _ = self.msg_tx.send(Msg::Finalized { shard, record: None, slot });
+    }
+
+    /// The shard failed for good: store its log, empty its slot, record the failure.
+    fn finalize_failed(&mut self, shard: u64) {
+        let Some(flight) = self.in_flight.get(&shard) else { return };
+        let record = build_record(flight, false, self.run);
+        let log = compose_log(flight);
+        let (manifest, tx) = (self.manifest.clone(), self.msg_tx.clone());
+        let slot = flight.slot.clone().release(flight.staged.clone().unwrap_or_default(), flight.captures(), true);
+        tokio::spawn(async move {
+            let mut record = record;
+            store_log(&manifest, shard, Some(log), &mut record).await;
+            let _ = tx.send(Msg::Finalized { shard, record: Some(record), slot });
+        });
+    }
+
+    /// Writes buffered records as one journal segment (one write at a time, in order).
+    fn flush_journal(&mut self) {
         self.journal_writes.retain(|handle| !handle.is_finished());
-        if self.journal_buffer.is_empty() || (!self.journal_writes.is_empty() && !force) {
+        if self.journal_buffer.is_empty() || !self.journal_writes.is_empty() {
             return;
         }
         let records = std::mem::take(&mut self.journal_buffer);
@@ -633,7 +633,10 @@ impl Coordinator {
     }
 
     async fn finish(mut self) -> Result<RunResult, RunError> {
-        self.flush_journal(true);
+        for handle in std::mem::take(&mut self.journal_writes) {
+            handle.await.expect("journal task")?;
+        }
+        self.flush_journal();
         for handle in std::mem::take(&mut self.journal_writes) {
             handle.await.expect("journal task")?;
         }
@@ -641,24 +644,22 @@ impl Coordinator {
             handle.await.expect("plan task")?;
         }
         if let Some(fatal) = self.fatal.take() {
-            return Err(fatal.into());
+            return Err(RunError::Fatal(fatal));
         }
         // The plan is complete once every segment is stored; say so in job.json.
-        if self.plan_totals.is_some() && !self.write_job_document {
+        if self.plan_totals.is_some() && self.record_plan && !self.write_job_document {
             let mut document = self.document.clone();
-            if self.record_plan {
-                document.plan.complete = true;
-                document.plan.segments = self.plan_segment;
-                document.plan.totals = self.plan_totals.clone();
-                self.manifest.write_job(&document).await?;
-            }
+            document.plan.complete = true;
+            document.plan.segments = self.plan_segment;
+            document.plan.totals = self.plan_totals.clone();
+            self.manifest.write_job(&document).await?;
         }
-        let _ = std::fs::remove_dir_all(&self.staging_root);
+        let _ = tokio::fs::remove_dir_all(&self.staging_root).await;
         self.stats.workers_peak = self.pool.peak();
         self.stats.workers_at_end = self.pool.live();
         self.stats.wall_ms = self.started.elapsed().as_millis() as u64;
-        // Shards committed by earlier runs but not seen this run (a stop before planning
-        // reached them) still count.
+        // Shards committed by earlier runs but not reached this run (a stop before planning
+        // got to them) still count.
         for (shard, record) in &self.prior.latest {
             self.records.entry(*shard).or_insert_with(|| record.clone());
         }
@@ -676,10 +677,55 @@ impl Coordinator {
     }
 }
 
+/// The commit record of a shard whose final attempt is the last in its history; outputs
+/// and bytes out are filled in once they are stored.
+fn build_record(flight: &InFlight, ok: bool, run: u32) -> ShardRecord {
+    let last = flight.history.last().expect("a finished shard had an attempt");
+    ShardRecord {
+        shard: flight.shard.id,
+        fingerprint: flight.fingerprint.clone(),
+        status: if ok { ShardStatus::Ok } else { ShardStatus::Failed },
+        outcome: last.outcome.kind().to_string(),
+        attempts: flight.global_attempt(),
+        started: timestamp(last.started),
+        finished: timestamp(last.finished),
+        duration_ms: last.elapsed.as_millis() as u64,
+        bytes_in: flight.shard.bytes_in(),
+        bytes_out: 0,
+        worker: last.worker,
+        cold_start: last.cold_start,
+        error: (!ok).then(|| last.outcome.to_string()),
+        outputs: Vec::new(),
+        run,
+        backup: false,
+    }
+}
+
+/// A log is stored when there is something to read: a failure, a retry, or guest output.
+fn needs_log(flight: &InFlight, ok: bool) -> bool {
+    !ok || flight.history.len() > 1 || flight.history.iter().any(|a| a.stderr.is_some() || (flight.shard.record_extension().is_none() && a.stdout.is_some()))
+}
+
+async fn store_log(manifest: &Manifest, shard: u64, log: Option<impl std::future::Future<Output = Bytes>>, record: &mut ShardRecord) {
+    let Some(log) = log else { return };
+    let text = log.await;
+    if let Err(e) = manifest.put_log(shard, text).await {
+        // The outputs are stored; a lost log must not undo the shard, but it says so.
+        let note = format!("log not stored: {e}");
+        record.error = Some(match record.error.take() {
+            Some(error) => format!("{error} ({note})"),
+            None => note,
+        });
+    }
+}
+
 /// The shard's log: each attempt's outcome, then its stderr (and stdout, when stdout is
-/// not an output). Read from the staged files in a blocking task.
-fn compose_log(shard: u64, history: &[AttemptInfo], stdout_in_log: bool) -> impl std::future::Future<Output = Bytes> + Send + 'static {
-    let parts: Vec<(String, PathBuf, PathBuf, bool)> = history
+/// not an output). Read from the slot's capture files in a blocking task.
+fn compose_log(flight: &InFlight) -> impl std::future::Future<Output = Bytes> + Send + 'static {
+    let shard = flight.shard.id;
+    let stdout_in_log = flight.shard.record_extension().is_none();
+    let parts: Vec<(String, Option<PathBuf>, Option<PathBuf>, bool)> = flight
+        .history
         .iter()
         .map(|a| {
             let header = format!(
@@ -689,31 +735,27 @@ fn compose_log(shard: u64, history: &[AttemptInfo], stdout_in_log: bool) -> impl
                 if a.cold_start { " (cold start)" } else { "" },
                 a.outcome
             );
-            (header, a.paths.stderr.clone(), a.paths.stdout.clone(), a.stderr_truncated)
+            (header, a.stderr.clone(), a.stdout.clone().filter(|_| stdout_in_log), a.stderr_truncated)
         })
         .collect();
     let reading = tokio::task::spawn_blocking(move || {
         let mut text = Vec::new();
         for (header, stderr, stdout, truncated) in parts {
             text.extend_from_slice(header.as_bytes());
-            if let Ok(bytes) = std::fs::read(&stderr) {
+            if let Some(bytes) = stderr.and_then(|path| std::fs::read(path).ok()) {
                 text.extend_from_slice(&bytes);
-                if !bytes.ends_with(b"\n") && !bytes.is_empty() {
+                if !bytes.ends_with(b"\n") {
                     text.push(b'\n');
                 }
             }
             if truncated {
                 text.extend_from_slice(format!("--- fanout: stderr truncated after {LOG_CAP} bytes\n").as_bytes());
             }
-            if stdout_in_log {
-                if let Ok(bytes) = std::fs::read(&stdout) {
-                    if !bytes.is_empty() {
-                        text.extend_from_slice(b"--- fanout: stdout\n");
-                        text.extend_from_slice(&bytes);
-                        if !bytes.ends_with(b"\n") {
-                            text.push(b'\n');
-                        }
-                    }
+            if let Some(bytes) = stdout.and_then(|path| std::fs::read(path).ok()) {
+                text.extend_from_slice(b"--- fanout: stdout\n");
+                text.extend_from_slice(&bytes);
+                if !bytes.ends_with(b"\n") {
+                    text.push(b'\n');
                 }
             }
         }

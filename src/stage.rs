@@ -1,94 +1,185 @@
 //! Staging: a shard's inputs fetched into a local folder before its attempt runs, and an
 //! attempt's `/out` checked and published to DEST after it succeeds. Owns the staging
-//! folder layout and the output rules (regular files only, no path outside DEST, nothing
-//! under `_fanout/`, at most `max_files` files and `max_bytes` bytes). It moves bytes;
-//! it does not decide retries or write commit records.
+//! layout and the output rules (regular files only, no path outside DEST, nothing under
+//! `_fanout/`, at most `max_files` files and `max_bytes` bytes). It moves bytes; it does
+//! not decide retries or write commit records.
 //!
-//! Layout of one shard's folder: `in/` (the inputs, read-only to the guest), `stdin`
-//! (record shards), and per attempt `aN/out/`, `aN/stdout`, `aN/stderr`.
+//! Staging happens in reusable *slots*, one per shard in flight, each with `in/` and `out/`
+//! made once per run: creating and deleting two folders per shard costs more than a no-op
+//! shard itself on ext4 (inode allocation scans recently deleted inodes). A slot is emptied
+//! between shards by removing exactly what was put there.
 
 use crate::manifest::FANOUT_DIR;
 use crate::plan::{Shard, ShardInput};
 use crate::storage::{validate_key, DynStorage};
-use futures::{StreamExt, TryStreamExt};
 use std::path::{Path, PathBuf};
 
-/// Input objects of one shard fetched at once.
-const FETCH_CONCURRENCY: usize = 8;
-/// Output files of one shard stored at once.
-const PUBLISH_CONCURRENCY: usize = 8;
-
+/// A reusable staging folder. What a shard leaves in it is removed when the next shard
+/// is staged there, in the same blocking call, or with the whole staging root at the end.
 #[derive(Debug, Clone)]
-pub struct StagedShard {
+pub struct Slot {
     pub dir: PathBuf,
     pub in_dir: PathBuf,
-    pub stdin: Option<PathBuf>,
-}
-
-/// Paths of one attempt inside a staged shard.
-#[derive(Debug, Clone)]
-pub struct AttemptPaths {
-    pub dir: PathBuf,
     pub out_dir: PathBuf,
-    pub stdout: PathBuf,
-    pub stderr: PathBuf,
+    leftovers: Vec<PathBuf>,
+    leftover_dirs: Vec<PathBuf>,
+    out_dirty: bool,
 }
 
-pub fn attempt_paths(shard_dir: &Path, attempt: u32) -> AttemptPaths {
-    let dir = shard_dir.join(format!("a{attempt}"));
-    AttemptPaths { out_dir: dir.join("out"), stdout: dir.join("stdout"), stderr: dir.join("stderr"), dir }
+impl Slot {
+    pub fn stdin(&self) -> PathBuf {
+        self.dir.join("stdin")
+    }
+
+    pub fn stdout(&self, attempt: u32) -> PathBuf {
+        self.dir.join(format!("stdout.{attempt}"))
+    }
+
+    pub fn stderr(&self, attempt: u32) -> PathBuf {
+        self.dir.join(format!("stderr.{attempt}"))
+    }
+
+    /// Hands the slot back after a shard: these files and folders (deepest first) are left
+    /// in it, and `out/` may hold more when `out_dirty`.
+    pub fn release(mut self, staged: Staged, captures: Vec<PathBuf>, out_dirty: bool) -> Slot {
+        self.leftovers.extend(staged.files);
+        self.leftovers.extend(staged.stdin);
+        self.leftovers.extend(captures);
+        self.leftover_dirs.extend(staged.dirs);
+        self.out_dirty |= out_dirty;
+        self
+    }
+
+    /// Removes what the previous shard left (blocking).
+    fn clean(&mut self) {
+        for file in self.leftovers.drain(..) {
+            let _ = std::fs::remove_file(file);
+        }
+        for dir in self.leftover_dirs.drain(..) {
+            let _ = std::fs::remove_dir(dir);
+        }
+        if std::mem::take(&mut self.out_dirty) {
+            let _ = empty_dir(&self.out_dir);
+        }
+    }
+
+    fn needs_cleaning(&self) -> bool {
+        !self.leftovers.is_empty() || !self.leftover_dirs.is_empty() || self.out_dirty
+    }
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.expect("a staging task panicked")
 }
 
-/// Fetches the shard's inputs into `dir` and prepares the folders of its first attempt.
-pub async fn stage(source: &DynStorage, shard: &Shard, dir: PathBuf, first_attempt: u32) -> Result<StagedShard, String> {
-    let in_dir = dir.join("in");
-    let attempt = attempt_paths(&dir, first_attempt);
-    let folders: Vec<PathBuf> = match &shard.input {
-        ShardInput::Objects { objects } => {
-            let mut folders: Vec<PathBuf> = objects
-                .iter()
-                .filter_map(|o| o.key.rsplit_once('/').map(|(parent, _)| in_dir.join(parent)))
-                .collect();
-            folders.dedup();
-            folders
+/// Makes `count` slots under `root`, in one blocking call.
+pub async fn make_slots(root: &Path, count: usize) -> Result<Vec<Slot>, String> {
+    let root = root.to_path_buf();
+    blocking(move || {
+        (0..count)
+            .map(|i| {
+                let dir = root.join(format!("slot{i:03}"));
+                let slot = Slot {
+                    in_dir: dir.join("in"),
+                    out_dir: dir.join("out"),
+                    dir,
+                    leftovers: Vec::new(),
+                    leftover_dirs: Vec::new(),
+                    out_dirty: false,
+                };
+                for folder in [&slot.in_dir, &slot.out_dir] {
+                    std::fs::create_dir_all(folder).map_err(|e| format!("staging: cannot create {}: {e}", folder.display()))?;
+                }
+                Ok(slot)
+            })
+            .collect()
+    })
+    .await
+}
+
+/// What staging put into a slot, so that exactly that can be taken out again.
+#[derive(Debug, Clone, Default)]
+pub struct Staged {
+    pub stdin: Option<PathBuf>,
+    pub files: Vec<PathBuf>,
+    /// Folders made under `in/` for nested keys, deepest first.
+    pub dirs: Vec<PathBuf>,
+}
+
+/// The folders under `in/` that nested keys need, parents first.
+fn folders_for(in_dir: &Path, keys: &[&str]) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for key in keys {
+        let mut parent = Path::new(key).parent();
+        while let Some(folder) = parent.filter(|p| !p.as_os_str().is_empty()) {
+            dirs.push(in_dir.join(folder));
+            parent = folder.parent();
         }
-        ShardInput::Records { .. } => Vec::new(),
-    };
-    {
-        let (in_dir, out_dir) = (in_dir.clone(), attempt.out_dir.clone());
-        blocking(move || -> Result<(), String> {
-            for folder in std::iter::once(&in_dir).chain(&folders).chain(std::iter::once(&out_dir)) {
-                std::fs::create_dir_all(folder).map_err(|e| format!("staging: cannot create {}: {e}", folder.display()))?;
-            }
-            Ok(())
-        })
-        .await?;
     }
-    let mut stdin = None;
+    dirs.sort();
+    dirs.dedup();
+    dirs
+}
+
+/// Empties the slot of the previous shard and fetches this shard's inputs into it. A local
+/// source is staged by hard links in one blocking call; a remote one streams downloads.
+pub async fn stage(source: &DynStorage, shard: &Shard, slot: &mut Slot) -> Result<Staged, String> {
     match &shard.input {
         ShardInput::Objects { objects } => {
-            futures::stream::iter(objects.clone())
-                .map(|object| {
-                    // Owned captures keep each download future 'static (spawnable).
-                    let target = in_dir.join(&object.key);
-                    let source = source.clone();
-                    async move {
-                        source
-                            .download(&object.key, &target)
-                            .await
-                            .map_err(|e| format!("staging input {}: {e}", object.key))
+            let keys: Vec<&str> = objects.iter().map(|o| o.key.as_str()).collect();
+            let dirs = folders_for(&slot.in_dir, &keys);
+            let items: Vec<(String, PathBuf)> = objects.iter().map(|o| (o.key.clone(), slot.in_dir.join(&o.key))).collect();
+            let mut staged = Staged {
+                stdin: None,
+                files: items.iter().map(|(_, path)| path.clone()).collect(),
+                dirs: dirs.iter().rev().cloned().collect(),
+            };
+            let local_root = source.local_root().map(Path::to_path_buf);
+            if local_root.is_none() && dirs.is_empty() && !slot.needs_cleaning() {
+                return match source.download_many(items).await {
+                    Ok(_) => Ok(staged),
+                    Err(e) => {
+                        *slot = slot.clone().release(staged, Vec::new(), false);
+                        Err(format!("staging inputs: {e}"))
                     }
-                })
-                .buffer_unordered(FETCH_CONCURRENCY)
-                .try_collect::<Vec<u64>>()
-                .await?;
+                };
+            }
+            let mut prepared = slot.clone();
+            let work_items = items.clone();
+            let result = blocking(move || -> Result<Slot, String> {
+                prepared.clean();
+                for folder in &dirs {
+                    std::fs::create_dir_all(folder).map_err(|e| format!("staging: cannot create {}: {e}", folder.display()))?;
+                }
+                if let Some(root) = local_root {
+                    for (key, target) in &work_items {
+                        let from = root.join(key);
+                        crate::storage::local::link_or_copy(&from, target)
+                            .map_err(|e| format!("staging input {}: {e}", from.display()))?;
+                    }
+                }
+                Ok(prepared)
+            })
+            .await;
+            let needs_download = source.local_root().is_none();
+            match result {
+                Ok(cleaned) => *slot = cleaned,
+                Err(e) => {
+                    // Whatever got linked before the failure is removed with the slot's next use.
+                    *slot = slot.clone().release(std::mem::take(&mut staged), Vec::new(), false);
+                    return Err(e);
+                }
+            }
+            if needs_download {
+                if let Err(e) = source.download_many(items).await {
+                    *slot = slot.clone().release(staged, Vec::new(), false);
+                    return Err(format!("staging inputs: {e}"));
+                }
+            }
+            Ok(staged)
         }
         ShardInput::Records { key, start, end, header } => {
-            let path = dir.join("stdin");
+            let path = slot.stdin();
             let header_bytes = if *header > 0 {
                 source.get_range(key, 0..*header).await.map_err(|e| format!("staging header of {key}: {e}"))?
             } else {
@@ -96,41 +187,40 @@ pub async fn stage(source: &DynStorage, shard: &Shard, dir: PathBuf, first_attem
             };
             let body = source.get_range(key, *start..*end).await.map_err(|e| format!("staging {key} bytes {start}..{end}: {e}"))?;
             let target = path.clone();
-            blocking(move || -> Result<(), String> {
+            let mut prepared = slot.clone();
+            *slot = blocking(move || -> Result<Slot, String> {
                 use std::io::Write;
+                prepared.clean();
                 let mut file = std::fs::File::create(&target).map_err(|e| format!("staging: {}: {e}", target.display()))?;
                 file.write_all(&header_bytes)
                     .and_then(|_| file.write_all(&body))
-                    .map_err(|e| format!("staging: {}: {e}", target.display()))
+                    .map_err(|e| format!("staging: {}: {e}", target.display()))?;
+                Ok(prepared)
             })
             .await?;
-            stdin = Some(path);
+            Ok(Staged { stdin: Some(path), files: Vec::new(), dirs: Vec::new() })
         }
     }
-    Ok(StagedShard { dir, in_dir, stdin })
 }
 
-/// Prepares a fresh, empty `/out` for a retry.
-pub async fn prepare_attempt(shard_dir: &Path, attempt: u32) -> Result<AttemptPaths, String> {
-    let paths = attempt_paths(shard_dir, attempt);
-    let out_dir = paths.out_dir.clone();
-    blocking(move || std::fs::create_dir_all(&out_dir).map_err(|e| format!("staging: cannot create {}: {e}", out_dir.display())))
-        .await?;
-    Ok(paths)
+/// Removes everything inside `dir` (not `dir` itself).
+pub fn empty_dir(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
+        } else {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
 }
 
-/// Removes what an attempt wrote to `/out` (a failed attempt publishes nothing).
-pub async fn discard_outputs(paths: &AttemptPaths) {
-    let out_dir = paths.out_dir.clone();
+/// Empties a failed attempt's `/out`: nothing of it is ever published.
+pub async fn discard_outputs(slot: &Slot) {
+    let out_dir = slot.out_dir.clone();
     blocking(move || {
-        let _ = std::fs::remove_dir_all(&out_dir);
-    })
-    .await
-}
-
-pub async fn remove_dir(dir: PathBuf) {
-    blocking(move || {
-        let _ = std::fs::remove_dir_all(&dir);
+        let _ = empty_dir(&out_dir);
     })
     .await
 }
@@ -180,10 +270,7 @@ pub fn scan_outputs(out_dir: &Path, rules: OutputRules) -> Result<Vec<OutputFile
             return Err(format!("more than {} output files (output.max_files)", rules.max_files));
         }
         if total > rules.max_bytes {
-            return Err(format!(
-                "outputs exceed {} (output.max_bytes)",
-                crate::units::format_size(rules.max_bytes)
-            ));
+            return Err(format!("outputs exceed {} (output.max_bytes)", crate::units::format_size(rules.max_bytes)));
         }
         files.push(OutputFile { path: entry.path().to_path_buf(), key, size });
     }
@@ -195,19 +282,19 @@ pub fn scan_outputs(out_dir: &Path, rules: OutputRules) -> Result<Vec<OutputFile
 pub struct Published {
     pub outputs: Vec<String>,
     pub bytes_out: u64,
+    /// True when publishing may have left files or folders in `out/`.
+    pub out_dirty: bool,
 }
 
-/// Checks an attempt's outputs and stores each in DEST; `stdout_object` adds the record
-/// shard's stdout as `part-NNNNN<ext>`. On error nothing further is stored, and what was
-/// stored is left for the next successful attempt to overwrite with the same keys.
+/// Stores an attempt's checked outputs in DEST; `stdout_object` adds a record shard's
+/// stdout as `part-NNNNN<ext>` (empty when the guest printed nothing). If a store fails,
+/// what was stored is removed again, so a failed attempt leaves no output behind.
 pub async fn publish(
     dest: &DynStorage,
-    paths: &AttemptPaths,
-    rules: OutputRules,
+    mut files: Vec<OutputFile>,
     stdout_object: Option<(String, Option<PathBuf>)>,
 ) -> Result<Published, String> {
-    let out_dir = paths.out_dir.clone();
-    let mut files = blocking(move || scan_outputs(&out_dir, rules)).await?;
+    let mut outputs = Vec::new();
     if let Some((key, path)) = stdout_object {
         match path {
             Some(path) => {
@@ -215,26 +302,27 @@ pub async fn publish(
                 files.push(OutputFile { path, key, size });
             }
             None => {
-                // The guest wrote nothing on stdout: the part exists, empty, as it said.
                 dest.put(&key, bytes::Bytes::new()).await.map_err(|e| format!("publishing {key}: {e}"))?;
-                return finish_publish(dest, files, vec![key]).await;
+                outputs.push(key);
             }
         }
     }
-    finish_publish(dest, files, Vec::new()).await
-}
-
-async fn finish_publish(dest: &DynStorage, files: Vec<OutputFile>, mut outputs: Vec<String>) -> Result<Published, String> {
     let bytes_out = files.iter().map(|f| f.size).sum();
-    futures::stream::iter(files.clone())
-        .map(|file| {
-            let dest = dest.clone();
-            async move { dest.upload(&file.key, &file.path).await.map_err(|e| format!("publishing {}: {e}", file.key)) }
-        })
-        .buffer_unordered(PUBLISH_CONCURRENCY)
-        .try_collect::<Vec<u64>>()
-        .await?;
-    outputs.extend(files.into_iter().map(|f| f.key));
+    let keys: Vec<String> = files.iter().map(|f| f.key.clone()).collect();
+    // Files in folders leave the folders behind; other backends copy rather than move.
+    let out_clean = dest.moves_uploads() && keys.iter().all(|k| !k.contains('/'));
+    let items: Vec<(String, PathBuf)> = files.into_iter().map(|f| (f.key, f.path)).collect();
+    if items.is_empty() {
+        outputs.sort();
+        return Ok(Published { outputs, bytes_out, out_dirty: false });
+    }
+    if let Err(e) = dest.upload_many(items).await {
+        for key in keys.iter().chain(&outputs) {
+            let _ = dest.delete(key).await;
+        }
+        return Err(format!("publishing outputs: {e}"));
+    }
+    outputs.extend(keys);
     outputs.sort();
-    Ok(Published { outputs, bytes_out })
+    Ok(Published { outputs, bytes_out, out_dirty: !out_clean })
 }

@@ -266,6 +266,40 @@ impl Storage for LocalStorage {
         blocking(move || link_or_copy(&source, &target).map_err(|e| this.io_error(&source, e))).await
     }
 
+    fn moves_uploads(&self) -> bool {
+        true
+    }
+
+    fn local_root(&self) -> Option<&Path> {
+        Some(&self.root)
+    }
+
+    async fn download_many(&self, items: Vec<(String, PathBuf)>) -> StorageResult<u64> {
+        let this = self.clone();
+        blocking(move || {
+            let mut total = 0;
+            for (key, target) in items {
+                let source = this.path_of(&key)?;
+                total += link_or_copy(&source, &target).map_err(|e| this.io_error(&source, e))?;
+            }
+            Ok(total)
+        })
+        .await
+    }
+
+    async fn upload_many(&self, items: Vec<(String, PathBuf)>) -> StorageResult<u64> {
+        let this = self.clone();
+        blocking(move || {
+            let mut total = 0;
+            for (key, source) in items {
+                let target = this.path_of(&key)?;
+                total += move_atomic(&source, &target).map_err(|e| this.io_error(&target, e))?;
+            }
+            Ok(total)
+        })
+        .await
+    }
+
     async fn put(&self, key: &str, data: Bytes) -> StorageResult<()> {
         let path = self.path_of(key)?;
         let this = self.clone();

@@ -19,8 +19,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// Transfers of one batch in flight at once.
+pub const BATCH_CONCURRENCY: usize = 8;
 
 /// One object as a listing sees it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -102,6 +105,40 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// Stores the local file at `path` as `key`, atomically, without holding it in memory
     /// whole; returns its size. The file may be moved away (local backends rename it).
     async fn upload(&self, key: &str, path: &Path) -> StorageResult<u64>;
+
+    /// Downloads several objects (`key`, new local file) at once; returns the bytes fetched.
+    /// Backends batch this where they can (one blocking call for many local links).
+    async fn download_many(&self, items: Vec<(String, PathBuf)>) -> StorageResult<u64> {
+        use futures::{StreamExt, TryStreamExt};
+        let sizes: Vec<u64> = futures::stream::iter(items)
+            .map(|(key, path)| async move { self.download(&key, &path).await })
+            .buffer_unordered(BATCH_CONCURRENCY)
+            .try_collect()
+            .await?;
+        Ok(sizes.iter().sum())
+    }
+
+    /// Uploads several local files (`key`, file) at once, each atomically; returns the bytes.
+    async fn upload_many(&self, items: Vec<(String, PathBuf)>) -> StorageResult<u64> {
+        use futures::{StreamExt, TryStreamExt};
+        let sizes: Vec<u64> = futures::stream::iter(items)
+            .map(|(key, path)| async move { self.upload(&key, &path).await })
+            .buffer_unordered(BATCH_CONCURRENCY)
+            .try_collect()
+            .await?;
+        Ok(sizes.iter().sum())
+    }
+
+    /// True when `upload` moves the local file away (so it needs no removal afterwards).
+    fn moves_uploads(&self) -> bool {
+        false
+    }
+
+    /// The folder behind a local backend, so that staging can link files in the same
+    /// blocking call that prepares their folder; `None` for remote backends.
+    fn local_root(&self) -> Option<&Path> {
+        None
+    }
 
     /// Removes the object; removing a missing object is not an error.
     async fn delete(&self, key: &str) -> StorageResult<()>;
