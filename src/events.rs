@@ -7,24 +7,59 @@ use tokio::sync::mpsc;
 #[derive(Debug, Clone)]
 pub enum Event {
     /// The function is compiled (or was loaded from the cache).
-    FunctionReady { cache_hit: bool, load_ms: u64, kind: &'static str },
+    FunctionReady {
+        cache_hit: bool,
+        load_ms: u64,
+        kind: &'static str,
+    },
     /// Planning found another shard (`planned` so far).
-    Planned { planned: u64 },
+    Planned {
+        planned: u64,
+    },
     /// Planning is over: the job has `total` shards.
-    PlanComplete { total: u64 },
+    PlanComplete {
+        total: u64,
+    },
     /// A shard committed by an earlier run was skipped.
-    Skipped { shard: u64 },
-    WorkerStarted { worker: u32, live: usize },
-    WorkerStopped { worker: u32, live: usize },
-    AttemptStarted { shard: u64, attempt: u32, worker: u32, cold: bool },
+    Skipped {
+        shard: u64,
+    },
+    WorkerStarted {
+        worker: u32,
+        live: usize,
+    },
+    WorkerStopped {
+        worker: u32,
+        live: usize,
+    },
+    AttemptStarted {
+        shard: u64,
+        attempt: u32,
+        worker: u32,
+        cold: bool,
+    },
     /// An attempt ended; `retry` says whether another will follow.
-    AttemptFailed { shard: u64, attempt: u32, outcome: String, retry: bool },
+    AttemptFailed {
+        shard: u64,
+        attempt: u32,
+        outcome: String,
+        retry: bool,
+    },
     /// A shard reached its final state this run (its record is queued for the journal).
-    ShardFinished { shard: u64, ok: bool, bytes_in: u64, bytes_out: u64 },
+    ShardFinished {
+        shard: u64,
+        ok: bool,
+        bytes_in: u64,
+        bytes_out: u64,
+    },
     /// Records of this many shards are now durable in the journal.
-    Committed { count: u64 },
+    Committed {
+        count: u64,
+    },
     /// Stopping early (Ctrl-C): `hard` once running attempts are being cancelled too.
-    Stopping { hard: bool },
+    Stopping {
+        hard: bool,
+    },
     /// A message for the user that is not an error of the job (e.g. building the function).
     Note(String),
 }

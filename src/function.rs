@@ -53,7 +53,9 @@ pub async fn load(location: &Location, options: &StorageOptions, quiet: bool) ->
             }
             match tokio::fs::read(path).await {
                 Ok(bytes) => checked(path.display().to_string(), bytes, None),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(FunctionError::Missing(path.display().to_string())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Err(FunctionError::Missing(path.display().to_string()))
+                }
                 Err(source) => Err(FunctionError::Read { path: path.display().to_string(), source }),
             }
         }
@@ -130,5 +132,8 @@ pub fn build_crate(crate_dir: &Path, quiet: bool) -> Result<PathBuf, FunctionErr
             }
         }
     }
-    wasm.ok_or_else(|| FunctionError::Build { crate_dir: shown, hint: ": cargo produced no .wasm binary (is it a bin crate?)".into() })
+    wasm.ok_or_else(|| FunctionError::Build {
+        crate_dir: shown,
+        hint: ": cargo produced no .wasm binary (is it a bin crate?)".into(),
+    })
 }

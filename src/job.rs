@@ -66,9 +66,9 @@ impl ShardRule {
             "bytes" => Ok(ShardRule::Bytes { bytes: size(value)? }),
             "rows" => Ok(ShardRule::Rows { rows: count(value)? }),
             "chunk" => Ok(ShardRule::Chunk { bytes: size(value)?, align_lines: true }),
-            _ => Err(format!(
-                "\"{text}\" is not a shard rule (use object, objects=N, bytes=SIZE, rows=N or chunk=SIZE)"
-            )),
+            _ => {
+                Err(format!("\"{text}\" is not a shard rule (use object, objects=N, bytes=SIZE, rows=N or chunk=SIZE)"))
+            }
         }
     }
 
@@ -359,8 +359,29 @@ fn location_of(picked: &Picked<String>) -> Result<Location, JobError> {
     Location::parse(&picked.value).map_err(|e| picked.error(e.to_string()))
 }
 
+/// Where the fields that later stages check came from (`jobs/x.toml:3`, or `command line`),
+/// so that an error found after resolution (a glob that matches nothing, a missing
+/// function) still points at the line to fix.
+#[derive(Debug, Clone, Default)]
+pub struct Origins(BTreeMap<&'static str, String>);
+
+impl Origins {
+    /// `"jobs/x.toml:3: "` for a field set in a file, else an empty string.
+    pub fn prefix(&self, field: &str) -> String {
+        match self.0.get(field) {
+            Some(origin) if origin != "command line" && origin != "default" => format!("{origin}: "),
+            _ => String::new(),
+        }
+    }
+}
+
 /// Reads the job file (if any), applies the flags and returns the resolved job.
 pub fn resolve(file: Option<&Path>, overrides: &Overrides) -> Result<Job, JobError> {
+    resolve_with_origins(file, overrides).map(|(job, _)| job)
+}
+
+/// Like [`resolve`], also telling where the fields came from.
+pub fn resolve_with_origins(file: Option<&Path>, overrides: &Overrides) -> Result<(Job, Origins), JobError> {
     let text = match file {
         Some(path) => std::fs::read_to_string(path).map_err(|source| JobError::Read { file: path.into(), source })?,
         None => String::new(),
@@ -379,24 +400,38 @@ fn syntax_error(file: &Path, text: &str, error: toml::de::Error) -> JobError {
     let line_start = text[..start.min(text.len())].rfind('\n').map(|i| i + 1).unwrap_or(0);
     let column = start.saturating_sub(line_start) + 1;
     let message = error.message().trim().to_string();
-    // toml names the unknown key but not its table: find the table so the user sees
-    // `function.wasmm`, not just `wasmm`.
-    let field = match (message.strip_prefix("unknown field `"), error.span()) {
-        (Some(rest), Some(span)) => {
-            let key = rest.split('`').next().unwrap_or_default();
-            let table = enclosing_table(text, span.start);
-            let path = if table.is_empty() { key.to_string() } else { format!("{table}.{key}") };
+    // toml names an unknown key but not its table, and names no key at all for a value of
+    // the wrong type: find both, so the user sees `function.args`, not just `args`.
+    let key = match message.strip_prefix("unknown field `") {
+        Some(rest) => Some(rest.split('`').next().unwrap_or_default().to_string()),
+        None => {
+            let line_text = text[line_start..].lines().next().unwrap_or_default();
+            line_text
+                .split_once('=')
+                .map(|(key, _)| key.trim().trim_matches('"').to_string())
+                .filter(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)))
+        }
+    };
+    let field = match key {
+        Some(key) => {
+            let table = enclosing_table(text, start);
+            let path = if table.is_empty() { key } else { format!("{table}.{key}") };
             format!("{path}: ")
         }
-        _ => String::new(),
+        None => String::new(),
     };
     JobError::Syntax { file: file.into(), line, column, field, message }
 }
 
 /// The dotted name of the table that holds `offset`: the last `[header]` above it, plus
-/// the key of an inline table (`shard = { ... }`) when the offset sits inside one.
+/// the key of an inline table (`shard = { ... }`) when the offset sits inside one. A
+/// header line itself belongs to the top level (its name is the key in question).
 fn enclosing_table(text: &str, offset: usize) -> String {
     let before = &text[..offset.min(text.len())];
+    let current_line = before.rsplit('\n').next().unwrap_or_default();
+    if current_line.trim_start().starts_with('[') {
+        return String::new();
+    }
     let mut table = String::new();
     for line in before.lines() {
         let trimmed = line.trim();
@@ -406,7 +441,6 @@ fn enclosing_table(text: &str, offset: usize) -> String {
             }
         }
     }
-    let current_line = before.rsplit('\n').next().unwrap_or_default();
     if let Some((key, rest)) = current_line.split_once('=') {
         if rest.contains('{') {
             let key = key.trim();
@@ -416,7 +450,8 @@ fn enclosing_table(text: &str, offset: usize) -> String {
     table
 }
 
-fn resolve_parsed(file: JobFile, src: &Source, o: &Overrides) -> Result<Job, JobError> {
+fn resolve_parsed(file: JobFile, src: &Source, o: &Overrides) -> Result<(Job, Origins), JobError> {
+    let mut origins = Origins::default();
     let input = file.input.unwrap_or_default();
     let function = file.function.unwrap_or_default();
     let output = file.output.unwrap_or_default();
@@ -435,10 +470,8 @@ fn resolve_parsed(file: JobFile, src: &Source, o: &Overrides) -> Result<Job, Job
                 && picked.value.len() <= 64
                 && picked.value.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
             if !valid {
-                return Err(picked.error(format!(
-                    "\"{}\" is not a job name (1-64 letters, digits, '-', '_' or '.')",
-                    picked.value
-                )));
+                return Err(picked
+                    .error(format!("\"{}\" is not a job name (1-64 letters, digits, '-', '_' or '.')", picked.value)));
             }
             picked.value
         }
@@ -454,6 +487,7 @@ fn resolve_parsed(file: JobFile, src: &Source, o: &Overrides) -> Result<Job, Job
     let source = pick(o.input.clone(), "--input", input.source.as_ref(), "input.source", src)
         .ok_or_else(|| missing("input.source", "--input SRC"))?;
     let source_location = location_of(&source)?;
+    origins.0.insert("input.source", source.origin.clone());
     let include = if !o.include.is_empty() {
         Picked { value: o.include.clone(), origin: "command line".into(), field: "--include".into() }
     } else {
@@ -469,6 +503,7 @@ fn resolve_parsed(file: JobFile, src: &Source, o: &Overrides) -> Result<Job, Job
             None => Picked { value: Vec::new(), origin: String::new(), field: String::new() },
         }
     };
+    origins.0.insert("input.include", include.origin.clone());
     for glob in &include.value {
         crate::plan::compile_glob(glob).map_err(|message| include.error(message))?;
     }
@@ -488,6 +523,7 @@ fn resolve_parsed(file: JobFile, src: &Source, o: &Overrides) -> Result<Job, Job
     let wasm = pick(o.function.clone(), "--function", function.wasm.as_ref(), "function.wasm", src)
         .ok_or_else(|| missing("function.wasm", "--function F"))?;
     let wasm_location = location_of(&wasm)?;
+    origins.0.insert("function.wasm", wasm.origin.clone());
     let mut args = function.args.clone().unwrap_or_default();
     args.extend(o.extra_args.iter().cloned());
     let mut env = BTreeMap::new();
@@ -503,10 +539,9 @@ fn resolve_parsed(file: JobFile, src: &Source, o: &Overrides) -> Result<Job, Job
         }
     }
     for pair in &o.env {
-        let field_error = |message: String| JobError::Field { origin: "command line".into(), field: "--env".into(), message };
-        let (key, value) = pair
-            .split_once('=')
-            .ok_or_else(|| field_error(format!("\"{pair}\" is not K=V")))?;
+        let field_error =
+            |message: String| JobError::Field { origin: "command line".into(), field: "--env".into(), message };
+        let (key, value) = pair.split_once('=').ok_or_else(|| field_error(format!("\"{pair}\" is not K=V")))?;
         check_env_key(key).map_err(field_error)?;
         env.insert(key.to_string(), value.to_string());
     }
@@ -516,12 +551,13 @@ fn resolve_parsed(file: JobFile, src: &Source, o: &Overrides) -> Result<Job, Job
     if timeout.is_zero() {
         return Err(timeout_pick.error("the timeout must be longer than 0"));
     }
-    let memory_pick = pick(o.memory.clone().map(SizeValue::Text), "--memory", function.memory.as_ref(), "function.memory", src)
-        .unwrap_or_else(|| Picked {
-            value: SizeValue::Text(defaults::MEMORY.into()),
-            origin: "default".into(),
-            field: "function.memory".into(),
-        });
+    let memory_pick =
+        pick(o.memory.clone().map(SizeValue::Text), "--memory", function.memory.as_ref(), "function.memory", src)
+            .unwrap_or_else(|| Picked {
+                value: SizeValue::Text(defaults::MEMORY.into()),
+                origin: "default".into(),
+                field: "function.memory".into(),
+            });
     let memory = size_of(&memory_pick)?;
     if memory < (1 << 16) {
         return Err(memory_pick.error(format!("{memory} bytes is below one WebAssembly page (64KiB)")));
@@ -538,45 +574,57 @@ fn resolve_parsed(file: JobFile, src: &Source, o: &Overrides) -> Result<Job, Job
     let dest = pick(o.output.clone(), "--output", output.dest.as_ref(), "output.dest", src)
         .ok_or_else(|| missing("output.dest", "--output DEST"))?;
     let dest_location = location_of(&dest)?;
+    origins.0.insert("output.dest", dest.origin.clone());
     if source_location.contains(&dest_location) {
         return Err(dest.error(format!(
             "{dest_location} lies inside the input {source_location}: outputs would be read back as inputs"
         )));
     }
-    let max_files = match pick(o.max_files.map(|v| v as i64), "--max-files", output.max_files.as_ref(), "output.max_files", src) {
-        Some(p) if p.value < 1 => return Err(p.error(format!("{} must be at least 1", p.value))),
-        Some(p) => p.value as u64,
-        None => defaults::MAX_FILES,
-    };
-    let max_bytes_pick = pick(o.max_bytes.clone().map(SizeValue::Text), "--max-bytes", output.max_bytes.as_ref(), "output.max_bytes", src)
-        .unwrap_or_else(|| Picked {
-            value: SizeValue::Text(defaults::MAX_BYTES.into()),
-            origin: "default".into(),
-            field: "output.max_bytes".into(),
-        });
+    let max_files =
+        match pick(o.max_files.map(|v| v as i64), "--max-files", output.max_files.as_ref(), "output.max_files", src) {
+            Some(p) if p.value < 1 => return Err(p.error(format!("{} must be at least 1", p.value))),
+            Some(p) => p.value as u64,
+            None => defaults::MAX_FILES,
+        };
+    let max_bytes_pick = pick(
+        o.max_bytes.clone().map(SizeValue::Text),
+        "--max-bytes",
+        output.max_bytes.as_ref(),
+        "output.max_bytes",
+        src,
+    )
+    .unwrap_or_else(|| Picked {
+        value: SizeValue::Text(defaults::MAX_BYTES.into()),
+        origin: "default".into(),
+        field: "output.max_bytes".into(),
+    });
     let max_bytes = size_of(&max_bytes_pick)?;
 
     // workers
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let max_workers = match pick(o.max_workers.map(|v| v as i64), "--max-workers", workers.max.as_ref(), "workers.max", src) {
-        Some(p) if p.value < 0 => return Err(p.error(format!("{} is negative (0 means one per core)", p.value))),
-        Some(p) if p.value > 1024 => return Err(p.error(format!("{} workers is more than the 1024 fanout runs at once", p.value))),
-        Some(p) if p.value == 0 => cores,
-        Some(p) => p.value as usize,
-        None => cores,
-    };
+    let max_workers =
+        match pick(o.max_workers.map(|v| v as i64), "--max-workers", workers.max.as_ref(), "workers.max", src) {
+            Some(p) if p.value < 0 => return Err(p.error(format!("{} is negative (0 means one per core)", p.value))),
+            Some(p) if p.value > 1024 => {
+                return Err(p.error(format!("{} workers is more than the 1024 fanout runs at once", p.value)))
+            }
+            Some(p) if p.value == 0 => cores,
+            Some(p) => p.value as usize,
+            None => cores,
+        };
     let idle_pick = pick(o.idle.clone(), "--idle", workers.idle.as_ref(), "workers.idle", src)
         .unwrap_or_else(|| default_pick(defaults::IDLE, "workers.idle"));
     let idle = duration_of(&idle_pick)?;
 
     // retry
-    let attempts = match pick(o.attempts.map(|v| v as i64), "--attempts", retry.attempts.as_ref(), "retry.attempts", src) {
-        Some(p) if !(1..=100).contains(&p.value) => {
-            return Err(p.error(format!("{} is not between 1 and 100 (1 means no retry)", p.value)))
-        }
-        Some(p) => p.value as u32,
-        None => defaults::ATTEMPTS,
-    };
+    let attempts =
+        match pick(o.attempts.map(|v| v as i64), "--attempts", retry.attempts.as_ref(), "retry.attempts", src) {
+            Some(p) if !(1..=100).contains(&p.value) => {
+                return Err(p.error(format!("{} is not between 1 and 100 (1 means no retry)", p.value)))
+            }
+            Some(p) => p.value as u32,
+            None => defaults::ATTEMPTS,
+        };
     let backoff_pick = pick(o.backoff.clone(), "--backoff", retry.backoff.as_ref(), "retry.backoff", src)
         .unwrap_or_else(|| default_pick(defaults::BACKOFF, "retry.backoff"));
     let backoff = duration_of(&backoff_pick)?;
@@ -584,7 +632,7 @@ fn resolve_parsed(file: JobFile, src: &Source, o: &Overrides) -> Result<Job, Job
         .unwrap_or_else(|| default_pick(defaults::TOLERATED, "retry.tolerated"));
     let tolerated = Tolerance::parse(&tolerated_pick.value).map_err(|m| tolerated_pick.error(m))?;
 
-    Ok(Job {
+    let job = Job {
         name,
         input: Input { source: source_location, include: include.value, shard },
         function: Function {
@@ -597,7 +645,8 @@ fn resolve_parsed(file: JobFile, src: &Source, o: &Overrides) -> Result<Job, Job
         output: Output { dest: dest_location, max_files, max_bytes },
         workers: Workers { max: max_workers, idle_ms: idle.as_millis() as u64 },
         retry: Retry { attempts, backoff_ms: backoff.as_millis() as u64, tolerated },
-    })
+    };
+    Ok((job, origins))
 }
 
 fn default_pick(value: &str, field: &str) -> Picked<String> {
@@ -629,7 +678,8 @@ fn shard_from_table(table: &Spanned<ShardTable>, src: &Source) -> Result<ShardRu
         Ok(*v.get_ref() as u64)
     };
     let size = |field: &str, v: &Spanned<SizeValue>| -> Result<u64, JobError> {
-        let picked = Picked { value: v.get_ref().clone(), origin: src.at(v.span()), field: format!("input.shard.{field}") };
+        let picked =
+            Picked { value: v.get_ref().clone(), origin: src.at(v.span()), field: format!("input.shard.{field}") };
         match size_of(&picked)? {
             0 => Err(picked.error("the size must be at least 1 byte")),
             n => Ok(n),
@@ -670,7 +720,9 @@ fn shard_from_table(table: &Spanned<ShardTable>, src: &Source) -> Result<ShardRu
     let align_lines = match t.align.as_ref().map(|a| (a.get_ref().as_str(), a.span())) {
         None | Some(("line", _)) => true,
         Some(("none", _)) => false,
-        Some((other, span)) => return Err(err("align", span, format!("\"{other}\" is not known (use \"line\" or \"none\")"))),
+        Some((other, span)) => {
+            return Err(err("align", span, format!("\"{other}\" is not known (use \"line\" or \"none\")")))
+        }
     };
     Ok(ShardRule::Chunk { bytes: size("chunk", chunk)?, align_lines })
 }
@@ -687,7 +739,8 @@ mod tests {
         resolve(Some(&path), overrides)
     }
 
-    const MINIMAL: &str = "[input]\nsource = \"/data/in\"\n[function]\nwasm = \"/f.wasm\"\n[output]\ndest = \"/data/out\"\n";
+    const MINIMAL: &str =
+        "[input]\nsource = \"/data/in\"\n[function]\nwasm = \"/f.wasm\"\n[output]\ndest = \"/data/out\"\n";
 
     #[test]
     fn defaults_fill_every_field() {

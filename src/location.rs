@@ -140,10 +140,7 @@ mod tests {
             Location::parse_relative_to("s3://photos/raw/", base).unwrap(),
             Location::S3 { bucket: "photos".into(), prefix: "raw/".into() }
         );
-        assert_eq!(
-            Location::parse_relative_to("file:///data/in/", base).unwrap(),
-            Location::Local("/data/in".into())
-        );
+        assert_eq!(Location::parse_relative_to("file:///data/in/", base).unwrap(), Location::Local("/data/in".into()));
         assert_eq!(Location::parse_relative_to("out/../x", base).unwrap(), Location::Local("/work/x".into()));
         assert!(matches!(
             Location::parse_relative_to("http://host/x", base),

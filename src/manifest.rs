@@ -105,7 +105,8 @@ pub fn timestamp(time: SystemTime) -> String {
 /// A new job id: the name, the UTC start time and a few random hex digits.
 pub fn new_job_id(name: &str) -> String {
     let now = SystemTime::now();
-    let stamp: String = humantime::format_rfc3339_seconds(now).to_string().chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+    let stamp: String =
+        humantime::format_rfc3339_seconds(now).to_string().chars().filter(|c| c.is_ascii_alphanumeric()).collect();
     let nanos = now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     let salt = (nanos ^ std::process::id().rotate_left(16)) & 0xffff;
     format!("{name}-{stamp}-{salt:04x}")
@@ -188,7 +189,9 @@ impl Manifest {
         let mut journal = Journal::default();
         for key in keys {
             let name = key.rsplit('/').next().unwrap_or_default();
-            let Some(run) = name.strip_prefix('r').and_then(|r| r.split('-').next()).and_then(|r| r.parse::<u32>().ok()) else {
+            let Some(run) =
+                name.strip_prefix('r').and_then(|r| r.split('-').next()).and_then(|r| r.parse::<u32>().ok())
+            else {
                 continue;
             };
             journal.next_run = journal.next_run.max(run + 1);
@@ -274,7 +277,11 @@ pub async fn list_jobs(storage: &DynStorage) -> ManifestResult<Vec<JobDocument>>
 }
 
 /// Finds a job in DEST: the one named, or else the latest (of `name`, when given).
-pub async fn find_job(storage: &DynStorage, job_id: Option<&str>, name: Option<&str>) -> ManifestResult<Option<JobDocument>> {
+pub async fn find_job(
+    storage: &DynStorage,
+    job_id: Option<&str>,
+    name: Option<&str>,
+) -> ManifestResult<Option<JobDocument>> {
     let jobs = list_jobs(storage).await?;
     match job_id {
         Some(id) => match jobs.iter().find(|d| d.job_id == id) {
@@ -282,7 +289,11 @@ pub async fn find_job(storage: &DynStorage, job_id: Option<&str>, name: Option<&
             None => Err(ManifestError::UnknownJob {
                 dest: storage.root().to_string(),
                 job_id: id.to_string(),
-                known: if jobs.is_empty() { "none".into() } else { jobs.iter().map(|d| d.job_id.as_str()).collect::<Vec<_>>().join(", ") },
+                known: if jobs.is_empty() {
+                    "none".into()
+                } else {
+                    jobs.iter().map(|d| d.job_id.as_str()).collect::<Vec<_>>().join(", ")
+                },
             }),
         },
         None => Ok(jobs.into_iter().rev().find(|d| name.is_none_or(|n| d.job.name == n))),

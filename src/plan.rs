@@ -115,6 +115,17 @@ pub enum PlanError {
     Storage(#[from] StorageError),
 }
 
+impl PlanError {
+    /// The job field the error is about, when it is one.
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            PlanError::SourceMissing(_) | PlanError::Empty(_) => Some("input.source"),
+            PlanError::NothingMatches { .. } => Some("input.include"),
+            _ => None,
+        }
+    }
+}
+
 /// Compiles one include glob; `*` matches across folders (`*.jpg` finds `a/b.jpg`).
 pub fn compile_glob(glob: &str) -> Result<globset::GlobMatcher, String> {
     if glob.trim().is_empty() {
@@ -133,7 +144,8 @@ fn glob_set(include: &[String]) -> Option<GlobSet> {
     }
     let mut builder = GlobSetBuilder::new();
     for glob in include {
-        builder.add(GlobBuilder::new(glob).literal_separator(false).build().expect("validated when the job was resolved"));
+        builder
+            .add(GlobBuilder::new(glob).literal_separator(false).build().expect("validated when the job was resolved"));
     }
     Some(builder.build().expect("validated globs build a set"))
 }
@@ -269,7 +281,13 @@ async fn plan_into(
     source: Source,
 ) -> Result<PlanTotals, PlanError> {
     let globs = glob_set(&include);
-    let mut grouper = Grouper { rule: rule.clone(), pending: Vec::new(), pending_bytes: 0, next_id: 0, totals: PlanTotals::default() };
+    let mut grouper = Grouper {
+        rule: rule.clone(),
+        pending: Vec::new(),
+        pending_bytes: 0,
+        next_id: 0,
+        totals: PlanTotals::default(),
+    };
     let mut listed = 0u64;
     let mut objects = match &source.single {
         Some(object) => futures::stream::iter(vec![Ok(object.clone())]).boxed(),
@@ -306,7 +324,10 @@ async fn plan_into(
     }
     if grouper.totals.shards == 0 {
         return Err(if listed == 0 {
-            if source.single.is_none() && matches!(source.location, Location::Local(_)) && !local_exists(&source.location) {
+            if source.single.is_none()
+                && matches!(source.location, Location::Local(_))
+                && !local_exists(&source.location)
+            {
                 PlanError::SourceMissing(source.location)
             } else {
                 PlanError::Empty(source.location)
@@ -327,7 +348,11 @@ fn is_csv(key: &str) -> bool {
 }
 
 /// Cuts one object into record shards: `(start, end, header_len)` byte ranges.
-async fn record_ranges(storage: &DynStorage, object: &ObjectMeta, rule: &ShardRule) -> Result<Vec<(u64, u64, u64)>, PlanError> {
+async fn record_ranges(
+    storage: &DynStorage,
+    object: &ObjectMeta,
+    rule: &ShardRule,
+) -> Result<Vec<(u64, u64, u64)>, PlanError> {
     if object.size == 0 {
         return Ok(Vec::new());
     }
@@ -444,7 +469,8 @@ mod tests {
     }
 
     fn group(rule: ShardRule, sizes: &[u64]) -> Vec<Vec<u64>> {
-        let mut grouper = Grouper { rule, pending: Vec::new(), pending_bytes: 0, next_id: 0, totals: PlanTotals::default() };
+        let mut grouper =
+            Grouper { rule, pending: Vec::new(), pending_bytes: 0, next_id: 0, totals: PlanTotals::default() };
         let mut shards: Vec<Shard> = objects(sizes).into_iter().filter_map(|o| grouper.push(o)).collect();
         shards.extend(grouper.flush());
         for (i, shard) in shards.iter().enumerate() {
@@ -473,7 +499,8 @@ mod tests {
     fn csv_quotes_hide_newlines() {
         let mut scanner = RecordScanner::new(true);
         let text = b"a,\"x\ny\"\nb,\"\"\"\"\n";
-        let ends: Vec<usize> = text.iter().enumerate().filter(|(_, &b)| scanner.ends_record(b)).map(|(i, _)| i).collect();
+        let ends: Vec<usize> =
+            text.iter().enumerate().filter(|(_, &b)| scanner.ends_record(b)).map(|(i, _)| i).collect();
         assert_eq!(ends, vec![7, 14]);
     }
 

@@ -15,8 +15,18 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 /// The columns of `report.csv`, in order.
 pub const REPORT_COLUMNS: [&str; 12] = [
-    "shard", "status", "outcome", "attempts", "started", "finished", "duration_ms", "bytes_in", "bytes_out", "worker",
-    "cold_start", "error",
+    "shard",
+    "status",
+    "outcome",
+    "attempts",
+    "started",
+    "finished",
+    "duration_ms",
+    "bytes_in",
+    "bytes_out",
+    "worker",
+    "cold_start",
+    "error",
 ];
 
 /// `report.csv`: one row a shard in shard order; shards without a record are `pending`.
@@ -43,7 +53,20 @@ pub fn report_csv(records: &BTreeMap<u64, ShardRecord>, total: u64) -> Vec<u8> {
                 ])
                 .expect("writing to memory"),
             None => writer
-                .write_record([shard.to_string(), "pending".into(), String::new(), "0".into(), String::new(), String::new(), String::new(), String::new(), String::new(), String::new(), String::new(), String::new()])
+                .write_record([
+                    shard.to_string(),
+                    "pending".into(),
+                    String::new(),
+                    "0".into(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                ])
                 .expect("writing to memory"),
         }
     }
@@ -133,7 +156,12 @@ pub fn summarize(
         .values()
         .filter(|r| r.status == ShardStatus::Failed)
         .take(FAILURES_IN_SUMMARY)
-        .map(|r| Failure { shard: r.shard, outcome: r.outcome.clone(), attempts: r.attempts, error: r.error.clone().unwrap_or_default() })
+        .map(|r| Failure {
+            shard: r.shard,
+            outcome: r.outcome.clone(),
+            attempts: r.attempts,
+            error: r.error.clone().unwrap_or_default(),
+        })
         .collect();
     let ok = records.values().filter(|r| r.status == ShardStatus::Ok).count() as u64;
     let failed = records.values().filter(|r| r.status == ShardStatus::Failed).count() as u64;
@@ -141,13 +169,26 @@ pub fn summarize(
     Summary {
         job_id: job_id.to_string(),
         name: name.to_string(),
-        status: if succeeded { "succeeded" } else if stats.stopped_early { "stopped" } else { "failed" }.to_string(),
+        status: if succeeded {
+            "succeeded"
+        } else if stats.stopped_early {
+            "stopped"
+        } else {
+            "failed"
+        }
+        .to_string(),
         run: stats.run,
         dest: dest.to_string(),
         manifest: manifest.to_string(),
         started: started.to_string(),
         finished: crate::manifest::timestamp(std::time::SystemTime::now()),
-        shards: ShardCounts { total: stats.shards_total, ok, failed, pending: stats.shards_pending, skipped: stats.shards_skipped },
+        shards: ShardCounts {
+            total: stats.shards_total,
+            ok,
+            failed,
+            pending: stats.shards_pending,
+            skipped: stats.shards_skipped,
+        },
         attempts: stats.attempts,
         retries: stats.retries,
         cold_starts: stats.cold_starts,
@@ -175,10 +216,8 @@ pub fn summarize(
 /// The one line a run ends with.
 pub fn summary_line(summary: &Summary) -> String {
     let s = &summary.shards;
-    let mut line = format!(
-        "{}: {} — {}/{} shards ok, {} failed",
-        summary.name, summary.status, s.ok, s.total, s.failed
-    );
+    let mut line =
+        format!("{}: {} — {}/{} shards ok, {} failed", summary.name, summary.status, s.ok, s.total, s.failed);
     if s.pending > 0 {
         line.push_str(&format!(", {} pending", s.pending));
     }
@@ -219,7 +258,8 @@ impl ProgressMode {
     pub fn detect(quiet: bool) -> Self {
         if quiet {
             ProgressMode::Quiet
-        } else if std::io::stdout().is_terminal() && std::io::stderr().is_terminal() && std::env::var_os("CI").is_none() {
+        } else if std::io::stdout().is_terminal() && std::io::stderr().is_terminal() && std::env::var_os("CI").is_none()
+        {
             ProgressMode::Bar
         } else {
             ProgressMode::Lines
@@ -266,7 +306,11 @@ impl Tally {
 }
 
 /// Draws progress until the event channel closes.
-pub async fn drive_progress(mode: ProgressMode, mut events: UnboundedReceiver<Event>, done: tokio_util::sync::CancellationToken) {
+pub async fn drive_progress(
+    mode: ProgressMode,
+    mut events: UnboundedReceiver<Event>,
+    done: tokio_util::sync::CancellationToken,
+) {
     let started = Instant::now();
     let mut tally = Tally::default();
     let bar = (mode == ProgressMode::Bar).then(|| {
@@ -348,7 +392,9 @@ fn progress_line(tally: &Tally, rate: f64) -> String {
         None => format!("{}+ (planning)", tally.planned),
     };
     let eta = match tally.total {
-        Some(total) if rate > 0.0 => format!(", eta {}", human_ms(((total - tally.done().min(total)) as f64 / rate * 1000.0) as u64)),
+        Some(total) if rate > 0.0 => {
+            format!(", eta {}", human_ms(((total - tally.done().min(total)) as f64 / rate * 1000.0) as u64))
+        }
         _ => String::new(),
     };
     format!(

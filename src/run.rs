@@ -10,7 +10,7 @@
 
 use crate::events::{Event, EventSink};
 use crate::job::Job;
-use crate::manifest::{timestamp, Journal, JobDocument, Manifest, ManifestError, ShardRecord, ShardStatus};
+use crate::manifest::{timestamp, JobDocument, Journal, Manifest, ManifestError, ShardRecord, ShardStatus};
 use crate::plan::{PlanError, PlanTotals, Planned, Shard};
 use crate::pool::{AttemptDone, Pool, Task};
 use crate::runtime::capture::Overflow;
@@ -99,6 +99,8 @@ pub struct RunStats {
 
 pub struct RunResult {
     pub stats: RunStats,
+    /// The planning error, when planning stopped early (its text is also in the stats).
+    pub plan_failure: Option<PlanError>,
     /// The final record of every shard that has one, prior runs included.
     pub records: BTreeMap<u64, ShardRecord>,
     pub plan_totals: Option<PlanTotals>,
@@ -151,12 +153,25 @@ impl InFlight {
 }
 
 enum Msg {
-    Staged { shard: u64, result: Result<Staged, String>, slot: Slot },
+    Staged {
+        shard: u64,
+        result: Result<Staged, String>,
+        slot: Slot,
+    },
     /// Publishing an attempt's outputs failed (nothing of them is left in DEST).
-    PublishFailed { shard: u64, error: String },
-    RetryDue { shard: u64 },
+    PublishFailed {
+        shard: u64,
+        error: String,
+    },
+    RetryDue {
+        shard: u64,
+    },
     /// The shard is done with its slot: committed (`Some` record) or left pending (`None`).
-    Finalized { shard: u64, record: Option<ShardRecord>, slot: Slot },
+    Finalized {
+        shard: u64,
+        record: Option<ShardRecord>,
+        slot: Slot,
+    },
 }
 
 struct Coordinator {
@@ -188,6 +203,7 @@ struct Coordinator {
     planned: u64,
     plan_done: bool,
     plan_totals: Option<PlanTotals>,
+    plan_failure: Option<PlanError>,
     stopping: bool,
     msg_tx: mpsc::UnboundedSender<Msg>,
     stats: RunStats,
@@ -199,7 +215,8 @@ struct Coordinator {
 pub async fn execute(spec: RunSpec) -> Result<RunResult, RunError> {
     let (results_tx, mut results_rx) = mpsc::unbounded_channel::<AttemptDone>();
     let (msg_tx, mut msg_rx) = mpsc::unbounded_channel::<Msg>();
-    let pool = Pool::new(spec.runtime.clone(), spec.job.workers.max, spec.job.workers.idle(), results_tx, spec.events.clone());
+    let pool =
+        Pool::new(spec.runtime.clone(), spec.job.workers.max, spec.job.workers.idle(), results_tx, spec.events.clone());
     // Enough shards in flight to keep every worker fed while others stage and publish.
     let capacity = (spec.job.workers.max * 4).max(16);
     let run = spec.prior.next_run;
@@ -230,6 +247,7 @@ pub async fn execute(spec: RunSpec) -> Result<RunResult, RunError> {
         planned: 0,
         plan_done: false,
         plan_totals: None,
+        plan_failure: None,
         stopping: false,
         msg_tx,
         stats: RunStats { run, ..Default::default() },
@@ -321,6 +339,7 @@ impl Coordinator {
             Some(Err(error)) => {
                 self.plan_done = true;
                 self.stats.plan_error = Some(error.to_string());
+                self.plan_failure = Some(error);
             }
             None => {
                 self.plan_done = true;
@@ -475,7 +494,12 @@ impl Coordinator {
                     }
                     self.stats.bytes_in += record.bytes_in;
                     self.stats.bytes_out += record.bytes_out;
-                    self.events.emit(Event::ShardFinished { shard, ok, bytes_in: record.bytes_in, bytes_out: record.bytes_out });
+                    self.events.emit(Event::ShardFinished {
+                        shard,
+                        ok,
+                        bytes_in: record.bytes_in,
+                        bytes_out: record.bytes_out,
+                    });
                     self.records.insert(record.shard, record.clone());
                     self.journal_buffer.push(record);
                     if self.journal_buffer.len() >= JOURNAL_BATCH {
@@ -517,7 +541,8 @@ impl Coordinator {
             }
         };
         let Some(flight) = self.in_flight.get_mut(&done.shard) else { return };
-        let stdout_object = flight.shard.record_extension().map(|ext| (format!("part-{:05}{ext}", done.shard), info.stdout.clone()));
+        let stdout_object =
+            flight.shard.record_extension().map(|ext| (format!("part-{:05}{ext}", done.shard), info.stdout.clone()));
         flight.history.push(info);
         let record = build_record(flight, true, self.run);
         let shard = done.shard;
@@ -528,7 +553,8 @@ impl Coordinator {
         }
         let log = needs_log(flight, true).then(|| compose_log(flight));
         let (dest, manifest, tx) = (self.dest.clone(), self.manifest.clone(), self.msg_tx.clone());
-        let (slot, staged, captures) = (flight.slot.clone(), flight.staged.clone().unwrap_or_default(), flight.captures());
+        let (slot, staged, captures) =
+            (flight.slot.clone(), flight.staged.clone().unwrap_or_default(), flight.captures());
         tokio::spawn(async move {
             let published = match stage::publish(&dest, files, stdout_object).await {
                 Ok(published) => published,
@@ -571,7 +597,12 @@ impl Coordinator {
             return;
         }
         let retry = flight.attempts < max_attempts && !self.stopping;
-        self.events.emit(Event::AttemptFailed { shard, attempt: flight.global_attempt(), outcome: outcome.to_string(), retry });
+        self.events.emit(Event::AttemptFailed {
+            shard,
+            attempt: flight.global_attempt(),
+            outcome: outcome.to_string(),
+            retry,
+        });
         if !retry {
             if self.stopping {
                 self.abandon(shard);
@@ -673,7 +704,13 @@ impl Coordinator {
             && self.stats.shards_pending == 0
             && !self.stats.stopped_early
             && self.job.retry.tolerated.allows(failed, total);
-        Ok(RunResult { stats: self.stats, records: self.records, plan_totals: self.plan_totals, succeeded })
+        Ok(RunResult {
+            stats: self.stats,
+            plan_failure: self.plan_failure,
+            records: self.records,
+            plan_totals: self.plan_totals,
+            succeeded,
+        })
     }
 }
 
@@ -703,10 +740,19 @@ fn build_record(flight: &InFlight, ok: bool, run: u32) -> ShardRecord {
 
 /// A log is stored when there is something to read: a failure, a retry, or guest output.
 fn needs_log(flight: &InFlight, ok: bool) -> bool {
-    !ok || flight.history.len() > 1 || flight.history.iter().any(|a| a.stderr.is_some() || (flight.shard.record_extension().is_none() && a.stdout.is_some()))
+    !ok || flight.history.len() > 1
+        || flight
+            .history
+            .iter()
+            .any(|a| a.stderr.is_some() || (flight.shard.record_extension().is_none() && a.stdout.is_some()))
 }
 
-async fn store_log(manifest: &Manifest, shard: u64, log: Option<impl std::future::Future<Output = Bytes>>, record: &mut ShardRecord) {
+async fn store_log(
+    manifest: &Manifest,
+    shard: u64,
+    log: Option<impl std::future::Future<Output = Bytes>>,
+    record: &mut ShardRecord,
+) {
     let Some(log) = log else { return };
     let text = log.await;
     if let Err(e) = manifest.put_log(shard, text).await {

@@ -88,7 +88,8 @@ pub async fn make_slots(root: &Path, count: usize) -> Result<Vec<Slot>, String> 
                     out_dirty: false,
                 };
                 for folder in [&slot.in_dir, &slot.out_dir] {
-                    std::fs::create_dir_all(folder).map_err(|e| format!("staging: cannot create {}: {e}", folder.display()))?;
+                    std::fs::create_dir_all(folder)
+                        .map_err(|e| format!("staging: cannot create {}: {e}", folder.display()))?;
                 }
                 Ok(slot)
             })
@@ -128,7 +129,8 @@ pub async fn stage(source: &DynStorage, shard: &Shard, slot: &mut Slot) -> Resul
         ShardInput::Objects { objects } => {
             let keys: Vec<&str> = objects.iter().map(|o| o.key.as_str()).collect();
             let dirs = folders_for(&slot.in_dir, &keys);
-            let items: Vec<(String, PathBuf)> = objects.iter().map(|o| (o.key.clone(), slot.in_dir.join(&o.key))).collect();
+            let items: Vec<(String, PathBuf)> =
+                objects.iter().map(|o| (o.key.clone(), slot.in_dir.join(&o.key))).collect();
             let mut staged = Staged {
                 stdin: None,
                 files: items.iter().map(|(_, path)| path.clone()).collect(),
@@ -149,7 +151,8 @@ pub async fn stage(source: &DynStorage, shard: &Shard, slot: &mut Slot) -> Resul
             let result = blocking(move || -> Result<Slot, String> {
                 prepared.clean();
                 for folder in &dirs {
-                    std::fs::create_dir_all(folder).map_err(|e| format!("staging: cannot create {}: {e}", folder.display()))?;
+                    std::fs::create_dir_all(folder)
+                        .map_err(|e| format!("staging: cannot create {}: {e}", folder.display()))?;
                 }
                 if let Some(root) = local_root {
                     for (key, target) in &work_items {
@@ -185,13 +188,17 @@ pub async fn stage(source: &DynStorage, shard: &Shard, slot: &mut Slot) -> Resul
             } else {
                 bytes::Bytes::new()
             };
-            let body = source.get_range(key, *start..*end).await.map_err(|e| format!("staging {key} bytes {start}..{end}: {e}"))?;
+            let body = source
+                .get_range(key, *start..*end)
+                .await
+                .map_err(|e| format!("staging {key} bytes {start}..{end}: {e}"))?;
             let target = path.clone();
             let mut prepared = slot.clone();
             *slot = blocking(move || -> Result<Slot, String> {
                 use std::io::Write;
                 prepared.clean();
-                let mut file = std::fs::File::create(&target).map_err(|e| format!("staging: {}: {e}", target.display()))?;
+                let mut file =
+                    std::fs::File::create(&target).map_err(|e| format!("staging: {}: {e}", target.display()))?;
                 file.write_all(&header_bytes)
                     .and_then(|_| file.write_all(&body))
                     .map_err(|e| format!("staging: {}: {e}", target.display()))?;

@@ -17,10 +17,8 @@ fn parse_time(text: &str) -> Option<SystemTime> {
 
 /// Renders the records as an SVG document.
 pub fn svg(records: &BTreeMap<u64, ShardRecord>, title: &str) -> anyhow::Result<String> {
-    let spans: Vec<(&ShardRecord, SystemTime, SystemTime)> = records
-        .values()
-        .filter_map(|r| Some((r, parse_time(&r.started)?, parse_time(&r.finished)?)))
-        .collect();
+    let spans: Vec<(&ShardRecord, SystemTime, SystemTime)> =
+        records.values().filter_map(|r| Some((r, parse_time(&r.started)?, parse_time(&r.finished)?))).collect();
     if spans.is_empty() {
         anyhow::bail!("no shard has run yet: nothing to plot");
     }
@@ -35,9 +33,14 @@ pub fn svg(records: &BTreeMap<u64, ShardRecord>, title: &str) -> anyhow::Result<
     };
     let lane_of = |worker: u32| workers.iter().position(|&w| w == worker).unwrap_or(0) as f64;
     let height = MARGIN + LANE * workers.len() as f64 + 30.0;
-    let x = |t: SystemTime| MARGIN + (t.duration_since(start).unwrap_or_default().as_secs_f64() / total) * (WIDTH - 2.0 * MARGIN);
+    let x = |t: SystemTime| {
+        MARGIN + (t.duration_since(start).unwrap_or_default().as_secs_f64() / total) * (WIDTH - 2.0 * MARGIN)
+    };
     let mut out = String::new();
-    writeln!(out, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" font-family="sans-serif" font-size="11">"#)?;
+    writeln!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" font-family="sans-serif" font-size="11">"#
+    )?;
     writeln!(out, r#"<text x="{MARGIN}" y="20">{} — {} shards, {:.2}s</text>"#, escape(title), spans.len(), total)?;
     for (i, worker) in workers.iter().enumerate() {
         writeln!(out, r#"<text x="4" y="{:.1}">worker {worker}</text>"#, MARGIN + LANE * i as f64 + 12.0)?;

@@ -10,15 +10,11 @@ use std::time::Duration;
 /// `b` alone is refused, since users who write `64mb` mean bytes but `64Mb` could be bits.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let trimmed = text.trim();
-    let split = trimmed
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_'))
-        .unwrap_or(trimmed.len());
+    let split = trimmed.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_')).unwrap_or(trimmed.len());
     let (number, unit) = trimmed.split_at(split);
     let number: String = number.chars().filter(|&c| c != '_').collect();
     if number.is_empty() {
-        return Err(format!(
-            "\"{text}\" is not a size (examples: \"64MiB\", \"512KiB\", \"1GB\", 4096)"
-        ));
+        return Err(format!("\"{text}\" is not a size (examples: \"64MiB\", \"512KiB\", \"1GB\", 4096)"));
     }
     let value: f64 = number
         .parse()
@@ -54,9 +50,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let trimmed = text.trim();
     if !trimmed.is_empty() && trimmed.chars().all(|c| c.is_ascii_digit()) {
-        return Err(format!(
-            "\"{text}\" has no unit (write \"{trimmed}s\" or \"{trimmed}ms\")"
-        ));
+        return Err(format!("\"{text}\" has no unit (write \"{trimmed}s\" or \"{trimmed}ms\")"));
     }
     humantime::parse_duration(trimmed)
         .map_err(|_| format!("\"{text}\" is not a duration (examples: \"30s\", \"200ms\", \"2m\")"))
@@ -97,10 +91,9 @@ impl Tolerance {
     pub fn parse(text: &str) -> Result<Self, String> {
         let trimmed = text.trim();
         if let Some(percent) = trimmed.strip_suffix('%') {
-            let value: f64 = percent
-                .trim()
-                .parse()
-                .map_err(|_| format!("\"{text}\" is not a share (examples: \"0%\", \"2.5%\", or a count such as \"3\")"))?;
+            let value: f64 = percent.trim().parse().map_err(|_| {
+                format!("\"{text}\" is not a share (examples: \"0%\", \"2.5%\", or a count such as \"3\")")
+            })?;
             if !(0.0..=100.0).contains(&value) {
                 return Err(format!("\"{text}\" must be between 0% and 100%"));
             }

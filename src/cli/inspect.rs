@@ -11,13 +11,16 @@ use anyhow::anyhow;
 use std::io::Write;
 
 pub async fn plan(args: PlanArgs) -> Result<u8, Failure> {
-    let job = crate::job::resolve(args.job.job.as_deref(), &args.job.overrides()).map_err(usage)?;
-    let source = plan::open_source(&job, &args.storage.options()).await.map_err(usage)?;
+    let (job, origins) =
+        crate::job::resolve_with_origins(args.job.job.as_deref(), &args.job.overrides()).map_err(usage)?;
+    let source = plan::open_source(&job, &args.storage.options())
+        .await
+        .map_err(|e| super::running::plan_failure(e, &origins))?;
     let mut shards = plan::stream(&job, source);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     while let Some(planned) = shards.recv().await {
-        match planned.map_err(usage)? {
+        match planned.map_err(|e| super::running::plan_failure(e, &origins))? {
             Planned::Shard(shard) => {
                 if args.output.json {
                     serde_json::to_writer(&mut out, &shard).expect("a shard serializes");
@@ -28,7 +31,11 @@ pub async fn plan(args: PlanArgs) -> Result<u8, Failure> {
             }
             Planned::Done(totals) => {
                 if args.output.json {
-                    let _ = writeln!(out, "{}", serde_json::json!({ "totals": totals, "rule": job.input.shard.to_string() }));
+                    let _ = writeln!(
+                        out,
+                        "{}",
+                        serde_json::json!({ "totals": totals, "rule": job.input.shard.to_string() })
+                    );
                 } else {
                     let _ = writeln!(
                         out,
@@ -47,7 +54,11 @@ pub async fn plan(args: PlanArgs) -> Result<u8, Failure> {
     Ok(EXIT_OK)
 }
 
-async fn open_job(dest: &str, job_id: Option<&str>, options: &storage::StorageOptions) -> Result<(DynStorage, JobDocument), Failure> {
+async fn open_job(
+    dest: &str,
+    job_id: Option<&str>,
+    options: &storage::StorageOptions,
+) -> Result<(DynStorage, JobDocument), Failure> {
     let location = Location::parse(dest).map_err(usage)?;
     let storage = storage::open(&location, options).await.map_err(usage)?;
     storage.check(false).await.map_err(usage)?;
@@ -138,7 +149,8 @@ pub async fn report(args: ReportArgs) -> Result<u8, Failure> {
     let (storage, document) = open_job(&args.dest, args.job_id.as_deref(), &args.storage.options()).await?;
     let manifest = Manifest::new(storage, &document.job_id);
     if args.json {
-        let summary = manifest.get("summary.json").await.map_err(|e| failed(anyhow!("{e} (the job has not finished a run)")))?;
+        let summary =
+            manifest.get("summary.json").await.map_err(|e| failed(anyhow!("{e} (the job has not finished a run)")))?;
         println!("{}", String::from_utf8_lossy(&summary).trim_end());
         return Ok(EXIT_OK);
     }
@@ -155,9 +167,11 @@ pub async fn report(args: ReportArgs) -> Result<u8, Failure> {
         return Ok(EXIT_OK);
     }
     let records: Vec<_> = state.journal.latest.values().collect();
-    let mut durations: Vec<u64> = records.iter().filter(|r| r.status == ShardStatus::Ok).map(|r| r.duration_ms).collect();
+    let mut durations: Vec<u64> =
+        records.iter().filter(|r| r.status == ShardStatus::Ok).map(|r| r.duration_ms).collect();
     durations.sort_unstable();
-    let percentile = |p: f64| durations.get(((durations.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0);
+    let percentile =
+        |p: f64| durations.get(((durations.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0);
     let mut outcomes = std::collections::BTreeMap::<&str, u64>::new();
     for record in &records {
         *outcomes.entry(record.outcome.as_str()).or_default() += 1;
@@ -169,10 +183,7 @@ pub async fn report(args: ReportArgs) -> Result<u8, Failure> {
         state.count(ShardStatus::Ok),
         state.count(ShardStatus::Failed)
     );
-    println!(
-        "  outcomes: {}",
-        outcomes.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
-    );
+    println!("  outcomes: {}", outcomes.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "));
     println!(
         "  duration of ok shards: median {}ms, p90 {}ms, max {}ms",
         percentile(0.5),

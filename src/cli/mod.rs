@@ -17,7 +17,11 @@ pub const EXIT_JOB_FAILED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 
 #[derive(Parser, Debug)]
-#[command(name = "fanout", version, about = "Run a WebAssembly function over every shard of a dataset, in parallel, with a manifest of what happened.")]
+#[command(
+    name = "fanout",
+    version,
+    about = "Run a WebAssembly function over every shard of a dataset, in parallel, with a manifest of what happened."
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,

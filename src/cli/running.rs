@@ -4,7 +4,7 @@
 
 use super::{failed, usage, Failure, OutputFlags, RedriveArgs, RunArgs, EXIT_JOB_FAILED, EXIT_OK};
 use crate::events::{Event, EventSink};
-use crate::job::{self, Job};
+use crate::job::{self, Job, Origins};
 use crate::location::Location;
 use crate::manifest::{self, FunctionIdentity, JobDocument, Journal, Manifest, PlanState};
 use crate::plan::{self, PlanError, PlanTotals, Planned};
@@ -28,28 +28,48 @@ struct Opened {
     load: LoadReport,
 }
 
-async fn open_everything(job: &Job, options: &StorageOptions, quiet: bool) -> Result<Opened, Failure> {
-    let dest = storage::open(&job.output.dest, options).await.map_err(|e| usage(anyhow!("output.dest: {e}")))?;
-    dest.check(true).await.map_err(|e| usage(anyhow!("output.dest: {e}")))?;
-    let source = plan::open_source(job, options).await.map_err(usage)?;
-    let function = crate::function::load(&job.function.wasm, options, quiet).await.map_err(usage)?;
-    let limits = Limits { timeout: job.function.timeout(), memory_bytes: job.function.memory_bytes, concurrency: job.workers.max };
+async fn open_everything(
+    job: &Job,
+    origins: &Origins,
+    options: &StorageOptions,
+    quiet: bool,
+) -> Result<Opened, Failure> {
+    let at_dest = origins.prefix("output.dest");
+    let dest =
+        storage::open(&job.output.dest, options).await.map_err(|e| usage(anyhow!("{at_dest}output.dest: {e}")))?;
+    dest.check(true).await.map_err(|e| usage(anyhow!("{at_dest}output.dest: {e}")))?;
+    let source = plan::open_source(job, options).await.map_err(|e| plan_failure(e, origins))?;
+    let at_function = origins.prefix("function.wasm");
+    let function = crate::function::load(&job.function.wasm, options, quiet)
+        .await
+        .map_err(|e| usage(anyhow!("{at_function}{e}")))?;
+    let limits = Limits {
+        timeout: job.function.timeout(),
+        memory_bytes: job.function.memory_bytes,
+        concurrency: job.workers.max,
+    };
     let (runtime, load) = tokio::task::spawn_blocking(move || Runtime::load(&function.name, &function.bytes, limits))
         .await
         .expect("loading the function does not panic")
-        .map_err(|e| usage(anyhow!("function.wasm: {e}")))?;
+        .map_err(|e| usage(anyhow!("{at_function}function.wasm: {e}")))?;
     Ok(Opened { dest, source, runtime: Arc::new(runtime), load })
+}
+
+/// A planning error found before any work: exit 2, pointing at the job file's line.
+pub(super) fn plan_failure(error: PlanError, origins: &Origins) -> Failure {
+    let at = error.field().map(|field| origins.prefix(field)).unwrap_or_default();
+    usage(anyhow!("{at}{error}"))
 }
 
 pub async fn run(args: RunArgs) -> Result<u8, Failure> {
     let quiet = args.output.quiet || args.output.json;
-    let job = job::resolve(args.job.job.as_deref(), &args.job.overrides()).map_err(usage)?;
+    let (job, origins) = job::resolve_with_origins(args.job.job.as_deref(), &args.job.overrides()).map_err(usage)?;
     if args.job_id.is_some() && !args.resume {
         return Err(usage(anyhow!("--job goes with --resume (or use `fanout redrive DEST --job ID`)")));
     }
     let grace = crate::units::parse_duration(&args.grace).map_err(|m| usage(anyhow!("--grace: {m}")))?;
     let options = args.storage.options();
-    let opened = open_everything(&job, &options, quiet).await?;
+    let opened = open_everything(&job, &origins, &options, quiet).await?;
     let continuing = if args.resume {
         let found = manifest::find_job(&opened.dest, args.job_id.as_deref(), Some(&job.name)).await.map_err(usage)?;
         if let Some(document) = &found {
@@ -61,7 +81,7 @@ pub async fn run(args: RunArgs) -> Result<u8, Failure> {
     } else {
         None
     };
-    execute(job, opened, continuing, args.staging, grace, args.output).await
+    execute(job, origins, opened, continuing, args.staging, grace, args.output).await
 }
 
 pub async fn redrive(args: RedriveArgs) -> Result<u8, Failure> {
@@ -76,7 +96,7 @@ pub async fn redrive(args: RedriveArgs) -> Result<u8, Failure> {
         .map_err(usage)?
         .ok_or_else(|| usage(manifest::ManifestError::NoJobs { dest: dest_location.to_string() }))?;
     let job = document.job.clone();
-    let opened = open_everything(&job, &options, quiet).await?;
+    let opened = open_everything(&job, &Origins::default(), &options, quiet).await?;
     if opened.load.sha256 != document.function.sha256 {
         return Err(usage(anyhow!(
             "function.wasm: {} changed since job {} ran (sha256 {} then, {} now); run it as a new job instead",
@@ -86,7 +106,7 @@ pub async fn redrive(args: RedriveArgs) -> Result<u8, Failure> {
             &opened.load.sha256[..12]
         )));
     }
-    execute(job, opened, Some(document), args.staging, grace, args.output).await
+    execute(job, Origins::default(), opened, Some(document), args.staging, grace, args.output).await
 }
 
 /// Refuses to resume a job whose inputs, function or outputs differ from this one.
@@ -172,6 +192,7 @@ fn watch_signals(shutdown: Shutdown, grace: Duration) {
 
 async fn execute(
     job: Job,
+    origins: Origins,
     opened: Opened,
     continuing: Option<JobDocument>,
     staging: Option<PathBuf>,
@@ -249,8 +270,10 @@ async fn execute(
 
     if new_job && result.records.is_empty() && result.stats.shards_total == 0 {
         // Planning failed before the first shard: nothing ran and nothing was written.
-        let error = result.stats.plan_error.clone().unwrap_or_else(|| "the plan is empty".into());
-        return Err(usage(anyhow!(error)));
+        return Err(match result.plan_failure {
+            Some(error) => plan_failure(error, &origins),
+            None => usage(anyhow!("input.source: the plan is empty")),
+        });
     }
     let summary = report::summarize(
         &job_id,
@@ -270,7 +293,11 @@ async fn execute(
         .context("writing report.csv")
         .map_err(failed)?;
     let summary_json = serde_json::to_vec_pretty(&summary).expect("a summary serializes");
-    manifest.put("summary.json", Bytes::from(summary_json.clone())).await.context("writing summary.json").map_err(failed)?;
+    manifest
+        .put("summary.json", Bytes::from(summary_json.clone()))
+        .await
+        .context("writing summary.json")
+        .map_err(failed)?;
 
     if output.json {
         println!("{}", String::from_utf8_lossy(&summary_json));
@@ -289,7 +316,10 @@ async fn execute(
             );
         }
         if summary.shards.failed > 5 {
-            eprintln!("fanout: ... {} failed shards in all; see `fanout status {}`", summary.shards.failed, job.output.dest);
+            eprintln!(
+                "fanout: ... {} failed shards in all; see `fanout status {}`",
+                summary.shards.failed, job.output.dest
+            );
         }
     }
     if result.stats.stopped_early || summary.shards.pending > 0 {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use wasmtime::component::{Component, ResourceTable};
 use wasmtime::{
-    Config, Engine, Enabled, InstanceAllocationStrategy, InstancePre, Linker, Module, PoolingAllocationConfig,
+    Config, Enabled, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module, PoolingAllocationConfig,
     ResourceLimiter, Store, Trap,
 };
 use wasmtime_wasi::p1::WasiP1Ctx;
@@ -85,7 +85,9 @@ pub enum RuntimeError {
     NotWasm { name: String },
     #[error("{name}: cannot compile: {message}")]
     Compile { name: String, message: String },
-    #[error("{name}: {message}")]
+    #[error(
+        "{name}: {message} (fanout provides WASI preview 1 to modules and WASI preview 2 to components, nothing else)"
+    )]
     Link { name: String, message: String },
     #[error("cannot set up the runtime: {0}")]
     Engine(String),
@@ -271,7 +273,8 @@ impl Runtime {
         let sha256 = format!("{:x}", Sha256::digest(wasm));
         let dir = cache_dir().join("modules");
         let cache_file = dir.join(format!("{sha256}-{:016x}.cwasm", compatibility_hash(&engine)));
-        let compile_error = |e: wasmtime::Error| RuntimeError::Compile { name: name.to_string(), message: format!("{e:#}") };
+        let compile_error =
+            |e: wasmtime::Error| RuntimeError::Compile { name: name.to_string(), message: format!("{e:#}") };
         let link_error = |e: wasmtime::Error| RuntimeError::Link { name: name.to_string(), message: link_message(&e) };
 
         let mut cache_hit = cache_file.exists();
@@ -458,7 +461,8 @@ fn sandbox(invocation: &Invocation, stdout: &CappedCapture, stderr: &CappedCaptu
     builder.stdout(stdout.clone());
     builder.stderr(stderr.clone());
     if let Some(stdin) = &invocation.stdin {
-        let file = std::fs::File::open(stdin).map_err(|e| format!("cannot open the staged stdin {}: {e}", stdin.display()))?;
+        let file =
+            std::fs::File::open(stdin).map_err(|e| format!("cannot open the staged stdin {}: {e}", stdin.display()))?;
         builder.stdin(wasmtime_wasi::cli::InputFile::new(file));
     }
     builder.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
@@ -468,6 +472,11 @@ fn sandbox(invocation: &Invocation, stdout: &CappedCapture, stderr: &CappedCaptu
     builder
         .preopened_dir(&invocation.out_dir, "/out", FsPerms::ReadWrite)
         .map_err(|e| format!("cannot open the staged /out {}: {e:#}", invocation.out_dir.display()))?;
+    // Off again for everything after the preopens: with it on, WASI p1 serves a lone
+    // relative sleep with std::thread::sleep, which no timeout or cancellation can cut short.
+    // The preopened folders keep their inline path operations; file reads and writes go
+    // through the worker runtime's blocking pool.
+    builder.allow_blocking_current_thread(false);
     Ok(builder)
 }
 

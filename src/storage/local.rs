@@ -116,7 +116,9 @@ pub fn link_or_copy(source: &Path, target: &Path) -> std::io::Result<u64> {
     }
     let error = std::io::Error::last_os_error();
     match error.raw_os_error() {
-        Some(libc::EXDEV) | Some(libc::EPERM) | Some(libc::EMLINK) | Some(libc::EACCES) => std::fs::copy(source, target),
+        Some(libc::EXDEV) | Some(libc::EPERM) | Some(libc::EMLINK) | Some(libc::EACCES) => {
+            std::fs::copy(source, target)
+        }
         _ => Err(error),
     }
 }
@@ -137,7 +139,8 @@ fn walk(root: &Path, prefix: &str, page: &mut dyn FnMut(Vec<ObjectMeta>) -> bool
         return Ok(());
     }
     let mut batch = Vec::with_capacity(LIST_PAGE);
-    let walker = walkdir::WalkDir::new(&start).follow_links(false).sort_by(|a, b| listing_order(a).cmp(&listing_order(b)));
+    let walker =
+        walkdir::WalkDir::new(&start).follow_links(false).sort_by(|a, b| listing_order(a).cmp(&listing_order(b)));
     for entry in walker {
         let entry = entry.map_err(|e| {
             let location = e.path().unwrap_or(&start).display().to_string();
@@ -145,7 +148,10 @@ fn walk(root: &Path, prefix: &str, page: &mut dyn FnMut(Vec<ObjectMeta>) -> bool
         })?;
         let file_type = entry.file_type();
         let size = if file_type.is_file() {
-            entry.metadata().map_err(|e| StorageError::Io { location: entry.path().display().to_string(), source: e.into() })?.len()
+            entry
+                .metadata()
+                .map_err(|e| StorageError::Io { location: entry.path().display().to_string(), source: e.into() })?
+                .len()
         } else if file_type.is_symlink() {
             // A symlinked file is the user's own data; a symlinked folder is skipped (cycles).
             match std::fs::metadata(entry.path()) {
@@ -355,10 +361,8 @@ impl Storage for LocalStorage {
 }
 
 fn writable(dir: &Path) -> StorageResult<()> {
-    let c_path = CString::new(dir.as_os_str().as_bytes()).map_err(|e| StorageError::Io {
-        location: dir.display().to_string(),
-        source: e.into(),
-    })?;
+    let c_path = CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| StorageError::Io { location: dir.display().to_string(), source: e.into() })?;
     // SAFETY: a valid NUL-terminated path; access() does not retain it.
     if unsafe { libc::access(c_path.as_ptr(), libc::W_OK | libc::X_OK) } == 0 && dir.is_dir() {
         Ok(())

@@ -162,9 +162,7 @@ pub struct StorageOptions {
 pub async fn open(location: &Location, options: &StorageOptions) -> StorageResult<DynStorage> {
     match location {
         Location::Local(path) => Ok(Arc::new(local::LocalStorage::new(path.clone()))),
-        Location::S3 { bucket, prefix } => {
-            Ok(Arc::new(s3::S3Storage::connect(bucket, prefix, options).await?))
-        }
+        Location::S3 { bucket, prefix } => Ok(Arc::new(s3::S3Storage::connect(bucket, prefix, options).await?)),
     }
 }
 

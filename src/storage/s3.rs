@@ -54,9 +54,7 @@ impl S3Storage {
         let mut config = aws_sdk_s3::config::Builder::from(&shared)
             .retry_config(aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(5))
             .timeout_config(
-                aws_sdk_s3::config::timeout::TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(5))
-                    .build(),
+                aws_sdk_s3::config::timeout::TimeoutConfig::builder().connect_timeout(Duration::from_secs(5)).build(),
             )
             // fanout reads bodies at the pace of its staging writes; a busy disk must not
             // be mistaken for a stalled server.
@@ -90,7 +88,12 @@ impl S3Storage {
     }
 
     /// Maps an SDK error to one the user can act on.
-    fn classify<E>(&self, operation: &'static str, key: &str, error: SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> StorageError
+    fn classify<E>(
+        &self,
+        operation: &'static str,
+        key: &str,
+        error: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    ) -> StorageError
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
@@ -101,7 +104,11 @@ impl S3Storage {
                 if text.contains("credential") {
                     StorageError::Credentials { location, message: first_line(&text) }
                 } else if failure.is_io() || failure.is_timeout() {
-                    StorageError::Unreachable { location, endpoint: self.endpoint.clone(), message: connector_message(&text) }
+                    StorageError::Unreachable {
+                        location,
+                        endpoint: self.endpoint.clone(),
+                        message: connector_message(&text),
+                    }
                 } else {
                     StorageError::Service { location, operation, message: first_line(&text) }
                 }
@@ -113,13 +120,16 @@ impl S3Storage {
                 let status = service.raw().status().as_u16();
                 let code = service.err().code().unwrap_or_default().to_string();
                 let message = service.err().message().unwrap_or_default().to_string();
-                let described = if message.is_empty() { format!("{code} (HTTP {status})") } else { format!("{code}: {message}") };
+                let described =
+                    if message.is_empty() { format!("{code} (HTTP {status})") } else { format!("{code}: {message}") };
                 match code.as_str() {
                     "NoSuchBucket" => StorageError::NoSuchBucket { location, bucket: self.bucket.clone() },
                     "NoSuchKey" | "NotFound" => StorageError::NotFound { location },
-                    "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "InvalidToken" | "ExpiredToken" => {
-                        StorageError::AccessDenied { location, message: described }
-                    }
+                    "AccessDenied"
+                    | "InvalidAccessKeyId"
+                    | "SignatureDoesNotMatch"
+                    | "InvalidToken"
+                    | "ExpiredToken" => StorageError::AccessDenied { location, message: described },
                     _ if status == 404 => StorageError::NotFound { location },
                     _ if status == 403 => StorageError::AccessDenied { location, message: described },
                     _ => StorageError::Service { location, operation, message: described },
@@ -168,7 +178,14 @@ impl S3Storage {
         }
     }
 
-    async fn upload_parts(&self, key: &str, full_key: &str, path: &Path, size: u64, upload_id: &str) -> StorageResult<Vec<CompletedPart>> {
+    async fn upload_parts(
+        &self,
+        key: &str,
+        full_key: &str,
+        path: &Path,
+        size: u64,
+        upload_id: &str,
+    ) -> StorageResult<Vec<CompletedPart>> {
         use futures::{StreamExt, TryStreamExt};
         let part_count = size.div_ceil(PART_SIZE);
         let mut parts: Vec<CompletedPart> = futures::stream::iter(0..part_count)
@@ -181,7 +198,10 @@ impl S3Storage {
                     .length(Length::Exact(length))
                     .build()
                     .await
-                    .map_err(|e| StorageError::Io { location: path.display().to_string(), source: std::io::Error::other(e) })?;
+                    .map_err(|e| StorageError::Io {
+                        location: path.display().to_string(),
+                        source: std::io::Error::other(e),
+                    })?;
                 let part_number = index as i32 + 1;
                 let uploaded = self
                     .client
@@ -196,7 +216,10 @@ impl S3Storage {
                     .await
                     .map_err(|e| self.classify("UploadPart", key, e))?;
                 Ok::<_, StorageError>(
-                    CompletedPart::builder().part_number(part_number).set_e_tag(uploaded.e_tag().map(str::to_string)).build(),
+                    CompletedPart::builder()
+                        .part_number(part_number)
+                        .set_e_tag(uploaded.e_tag().map(str::to_string))
+                        .build(),
                 )
             })
             .buffer_unordered(PART_CONCURRENCY)
@@ -228,13 +251,8 @@ impl Storage for S3Storage {
         let full_prefix = format!("{}{prefix}", self.prefix);
         let prefix = prefix.to_string();
         tokio::spawn(async move {
-            let mut pages = this
-                .client
-                .list_objects_v2()
-                .bucket(&this.bucket)
-                .prefix(&full_prefix)
-                .into_paginator()
-                .send();
+            let mut pages =
+                this.client.list_objects_v2().bucket(&this.bucket).prefix(&full_prefix).into_paginator().send();
             while let Some(page) = pages.next().await {
                 let page = match page {
                     Ok(page) => page,
@@ -249,8 +267,10 @@ impl Storage for S3Storage {
                     .filter_map(|object| {
                         let key = object.key()?.strip_prefix(&this.prefix)?;
                         // "folder markers" some tools create are not data
-                        (!key.is_empty() && !key.ends_with('/'))
-                            .then(|| ObjectMeta { key: key.to_string(), size: object.size().unwrap_or(0).max(0) as u64 })
+                        (!key.is_empty() && !key.ends_with('/')).then(|| ObjectMeta {
+                            key: key.to_string(),
+                            size: object.size().unwrap_or(0).max(0) as u64,
+                        })
                     })
                     .collect();
                 if tx.send(Ok(objects)).await.is_err() {
@@ -287,7 +307,9 @@ impl Storage for S3Storage {
     async fn head(&self, key: &str) -> StorageResult<Option<ObjectMeta>> {
         let full_key = self.full_key(key)?;
         match self.client.head_object().bucket(&self.bucket).key(&full_key).send().await {
-            Ok(head) => Ok(Some(ObjectMeta { key: key.to_string(), size: head.content_length().unwrap_or(0).max(0) as u64 })),
+            Ok(head) => {
+                Ok(Some(ObjectMeta { key: key.to_string(), size: head.content_length().unwrap_or(0).max(0) as u64 }))
+            }
             Err(e) => match self.classify("HeadObject", key, e) {
                 StorageError::NotFound { .. } => Ok(None),
                 other => Err(other),

@@ -3,11 +3,34 @@
 //! found into /out only when they broke out, so a leak shows up as a *successful* shard
 //! (and a test that expects failure catches it).
 //!
-//! Commands: ok | trap | exit N | loop | sleep | alloc | passwd | dotdot | env NAME |
+//! Commands: ok | work MS | trap | exit N | loop | sleep | alloc | passwd | dotdot | env NAME |
 //! symlink | flaky | files N | bytes N | stdout N | stderr N | stdin
 
 use std::io::{Read, Write};
 use std::process::exit;
+
+/// The WASI call behind symlink(2), made directly (std's wrapper is unstable): `/out` is
+/// the second preopened folder, file descriptor 4.
+#[cfg(target_arch = "wasm32")]
+fn plant_symlink(target: &str, link: &str) -> u16 {
+    #[link(wasm_import_module = "wasi_snapshot_preview1")]
+    extern "C" {
+        fn path_symlink(
+            old_path: *const u8,
+            old_path_len: usize,
+            fd: u32,
+            new_path: *const u8,
+            new_path_len: usize,
+        ) -> u16;
+    }
+    // SAFETY: both strings outlive the call, which only reads them.
+    unsafe { path_symlink(target.as_ptr(), target.len(), 4, link.as_ptr(), link.len()) }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn plant_symlink(target: &str, link: &str) -> u16 {
+    std::os::unix::fs::symlink(target, format!("/out/{link}")).map(|_| 0).unwrap_or(1)
+}
 
 fn leak(name: &str, what: &[u8]) -> ! {
     std::fs::write(format!("/out/{name}"), what).expect("write the leak");
@@ -19,6 +42,16 @@ fn run(command: &str, argument: &str, name: &str) {
         "ok" => {
             eprintln!("ok: {name}");
             std::fs::write(format!("/out/{name}.ok"), b"fine\n").expect("write /out");
+        }
+        "work" => {
+            // Spin for N milliseconds, then write an output that depends on the input name.
+            let until = std::time::Instant::now() + std::time::Duration::from_millis(argument.parse().unwrap_or(10));
+            let mut x: u64 = 1;
+            while std::time::Instant::now() < until {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            }
+            let reversed: String = name.chars().rev().collect();
+            std::fs::write(format!("/out/{name}.out"), format!("{reversed}\n")).expect("write /out");
         }
         "trap" => {
             #[cfg(target_arch = "wasm32")]
@@ -52,7 +85,9 @@ fn run(command: &str, argument: &str, name: &str) {
             exit(42)
         }
         "dotdot" => {
-            for path in ["/in/../../etc/passwd", "../etc/passwd", "/out/../../etc/passwd", "/in/../../../../../../etc/passwd"] {
+            for path in
+                ["/in/../../etc/passwd", "../etc/passwd", "/out/../../etc/passwd", "/in/../../../../../../etc/passwd"]
+            {
                 match std::fs::read(path) {
                     Ok(bytes) => leak("dotdot-leak", &bytes),
                     Err(e) => eprintln!("denied {path}: {e}"),
@@ -60,7 +95,8 @@ fn run(command: &str, argument: &str, name: &str) {
             }
             match std::fs::read_dir("/") {
                 Ok(entries) => {
-                    let names: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+                    let names: Vec<String> =
+                        entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
                     if names.iter().any(|n| n == "etc" || n == "root" || n == "proc") {
                         leak("root-listing", names.join("\n").as_bytes());
                     }
@@ -79,13 +115,11 @@ fn run(command: &str, argument: &str, name: &str) {
             exit(44)
         }
         "symlink" => {
-            match std::os::wasi::fs::symlink_path("/etc/passwd", "/out/link") {
-                Ok(()) => eprintln!("planted /out/link -> /etc/passwd"),
-                Err(e) => eprintln!("symlink to /etc/passwd refused: {e}"),
-            }
-            match std::os::wasi::fs::symlink_path("../in", "/out/escape") {
-                Ok(()) => eprintln!("planted /out/escape -> ../in"),
-                Err(e) => eprintln!("relative symlink refused: {e}"),
+            for (target, link) in [("/etc/passwd", "link"), ("../in", "escape"), ("fine.txt", "inside")] {
+                match plant_symlink(target, link) {
+                    0 => eprintln!("planted /out/{link} -> {target}"),
+                    errno => eprintln!("symlink /out/{link} -> {target} refused (errno {errno})"),
+                }
             }
             std::fs::write("/out/fine.txt", b"a real output beside the links\n").expect("write /out");
         }

@@ -33,7 +33,8 @@ fn parse_args() -> Result<Options, String> {
         let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
         match arg.as_str() {
             "--max-side" => {
-                options.max_side = value("--max-side")?.parse().map_err(|_| "--max-side must be a whole number".to_string())?
+                options.max_side =
+                    value("--max-side")?.parse().map_err(|_| "--max-side must be a whole number".to_string())?
             }
             "--quality" => {
                 options.quality = value("--quality")?.parse().map_err(|_| "--quality must be 1-100".to_string())?

@@ -1,0 +1,124 @@
+//! Helpers for driving the real `fanout` binary in fresh folders.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The fanout binary with a clean slate of fanout settings.
+pub fn fanout() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_fanout"));
+    command.env_remove("FANOUT_STAGING").env("NO_COLOR", "1");
+    command
+}
+
+pub struct Ran {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Ran {
+    pub fn assert_code(&self, code: i32) -> &Self {
+        assert_eq!(self.code, code, "exit code\n--- stdout\n{}\n--- stderr\n{}", self.stdout, self.stderr);
+        self
+    }
+}
+
+impl From<Output> for Ran {
+    fn from(output: Output) -> Self {
+        Ran {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+/// Runs fanout with `args` in `cwd`.
+pub fn run_in(cwd: &Path, args: &[&str]) -> Ran {
+    fanout().current_dir(cwd).args(args).output().expect("run fanout").into()
+}
+
+/// Builds one of the repository's function crates once per test binary and returns its .wasm.
+pub fn function(name: &str) -> PathBuf {
+    static BUILT: OnceLock<std::sync::Mutex<BTreeMap<String, PathBuf>>> = OnceLock::new();
+    let built = BUILT.get_or_init(Default::default);
+    let mut built = built.lock().unwrap();
+    if let Some(path) = built.get(name) {
+        return path.clone();
+    }
+    let dir = if name == "noop" { repo().join("bench").join(name) } else { repo().join("examples").join(name) };
+    let path = fanout::function::build_crate(&dir, true).unwrap_or_else(|e| panic!("building {name}: {e}"));
+    built.insert(name.to_string(), path.clone());
+    path
+}
+
+pub fn write_files(dir: &Path, files: &[(&str, &str)]) {
+    for (name, content) in files {
+        let path = dir.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+}
+
+/// The one job folder under `dest/_fanout/`.
+pub fn job_dir(dest: &Path) -> PathBuf {
+    let mut jobs: Vec<PathBuf> = std::fs::read_dir(dest.join("_fanout")).unwrap().map(|e| e.unwrap().path()).collect();
+    jobs.sort();
+    assert_eq!(jobs.len(), 1, "expected one job under {}: {jobs:?}", dest.display());
+    jobs.pop().unwrap()
+}
+
+/// report.csv as rows of column -> value.
+pub fn report(job_dir: &Path) -> Vec<BTreeMap<String, String>> {
+    let mut reader = csv::Reader::from_path(job_dir.join("report.csv")).expect("report.csv");
+    let headers = reader.headers().unwrap().clone();
+    reader
+        .records()
+        .map(|row| headers.iter().zip(row.unwrap().iter()).map(|(h, v)| (h.to_string(), v.to_string())).collect())
+        .collect()
+}
+
+pub fn summary(job_dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(job_dir.join("summary.json")).expect("summary.json")).unwrap()
+}
+
+/// Every commit record in the journal, in write order.
+pub fn journal(job_dir: &Path) -> Vec<serde_json::Value> {
+    let mut segments: Vec<PathBuf> =
+        std::fs::read_dir(job_dir.join("shards")).unwrap().map(|e| e.unwrap().path()).collect();
+    segments.sort();
+    segments
+        .iter()
+        .flat_map(|path| {
+            std::fs::read_to_string(path)
+                .unwrap()
+                .lines()
+                .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Every file below `dir`, relative, sorted, with its bytes; `_fanout/` left out.
+pub fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    if !dir.exists() {
+        return files;
+    }
+    for entry in walkdir::WalkDir::new(dir) {
+        let entry = entry.unwrap();
+        if entry.file_type().is_file() {
+            let relative = entry.path().strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+            if !relative.starts_with("_fanout/") {
+                files.insert(relative, std::fs::read(entry.path()).unwrap());
+            }
+        }
+    }
+    files
+}

@@ -1,0 +1,9 @@
+//! fanout's integration tests: each drives the real binary in a fresh folder and checks
+//! what a user would see (exit codes, messages, outputs decoded, the manifest).
+
+mod common;
+
+mod bad_jobs;
+mod examples;
+mod resume;
+mod sandbox;

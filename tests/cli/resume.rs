@@ -1,0 +1,139 @@
+//! Killed jobs resume without redoing committed shards; failed shards are redriven.
+
+use crate::common::*;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const SHARDS: usize = 240;
+
+fn work_inputs(dir: &Path) {
+    let files: Vec<(String, String)> = (0..SHARDS).map(|i| (format!("f{i:03}"), "work 12".to_string())).collect();
+    let refs: Vec<(&str, &str)> = files.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    write_files(dir, &refs);
+}
+
+fn job_args<'a>(wasm: &'a str, dest: &'a str) -> Vec<&'a str> {
+    vec!["run", "--input", "in", "--function", wasm, "--output", dest, "--max-workers", "2"]
+}
+
+fn wait_for(what: &str, deadline: Duration, mut ready: impl FnMut() -> bool) {
+    let until = Instant::now() + deadline;
+    while !ready() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn journal_segments(dest: &Path) -> usize {
+    std::fs::read_dir(dest.join("_fanout"))
+        .ok()
+        .and_then(|mut jobs| jobs.next())
+        .and_then(|job| std::fs::read_dir(job.unwrap().path().join("shards")).ok())
+        .map(|segments| segments.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn sigkill_at_any_moment_then_resume_commits_each_shard_once() {
+    let work = tempfile::tempdir().unwrap();
+    work_inputs(&work.path().join("in"));
+    let wasm = function("misbehave");
+    let wasm = wasm.to_str().unwrap();
+    run_in(work.path(), &job_args(wasm, "clean")).assert_code(0);
+    let clean = tree(&work.path().join("clean"));
+    assert_eq!(clean.len(), SHARDS);
+
+    // Kill before any commit, just after the first commit, and in the middle.
+    for (trial, moment) in ["before-commit", "first-commit", "middle"].iter().enumerate() {
+        let dest_name = format!("killed{trial}");
+        let dest = work.path().join(&dest_name);
+        let mut child =
+            fanout().current_dir(work.path()).args(job_args(wasm, &dest_name)).arg("--quiet").spawn().unwrap();
+        match *moment {
+            "before-commit" => wait_for("job.json", Duration::from_secs(30), || {
+                std::fs::read_dir(dest.join("_fanout")).map(|mut d| d.next().is_some()).unwrap_or(false)
+            }),
+            "first-commit" => wait_for("a journal segment", Duration::from_secs(30), || journal_segments(&dest) >= 1),
+            _ => {
+                wait_for("a journal segment", Duration::from_secs(30), || journal_segments(&dest) >= 1);
+                std::thread::sleep(Duration::from_millis(400));
+            }
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+
+        let mut args = job_args(wasm, &dest_name);
+        args.extend(["--resume", "--json"]);
+        let ran = run_in(work.path(), &args);
+        ran.assert_code(0);
+        let summary: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+        assert_eq!(summary["shards"]["ok"], SHARDS as u64, "{moment}");
+        assert_eq!(tree(&dest), clean, "{moment}: outputs differ from an uninterrupted run");
+
+        let job = job_dir(&dest);
+        let mut committed: BTreeMap<u64, usize> = BTreeMap::new();
+        for record in journal(&job) {
+            if record["status"] == "ok" {
+                *committed.entry(record["shard"].as_u64().unwrap()).or_default() += 1;
+            }
+        }
+        assert_eq!(committed.len(), SHARDS, "{moment}: every shard committed");
+        assert!(committed.values().all(|&n| n == 1), "{moment}: a shard committed twice: {committed:?}");
+        if *moment != "before-commit" {
+            assert!(summary["shards"]["skipped"].as_u64().unwrap() > 0, "{moment}: the resume redid committed shards");
+        }
+        assert!(!job.join("staging").exists(), "{moment}: staging left behind");
+        for entry in walkdir::WalkDir::new(&dest) {
+            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+            assert!(!name.starts_with(".fanout-tmp-"), "{moment}: half-written file {name}");
+        }
+    }
+}
+
+#[test]
+fn resume_refuses_a_changed_job_and_starts_fresh_when_there_is_none() {
+    let work = tempfile::tempdir().unwrap();
+    write_files(&work.path().join("in"), &[("a", "ok")]);
+    let wasm = function("misbehave");
+    let wasm = wasm.to_str().unwrap();
+    let ran = run_in(work.path(), &["run", "--input", "in", "--function", wasm, "--output", "out", "--resume"]);
+    ran.assert_code(0);
+    assert!(ran.stderr.contains("no earlier job named \"job\""), "{}", ran.stderr);
+    let ran = run_in(
+        work.path(),
+        &["run", "--input", "in", "--function", wasm, "--output", "out", "--resume", "--shard", "objects=2"],
+    );
+    ran.assert_code(2);
+    assert!(ran.stderr.contains("input.shard differs"), "{}", ran.stderr);
+}
+
+#[test]
+fn redrive_runs_only_the_failed_shards_with_new_attempt_numbers() {
+    let work = tempfile::tempdir().unwrap();
+    write_files(&work.path().join("in"), &[("a", "ok"), ("b", "flaky"), ("c", "ok")]);
+    let wasm = function("misbehave");
+    let wasm = wasm.to_str().unwrap();
+    run_in(work.path(), &["run", "--input", "in", "--function", wasm, "--output", "out", "--attempts", "1"])
+        .assert_code(1);
+
+    let status = run_in(work.path(), &["status", "out", "--json"]);
+    status.assert_code(0);
+    let status: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(status["shards"]["ok"], 2);
+    assert_eq!(status["shards"]["failed"], 1);
+    assert_eq!(status["failed"][0]["shard"], 1);
+
+    let ran = run_in(work.path(), &["redrive", "out", "--json"]);
+    ran.assert_code(0);
+    let summary: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    assert_eq!(summary["shards"]["skipped"], 2, "committed shards are not run again");
+    assert_eq!(summary["attempts"], 1);
+    assert_eq!(std::fs::read_to_string(work.path().join("out/b.ok")).unwrap(), "passed on attempt 2\n");
+    let rows = report(&job_dir(&work.path().join("out")));
+    assert_eq!(rows[1]["attempts"], "2");
+    assert_eq!(rows[1]["status"], "ok");
+
+    let text = run_in(work.path(), &["status", "out"]);
+    assert!(text.stdout.contains("3 shards: 3 done, 0 failed, 0 pending"), "{}", text.stdout);
+}
