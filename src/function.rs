@@ -82,8 +82,45 @@ fn checked(name: String, bytes: Vec<u8>, built: Option<PathBuf>) -> Result<Funct
 }
 
 /// Runs `cargo build --release --target wasm32-wasip1` in the crate and returns the path of
-/// the .wasm it produced (cargo decides whether anything is stale).
+/// the .wasm it produced (cargo decides whether anything is stale). When the target is not
+/// installed and rustup is at hand, it is added once (what the error would ask the user
+/// to do) and the build is tried again.
 pub fn build_crate(crate_dir: &Path, quiet: bool) -> Result<PathBuf, FunctionError> {
+    if !target_installed(crate_dir) {
+        add_target(quiet);
+    }
+    build_crate_once(crate_dir, quiet)
+}
+
+/// Whether the toolchain that builds `crate_dir` has the standard library for the target.
+fn target_installed(crate_dir: &Path) -> bool {
+    let sysroot = Command::new(std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into()))
+        .current_dir(crate_dir)
+        .args(["--print", "sysroot"])
+        .output();
+    match sysroot {
+        Ok(output) if output.status.success() => {
+            let sysroot = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+            sysroot.join("lib/rustlib").join(CRATE_TARGET).is_dir()
+        }
+        // No rustc to ask: let cargo report what is wrong.
+        _ => true,
+    }
+}
+
+/// `rustup target add wasm32-wasip1`, once; cargo's error explains a failure.
+fn add_target(quiet: bool) {
+    if !quiet {
+        eprintln!("fanout: the {CRATE_TARGET} target is missing; adding it with `rustup target add {CRATE_TARGET}`");
+    }
+    let _ = Command::new("rustup")
+        .args(["target", "add", CRATE_TARGET])
+        .stdout(Stdio::null())
+        .stderr(if quiet { Stdio::null() } else { Stdio::inherit() })
+        .status();
+}
+
+fn build_crate_once(crate_dir: &Path, quiet: bool) -> Result<PathBuf, FunctionError> {
     let shown = crate_dir.display().to_string();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
@@ -105,7 +142,9 @@ pub fn build_crate(crate_dir: &Path, quiet: bool) -> Result<PathBuf, FunctionErr
     let stdout = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let hint = if stderr.contains("target may not be installed") || stdout.contains("target may not be installed") {
+        let missing_target =
+            ["target may not be installed", "can't find crate for `std`", "can't find crate for `core`"];
+        let hint = if missing_target.iter().any(|m| stderr.contains(m) || stdout.contains(m)) {
             format!(": the {CRATE_TARGET} target is missing; run `rustup target add {CRATE_TARGET}`")
         } else if quiet && !stderr.trim().is_empty() {
             format!(":\n{}", stderr.trim_end())

@@ -203,6 +203,9 @@ pub struct PlanTotals {
     pub shards: u64,
     pub objects: u64,
     pub bytes: u64,
+    /// How long listing and planning took.
+    #[serde(default)]
+    pub elapsed_ms: u64,
 }
 
 /// Starts planning in the background. Shards arrive on the returned channel in id order;
@@ -213,7 +216,11 @@ pub fn stream(job: &Job, source: Source) -> mpsc::Receiver<Result<Planned, PlanE
     let rule = job.input.shard.clone();
     let include = job.input.include.clone();
     tokio::spawn(async move {
-        let result = plan_into(&tx, rule, include, source).await;
+        let started = std::time::Instant::now();
+        let result = plan_into(&tx, rule, include, source).await.map(|mut totals| {
+            totals.elapsed_ms = started.elapsed().as_millis() as u64;
+            totals
+        });
         let _ = tx.send(result.map(Planned::Done)).await;
     });
     rx

@@ -130,6 +130,9 @@ pub struct Summary {
     pub wall_ms: u64,
     pub plan_ms: Option<u64>,
     pub busy_ms: u64,
+    pub map_ms: u64,
+    /// The share of the cores the process kept busy while shards ran.
+    pub map_cpu_busy: f64,
     pub shards_per_second: f64,
     pub outcomes: BTreeMap<String, u64>,
     pub function: FunctionSummary,
@@ -200,6 +203,8 @@ pub fn summarize(
         wall_ms: stats.wall_ms,
         plan_ms: stats.plan_ms,
         busy_ms: stats.busy_ms,
+        map_ms: stats.map_ms,
+        map_cpu_busy: (stats.map_cpu_busy * 1000.0).round() / 1000.0,
         shards_per_second: if stats.wall_ms > 0 { ran as f64 * 1000.0 / stats.wall_ms as f64 } else { 0.0 },
         outcomes: stats.outcomes.clone(),
         function: FunctionSummary {

@@ -92,6 +92,11 @@ pub struct RunStats {
     pub plan_ms: Option<u64>,
     /// Time guests spent running, summed over attempts.
     pub busy_ms: u64,
+    /// From the first attempt's start to the last attempt's end.
+    pub map_ms: u64,
+    /// CPU time the process used in that span, over the span times the cores: how busy
+    /// the machine was kept while shards ran (staging and publishing included).
+    pub map_cpu_busy: f64,
     pub plan_error: Option<String>,
     pub stopped_early: bool,
     pub outcomes: BTreeMap<String, u64>,
@@ -208,7 +213,22 @@ struct Coordinator {
     msg_tx: mpsc::UnboundedSender<Msg>,
     stats: RunStats,
     started: Instant,
+    /// Wall clock and process CPU time at the first attempt, and at the latest attempt's end.
+    map_start: Option<(Instant, Duration)>,
+    map_end: Option<(Instant, Duration)>,
     fatal: Option<String>,
+}
+
+/// CPU time (user + system) this process has used so far.
+fn process_cpu_time() -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given; RUSAGE_SELF is always valid.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    Duration::from_micros(micros(usage.ru_utime) + micros(usage.ru_stime))
 }
 
 /// Runs the job's shards to the end (or to a stop) and returns what happened.
@@ -252,6 +272,8 @@ pub async fn execute(spec: RunSpec) -> Result<RunResult, RunError> {
         msg_tx,
         stats: RunStats { run, ..Default::default() },
         started: Instant::now(),
+        map_start: None,
+        map_end: None,
         fatal: None,
         job: spec.job,
     };
@@ -329,7 +351,7 @@ impl Coordinator {
             }
             Some(Ok(Planned::Done(totals))) => {
                 self.plan_done = true;
-                self.stats.plan_ms = Some(self.started.elapsed().as_millis() as u64);
+                self.stats.plan_ms = Some(totals.elapsed_ms);
                 self.events.emit(Event::PlanComplete { total: totals.shards });
                 if self.record_plan {
                     self.store_plan_segment();
@@ -435,6 +457,9 @@ impl Coordinator {
         };
         let rules = OutputRules { max_files: job.output.max_files, max_bytes: job.output.max_bytes };
         self.stats.attempts += 1;
+        if self.map_start.is_none() {
+            self.map_start = Some((Instant::now(), process_cpu_time()));
+        }
         self.pool.submit(Task {
             shard: id,
             attempt,
@@ -512,6 +537,7 @@ impl Coordinator {
 
     fn on_attempt_done(&mut self, done: AttemptDone) {
         self.stats.busy_ms += done.report.elapsed.as_millis() as u64;
+        self.map_end = Some((Instant::now(), process_cpu_time()));
         if done.report.elapsed > Duration::ZERO || !matches!(done.report.outcome, Outcome::Cancelled) {
             if done.cold_start {
                 self.stats.cold_starts += 1;
@@ -689,6 +715,15 @@ impl Coordinator {
         self.stats.workers_peak = self.pool.peak();
         self.stats.workers_at_end = self.pool.live();
         self.stats.wall_ms = self.started.elapsed().as_millis() as u64;
+        if let (Some((t0, cpu0)), Some((t1, cpu1))) = (self.map_start, self.map_end) {
+            let span = t1.saturating_duration_since(t0);
+            let cores =
+                std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(self.job.workers.max.max(1));
+            self.stats.map_ms = span.as_millis() as u64;
+            if !span.is_zero() {
+                self.stats.map_cpu_busy = cpu1.saturating_sub(cpu0).as_secs_f64() / (span.as_secs_f64() * cores as f64);
+            }
+        }
         // Shards committed by earlier runs but not reached this run (a stop before planning
         // got to them) still count.
         for (shard, record) in &self.prior.latest {

@@ -2,7 +2,7 @@
 //! at the same relative path with a `.jpg` extension, resized so that its longest side is
 //! `--max-side` pixels, aspect ratio kept.
 //!
-//! Usage: thumbnail [--max-side N] [--quality Q] [--in DIR] [--out DIR] [FILE...]
+//! Usage: thumbnail [--max-side N] [--quality Q] [--in DIR] [--out DIR] [--verbose] [FILE...]
 //! Quality defaults to $QUALITY, else 80. FILEs (relative to --in) limit the work to those
 //! files, which lets the same code run natively, one file per process, for comparison.
 
@@ -18,6 +18,7 @@ struct Options {
     input: PathBuf,
     output: PathBuf,
     files: Vec<PathBuf>,
+    verbose: bool,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -27,6 +28,7 @@ fn parse_args() -> Result<Options, String> {
         input: PathBuf::from("/in"),
         output: PathBuf::from("/out"),
         files: Vec::new(),
+        verbose: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -41,6 +43,7 @@ fn parse_args() -> Result<Options, String> {
             }
             "--in" => options.input = PathBuf::from(value("--in")?),
             "--out" => options.output = PathBuf::from(value("--out")?),
+            "--verbose" => options.verbose = true,
             file if !file.starts_with("--") => options.files.push(PathBuf::from(file)),
             other => return Err(format!("unknown option {other}")),
         }
@@ -94,7 +97,9 @@ fn thumbnail(options: &Options, relative: &Path) -> Result<(), String> {
         .encode_image(&small)
         .map_err(|e| format!("{}: encoding: {e}", relative.display()))?;
     std::fs::write(&target, encoded).map_err(|e| format!("{}: {e}", target.display()))?;
-    eprintln!("{}: {width}x{height} -> {new_width}x{new_height}", relative.display());
+    if options.verbose {
+        eprintln!("{}: {width}x{height} -> {new_width}x{new_height}", relative.display());
+    }
     Ok(())
 }
 
