@@ -5,5 +5,6 @@ mod common;
 
 mod bad_jobs;
 mod examples;
+mod records;
 mod resume;
 mod sandbox;
