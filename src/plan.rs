@@ -111,7 +111,7 @@ pub enum PlanError {
     NothingMatches { folder: Location, include: Vec<String> },
     #[error("reading the stored plan: {0}")]
     Stored(String),
-    #[error(transparent)]
+    #[error("input.source: {0}")]
     Storage(#[from] StorageError),
 }
 
@@ -119,7 +119,7 @@ impl PlanError {
     /// The job field the error is about, when it is one.
     pub fn field(&self) -> Option<&'static str> {
         match self {
-            PlanError::SourceMissing(_) | PlanError::Empty(_) => Some("input.source"),
+            PlanError::SourceMissing(_) | PlanError::Empty(_) | PlanError::Storage(_) => Some("input.source"),
             PlanError::NothingMatches { .. } => Some("input.include"),
             _ => None,
         }

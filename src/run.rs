@@ -31,6 +31,12 @@ const PLAN_SEGMENT: usize = 10_000;
 const JOURNAL_INTERVAL: Duration = Duration::from_millis(250);
 /// A journal segment is written early once this many records wait.
 const JOURNAL_BATCH: usize = 5_000;
+/// Bytes of input staged or running at once: a shard is taken from the plan only while
+/// less than this is in flight (and always when nothing is). Keeps big objects flowing one
+/// after another instead of all arriving together, and bounds the staging disk.
+const STAGING_BUDGET: u64 = 256 << 20;
+/// Shards whose inputs reach this size empty their slot as soon as they are done.
+const CLEAN_EAGERLY: u64 = 4 << 20;
 /// A guest's stderr kept per attempt; the rest is dropped and the log says so.
 pub const LOG_CAP: u64 = 1 << 20;
 /// Longest wait between retries, whatever the attempt number.
@@ -198,6 +204,7 @@ struct Coordinator {
     slots: Option<Vec<Slot>>,
     capacity: usize,
     in_flight: HashMap<u64, InFlight>,
+    bytes_in_flight: u64,
     records: BTreeMap<u64, ShardRecord>,
     journal_buffer: Vec<ShardRecord>,
     journal_segment: u64,
@@ -257,6 +264,7 @@ pub async fn execute(spec: RunSpec) -> Result<RunResult, RunError> {
         slots: None,
         capacity,
         in_flight: HashMap::new(),
+        bytes_in_flight: 0,
         records: BTreeMap::new(),
         journal_buffer: Vec::new(),
         journal_segment: 0,
@@ -287,7 +295,8 @@ pub async fn execute(spec: RunSpec) -> Result<RunResult, RunError> {
         let can_take = !coordinator.plan_done
             && !coordinator.stopping
             && coordinator.fatal.is_none()
-            && coordinator.slots.as_ref().is_none_or(|free| !free.is_empty());
+            && coordinator.slots.as_ref().is_none_or(|free| !free.is_empty())
+            && (coordinator.in_flight.is_empty() || coordinator.bytes_in_flight < STAGING_BUDGET);
         tokio::select! {
             planned = shards.recv(), if can_take => coordinator.on_planned(planned).await,
             Some(done) = results_rx.recv() => coordinator.on_attempt_done(done),
@@ -403,6 +412,7 @@ impl Coordinator {
         let prior_attempts = prior.filter(|r| r.fingerprint == fingerprint).map(|r| r.attempts).unwrap_or(0);
         let slot = self.slots.as_mut().and_then(|free| free.pop()).expect("dispatch only with a free slot");
         let id = shard.id;
+        self.bytes_in_flight += shard.bytes_in();
         self.in_flight.insert(
             id,
             InFlight {
@@ -506,7 +516,9 @@ impl Coordinator {
                 }
             }
             Msg::Finalized { shard, record, slot } => {
-                self.in_flight.remove(&shard);
+                if let Some(flight) = self.in_flight.remove(&shard) {
+                    self.bytes_in_flight -= flight.shard.bytes_in();
+                }
                 if let Some(free) = self.slots.as_mut() {
                     free.push(slot);
                 }
@@ -593,7 +605,12 @@ impl Coordinator {
             record.outputs = published.outputs;
             record.bytes_out = published.bytes_out;
             store_log(&manifest, shard, log, &mut record).await;
-            let slot = slot.release(staged, captures, published.out_dirty);
+            let mut captures = captures;
+            captures.extend(published.left_in_out);
+            let mut slot = slot.release(staged, captures, published.out_dirty);
+            if record.bytes_in + record.bytes_out >= CLEAN_EAGERLY {
+                slot = slot.clean_now().await;
+            }
             let _ = tx.send(Msg::Finalized { shard, record: Some(record), slot });
         });
     }

@@ -6,6 +6,7 @@
 //! callers stage the folders and publish what comes out.
 
 pub mod capture;
+mod poll;
 
 use capture::{CappedCapture, Captured, Overflow};
 use sha2::{Digest, Sha256};
@@ -197,6 +198,13 @@ impl ResourceLimiter for MemoryCap {
 struct ModuleHost {
     wasi: WasiP1Ctx,
     cap: MemoryCap,
+    clock_origin: Instant,
+}
+
+impl poll::HasClockOrigin for ModuleHost {
+    fn clock_origin(&self) -> Instant {
+        self.clock_origin
+    }
 }
 
 struct ComponentHost {
@@ -301,9 +309,20 @@ impl Runtime {
                 }),
                 _ => unsafe { Module::deserialize_file(&engine, &cache_file) }.map(|m| {
                     let mut linker = Linker::<ModuleHost>::new(&engine);
-                    wasmtime_wasi::p1::add_to_linker_async(&mut linker, |host| &mut host.wasi)
-                        .and_then(|_| linker.instantiate_pre(&m))
-                        .map(Prepared::Module)
+                    linker.allow_shadowing(true);
+                    wasmtime_wasi::p1::add_to_linker_async(&mut linker, |host| &mut host.wasi)?;
+                    linker.func_wrap_async(
+                        "wasi_snapshot_preview1",
+                        "poll_oneoff",
+                        |mut caller: wasmtime::Caller<'_, ModuleHost>,
+                         (subs, events, count, written): (i32, i32, i32, i32)| {
+                            Box::new(async move {
+                                poll::poll_oneoff(&mut caller, subs as u32, events as u32, count as u32, written as u32)
+                                    .await
+                            })
+                        },
+                    )?;
+                    linker.instantiate_pre(&m).map(Prepared::Module)
                 }),
             };
             match loaded {
@@ -360,7 +379,10 @@ impl Runtime {
         let timeout = self.limits.timeout;
         match &self.prepared {
             Prepared::Module(pre) => {
-                let mut store = Store::new(&self.engine, ModuleHost { wasi: builder.build_p1(), cap: cap() });
+                let clock_origin = Instant::now();
+                builder.monotonic_clock(poll::OriginClock(clock_origin));
+                let mut store =
+                    Store::new(&self.engine, ModuleHost { wasi: builder.build_p1(), cap: cap(), clock_origin });
                 store.limiter(|host| &mut host.cap);
                 // Yield to tokio at every tick: the timeout and cancellation below then fire
                 // even while the guest spins, and a sleeping host call is simply dropped.
@@ -454,7 +476,8 @@ fn link_message(error: &wasmtime::Error) -> String {
 fn sandbox(invocation: &Invocation, stdout: &CappedCapture, stderr: &CappedCapture) -> Result<WasiCtxBuilder, String> {
     let mut builder = WasiCtxBuilder::new();
     // Must come before the preopens: each directory captures it when opened. The guest's
-    // file calls then run inline on this worker thread instead of hopping to a thread pool.
+    // file calls then run inline on this worker thread instead of hopping to a thread pool,
+    // which costs more than the call itself for small reads and writes.
     builder.allow_blocking_current_thread(true);
     builder.args(&invocation.argv);
     builder.envs(&invocation.env);
@@ -472,11 +495,9 @@ fn sandbox(invocation: &Invocation, stdout: &CappedCapture, stderr: &CappedCaptu
     builder
         .preopened_dir(&invocation.out_dir, "/out", FsPerms::ReadWrite)
         .map_err(|e| format!("cannot open the staged /out {}: {e:#}", invocation.out_dir.display()))?;
-    // Off again for everything after the preopens: with it on, WASI p1 serves a lone
-    // relative sleep with std::thread::sleep, which no timeout or cancellation can cut short.
-    // The preopened folders keep their inline path operations; file reads and writes go
-    // through the worker runtime's blocking pool.
-    builder.allow_blocking_current_thread(false);
+    // With blocking allowed, WASI p1 would serve a lone sleep with std::thread::sleep, beyond
+    // the reach of timeouts: modules get fanout's own poll_oneoff (see `poll`). Components
+    // sleep through wasi:io/poll, which is async either way.
     Ok(builder)
 }
 

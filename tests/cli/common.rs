@@ -122,3 +122,71 @@ pub fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     }
     files
 }
+
+/// The S3 test server from `scripts/test` (or `scripts/test-s3 start`). Without one the S3
+/// tests skip, except in CI or under scripts/test, where a missing server is a failure.
+pub struct S3 {
+    pub bucket: String,
+    pub endpoint: String,
+}
+
+pub fn s3() -> Option<S3> {
+    match (std::env::var("FANOUT_TEST_BUCKET"), std::env::var("AWS_ENDPOINT_URL")) {
+        (Ok(bucket), Ok(endpoint)) => Some(S3 { bucket, endpoint }),
+        _ if std::env::var_os("CI").is_some() || std::env::var_os("FANOUT_REQUIRE_S3").is_some() => {
+            panic!("no S3 test server: FANOUT_TEST_BUCKET and AWS_ENDPOINT_URL are unset (run the tests with scripts/test)")
+        }
+        _ => {
+            eprintln!("skipped: no S3 test server (run the tests with scripts/test)");
+            None
+        }
+    }
+}
+
+/// A key prefix no other test or run uses.
+pub fn unique_prefix(test: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{test}-{}-{nanos}/", std::process::id())
+}
+
+/// Runs a boto3 snippet (an S3 client that is not fanout's) with `s3`, `bucket` bound.
+pub fn boto3(script: &str, args: &[&str]) -> String {
+    let prelude = "import sys, os, boto3\nfrom botocore.config import Config\n\
+        s3 = boto3.client('s3', endpoint_url=os.environ['AWS_ENDPOINT_URL'], config=Config(s3={'addressing_style': 'path'}))\n\
+        bucket = os.environ['FANOUT_TEST_BUCKET']\n";
+    let output = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(format!("{prelude}{script}"))
+        .args(args)
+        .output()
+        .expect("python3");
+    assert!(output.status.success(), "boto3 failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Uploads every file below `dir` to `s3://bucket/prefix` with boto3.
+pub fn boto3_upload(dir: &Path, prefix: &str) {
+    boto3(
+        "root, prefix = sys.argv[1], sys.argv[2]\n\
+         for base, _, files in os.walk(root):\n\
+         \x20   for f in files:\n\
+         \x20       path = os.path.join(base, f)\n\
+         \x20       s3.upload_file(path, bucket, prefix + os.path.relpath(path, root))\n",
+        &[dir.to_str().unwrap(), prefix],
+    );
+}
+
+/// Downloads every object under `s3://bucket/prefix` into `dir` with boto3; returns the keys.
+pub fn boto3_download(prefix: &str, dir: &Path) -> Vec<String> {
+    let listed = boto3(
+        "prefix, root = sys.argv[1], sys.argv[2]\n\
+         for page in s3.get_paginator('list_objects_v2').paginate(Bucket=bucket, Prefix=prefix):\n\
+         \x20   for o in page.get('Contents', []):\n\
+         \x20       rel = o['Key'][len(prefix):]\n\
+         \x20       os.makedirs(os.path.dirname(os.path.join(root, rel)), exist_ok=True)\n\
+         \x20       s3.download_file(bucket, o['Key'], os.path.join(root, rel))\n\
+         \x20       print(rel)\n",
+        &[prefix, dir.to_str().unwrap()],
+    );
+    listed.lines().map(str::to_string).collect()
+}

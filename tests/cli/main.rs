@@ -7,4 +7,6 @@ mod bad_jobs;
 mod examples;
 mod records;
 mod resume;
+mod s3;
 mod sandbox;
+mod storage;

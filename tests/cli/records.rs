@@ -27,8 +27,11 @@ fn csv_rows_repeat_the_header_and_keep_quoted_newlines_whole() {
     }
     write_files(work.path(), &[("table.csv", &csv)]);
     let wasm = function("wordcount");
-    run_in(work.path(), &["run", "--input", "table.csv", "--function", wasm.to_str().unwrap(), "--output", "out", "--shard", "rows=10"])
-        .assert_code(0);
+    run_in(
+        work.path(),
+        &["run", "--input", "table.csv", "--function", wasm.to_str().unwrap(), "--output", "out", "--shard", "rows=10"],
+    )
+    .assert_code(0);
     let parts = parts(&work.path().join("out"), ".csv");
     assert_eq!(parts.len(), 3, "25 rows in shards of 10");
     let header = "id,comment\n".len() as u64;
@@ -45,8 +48,21 @@ fn line_aligned_chunks_cover_the_object_exactly_once() {
     let text: String = (0..5000).map(|i| format!("{{\"n\": {i}, \"words\": \"alpha beta gamma\"}}\n")).collect();
     write_files(work.path(), &[("events.jsonl", &text)]);
     let wasm = function("wordcount");
-    run_in(work.path(), &["run", "--input", "events.jsonl", "--function", wasm.to_str().unwrap(), "--output", "out", "--shard", "chunk=16KiB"])
-        .assert_code(0);
+    run_in(
+        work.path(),
+        &[
+            "run",
+            "--input",
+            "events.jsonl",
+            "--function",
+            wasm.to_str().unwrap(),
+            "--output",
+            "out",
+            "--shard",
+            "chunk=16KiB",
+        ],
+    )
+    .assert_code(0);
     let parts = parts(&work.path().join("out"), ".jsonl");
     assert!(parts.len() >= 10, "{} chunks", parts.len());
     assert_eq!(parts.iter().map(|p| p["lines"].as_u64().unwrap()).sum::<u64>(), 5000, "no line lost or cut");

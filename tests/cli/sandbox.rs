@@ -37,6 +37,7 @@ fn hostile_inputs(dir: &Path) {
             ("awsenv", "env AWS_SECRET_ACCESS_KEY"),
             ("symlink", "symlink"),
             ("chatty", "stderr 3000000"),
+            ("nap", "nap 150"),
         ],
     );
 }
@@ -70,7 +71,7 @@ fn hostile_guests_fail_alone_and_leak_nothing() {
         let row = &rows[key];
         assert_eq!((row["status"].as_str(), row["outcome"].as_str()), (status, outcome), "{key}: {row:?}");
     };
-    for ok in ["ok1", "ok2", "ok3", "chatty"] {
+    for ok in ["ok1", "ok2", "ok3", "chatty", "nap"] {
         expect(ok, "ok", "ok");
     }
     expect("trap", "failed", "trap");
@@ -94,6 +95,9 @@ fn hostile_guests_fail_alone_and_leak_nothing() {
     for ok in ["ok1", "ok2", "ok3"] {
         assert_eq!(std::fs::read_to_string(dest.join(format!("{ok}.ok"))).unwrap(), "fine\n");
     }
+    // A sleep shorter than the timeout is a real sleep (and a longer one a timeout, above).
+    let slept: u64 = std::fs::read_to_string(dest.join("nap.slept")).unwrap().trim().parse().unwrap();
+    assert!((150..1000).contains(&slept), "slept {slept} ms for 150");
 
     // Nothing of the host anywhere in DEST: outputs, logs, reports.
     for entry in walkdir::WalkDir::new(&dest) {

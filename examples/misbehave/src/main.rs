@@ -3,7 +3,7 @@
 //! found into /out only when they broke out, so a leak shows up as a *successful* shard
 //! (and a test that expects failure catches it).
 //!
-//! Commands: ok | work MS | trap | exit N | loop | sleep | alloc | passwd | dotdot | env NAME |
+//! Commands: ok | work MS | nap MS | trap | exit N | loop | sleep | alloc | passwd | dotdot | env NAME |
 //! symlink | flaky | files N | bytes N | stdout N | stderr N | stdin
 
 use std::io::{Read, Write};
@@ -67,6 +67,16 @@ fn run(command: &str, argument: &str, name: &str) {
             }
         }
         "sleep" => std::thread::sleep(std::time::Duration::from_secs(3600)),
+        "nap" => {
+            let asked = std::time::Duration::from_millis(argument.parse().unwrap_or(100));
+            let started = std::time::Instant::now();
+            std::thread::sleep(asked);
+            let slept = started.elapsed();
+            std::fs::write(format!("/out/{name}.slept"), format!("{}\n", slept.as_millis())).expect("write /out");
+            if slept < asked {
+                exit(6)
+            }
+        }
         "alloc" => {
             // 64 MiB at a time, touched, up to 4 GiB: the memory cap must stop it.
             let mut hoard: Vec<Vec<u8>> = Vec::new();

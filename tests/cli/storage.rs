@@ -1,0 +1,151 @@
+//! One conformance suite for the storage trait, passed by the local backend and by the S3
+//! backend against a real S3-compatible server.
+
+use crate::common::*;
+use bytes::Bytes;
+use fanout::location::Location;
+use fanout::storage::{self, DynStorage, StorageError, StorageOptions};
+use futures::{StreamExt, TryStreamExt};
+use sha2::{Digest, Sha256};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap()
+}
+
+async fn keys(storage: &DynStorage, prefix: &str) -> Vec<String> {
+    storage.list(prefix).map_ok(|o| o.key).try_collect().await.unwrap()
+}
+
+/// What every backend must do; `scratch` is a local folder for files to upload or download.
+async fn conformance(storage: DynStorage, scratch: &std::path::Path) {
+    // put, get, head; a missing object is NotFound, never empty
+    storage.put("a/one.txt", Bytes::from_static(b"first")).await.unwrap();
+    assert_eq!(&storage.get("a/one.txt").await.unwrap()[..], b"first");
+    assert_eq!(storage.head("a/one.txt").await.unwrap().unwrap().size, 5);
+    assert!(storage.head("a/missing").await.unwrap().is_none());
+    assert!(matches!(storage.get("a/missing").await, Err(StorageError::NotFound { .. })));
+    // overwrite: the new object whole
+    storage.put("a/one.txt", Bytes::from_static(b"second version")).await.unwrap();
+    assert_eq!(&storage.get("a/one.txt").await.unwrap()[..], b"second version");
+    // keys that could escape are refused before any request
+    for bad in ["../x", "a//b", "/abs", ""] {
+        assert!(matches!(storage.put(bad, Bytes::new()).await, Err(StorageError::InvalidKey { .. })), "{bad:?}");
+    }
+
+    // ranges: middle, clipped at the end, past the end
+    storage.put("r/digits", Bytes::from_static(b"0123456789")).await.unwrap();
+    assert_eq!(&storage.get_range("r/digits", 2..5).await.unwrap()[..], b"234");
+    assert_eq!(&storage.get_range("r/digits", 7..100).await.unwrap()[..], b"789");
+    assert!(storage.get_range("r/digits", 10..20).await.unwrap().is_empty());
+    assert!(matches!(storage.get_range("r/none", 0..1).await, Err(StorageError::NotFound { .. })));
+
+    // listing: every key under a folder prefix, in byte order, across pages
+    let many: Vec<String> = (0..1100).map(|i| format!("list/k{i:04}")).collect();
+    futures::stream::iter(many.clone())
+        .map(|key| {
+            let storage = storage.clone();
+            async move { storage.put(&key, Bytes::from(key.clone())).await }
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<()>>()
+        .await
+        .unwrap();
+    storage.put("list/sub/deeper", Bytes::from_static(b"x")).await.unwrap();
+    storage.put("list-sibling", Bytes::from_static(b"x")).await.unwrap();
+    let mut expected = many.clone();
+    expected.push("list/sub/deeper".into());
+    expected.sort();
+    assert_eq!(keys(&storage, "list/").await, expected, "listing of a prefix with more than one page");
+    let all = keys(&storage, "").await;
+    let mut sorted = all.clone();
+    sorted.sort();
+    assert_eq!(all, sorted, "keys come in byte order");
+    assert!(all.contains(&"list-sibling".to_string()) && all.contains(&"a/one.txt".to_string()));
+    assert!(keys(&storage, "nothing-here/").await.is_empty());
+    assert_eq!(storage.list_dirs("").await.unwrap(), vec!["a", "list", "r"]);
+    assert_eq!(storage.list_dirs("list/").await.unwrap(), vec!["sub"]);
+
+    // files: upload (small and multipart-sized), download, batches
+    let small = scratch.join("small");
+    std::fs::write(&small, b"small file").unwrap();
+    assert_eq!(storage.upload("f/small", &small).await.unwrap(), 10);
+    let big = scratch.join("big");
+    let big_bytes: Vec<u8> = (0..(40u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+    std::fs::write(&big, &big_bytes).unwrap();
+    assert_eq!(storage.upload("f/big", &big).await.unwrap(), big_bytes.len() as u64);
+    let fetched = scratch.join("fetched-big");
+    assert_eq!(storage.download("f/big", &fetched).await.unwrap(), big_bytes.len() as u64);
+    assert_eq!(Sha256::digest(std::fs::read(&fetched).unwrap()), Sha256::digest(&big_bytes), "40 MiB round trip");
+    assert_eq!(
+        &storage.get_range("f/big", (20 << 20)..(20 << 20) + 8).await.unwrap()[..],
+        &big_bytes[20 << 20..(20 << 20) + 8]
+    );
+    let batch: Vec<(String, std::path::PathBuf)> = (0..5)
+        .map(|i| {
+            let path = scratch.join(format!("batch{i}"));
+            std::fs::write(&path, format!("batch {i}")).unwrap();
+            (format!("b/{i}"), path)
+        })
+        .collect();
+    assert_eq!(storage.upload_many(batch).await.unwrap(), 35);
+    let downloads: Vec<(String, std::path::PathBuf)> =
+        (0..5).map(|i| (format!("b/{i}"), scratch.join(format!("down{i}")))).collect();
+    assert_eq!(storage.download_many(downloads).await.unwrap(), 35);
+    assert_eq!(std::fs::read_to_string(scratch.join("down3")).unwrap(), "batch 3");
+    assert!(storage.download("b/none", &scratch.join("none")).await.unwrap_err().is_not_found());
+    storage.put("e/empty", Bytes::new()).await.unwrap();
+    assert_eq!(storage.download("e/empty", &scratch.join("empty")).await.unwrap(), 0);
+    assert_eq!(std::fs::metadata(scratch.join("empty")).unwrap().len(), 0);
+
+    // delete: gone, and deleting again is fine
+    storage.delete("a/one.txt").await.unwrap();
+    storage.delete("a/one.txt").await.unwrap();
+    assert!(storage.head("a/one.txt").await.unwrap().is_none());
+    storage.check(true).await.unwrap();
+}
+
+#[test]
+fn local_backend_passes_the_conformance_suite() {
+    let work = tempfile::tempdir().unwrap();
+    let scratch = work.path().join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    runtime().block_on(async {
+        let storage =
+            storage::open(&Location::Local(work.path().join("root")), &StorageOptions::default()).await.unwrap();
+        conformance(storage, &scratch).await;
+    });
+    // staged writes leave no temporary files behind
+    for entry in walkdir::WalkDir::new(work.path().join("root")) {
+        assert!(!entry.unwrap().file_name().to_string_lossy().starts_with(".fanout-tmp-"));
+    }
+}
+
+#[test]
+fn s3_backend_passes_the_conformance_suite() {
+    let Some(s3) = s3() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let prefix = unique_prefix("conformance");
+    runtime().block_on(async {
+        let location = Location::S3 { bucket: s3.bucket.clone(), prefix };
+        let storage = storage::open(&location, &StorageOptions::default()).await.unwrap();
+        conformance(storage, work.path()).await;
+    });
+}
+
+#[test]
+fn s3_errors_are_classified_before_any_work() {
+    let Some(s3) = s3() else { return };
+    runtime().block_on(async {
+        let missing = Location::S3 { bucket: "no-such-bucket-for-fanout".into(), prefix: String::new() };
+        let storage = storage::open(&missing, &StorageOptions::default()).await.unwrap();
+        let error = storage.check(false).await.unwrap_err();
+        assert!(matches!(error, StorageError::NoSuchBucket { .. }), "{error}");
+
+        let unreachable = StorageOptions { endpoint_url: Some("http://127.0.0.1:9".into()) };
+        let location = Location::S3 { bucket: s3.bucket.clone(), prefix: String::new() };
+        let storage = storage::open(&location, &unreachable).await.unwrap();
+        let error = storage.check(false).await.unwrap_err();
+        assert!(matches!(error, StorageError::Unreachable { .. }), "{error}");
+        assert!(error.to_string().contains("127.0.0.1:9"), "{error}");
+    });
+}
