@@ -25,6 +25,13 @@ pub mod defaults {
     pub const MAX_BYTES: &str = "4GiB";
     /// A guest may not ask for more linear memory than this, whatever the job says.
     pub const MEMORY_CEILING: u64 = 4 << 30;
+    /// The hard limit of a relative timeout (`timeout = "200%"`), and the limit before
+    /// enough shards have finished to know the median.
+    pub const TIMEOUT_CAP: &str = "1h";
+    /// Backup attempts for stragglers: on, once this share of the shards is done...
+    pub const BACKUP_AFTER: &str = "90%";
+    /// ...for attempts slower than this many times the median of finished shards.
+    pub const BACKUP_FACTOR: f64 = 3.0;
 }
 
 /// How a source is cut into shards.
@@ -106,6 +113,24 @@ pub struct Job {
     pub output: Output,
     pub workers: Workers,
     pub retry: Retry,
+    #[serde(default)]
+    pub stragglers: Stragglers,
+}
+
+/// Backup attempts for slow shards at the end of a job (as in MapReduce's backup tasks).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stragglers {
+    pub backup: bool,
+    /// Backups start once this share (0-1) of the shards is done.
+    pub after: f64,
+    /// A running attempt slower than this many times the median of finished shards is a straggler.
+    pub factor: f64,
+}
+
+impl Default for Stragglers {
+    fn default() -> Self {
+        Stragglers { backup: true, after: 0.9, factor: defaults::BACKUP_FACTOR }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -122,7 +147,12 @@ pub struct Function {
     pub wasm: Location,
     pub args: Vec<String>,
     pub env: BTreeMap<String, String>,
+    /// The hard per-invocation limit (with a relative timeout: its cap).
     pub timeout_ms: u64,
+    /// `timeout = "200%"`: stop an attempt that runs longer than this percentage of the
+    /// median duration of the shards finished so far (never sooner than one second).
+    #[serde(default)]
+    pub relative_timeout_percent: Option<f64>,
     pub memory_bytes: u64,
 }
 
@@ -187,6 +217,10 @@ pub struct Overrides {
     pub tolerated: Option<String>,
     pub max_files: Option<u64>,
     pub max_bytes: Option<String>,
+    pub timeout_cap: Option<String>,
+    pub backup: Option<bool>,
+    pub backup_after: Option<String>,
+    pub backup_factor: Option<f64>,
 }
 
 /// A job file or flag that cannot become a job. Each variant names where the problem is.
@@ -216,6 +250,15 @@ struct JobFile {
     output: Option<OutputTable>,
     workers: Option<WorkersTable>,
     retry: Option<RetryTable>,
+    stragglers: Option<StragglersTable>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct StragglersTable {
+    backup: Option<Spanned<bool>>,
+    after: Option<Spanned<String>>,
+    factor: Option<Spanned<f64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -259,6 +302,7 @@ struct FunctionTable {
     args: Option<Vec<String>>,
     env: Option<Spanned<BTreeMap<String, String>>>,
     timeout: Option<Spanned<String>>,
+    timeout_cap: Option<Spanned<String>>,
     memory: Option<Spanned<SizeValue>>,
 }
 
@@ -547,7 +591,34 @@ fn resolve_parsed(file: JobFile, src: &Source, o: &Overrides) -> Result<(Job, Or
     }
     let timeout_pick = pick(o.timeout.clone(), "--timeout", function.timeout.as_ref(), "function.timeout", src)
         .unwrap_or_else(|| default_pick(defaults::TIMEOUT, "function.timeout"));
-    let timeout = duration_of(&timeout_pick)?;
+    let cap_pick =
+        pick(o.timeout_cap.clone(), "--timeout-cap", function.timeout_cap.as_ref(), "function.timeout_cap", src);
+    let (timeout, relative_timeout_percent) = match timeout_pick.value.trim().strip_suffix('%') {
+        Some(percent) => {
+            let percent: f64 = percent.trim().parse().map_err(|_| {
+                timeout_pick.error(format!(
+                    "\"{}\" is not a duration or a share of the median (\"30s\", \"200%\")",
+                    timeout_pick.value
+                ))
+            })?;
+            if !(percent > 100.0 && percent <= 100_000.0) {
+                return Err(timeout_pick
+                    .error(format!("{percent}% of the median would stop typical shards; give more than 100%")));
+            }
+            let cap = cap_pick
+                .as_ref()
+                .map(duration_of)
+                .transpose()?
+                .unwrap_or(units::parse_duration(defaults::TIMEOUT_CAP).expect("the default cap parses"));
+            (cap, Some(percent))
+        }
+        None => {
+            if let Some(cap) = &cap_pick {
+                return Err(cap.error("timeout_cap goes with a relative timeout (timeout = \"200%\")"));
+            }
+            (duration_of(&timeout_pick)?, None)
+        }
+    };
     if timeout.is_zero() {
         return Err(timeout_pick.error("the timeout must be longer than 0"));
     }
@@ -632,6 +703,31 @@ fn resolve_parsed(file: JobFile, src: &Source, o: &Overrides) -> Result<(Job, Or
         .unwrap_or_else(|| default_pick(defaults::TOLERATED, "retry.tolerated"));
     let tolerated = Tolerance::parse(&tolerated_pick.value).map_err(|m| tolerated_pick.error(m))?;
 
+    let stragglers_table = file.stragglers.unwrap_or_default();
+    let backup = match (o.backup, &stragglers_table.backup) {
+        (Some(flag), _) => flag,
+        (None, Some(value)) => *value.get_ref(),
+        (None, None) => true,
+    };
+    let after_pick =
+        pick(o.backup_after.clone(), "--backup-after", stragglers_table.after.as_ref(), "stragglers.after", src)
+            .unwrap_or_else(|| default_pick(defaults::BACKUP_AFTER, "stragglers.after"));
+    let after = match Tolerance::parse(&after_pick.value) {
+        Ok(Tolerance::Percent(percent)) => percent / 100.0,
+        _ => {
+            return Err(
+                after_pick.error(format!("\"{}\" is not a share of the shards (e.g. \"90%\")", after_pick.value))
+            )
+        }
+    };
+    let factor =
+        match pick(o.backup_factor, "--backup-factor", stragglers_table.factor.as_ref(), "stragglers.factor", src) {
+            Some(p) if !(p.value > 1.0 && p.value.is_finite()) => {
+                return Err(p.error(format!("{} must be more than 1 (a multiple of the median duration)", p.value)))
+            }
+            Some(p) => p.value,
+            None => defaults::BACKUP_FACTOR,
+        };
     let job = Job {
         name,
         input: Input { source: source_location, include: include.value, shard },
@@ -640,11 +736,13 @@ fn resolve_parsed(file: JobFile, src: &Source, o: &Overrides) -> Result<(Job, Or
             args,
             env,
             timeout_ms: timeout.as_millis().max(1) as u64,
+            relative_timeout_percent,
             memory_bytes: memory,
         },
         output: Output { dest: dest_location, max_files, max_bytes },
         workers: Workers { max: max_workers, idle_ms: idle.as_millis() as u64 },
         retry: Retry { attempts, backoff_ms: backoff.as_millis() as u64, tolerated },
+        stragglers: Stragglers { backup, after, factor },
     };
     Ok((job, origins))
 }

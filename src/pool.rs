@@ -9,7 +9,7 @@ use crate::runtime::{Invocation, InvocationReport, Outcome, Runtime};
 use crate::stage::{self, OutputFile, OutputRules};
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
@@ -23,8 +23,12 @@ pub struct Task {
     pub attempt: u32,
     pub invocation: Invocation,
     pub cancel: CancellationToken,
+    /// Set by the worker when the attempt starts running.
+    pub started: Arc<OnceLock<Instant>>,
     /// Where the attempt's outputs land, and the rules they must keep.
     pub outputs: (PathBuf, OutputRules),
+    /// Create the output folder first (a backup attempt's own `/out`).
+    pub make_out_dir: bool,
 }
 
 /// What the pool sends back for every task.
@@ -121,6 +125,12 @@ impl Pool {
         self.state.lock().expect("pool lock").live
     }
 
+    /// True when a task submitted now would start at once (a worker is idle or may start).
+    pub fn can_start_now(&self) -> bool {
+        let state = self.state.lock().expect("pool lock");
+        state.queue.is_empty() && (state.idle > 0 || state.live < self.max)
+    }
+
     pub fn peak(&self) -> usize {
         self.state.lock().expect("pool lock").peak
     }
@@ -157,6 +167,10 @@ impl Pool {
             let ran = !(stopping || task.cancel.is_cancelled());
             let report = if ran {
                 self.events.emit(Event::AttemptStarted { shard: task.shard, attempt: task.attempt, worker, cold });
+                let _ = task.started.set(Instant::now());
+                if task.make_out_dir {
+                    let _ = std::fs::create_dir_all(&task.outputs.0);
+                }
                 runtime.block_on(self.runtime.invoke(&task.invocation, &task.cancel))
             } else {
                 InvocationReport::not_run(Outcome::Cancelled)

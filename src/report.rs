@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 /// The columns of `report.csv`, in order.
-pub const REPORT_COLUMNS: [&str; 12] = [
+pub const REPORT_COLUMNS: [&str; 13] = [
     "shard",
     "status",
     "outcome",
@@ -27,6 +27,7 @@ pub const REPORT_COLUMNS: [&str; 12] = [
     "worker",
     "cold_start",
     "error",
+    "backup",
 ];
 
 /// `report.csv`: one row a shard in shard order; shards without a record are `pending`.
@@ -50,24 +51,16 @@ pub fn report_csv(records: &BTreeMap<u64, ShardRecord>, total: u64) -> Vec<u8> {
                     r.worker.to_string(),
                     r.cold_start.to_string(),
                     r.error.clone().unwrap_or_default(),
+                    r.backup.to_string(),
                 ])
                 .expect("writing to memory"),
-            None => writer
-                .write_record([
-                    shard.to_string(),
-                    "pending".into(),
-                    String::new(),
-                    "0".into(),
-                    String::new(),
-                    String::new(),
-                    String::new(),
-                    String::new(),
-                    String::new(),
-                    String::new(),
-                    String::new(),
-                    String::new(),
-                ])
-                .expect("writing to memory"),
+            None => {
+                let mut row = vec![String::new(); REPORT_COLUMNS.len()];
+                row[0] = shard.to_string();
+                row[1] = "pending".into();
+                row[3] = "0".into();
+                writer.write_record(&row).expect("writing to memory")
+            }
         }
     }
     writer.into_inner().expect("writing to memory")
@@ -135,6 +128,9 @@ pub struct Summary {
     pub map_cpu_busy: f64,
     pub shards_per_second: f64,
     pub outcomes: BTreeMap<String, u64>,
+    /// Backup attempts started for stragglers, and how many finished first.
+    pub backups: u64,
+    pub backups_won: u64,
     pub function: FunctionSummary,
     pub plan_error: Option<String>,
     /// The first failures (all of them are in report.csv).
@@ -207,6 +203,8 @@ pub fn summarize(
         map_cpu_busy: (stats.map_cpu_busy * 1000.0).round() / 1000.0,
         shards_per_second: if stats.wall_ms > 0 { ran as f64 * 1000.0 / stats.wall_ms as f64 } else { 0.0 },
         outcomes: stats.outcomes.clone(),
+        backups: stats.backups,
+        backups_won: stats.backups_won,
         function: FunctionSummary {
             kind: load.kind.to_string(),
             sha256: load.sha256.clone(),

@@ -23,6 +23,8 @@ pub struct Slot {
     pub out_dir: PathBuf,
     leftovers: Vec<PathBuf>,
     leftover_dirs: Vec<PathBuf>,
+    /// Folders removed with everything in them (a backup attempt's own `/out`).
+    leftover_trees: Vec<PathBuf>,
     out_dirty: bool,
 }
 
@@ -41,7 +43,8 @@ impl Slot {
 
     /// Hands the slot back after a shard: these files and folders (deepest first) are left
     /// in it, and `out/` may hold more when `out_dirty`.
-    pub fn release(mut self, staged: Staged, captures: Vec<PathBuf>, out_dirty: bool) -> Slot {
+    pub fn release(mut self, staged: Staged, captures: Vec<PathBuf>, out_dirty: bool, tree: Option<PathBuf>) -> Slot {
+        self.leftover_trees.extend(tree);
         self.leftovers.extend(staged.files);
         self.leftovers.extend(staged.stdin);
         self.leftovers.extend(captures);
@@ -69,13 +72,19 @@ impl Slot {
         for dir in self.leftover_dirs.drain(..) {
             let _ = std::fs::remove_dir(dir);
         }
+        for tree in self.leftover_trees.drain(..) {
+            let _ = std::fs::remove_dir_all(tree);
+        }
         if std::mem::take(&mut self.out_dirty) {
             let _ = empty_dir(&self.out_dir);
         }
     }
 
     fn needs_cleaning(&self) -> bool {
-        !self.leftovers.is_empty() || !self.leftover_dirs.is_empty() || self.out_dirty
+        !self.leftovers.is_empty()
+            || !self.leftover_dirs.is_empty()
+            || !self.leftover_trees.is_empty()
+            || self.out_dirty
     }
 }
 
@@ -96,6 +105,7 @@ pub async fn make_slots(root: &Path, count: usize) -> Result<Vec<Slot>, String> 
                     dir,
                     leftovers: Vec::new(),
                     leftover_dirs: Vec::new(),
+                    leftover_trees: Vec::new(),
                     out_dirty: false,
                 };
                 for folder in [&slot.in_dir, &slot.out_dir] {
@@ -152,7 +162,7 @@ pub async fn stage(source: &DynStorage, shard: &Shard, slot: &mut Slot) -> Resul
                 return match source.download_many(items).await {
                     Ok(_) => Ok(staged),
                     Err(e) => {
-                        *slot = slot.clone().release(staged, Vec::new(), false);
+                        *slot = slot.clone().release(staged, Vec::new(), false, None);
                         Err(format!("staging inputs: {e}"))
                     }
                 };
@@ -180,13 +190,13 @@ pub async fn stage(source: &DynStorage, shard: &Shard, slot: &mut Slot) -> Resul
                 Ok(cleaned) => *slot = cleaned,
                 Err(e) => {
                     // Whatever got linked before the failure is removed with the slot's next use.
-                    *slot = slot.clone().release(std::mem::take(&mut staged), Vec::new(), false);
+                    *slot = slot.clone().release(std::mem::take(&mut staged), Vec::new(), false, None);
                     return Err(e);
                 }
             }
             if needs_download {
                 if let Err(e) = source.download_many(items).await {
-                    *slot = slot.clone().release(staged, Vec::new(), false);
+                    *slot = slot.clone().release(staged, Vec::new(), false, None);
                     return Err(format!("staging inputs: {e}"));
                 }
             }
@@ -234,11 +244,12 @@ pub fn empty_dir(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Empties a failed attempt's `/out`: nothing of it is ever published.
-pub async fn discard_outputs(slot: &Slot) {
-    let out_dir = slot.out_dir.clone();
+/// Empties a failed attempt's `/out` (nothing of it is ever published), or removes it
+/// whole when it was a backup attempt's own folder.
+pub async fn discard_dir(out_dir: &Path, remove: bool) {
+    let out_dir = out_dir.to_path_buf();
     blocking(move || {
-        let _ = empty_dir(&out_dir);
+        let _ = if remove { std::fs::remove_dir_all(&out_dir) } else { empty_dir(&out_dir) };
     })
     .await
 }

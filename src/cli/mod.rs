@@ -62,7 +62,7 @@ pub struct JobFlags {
     /// The function: a .wasm file, an s3:// object, or a crate folder to build.
     #[arg(long, value_name = "F")]
     function: Option<String>,
-    /// Per-invocation time limit (e.g. 30s).
+    /// Per-invocation time limit (e.g. 30s), or a share of the median shard (e.g. 200%).
     #[arg(long)]
     timeout: Option<String>,
     /// Per-invocation memory limit (e.g. 256MiB).
@@ -95,6 +95,18 @@ pub struct JobFlags {
     /// Most output bytes per shard (e.g. 1GiB).
     #[arg(long, value_name = "SIZE")]
     max_bytes: Option<String>,
+    /// The hard limit of a relative timeout (--timeout 200%), e.g. 10m.
+    #[arg(long, value_name = "DURATION")]
+    timeout_cap: Option<String>,
+    /// No backup attempts for stragglers.
+    #[arg(long)]
+    no_backup: bool,
+    /// Start backup attempts once this share of shards is done (e.g. 90%).
+    #[arg(long, value_name = "SHARE")]
+    backup_after: Option<String>,
+    /// A straggler runs longer than this many times the median shard (e.g. 3).
+    #[arg(long, value_name = "N")]
+    backup_factor: Option<f64>,
     /// Arguments appended to the function's arguments.
     #[arg(last = true, value_name = "ARGS")]
     args: Vec<String>,
@@ -120,6 +132,10 @@ impl JobFlags {
             tolerated: self.tolerated.clone(),
             max_files: self.max_files,
             max_bytes: self.max_bytes.clone(),
+            timeout_cap: self.timeout_cap.clone(),
+            backup: self.no_backup.then_some(false),
+            backup_after: self.backup_after.clone(),
+            backup_factor: self.backup_factor,
         }
     }
 }

@@ -17,6 +17,10 @@ fn setup(dir: &Path) {
     // A module that asks the host for something fanout does not provide.
     let module = wat::parse_str(r#"(module (import "env" "host_secret" (func)) (func (export "_start")))"#).unwrap();
     std::fs::write(dir.join("badimport.wasm"), module).unwrap();
+    // A component that imports an interface no WASI host provides.
+    let component =
+        wat::parse_str(r#"(component (import "fanout:test/secrets" (instance (export "read" (func)))))"#).unwrap();
+    std::fs::write(dir.join("badcomponent.wasm"), component).unwrap();
 }
 
 #[test]

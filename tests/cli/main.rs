@@ -10,3 +10,4 @@ mod resume;
 mod s3;
 mod sandbox;
 mod storage;
+mod tail;

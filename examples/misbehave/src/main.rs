@@ -4,7 +4,7 @@
 //! (and a test that expects failure catches it).
 //!
 //! Commands: ok | work MS | nap MS | trap | exit N | loop | sleep | alloc | passwd | dotdot | env NAME |
-//! symlink | flaky | files N | bytes N | stdout N | stderr N | stdin
+//! symlink | slowfirst MS | flaky | files N | bytes N | stdout N | stderr N | stdin
 
 use std::io::{Read, Write};
 use std::process::exit;
@@ -132,6 +132,18 @@ fn run(command: &str, argument: &str, name: &str) {
                 }
             }
             std::fs::write("/out/fine.txt", b"a real output beside the links\n").expect("write /out");
+        }
+        "slowfirst" => {
+            // The first attempt is a straggler (spins for N ms); any later attempt is quick.
+            let attempt = std::env::var("FANOUT_ATTEMPT").unwrap_or_default();
+            if attempt == "1" {
+                let until = std::time::Instant::now() + std::time::Duration::from_millis(argument.parse().unwrap_or(5000));
+                let mut x: u64 = 1;
+                while std::time::Instant::now() < until {
+                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                }
+            }
+            std::fs::write(format!("/out/{name}.attempt{attempt}"), b"done\n").expect("write /out");
         }
         "flaky" => {
             let attempt = std::env::var("FANOUT_ATTEMPT").unwrap_or_default();

@@ -10,20 +10,28 @@
 
 use crate::events::{Event, EventSink};
 use crate::job::Job;
-use crate::manifest::{timestamp, JobDocument, Journal, Manifest, ManifestError, ShardRecord, ShardStatus};
+use crate::manifest::{JobDocument, Journal, Manifest, ManifestError, ShardRecord, ShardStatus};
 use crate::plan::{PlanError, PlanTotals, Planned, Shard};
 use crate::pool::{AttemptDone, Pool, Task};
 use crate::runtime::capture::Overflow;
 use crate::runtime::{Invocation, Outcome, Runtime};
 use crate::stage::{self, OutputRules, Slot, Staged};
 use crate::storage::DynStorage;
-use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+mod record;
+mod tail;
+
+/// Empties a finished attempt's output folder in the background (a backup's folder goes).
+fn spawn_discard(running: &Running) {
+    let (out_dir, backup) = (running.out_dir.clone(), running.backup);
+    tokio::spawn(async move { stage::discard_dir(&out_dir, backup).await });
+}
 
 /// Shards per stored plan segment.
 const PLAN_SEGMENT: usize = 10_000;
@@ -103,6 +111,9 @@ pub struct RunStats {
     /// CPU time the process used in that span, over the span times the cores: how busy
     /// the machine was kept while shards ran (staging and publishing included).
     pub map_cpu_busy: f64,
+    /// Backup attempts started for stragglers, and how many of them won.
+    pub backups: u64,
+    pub backups_won: u64,
     pub plan_error: Option<String>,
     pub stopped_early: bool,
     pub outcomes: BTreeMap<String, u64>,
@@ -137,6 +148,26 @@ struct AttemptInfo {
     stdout: Option<PathBuf>,
     stderr: Option<PathBuf>,
     stderr_truncated: bool,
+    backup: bool,
+}
+
+/// Why fanout cancelled an attempt it started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cancelled {
+    /// It ran past the relative timeout.
+    Timeout,
+    /// Another attempt of the same shard succeeded first.
+    LostRace,
+}
+
+/// An attempt handed to the pool and not yet back.
+struct Running {
+    attempt: u32,
+    token: CancellationToken,
+    started: Arc<OnceLock<Instant>>,
+    out_dir: PathBuf,
+    backup: bool,
+    cancelled: Option<Cancelled>,
 }
 
 struct InFlight {
@@ -144,11 +175,19 @@ struct InFlight {
     fingerprint: String,
     /// Attempts made by earlier runs (redrive continues the numbering).
     prior_attempts: u32,
-    /// Attempts made in this run so far.
+    /// Attempts launched in this run (backups included).
     attempts: u32,
+    /// Attempts of this run that failed.
+    failures: u32,
     slot: Slot,
     staged: Option<Staged>,
     history: Vec<AttemptInfo>,
+    running: Vec<Running>,
+    /// An attempt succeeded: the shard is being published or is done.
+    won: bool,
+    /// Finalized while a losing attempt was still being cancelled: the record and slot wait
+    /// for it, so that nothing else is staged into the slot while it may still write.
+    parked: Option<(Option<ShardRecord>, Slot)>,
     cancel: CancellationToken,
 }
 
@@ -206,6 +245,7 @@ struct Coordinator {
     in_flight: HashMap<u64, InFlight>,
     bytes_in_flight: u64,
     records: BTreeMap<u64, ShardRecord>,
+    durations: tail::Durations,
     journal_buffer: Vec<ShardRecord>,
     journal_segment: u64,
     journal_writes: Vec<tokio::task::JoinHandle<Result<usize, ManifestError>>>,
@@ -238,6 +278,9 @@ fn process_cpu_time() -> Duration {
     Duration::from_micros(micros(usage.ru_utime) + micros(usage.ru_stime))
 }
 
+/// How often running attempts are checked against relative timeouts and for stragglers.
+const TAIL_CHECK: Duration = Duration::from_millis(100);
+
 /// Runs the job's shards to the end (or to a stop) and returns what happened.
 pub async fn execute(spec: RunSpec) -> Result<RunResult, RunError> {
     let (results_tx, mut results_rx) = mpsc::unbounded_channel::<AttemptDone>();
@@ -266,6 +309,7 @@ pub async fn execute(spec: RunSpec) -> Result<RunResult, RunError> {
         in_flight: HashMap::new(),
         bytes_in_flight: 0,
         records: BTreeMap::new(),
+        durations: tail::Durations::default(),
         journal_buffer: Vec::new(),
         journal_segment: 0,
         journal_writes: Vec::new(),
@@ -287,6 +331,9 @@ pub async fn execute(spec: RunSpec) -> Result<RunResult, RunError> {
     };
     let mut journal_tick = tokio::time::interval(JOURNAL_INTERVAL);
     journal_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tail_tick = tokio::time::interval(TAIL_CHECK);
+    tail_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let watch_tail = coordinator.job.function.relative_timeout_percent.is_some() || coordinator.job.stragglers.backup;
 
     loop {
         if coordinator.is_finished() {
@@ -302,6 +349,7 @@ pub async fn execute(spec: RunSpec) -> Result<RunResult, RunError> {
             Some(done) = results_rx.recv() => coordinator.on_attempt_done(done),
             Some(msg) = msg_rx.recv() => coordinator.on_message(msg),
             _ = journal_tick.tick() => coordinator.flush_journal(),
+            _ = tail_tick.tick(), if watch_tail => coordinator.watch_tail(),
             _ = coordinator.shutdown.soft.cancelled(), if !coordinator.stopping => coordinator.begin_stop(),
         }
     }
@@ -419,10 +467,14 @@ impl Coordinator {
                 shard: shard.clone(),
                 fingerprint,
                 prior_attempts,
-                attempts: 1,
+                attempts: 0,
+                failures: 0,
                 slot: slot.clone(),
                 staged: None,
                 history: Vec::new(),
+                running: Vec::new(),
+                won: false,
+                parked: None,
                 cancel: self.shutdown.hard.child_token(),
             },
         );
@@ -438,10 +490,13 @@ impl Coordinator {
         });
     }
 
-    fn submit(&mut self, id: u64) {
+    /// Launches the next attempt of a staged shard: a retry or the first attempt into the
+    /// slot's `out/`, a backup into a folder of its own beside it.
+    fn submit(&mut self, id: u64, backup: bool) {
         let job = &self.job;
         let total_hint = self.plan_totals.as_ref().map(|t| t.shards).unwrap_or(self.planned);
         let flight = self.in_flight.get_mut(&id).expect("submitted shards are in flight");
+        flight.attempts += 1;
         let staged = flight.staged.as_ref().expect("a submitted shard is staged");
         let attempt = flight.global_attempt();
         let is_records = flight.shard.record_extension().is_some();
@@ -453,11 +508,12 @@ impl Coordinator {
         let mut argv = vec![job.name.clone()];
         argv.extend(job.function.args.iter().cloned());
         let slot = &flight.slot;
+        let out_dir = if backup { slot.dir.join(format!("out.{attempt}")) } else { slot.out_dir.clone() };
         let invocation = Invocation {
             argv,
             env,
             in_dir: slot.in_dir.clone(),
-            out_dir: slot.out_dir.clone(),
+            out_dir: out_dir.clone(),
             stdin: staged.stdin.clone(),
             stdout: slot.stdout(attempt),
             stdout_cap: if is_records { job.output.max_bytes } else { LOG_CAP },
@@ -466,17 +522,32 @@ impl Coordinator {
             stderr_cap: LOG_CAP,
         };
         let rules = OutputRules { max_files: job.output.max_files, max_bytes: job.output.max_bytes };
-        self.stats.attempts += 1;
-        if self.map_start.is_none() {
-            self.map_start = Some((Instant::now(), process_cpu_time()));
-        }
-        self.pool.submit(Task {
+        let running = Running {
+            attempt,
+            token: flight.cancel.child_token(),
+            started: Arc::new(OnceLock::new()),
+            out_dir: out_dir.clone(),
+            backup,
+            cancelled: None,
+        };
+        let task = Task {
             shard: id,
             attempt,
             invocation,
-            cancel: flight.cancel.clone(),
-            outputs: (slot.out_dir.clone(), rules),
-        });
+            cancel: running.token.clone(),
+            started: running.started.clone(),
+            outputs: (out_dir, rules),
+            make_out_dir: backup,
+        };
+        flight.running.push(running);
+        self.stats.attempts += 1;
+        if backup {
+            self.stats.backups += 1;
+        }
+        if self.map_start.is_none() {
+            self.map_start = Some((Instant::now(), process_cpu_time()));
+        }
+        self.pool.submit(task);
     }
 
     fn on_message(&mut self, msg: Msg) {
@@ -490,15 +561,33 @@ impl Coordinator {
                         if self.stopping {
                             self.abandon(shard);
                         } else {
-                            self.submit(shard);
+                            self.submit(shard, false);
                         }
                     }
                     Err(error) => self.attempt_failed(shard, None, Outcome::Error(error)),
                 }
             }
             Msg::PublishFailed { shard, error } => {
-                let info = self.in_flight.get_mut(&shard).and_then(|f| f.history.pop());
-                self.attempt_failed(shard, info, Outcome::Error(error));
+                let Some(flight) = self.in_flight.get_mut(&shard) else { return };
+                flight.won = false;
+                // What the winning attempt left in its /out goes before any retry.
+                let attempt = flight.history.pop().map(|info| {
+                    let out_dir = if info.backup {
+                        flight.slot.dir.join(format!("out.{}", info.attempt))
+                    } else {
+                        flight.slot.out_dir.clone()
+                    };
+                    let running = Running {
+                        attempt: info.attempt,
+                        token: CancellationToken::new(),
+                        started: Arc::new(OnceLock::new()),
+                        out_dir,
+                        backup: info.backup,
+                        cancelled: None,
+                    };
+                    (info, running)
+                });
+                self.attempt_failed(shard, attempt, Outcome::Error(error));
             }
             Msg::RetryDue { shard } => {
                 if self.stopping {
@@ -506,9 +595,8 @@ impl Coordinator {
                     return;
                 }
                 let Some(flight) = self.in_flight.get_mut(&shard) else { return };
-                flight.attempts += 1;
                 if flight.staged.is_some() {
-                    self.submit(shard);
+                    self.submit(shard, false);
                 } else {
                     // Staging itself failed last time: stage again.
                     let (copy, slot) = (flight.shard.clone(), flight.slot.clone());
@@ -516,34 +604,44 @@ impl Coordinator {
                 }
             }
             Msg::Finalized { shard, record, slot } => {
-                if let Some(flight) = self.in_flight.remove(&shard) {
-                    self.bytes_in_flight -= flight.shard.bytes_in();
+                let Some(flight) = self.in_flight.get_mut(&shard) else { return };
+                if !flight.running.is_empty() {
+                    // A losing attempt is still being cancelled: wait for it before the slot
+                    // can be used again.
+                    flight.parked = Some((record, slot));
+                    return;
                 }
-                if let Some(free) = self.slots.as_mut() {
-                    free.push(slot);
-                }
-                if let Some(record) = record {
-                    let ok = record.status == ShardStatus::Ok;
-                    if ok {
-                        self.stats.shards_ok += 1;
-                    } else {
-                        self.stats.shards_failed += 1;
-                    }
-                    self.stats.bytes_in += record.bytes_in;
-                    self.stats.bytes_out += record.bytes_out;
-                    self.events.emit(Event::ShardFinished {
-                        shard,
-                        ok,
-                        bytes_in: record.bytes_in,
-                        bytes_out: record.bytes_out,
-                    });
-                    self.records.insert(record.shard, record.clone());
-                    self.journal_buffer.push(record);
-                    if self.journal_buffer.len() >= JOURNAL_BATCH {
-                        self.flush_journal();
-                    }
-                }
+                self.complete(shard, record, slot);
             }
+        }
+    }
+
+    /// The shard leaves flight: its slot is free again and its record goes to the journal.
+    fn complete(&mut self, shard: u64, record: Option<ShardRecord>, slot: Slot) {
+        if let Some(flight) = self.in_flight.remove(&shard) {
+            self.bytes_in_flight -= flight.shard.bytes_in();
+        }
+        if let Some(free) = self.slots.as_mut() {
+            free.push(slot);
+        }
+        let Some(record) = record else { return };
+        let ok = record.status == ShardStatus::Ok;
+        if ok {
+            self.stats.shards_ok += 1;
+            self.durations.add(record.duration_ms);
+            if record.backup {
+                self.stats.backups_won += 1;
+            }
+        } else {
+            self.stats.shards_failed += 1;
+        }
+        self.stats.bytes_in += record.bytes_in;
+        self.stats.bytes_out += record.bytes_out;
+        self.events.emit(Event::ShardFinished { shard, ok, bytes_in: record.bytes_in, bytes_out: record.bytes_out });
+        self.records.insert(record.shard, record.clone());
+        self.journal_buffer.push(record);
+        if self.journal_buffer.len() >= JOURNAL_BATCH {
+            self.flush_journal();
         }
     }
 
@@ -557,9 +655,17 @@ impl Coordinator {
                 self.stats.warm_starts += 1;
             }
         }
+        let Some(flight) = self.in_flight.get_mut(&done.shard) else { return };
+        let Some(position) = flight.running.iter().position(|r| r.attempt == done.attempt) else { return };
+        let running = flight.running.remove(position);
+        let outcome = match (&done.report.outcome, running.cancelled) {
+            (Outcome::Cancelled, Some(Cancelled::Timeout)) => Outcome::Timeout,
+            (outcome, _) => outcome.clone(),
+        };
+        *self.stats.outcomes.entry(outcome.kind().to_string()).or_default() += 1;
         let info = AttemptInfo {
             attempt: done.attempt,
-            outcome: done.report.outcome.clone(),
+            outcome: outcome.clone(),
             worker: done.worker,
             cold_start: done.cold_start,
             started: done.started,
@@ -568,28 +674,49 @@ impl Coordinator {
             stdout: done.report.stdout.path.clone(),
             stderr: done.report.stderr.path.clone(),
             stderr_truncated: done.report.stderr.overflowed,
+            backup: running.backup,
         };
-        *self.stats.outcomes.entry(info.outcome.kind().to_string()).or_default() += 1;
-        let files = match done.outputs {
-            Some(Ok(files)) => files,
-            Some(Err(rule_broken)) => return self.attempt_failed(done.shard, Some(info), Outcome::Error(rule_broken)),
-            None => {
-                let outcome = info.outcome.clone();
-                return self.attempt_failed(done.shard, Some(info), outcome);
+        if flight.won || running.cancelled == Some(Cancelled::LostRace) {
+            // Another attempt of this shard won: this one publishes nothing.
+            flight.history.push(info);
+            spawn_discard(&running);
+            if flight.running.is_empty() {
+                if let Some((record, slot)) = flight.parked.take() {
+                    self.complete(done.shard, record, slot);
+                }
             }
+            return;
+        }
+        let files = match (done.outputs, outcome.is_ok()) {
+            (Some(Ok(files)), true) => files,
+            (Some(Err(rule_broken)), _) => {
+                return self.attempt_failed(done.shard, Some((info, running)), Outcome::Error(rule_broken))
+            }
+            _ => return self.attempt_failed(done.shard, Some((info, running)), outcome),
         };
-        let Some(flight) = self.in_flight.get_mut(&done.shard) else { return };
+        // This attempt won: any other attempt of the shard is cancelled and publishes nothing.
+        flight.won = true;
+        for other in &mut flight.running {
+            other.cancelled = Some(Cancelled::LostRace);
+            other.token.cancel();
+        }
         let stdout_object =
             flight.shard.record_extension().map(|ext| (format!("part-{:05}{ext}", done.shard), info.stdout.clone()));
         flight.history.push(info);
-        let record = build_record(flight, true, self.run);
+        let record = record::build_record(flight, true, self.run);
         let shard = done.shard;
-        if files.is_empty() && stdout_object.is_none() && !needs_log(flight, true) {
+        let backup_dir = running.backup.then(|| running.out_dir.clone());
+        if files.is_empty() && stdout_object.is_none() && !record::needs_log(flight, true) {
             // Nothing to store but the record: finish here, without a task.
-            let slot = flight.slot.clone().release(flight.staged.clone().unwrap_or_default(), flight.captures(), false);
+            let slot = flight.slot.clone().release(
+                flight.staged.clone().unwrap_or_default(),
+                flight.captures(),
+                false,
+                backup_dir,
+            );
             return self.on_message(Msg::Finalized { shard, record: Some(record), slot });
         }
-        let log = needs_log(flight, true).then(|| compose_log(flight));
+        let log = record::needs_log(flight, true).then(|| record::compose_log(flight));
         let (dest, manifest, tx) = (self.dest.clone(), self.manifest.clone(), self.msg_tx.clone());
         let (slot, staged, captures) =
             (flight.slot.clone(), flight.staged.clone().unwrap_or_default(), flight.captures());
@@ -604,10 +731,10 @@ impl Coordinator {
             let mut record = record;
             record.outputs = published.outputs;
             record.bytes_out = published.bytes_out;
-            store_log(&manifest, shard, log, &mut record).await;
+            record::store_log(&manifest, shard, log, &mut record).await;
             let mut captures = captures;
             captures.extend(published.left_in_out);
-            let mut slot = slot.release(staged, captures, published.out_dirty);
+            let mut slot = slot.release(staged, captures, published.out_dirty, backup_dir);
             if record.bytes_in + record.bytes_out >= CLEAN_EAGERLY {
                 slot = slot.clean_now().await;
             }
@@ -615,38 +742,66 @@ impl Coordinator {
         });
     }
 
-    /// An attempt failed (or could not start): retry after backoff, or give up.
-    fn attempt_failed(&mut self, shard: u64, info: Option<AttemptInfo>, outcome: Outcome) {
+    /// An attempt failed (or could not start): retry after backoff, or give up. While
+    /// another attempt of the shard still runs, that one decides.
+    fn attempt_failed(&mut self, shard: u64, attempt: Option<(AttemptInfo, Running)>, outcome: Outcome) {
         let max_attempts = self.job.retry.attempts;
         let backoff = self.job.retry.backoff();
         let Some(flight) = self.in_flight.get_mut(&shard) else { return };
         let now = SystemTime::now();
-        let mut info = info.unwrap_or_else(|| AttemptInfo {
-            attempt: flight.global_attempt(),
-            outcome: outcome.clone(),
-            worker: 0,
-            cold_start: false,
-            started: now,
-            finished: now,
-            elapsed: Duration::ZERO,
-            stdout: None,
-            stderr: None,
-            stderr_truncated: false,
-        });
+        let (mut info, running) = match attempt {
+            Some((info, running)) => (info, Some(running)),
+            // Staging failed: that counts as an attempt of its own.
+            None => (
+                AttemptInfo {
+                    attempt: {
+                        flight.attempts += 1;
+                        flight.global_attempt()
+                    },
+                    outcome: outcome.clone(),
+                    worker: 0,
+                    cold_start: false,
+                    started: now,
+                    finished: now,
+                    elapsed: Duration::ZERO,
+                    stdout: None,
+                    stderr: None,
+                    stderr_truncated: false,
+                    backup: false,
+                },
+                None,
+            ),
+        };
         info.outcome = outcome.clone();
         flight.history.push(info);
         if matches!(outcome, Outcome::Cancelled) {
-            self.abandon(shard);
+            if let Some(running) = &running {
+                spawn_discard(running);
+            }
+            if flight.running.is_empty() {
+                self.abandon(shard);
+            }
             return;
         }
-        let retry = flight.attempts < max_attempts && !self.stopping;
+        flight.failures += 1;
+        let retry = flight.failures < max_attempts && !self.stopping;
         self.events.emit(Event::AttemptFailed {
             shard,
-            attempt: flight.global_attempt(),
+            attempt: flight.history.last().map(|a| a.attempt).unwrap_or_default(),
             outcome: outcome.to_string(),
-            retry,
+            retry: retry && flight.running.is_empty(),
         });
+        if !flight.running.is_empty() {
+            // A backup (or the original) is still running: it decides the shard's fate.
+            if let Some(running) = &running {
+                spawn_discard(running);
+            }
+            return;
+        }
         if !retry {
+            if let Some(running) = &running {
+                spawn_discard(running);
+            }
             if self.stopping {
                 self.abandon(shard);
             } else {
@@ -655,12 +810,14 @@ impl Coordinator {
             return;
         }
         self.stats.retries += 1;
-        let delay = backoff_before(flight.attempts + 1, backoff);
-        let slot = flight.slot.clone();
+        let delay = backoff_before(flight.failures + 1, backoff);
         let tx = self.msg_tx.clone();
+        let discard = running.map(|r| (r.out_dir, r.backup));
         tokio::spawn(async move {
             // Nothing of a failed attempt is ever published: its /out goes first.
-            stage::discard_outputs(&slot).await;
+            if let Some((out_dir, backup)) = discard {
+                stage::discard_dir(&out_dir, backup).await;
+            }
             tokio::time::sleep(delay).await;
             let _ = tx.send(Msg::RetryDue { shard });
         });
@@ -669,22 +826,58 @@ impl Coordinator {
     /// Leaves a shard pending (stopping early): no record, slot emptied.
     fn abandon(&mut self, shard: u64) {
         let Some(flight) = self.in_flight.get(&shard) else { return };
-        let slot = flight.slot.clone().release(flight.staged.clone().unwrap_or_default(), flight.captures(), true);
+        let slot =
+            flight.slot.clone().release(flight.staged.clone().unwrap_or_default(), flight.captures(), true, None);
         let _ = self.msg_tx.send(Msg::Finalized { shard, record: None, slot });
     }
 
     /// The shard failed for good: store its log, empty its slot, record the failure.
     fn finalize_failed(&mut self, shard: u64) {
         let Some(flight) = self.in_flight.get(&shard) else { return };
-        let record = build_record(flight, false, self.run);
-        let log = compose_log(flight);
+        let record = record::build_record(flight, false, self.run);
+        let log = record::compose_log(flight);
         let (manifest, tx) = (self.manifest.clone(), self.msg_tx.clone());
-        let slot = flight.slot.clone().release(flight.staged.clone().unwrap_or_default(), flight.captures(), true);
+        let slot =
+            flight.slot.clone().release(flight.staged.clone().unwrap_or_default(), flight.captures(), true, None);
         tokio::spawn(async move {
             let mut record = record;
-            store_log(&manifest, shard, Some(log), &mut record).await;
+            record::store_log(&manifest, shard, Some(log), &mut record).await;
             let _ = tx.send(Msg::Finalized { shard, record: Some(record), slot });
         });
+    }
+
+    /// Relative timeouts and backup attempts: checked every `TAIL_CHECK`.
+    fn watch_tail(&mut self) {
+        let median = self.durations.median();
+        let now = Instant::now();
+        if let (Some(percent), Some(median)) = (self.job.function.relative_timeout_percent, median) {
+            let limit = tail::relative_limit(median, percent);
+            for flight in self.in_flight.values_mut() {
+                for running in flight.running.iter_mut().filter(|r| r.cancelled.is_none()) {
+                    if running.started.get().is_some_and(|started| now.duration_since(*started) > limit) {
+                        running.cancelled = Some(Cancelled::Timeout);
+                        running.token.cancel();
+                    }
+                }
+            }
+        }
+        if self.stopping || !self.job.stragglers.backup || !self.pool.can_start_now() {
+            return;
+        }
+        let done = self.stats.shards_ok + self.stats.shards_failed + self.stats.shards_skipped;
+        let total = self.plan_done.then(|| self.plan_totals.as_ref().map(|t| t.shards)).flatten();
+        let straggler = self.in_flight.iter().find_map(|(id, flight)| {
+            let [only] = flight.running.as_slice() else { return None };
+            let started = only.started.get()?;
+            let eligible =
+                !flight.won && !only.backup && only.cancelled.is_none() && flight.history.iter().all(|a| !a.backup);
+            (eligible && tail::wants_backup(&self.job.stragglers, done, total, median, now.duration_since(*started)))
+                .then_some(*id)
+        });
+        if let Some(shard) = straggler {
+            self.events.emit(Event::Note(format!("shard {shard:05} is a straggler: starting a backup attempt")));
+            self.submit(shard, true);
+        }
     }
 
     /// Writes buffered records as one journal segment (one write at a time, in order).
@@ -764,102 +957,6 @@ impl Coordinator {
             succeeded,
         })
     }
-}
-
-/// The commit record of a shard whose final attempt is the last in its history; outputs
-/// and bytes out are filled in once they are stored.
-fn build_record(flight: &InFlight, ok: bool, run: u32) -> ShardRecord {
-    let last = flight.history.last().expect("a finished shard had an attempt");
-    ShardRecord {
-        shard: flight.shard.id,
-        fingerprint: flight.fingerprint.clone(),
-        status: if ok { ShardStatus::Ok } else { ShardStatus::Failed },
-        outcome: last.outcome.kind().to_string(),
-        attempts: flight.global_attempt(),
-        started: timestamp(last.started),
-        finished: timestamp(last.finished),
-        duration_ms: last.elapsed.as_millis() as u64,
-        bytes_in: flight.shard.bytes_in(),
-        bytes_out: 0,
-        worker: last.worker,
-        cold_start: last.cold_start,
-        error: (!ok).then(|| last.outcome.to_string()),
-        outputs: Vec::new(),
-        run,
-        backup: false,
-    }
-}
-
-/// A log is stored when there is something to read: a failure, a retry, or guest output.
-fn needs_log(flight: &InFlight, ok: bool) -> bool {
-    !ok || flight.history.len() > 1
-        || flight
-            .history
-            .iter()
-            .any(|a| a.stderr.is_some() || (flight.shard.record_extension().is_none() && a.stdout.is_some()))
-}
-
-async fn store_log(
-    manifest: &Manifest,
-    shard: u64,
-    log: Option<impl std::future::Future<Output = Bytes>>,
-    record: &mut ShardRecord,
-) {
-    let Some(log) = log else { return };
-    let text = log.await;
-    if let Err(e) = manifest.put_log(shard, text).await {
-        // The outputs are stored; a lost log must not undo the shard, but it says so.
-        let note = format!("log not stored: {e}");
-        record.error = Some(match record.error.take() {
-            Some(error) => format!("{error} ({note})"),
-            None => note,
-        });
-    }
-}
-
-/// The shard's log: each attempt's outcome, then its stderr (and stdout, when stdout is
-/// not an output). Read from the slot's capture files in a blocking task.
-fn compose_log(flight: &InFlight) -> impl std::future::Future<Output = Bytes> + Send + 'static {
-    let shard = flight.shard.id;
-    let stdout_in_log = flight.shard.record_extension().is_none();
-    let parts: Vec<(String, Option<PathBuf>, Option<PathBuf>, bool)> = flight
-        .history
-        .iter()
-        .map(|a| {
-            let header = format!(
-                "--- fanout: shard {shard:05} attempt {} on worker {}{}: {}\n",
-                a.attempt,
-                a.worker,
-                if a.cold_start { " (cold start)" } else { "" },
-                a.outcome
-            );
-            (header, a.stderr.clone(), a.stdout.clone().filter(|_| stdout_in_log), a.stderr_truncated)
-        })
-        .collect();
-    let reading = tokio::task::spawn_blocking(move || {
-        let mut text = Vec::new();
-        for (header, stderr, stdout, truncated) in parts {
-            text.extend_from_slice(header.as_bytes());
-            if let Some(bytes) = stderr.and_then(|path| std::fs::read(path).ok()) {
-                text.extend_from_slice(&bytes);
-                if !bytes.ends_with(b"\n") {
-                    text.push(b'\n');
-                }
-            }
-            if truncated {
-                text.extend_from_slice(format!("--- fanout: stderr truncated after {LOG_CAP} bytes\n").as_bytes());
-            }
-            if let Some(bytes) = stdout.and_then(|path| std::fs::read(path).ok()) {
-                text.extend_from_slice(b"--- fanout: stdout\n");
-                text.extend_from_slice(&bytes);
-                if !bytes.ends_with(b"\n") {
-                    text.push(b'\n');
-                }
-            }
-        }
-        Bytes::from(text)
-    });
-    async move { reading.await.unwrap_or_default() }
 }
 
 #[cfg(test)]

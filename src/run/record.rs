@@ -1,0 +1,104 @@
+//! The commit record and the log of a finished shard, built from its attempts. Owns what a
+//! record says and what a log holds; it reads the slot's capture files and writes the log
+//! through the manifest, nothing else.
+
+use super::{InFlight, LOG_CAP};
+use crate::manifest::{timestamp, Manifest, ShardRecord, ShardStatus};
+use bytes::Bytes;
+use std::path::PathBuf;
+
+/// The commit record of a shard whose final attempt is the last in its history; outputs
+/// and bytes out are filled in once they are stored.
+pub(super) fn build_record(flight: &InFlight, ok: bool, run: u32) -> ShardRecord {
+    let last = flight.history.last().expect("a finished shard had an attempt");
+    ShardRecord {
+        shard: flight.shard.id,
+        fingerprint: flight.fingerprint.clone(),
+        status: if ok { ShardStatus::Ok } else { ShardStatus::Failed },
+        outcome: last.outcome.kind().to_string(),
+        attempts: flight.global_attempt(),
+        started: timestamp(last.started),
+        finished: timestamp(last.finished),
+        duration_ms: last.elapsed.as_millis() as u64,
+        bytes_in: flight.shard.bytes_in(),
+        bytes_out: 0,
+        worker: last.worker,
+        cold_start: last.cold_start,
+        error: (!ok).then(|| last.outcome.to_string()),
+        outputs: Vec::new(),
+        run,
+        backup: last.backup,
+    }
+}
+
+/// A log is stored when there is something to read: a failure, a retry, or guest output.
+pub(super) fn needs_log(flight: &InFlight, ok: bool) -> bool {
+    !ok || flight.history.len() > 1
+        || flight
+            .history
+            .iter()
+            .any(|a| a.stderr.is_some() || (flight.shard.record_extension().is_none() && a.stdout.is_some()))
+}
+
+pub(super) async fn store_log(
+    manifest: &Manifest,
+    shard: u64,
+    log: Option<impl std::future::Future<Output = Bytes>>,
+    record: &mut ShardRecord,
+) {
+    let Some(log) = log else { return };
+    let text = log.await;
+    if let Err(e) = manifest.put_log(shard, text).await {
+        // The outputs are stored; a lost log must not undo the shard, but it says so.
+        let note = format!("log not stored: {e}");
+        record.error = Some(match record.error.take() {
+            Some(error) => format!("{error} ({note})"),
+            None => note,
+        });
+    }
+}
+
+/// The shard's log: each attempt's outcome, then its stderr (and stdout, when stdout is
+/// not an output). Read from the slot's capture files in a blocking task.
+pub(super) fn compose_log(flight: &InFlight) -> impl std::future::Future<Output = Bytes> + Send + 'static {
+    let shard = flight.shard.id;
+    let stdout_in_log = flight.shard.record_extension().is_none();
+    let parts: Vec<(String, Option<PathBuf>, Option<PathBuf>, bool)> = flight
+        .history
+        .iter()
+        .map(|a| {
+            let header = format!(
+                "--- fanout: shard {shard:05} attempt {} on worker {}{}: {}\n",
+                a.attempt,
+                a.worker,
+                if a.cold_start { " (cold start)" } else { "" },
+                a.outcome
+            );
+            (header, a.stderr.clone(), a.stdout.clone().filter(|_| stdout_in_log), a.stderr_truncated)
+        })
+        .collect();
+    let reading = tokio::task::spawn_blocking(move || {
+        let mut text = Vec::new();
+        for (header, stderr, stdout, truncated) in parts {
+            text.extend_from_slice(header.as_bytes());
+            if let Some(bytes) = stderr.and_then(|path| std::fs::read(path).ok()) {
+                text.extend_from_slice(&bytes);
+                if !bytes.ends_with(b"\n") {
+                    text.push(b'\n');
+                }
+            }
+            if truncated {
+                text.extend_from_slice(format!("--- fanout: stderr truncated after {LOG_CAP} bytes\n").as_bytes());
+            }
+            if let Some(bytes) = stdout.and_then(|path| std::fs::read(path).ok()) {
+                text.extend_from_slice(b"--- fanout: stdout\n");
+                text.extend_from_slice(&bytes);
+                if !bytes.ends_with(b"\n") {
+                    text.push(b'\n');
+                }
+            }
+        }
+        Bytes::from(text)
+    });
+    async move { reading.await.unwrap_or_default() }
+}

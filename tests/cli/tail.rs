@@ -1,0 +1,88 @@
+//! The tail of a job: backup attempts for stragglers and timeouts relative to the median.
+
+use crate::common::*;
+
+#[test]
+fn a_straggler_gets_a_backup_that_commits_while_the_original_publishes_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let mut files: Vec<(String, String)> = (0..19).map(|i| (format!("quick{i:02}"), "work 40".to_string())).collect();
+    files.push(("slow".into(), "slowfirst 20000".into()));
+    let refs: Vec<(&str, &str)> = files.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    write_files(&work.path().join("in"), &refs);
+    let wasm = function("misbehave");
+    let started = std::time::Instant::now();
+    let ran = run_in(
+        work.path(),
+        &["run", "--input", "in", "--function", wasm.to_str().unwrap(), "--output", "out", "--json"],
+    );
+    ran.assert_code(0);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "the backup should finish long before the 20 s straggler"
+    );
+    let summary: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    assert_eq!(summary["backups"], 1);
+    assert_eq!(summary["backups_won"], 1);
+    let out = work.path().join("out");
+    assert!(out.join("slow.attempt2").exists(), "the backup's output is published");
+    assert!(!out.join("slow.attempt1").exists(), "the cancelled original publishes nothing");
+    let rows = report(&job_dir(&out));
+    let slow = rows.iter().find(|r| r["backup"] == "true").expect("a row for the backup");
+    assert_eq!(slow["attempts"], "2");
+    assert_eq!(slow["status"], "ok");
+    assert_eq!(rows.iter().filter(|r| r["status"] == "ok").count(), 20);
+}
+
+#[test]
+fn no_backup_when_turned_off() {
+    let work = tempfile::tempdir().unwrap();
+    let mut files: Vec<(String, String)> = (0..9).map(|i| (format!("quick{i}"), "work 20".to_string())).collect();
+    files.push(("slow".into(), "slowfirst 1500".into()));
+    let refs: Vec<(&str, &str)> = files.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    write_files(&work.path().join("in"), &refs);
+    let wasm = function("misbehave");
+    let ran = run_in(
+        work.path(),
+        &["run", "--input", "in", "--function", wasm.to_str().unwrap(), "--output", "out", "--json", "--no-backup"],
+    );
+    ran.assert_code(0);
+    let summary: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    assert_eq!(summary["backups"], 0);
+    assert!(work.path().join("out/slow.attempt1").exists());
+}
+
+#[test]
+fn a_relative_timeout_stops_what_runs_far_longer_than_the_median() {
+    let work = tempfile::tempdir().unwrap();
+    let mut files: Vec<(String, String)> = (0..12).map(|i| (format!("a{i:02}"), "work 30".to_string())).collect();
+    files.push(("z-loop".into(), "loop".into()));
+    let refs: Vec<(&str, &str)> = files.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    write_files(&work.path().join("in"), &refs);
+    let wasm = function("misbehave");
+    let started = std::time::Instant::now();
+    let ran = run_in(
+        work.path(),
+        &[
+            "run",
+            "--input",
+            "in",
+            "--function",
+            wasm.to_str().unwrap(),
+            "--output",
+            "out",
+            "--timeout",
+            "300%",
+            "--attempts",
+            "1",
+            "--no-backup",
+            "--json",
+        ],
+    );
+    ran.assert_code(1);
+    // the median is ~30 ms, so the limit is its floor of 1 s, far below the 1 h cap
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "took {:?}", started.elapsed());
+    let rows = report(&job_dir(&work.path().join("out")));
+    let looping = rows.last().unwrap();
+    assert_eq!((looping["status"].as_str(), looping["outcome"].as_str()), ("failed", "timeout"), "{looping:?}");
+    assert_eq!(rows.iter().filter(|r| r["status"] == "ok").count(), 12);
+}
