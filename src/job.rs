@@ -20,7 +20,7 @@ pub mod defaults {
     pub const BACKOFF: &str = "200ms";
     pub const TOLERATED: &str = "0%";
     /// Per shard: more output files than this fails the shard (a guard against runaway guests).
-    pub const MAX_FILES: u64 = 10_000;
+    pub const MAX_FILES: u64 = 4096;
     /// Per shard: more output bytes than this fails the shard.
     pub const MAX_BYTES: &str = "4GiB";
     /// A guest may not ask for more linear memory than this, whatever the job says.

@@ -203,29 +203,25 @@ pub async fn stage(source: &DynStorage, shard: &Shard, slot: &mut Slot) -> Resul
             Ok(staged)
         }
         ShardInput::Records { key, start, end, header } => {
+            // The header row (small) first, then the range streamed after it.
             let path = slot.stdin();
             let header_bytes = if *header > 0 {
                 source.get_range(key, 0..*header).await.map_err(|e| format!("staging header of {key}: {e}"))?
             } else {
                 bytes::Bytes::new()
             };
-            let body = source
-                .get_range(key, *start..*end)
-                .await
-                .map_err(|e| format!("staging {key} bytes {start}..{end}: {e}"))?;
             let target = path.clone();
             let mut prepared = slot.clone();
             *slot = blocking(move || -> Result<Slot, String> {
-                use std::io::Write;
                 prepared.clean();
-                let mut file =
-                    std::fs::File::create(&target).map_err(|e| format!("staging: {}: {e}", target.display()))?;
-                file.write_all(&header_bytes)
-                    .and_then(|_| file.write_all(&body))
-                    .map_err(|e| format!("staging: {}: {e}", target.display()))?;
+                std::fs::write(&target, &header_bytes).map_err(|e| format!("staging: {}: {e}", target.display()))?;
                 Ok(prepared)
             })
             .await?;
+            source
+                .append_range(key, *start..*end, &path)
+                .await
+                .map_err(|e| format!("staging {key} bytes {start}..{end}: {e}"))?;
             Ok(Staged { stdin: Some(path), files: Vec::new(), dirs: Vec::new() })
         }
     }

@@ -152,13 +152,19 @@ struct AttemptInfo {
 }
 
 /// Why fanout cancelled an attempt it started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Cancelled {
     /// It ran past the relative timeout.
     Timeout,
     /// Another attempt of the same shard succeeded first.
     LostRace,
+    /// Its `/out` broke the output rules while it ran (too many bytes or files, a link).
+    Outputs(String),
 }
+
+/// Running attempts older than this have their `/out` checked against the output rules
+/// this often, so that a runaway guest is stopped long before it fills the disk.
+const OUTPUT_CHECK: Duration = Duration::from_secs(1);
 
 /// An attempt handed to the pool and not yet back.
 struct Running {
@@ -168,6 +174,9 @@ struct Running {
     out_dir: PathBuf,
     backup: bool,
     cancelled: Option<Cancelled>,
+    /// When `/out` was last checked, and whether a check is under way.
+    output_checked: Option<Instant>,
+    output_check_running: bool,
 }
 
 struct InFlight {
@@ -212,6 +221,12 @@ enum Msg {
     PublishFailed {
         shard: u64,
         error: String,
+    },
+    /// A running attempt's `/out` was checked: `Some` says which output rule it broke.
+    OutputsChecked {
+        shard: u64,
+        attempt: u32,
+        broken: Option<String>,
     },
     RetryDue {
         shard: u64,
@@ -333,7 +348,6 @@ pub async fn execute(spec: RunSpec) -> Result<RunResult, RunError> {
     journal_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tail_tick = tokio::time::interval(TAIL_CHECK);
     tail_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let watch_tail = coordinator.job.function.relative_timeout_percent.is_some() || coordinator.job.stragglers.backup;
 
     loop {
         if coordinator.is_finished() {
@@ -349,7 +363,7 @@ pub async fn execute(spec: RunSpec) -> Result<RunResult, RunError> {
             Some(done) = results_rx.recv() => coordinator.on_attempt_done(done),
             Some(msg) = msg_rx.recv() => coordinator.on_message(msg),
             _ = journal_tick.tick() => coordinator.flush_journal(),
-            _ = tail_tick.tick(), if watch_tail => coordinator.watch_tail(),
+            _ = tail_tick.tick() => coordinator.watch_tail(),
             _ = coordinator.shutdown.soft.cancelled(), if !coordinator.stopping => coordinator.begin_stop(),
         }
     }
@@ -529,6 +543,8 @@ impl Coordinator {
             out_dir: out_dir.clone(),
             backup,
             cancelled: None,
+            output_checked: None,
+            output_check_running: false,
         };
         let task = Task {
             shard: id,
@@ -584,6 +600,8 @@ impl Coordinator {
                         out_dir,
                         backup: info.backup,
                         cancelled: None,
+                        output_checked: None,
+                        output_check_running: false,
                     };
                     (info, running)
                 });
@@ -601,6 +619,15 @@ impl Coordinator {
                     // Staging itself failed last time: stage again.
                     let (copy, slot) = (flight.shard.clone(), flight.slot.clone());
                     self.spawn_staging(shard, copy, slot);
+                }
+            }
+            Msg::OutputsChecked { shard, attempt, broken } => {
+                let Some(flight) = self.in_flight.get_mut(&shard) else { return };
+                let Some(running) = flight.running.iter_mut().find(|r| r.attempt == attempt) else { return };
+                running.output_check_running = false;
+                if let (Some(broken), None) = (broken, &running.cancelled) {
+                    running.cancelled = Some(Cancelled::Outputs(broken));
+                    running.token.cancel();
                 }
             }
             Msg::Finalized { shard, record, slot } => {
@@ -658,8 +685,9 @@ impl Coordinator {
         let Some(flight) = self.in_flight.get_mut(&done.shard) else { return };
         let Some(position) = flight.running.iter().position(|r| r.attempt == done.attempt) else { return };
         let running = flight.running.remove(position);
-        let outcome = match (&done.report.outcome, running.cancelled) {
+        let outcome = match (&done.report.outcome, &running.cancelled) {
             (Outcome::Cancelled, Some(Cancelled::Timeout)) => Outcome::Timeout,
+            (Outcome::Cancelled, Some(Cancelled::Outputs(broken))) => Outcome::Error(broken.clone()),
             (outcome, _) => outcome.clone(),
         };
         *self.stats.outcomes.entry(outcome.kind().to_string()).or_default() += 1;
@@ -846,10 +874,29 @@ impl Coordinator {
         });
     }
 
-    /// Relative timeouts and backup attempts: checked every `TAIL_CHECK`.
+    /// Output rules, relative timeouts and backup attempts: checked every `TAIL_CHECK`.
     fn watch_tail(&mut self) {
         let median = self.durations.median();
         let now = Instant::now();
+        let rules = OutputRules { max_files: self.job.output.max_files, max_bytes: self.job.output.max_bytes };
+        for (id, flight) in self.in_flight.iter_mut() {
+            for running in flight.running.iter_mut().filter(|r| r.cancelled.is_none() && !r.output_check_running) {
+                let due = |since: Instant| now.duration_since(since) >= OUTPUT_CHECK;
+                if !running.started.get().is_some_and(|started| due(*started))
+                    || !running.output_checked.is_none_or(due)
+                {
+                    continue;
+                }
+                running.output_checked = Some(now);
+                running.output_check_running = true;
+                let (tx, out_dir, shard, attempt) =
+                    (self.msg_tx.clone(), running.out_dir.clone(), *id, running.attempt);
+                tokio::task::spawn_blocking(move || {
+                    let broken = stage::scan_outputs(&out_dir, rules).err();
+                    let _ = tx.send(Msg::OutputsChecked { shard, attempt, broken });
+                });
+            }
+        }
         if let (Some(percent), Some(median)) = (self.job.function.relative_timeout_percent, median) {
             let limit = tail::relative_limit(median, percent);
             for flight in self.in_flight.values_mut() {

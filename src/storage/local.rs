@@ -306,6 +306,24 @@ impl Storage for LocalStorage {
         .await
     }
 
+    async fn append_range(&self, key: &str, range: Range<u64>, target: &Path) -> StorageResult<u64> {
+        let source = self.path_of(key)?;
+        let target = target.to_path_buf();
+        let this = self.clone();
+        blocking(move || {
+            let mut input = std::fs::File::open(&source).map_err(|e| this.io_error(&source, e))?;
+            input.seek(SeekFrom::Start(range.start)).map_err(|e| this.io_error(&source, e))?;
+            let mut output = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&target)
+                .map_err(|e| StorageError::Io { location: target.display().to_string(), source: e })?;
+            std::io::copy(&mut input.take(range.end.saturating_sub(range.start)), &mut output)
+                .map_err(|e| StorageError::Io { location: target.display().to_string(), source: e })
+        })
+        .await
+    }
+
     async fn put(&self, key: &str, data: Bytes) -> StorageResult<()> {
         let path = self.path_of(key)?;
         let this = self.clone();

@@ -99,6 +99,10 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// must treat it as read-only.
     async fn download(&self, key: &str, path: &Path) -> StorageResult<u64>;
 
+    /// Appends bytes `range` of the object to the local file at `path` (created if missing),
+    /// streaming: a range of any size is never held in memory whole. Returns the bytes added.
+    async fn append_range(&self, key: &str, range: Range<u64>, path: &Path) -> StorageResult<u64>;
+
     /// Stores `data` at `key`, atomically.
     async fn put(&self, key: &str, data: Bytes) -> StorageResult<()>;
 

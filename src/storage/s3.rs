@@ -467,6 +467,56 @@ impl Storage for S3Storage {
         Ok(RANGE_SIZE.min(total) + sizes.iter().sum::<u64>())
     }
 
+    async fn append_range(&self, key: &str, range: Range<u64>, target: &Path) -> StorageResult<u64> {
+        if range.start >= range.end {
+            return Ok(0);
+        }
+        let full_key = self.full_key(key)?;
+        let result = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&full_key)
+            .range(format!("bytes={}-{}", range.start, range.end - 1))
+            .send()
+            .await;
+        let object = match result {
+            Ok(object) => object,
+            Err(SdkError::ServiceError(e)) if e.raw().status().as_u16() == 416 => return Ok(0),
+            Err(e) => return Err(self.classify("GetObject", key, e)),
+        };
+        let write_error = |e: std::io::Error| StorageError::Io { location: target.display().to_string(), source: e };
+        let file = std::sync::Arc::new(
+            std::fs::OpenOptions::new().create(true).append(true).open(target).map_err(write_error)?,
+        );
+        // Written in pieces of about 1 MiB as they arrive: memory stays flat for any range.
+        let mut body = object.body;
+        let mut pending = Vec::with_capacity(1 << 20);
+        let mut written = 0u64;
+        loop {
+            let chunk = body.try_next().await.map_err(|e| StorageError::Service {
+                location: self.url(key),
+                operation: "GetObject",
+                message: e.to_string(),
+            })?;
+            let done = chunk.is_none();
+            if let Some(chunk) = chunk {
+                pending.extend_from_slice(&chunk);
+            }
+            if pending.len() >= (1 << 20) || (done && !pending.is_empty()) {
+                let (file, data) = (file.clone(), std::mem::replace(&mut pending, Vec::with_capacity(1 << 20)));
+                written += data.len() as u64;
+                tokio::task::spawn_blocking(move || std::io::Write::write_all(&mut &*file, &data))
+                    .await
+                    .expect("a blocking write does not panic")
+                    .map_err(write_error)?;
+            }
+            if done {
+                return Ok(written);
+            }
+        }
+    }
+
     async fn put(&self, key: &str, data: Bytes) -> StorageResult<()> {
         let full_key = self.full_key(key)?;
         self.client

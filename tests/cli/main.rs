@@ -5,6 +5,7 @@ mod common;
 
 mod bad_jobs;
 mod examples;
+mod interrupt;
 mod records;
 mod resume;
 mod s3;

@@ -38,6 +38,11 @@ async fn conformance(storage: DynStorage, scratch: &std::path::Path) {
     assert_eq!(&storage.get_range("r/digits", 7..100).await.unwrap()[..], b"789");
     assert!(storage.get_range("r/digits", 10..20).await.unwrap().is_empty());
     assert!(matches!(storage.get_range("r/none", 0..1).await, Err(StorageError::NotFound { .. })));
+    let appended = scratch.join("appended");
+    std::fs::write(&appended, b"head:").unwrap();
+    assert_eq!(storage.append_range("r/digits", 3..6, &appended).await.unwrap(), 3);
+    assert_eq!(storage.append_range("r/digits", 8..50, &appended).await.unwrap(), 2);
+    assert_eq!(std::fs::read(&appended).unwrap(), b"head:34589");
 
     // listing: every key under a folder prefix, in byte order, across pages
     let many: Vec<String> = (0..1100).map(|i| format!("list/k{i:04}")).collect();

@@ -1,0 +1,98 @@
+//! Ctrl-C: the first stops dispatching and lets running attempts finish; the second (or the
+//! grace period) cancels them. Either way nothing half-done is published, the manifest is
+//! resumable, and fanout prints the command that finishes the job.
+
+use crate::common::*;
+use std::time::{Duration, Instant};
+
+fn interrupt(child: &std::process::Child) {
+    // SAFETY: signalling our own child process with SIGINT.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+}
+
+fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let until = Instant::now() + Duration::from_secs(60);
+    while !ready() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn outputs(dir: &std::path::Path) -> Vec<String> {
+    tree(dir).into_keys().collect()
+}
+
+#[test]
+fn first_ctrl_c_lets_running_attempts_finish_and_redrive_completes_the_job() {
+    let work = tempfile::tempdir().unwrap();
+    let files: Vec<(String, String)> = (0..30).map(|i| (format!("f{i:02}"), "work 250".to_string())).collect();
+    let refs: Vec<(&str, &str)> = files.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    write_files(&work.path().join("in"), &refs);
+    let wasm = function("misbehave");
+    let out = work.path().join("out");
+    let mut child = fanout()
+        .current_dir(work.path())
+        .args(["run", "--input", "in", "--function", wasm.to_str().unwrap(), "--output", "out", "--max-workers", "2"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the first outputs", || outputs(&out).len() >= 2);
+    interrupt(&child);
+    let stopped = Instant::now();
+    let ran = Ran::from(child.wait_with_output().unwrap());
+    ran.assert_code(1);
+    assert!(stopped.elapsed() < Duration::from_secs(5), "running attempts (250 ms) end, then fanout stops");
+    assert!(ran.stderr.contains("stopping: no new shards"), "{}", ran.stderr);
+    assert!(ran.stderr.contains("fanout redrive"), "the resume command is printed: {}", ran.stderr);
+
+    // Everything published is complete and committed; the rest is pending, not half-done.
+    let job = job_dir(&out);
+    let rows = report(&job);
+    let done: Vec<_> = rows.iter().filter(|r| r["status"] == "ok").collect();
+    assert!(done.len() < 30, "the job stopped early");
+    assert!(rows.iter().all(|r| r["status"] == "ok" || r["status"] == "pending"), "{rows:?}");
+    let published = outputs(&out);
+    assert_eq!(published.len(), done.len(), "an output exists exactly for each committed shard: {published:?}");
+    for name in &published {
+        let stem = name.trim_end_matches(".out");
+        let reversed: String = stem.chars().rev().collect();
+        assert_eq!(std::fs::read_to_string(out.join(name)).unwrap(), format!("{reversed}\n"), "{name} is whole");
+    }
+    assert_eq!(summary(&job)["status"], "stopped");
+
+    let ran = run_in(work.path(), &["redrive", "out", "--json"]);
+    ran.assert_code(0);
+    let summary: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    assert_eq!(summary["shards"]["ok"], 30);
+    assert_eq!(summary["shards"]["skipped"].as_u64().unwrap(), done.len() as u64);
+    assert_eq!(outputs(&out).len(), 30);
+}
+
+#[test]
+fn second_ctrl_c_stops_at_once_and_publishes_nothing_half_done() {
+    let work = tempfile::tempdir().unwrap();
+    write_files(&work.path().join("in"), &[("a", "work 20000"), ("b", "work 20000"), ("c", "work 20000")]);
+    let wasm = function("misbehave");
+    let out = work.path().join("out");
+    let mut child = fanout()
+        .current_dir(work.path())
+        .args(["run", "--input", "in", "--function", wasm.to_str().unwrap(), "--output", "out", "--max-workers", "2"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the job to start", || out.join("_fanout").exists());
+    std::thread::sleep(Duration::from_millis(500));
+    interrupt(&child);
+    std::thread::sleep(Duration::from_millis(200));
+    interrupt(&child);
+    let stopped = Instant::now();
+    let ran = Ran::from(child.wait_with_output().unwrap());
+    ran.assert_code(1);
+    assert!(stopped.elapsed() < Duration::from_secs(3), "the second Ctrl-C cancels the 20 s attempts");
+    assert!(ran.stderr.contains("stopping now"), "{}", ran.stderr);
+    assert!(outputs(&out).is_empty(), "nothing half-done is published: {:?}", outputs(&out));
+    let rows = report(&job_dir(&out));
+    assert!(rows.iter().all(|r| r["status"] == "pending"), "{rows:?}");
+}
