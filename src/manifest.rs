@@ -112,6 +112,33 @@ pub fn new_job_id(name: &str) -> String {
     format!("{name}-{stamp}-{salt:04x}")
 }
 
+/// Writes of the manifest are retried this many times on errors that may pass (a server
+/// restarting, a network blip), waiting 0.5 s, 1 s, 2 s... in between: a lost journal
+/// segment costs re-running its shards, so it is worth waiting for.
+const WRITE_ATTEMPTS: u32 = 6;
+
+async fn put_retrying(storage: &DynStorage, key: &str, data: Bytes) -> Result<(), StorageError> {
+    let mut delay = std::time::Duration::from_millis(500);
+    let mut attempt = 1;
+    loop {
+        match storage.put(key, data.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(e)
+                if attempt >= WRITE_ATTEMPTS
+                    || e.is_fatal_for_job()
+                    || matches!(e, StorageError::InvalidKey { .. }) =>
+            {
+                return Err(e)
+            }
+            Err(_) => {
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                attempt += 1;
+            }
+        }
+    }
+}
+
 /// One job's manifest in a DEST.
 #[derive(Clone, Debug)]
 pub struct Manifest {
@@ -148,7 +175,7 @@ impl Manifest {
 
     pub async fn write_job(&self, document: &JobDocument) -> ManifestResult<()> {
         let json = serde_json::to_vec_pretty(document).expect("a job document serializes");
-        self.storage.put(&self.key("job.json"), Bytes::from(json)).await?;
+        put_retrying(&self.storage, &self.key("job.json"), Bytes::from(json)).await?;
         Ok(())
     }
 
@@ -159,7 +186,7 @@ impl Manifest {
     }
 
     pub async fn write_plan_segment(&self, segment: u64, shards: &[Shard]) -> ManifestResult<()> {
-        self.storage.put(&self.key(&format!("plan/{segment:06}.jsonl")), jsonl(shards)).await?;
+        put_retrying(&self.storage, &self.key(&format!("plan/{segment:06}.jsonl")), jsonl(shards)).await?;
         Ok(())
     }
 
@@ -171,7 +198,7 @@ impl Manifest {
     }
 
     pub async fn write_journal_segment(&self, run: u32, segment: u64, records: &[ShardRecord]) -> ManifestResult<()> {
-        self.storage.put(&self.key(&format!("shards/r{run:03}-{segment:06}.jsonl")), jsonl(records)).await?;
+        put_retrying(&self.storage, &self.key(&format!("shards/r{run:03}-{segment:06}.jsonl")), jsonl(records)).await?;
         Ok(())
     }
 
@@ -217,7 +244,7 @@ impl Manifest {
     }
 
     pub async fn put(&self, relative: &str, data: Bytes) -> ManifestResult<()> {
-        self.storage.put(&self.key(relative), data).await?;
+        put_retrying(&self.storage, &self.key(relative), data).await?;
         Ok(())
     }
 

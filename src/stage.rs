@@ -11,6 +11,7 @@
 
 use crate::manifest::FANOUT_DIR;
 use crate::plan::{Shard, ShardInput};
+use crate::runtime::capture::Kept;
 use crate::storage::{validate_key, DynStorage};
 use std::path::{Path, PathBuf};
 
@@ -319,22 +320,29 @@ pub struct Published {
 pub async fn publish(
     dest: &DynStorage,
     mut files: Vec<OutputFile>,
-    stdout_object: Option<(String, Option<PathBuf>)>,
+    stdout_object: Option<(String, Option<Kept>)>,
 ) -> Result<Published, String> {
     let mut outputs = Vec::new();
-    if let Some((key, path)) = stdout_object {
-        match path {
-            Some(path) => {
+    let mut stdout_bytes = 0;
+    if let Some((key, kept)) = stdout_object {
+        match kept {
+            Some(Kept::File(path)) => {
                 let size = tokio::fs::metadata(&path).await.map(|m| m.len()).unwrap_or(0);
                 files.push(OutputFile { path, key, size });
             }
-            None => {
-                dest.put(&key, bytes::Bytes::new()).await.map_err(|e| format!("publishing {key}: {e}"))?;
+            // Short (or empty: the guest printed nothing, and the part says so) from memory.
+            other => {
+                let data = match other {
+                    Some(Kept::Memory(data)) => data,
+                    _ => bytes::Bytes::new(),
+                };
+                stdout_bytes = data.len() as u64;
+                dest.put(&key, data).await.map_err(|e| format!("publishing {key}: {e}"))?;
                 outputs.push(key);
             }
         }
     }
-    let bytes_out = files.iter().map(|f| f.size).sum();
+    let bytes_out = stdout_bytes + files.iter().map(|f| f.size).sum::<u64>();
     let keys: Vec<String> = files.iter().map(|f| f.key.clone()).collect();
     // Files in folders leave the folders behind; other backends copy rather than move.
     let out_dirty = keys.iter().any(|k| k.contains('/'));

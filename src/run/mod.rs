@@ -13,7 +13,7 @@ use crate::job::Job;
 use crate::manifest::{JobDocument, Journal, Manifest, ManifestError, ShardRecord, ShardStatus};
 use crate::plan::{PlanError, PlanTotals, Planned, Shard};
 use crate::pool::{AttemptDone, Pool, Task};
-use crate::runtime::capture::Overflow;
+use crate::runtime::capture::{Kept, Overflow};
 use crate::runtime::{Invocation, Outcome, Runtime};
 use crate::stage::{self, OutputRules, Slot, Staged};
 use crate::storage::DynStorage;
@@ -145,8 +145,8 @@ struct AttemptInfo {
     started: SystemTime,
     finished: SystemTime,
     elapsed: Duration,
-    stdout: Option<PathBuf>,
-    stderr: Option<PathBuf>,
+    stdout: Option<Kept>,
+    stderr: Option<Kept>,
     stderr_truncated: bool,
     backup: bool,
 }
@@ -207,7 +207,11 @@ impl InFlight {
 
     /// Capture files the attempts left in the slot.
     fn captures(&self) -> Vec<PathBuf> {
-        self.history.iter().flat_map(|a| a.stdout.iter().chain(a.stderr.iter()).cloned()).collect()
+        self.history
+            .iter()
+            .flat_map(|a| a.stdout.iter().chain(a.stderr.iter()))
+            .filter_map(|kept| kept.file().map(PathBuf::from))
+            .collect()
     }
 }
 
@@ -291,6 +295,30 @@ fn process_cpu_time() -> Duration {
     };
     let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
     Duration::from_micros(micros(usage.ru_utime) + micros(usage.ru_stime))
+}
+
+/// Says so when the staging folder's file system has (almost) no room left, or had none
+/// when the failure happened (`ran_out`).
+fn staging_full(root: &std::path::Path, ran_out: bool) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(root.as_os_str().as_bytes()).ok()?;
+    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: a valid NUL-terminated path and a buffer statvfs fills.
+    if unsafe { libc::statvfs(path.as_ptr(), stats.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: statvfs succeeded, so the struct is filled.
+    let stats = unsafe { stats.assume_init() };
+    let free = stats.f_bavail as u64 * stats.f_frsize as u64;
+    let size = stats.f_blocks as u64 * stats.f_frsize as u64;
+    // "Full" for a guest that writes in blocks: less than a few MiB, or 1% of the disk.
+    (ran_out || free < (8 << 20).min(size / 100).max(1 << 20)).then(|| {
+        format!(
+            "the staging folder {} is full ({} free now); free space there or choose another with --staging",
+            root.display(),
+            crate::units::format_size(free)
+        )
+    })
 }
 
 /// How often running attempts are checked against relative timeouts and for stragglers.
@@ -699,8 +727,8 @@ impl Coordinator {
             started: done.started,
             finished: done.finished,
             elapsed: done.report.elapsed,
-            stdout: done.report.stdout.path.clone(),
-            stderr: done.report.stderr.path.clone(),
+            stdout: done.report.stdout.kept.clone(),
+            stderr: done.report.stderr.kept.clone(),
             stderr_truncated: done.report.stderr.overflowed,
             backup: running.backup,
         };
@@ -799,6 +827,17 @@ impl Coordinator {
                 },
                 None,
             ),
+        };
+        // A full staging disk shows up as whatever the guest or the stager made of ENOSPC:
+        // name the real cause.
+        // The guest's own account, when it gave one, is the surest sign (read on failures only).
+        let said_by_guest = matches!(&info.stderr, Some(Kept::Memory(text))
+            if String::from_utf8_lossy(text).contains("No space left on device"));
+        let ran_out = said_by_guest || outcome.to_string().contains("No space left on device");
+        let outcome = match (&outcome, staging_full(&self.staging_root, ran_out)) {
+            (Outcome::Cancelled, _) | (_, None) => outcome,
+            (Outcome::Error(message), Some(full)) => Outcome::Error(format!("{message} ({full})")),
+            (other, Some(full)) => Outcome::Error(format!("{other} ({full})")),
         };
         info.outcome = outcome.clone();
         flight.history.push(info);

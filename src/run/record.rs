@@ -4,8 +4,8 @@
 
 use super::{InFlight, LOG_CAP};
 use crate::manifest::{timestamp, Manifest, ShardRecord, ShardStatus};
+use crate::runtime::capture::Kept;
 use bytes::Bytes;
-use std::path::PathBuf;
 
 /// The commit record of a shard whose final attempt is the last in its history; outputs
 /// and bytes out are filled in once they are stored.
@@ -63,7 +63,7 @@ pub(super) async fn store_log(
 pub(super) fn compose_log(flight: &InFlight) -> impl std::future::Future<Output = Bytes> + Send + 'static {
     let shard = flight.shard.id;
     let stdout_in_log = flight.shard.record_extension().is_none();
-    let parts: Vec<(String, Option<PathBuf>, Option<PathBuf>, bool)> = flight
+    let parts: Vec<(String, Option<Kept>, Option<Kept>, bool)> = flight
         .history
         .iter()
         .map(|a| {
@@ -81,7 +81,7 @@ pub(super) fn compose_log(flight: &InFlight) -> impl std::future::Future<Output 
         let mut text = Vec::new();
         for (header, stderr, stdout, truncated) in parts {
             text.extend_from_slice(header.as_bytes());
-            if let Some(bytes) = stderr.and_then(|path| std::fs::read(path).ok()) {
+            if let Some(bytes) = stderr.and_then(|kept| kept.read().ok()) {
                 text.extend_from_slice(&bytes);
                 if !bytes.ends_with(b"\n") {
                     text.push(b'\n');
@@ -90,7 +90,7 @@ pub(super) fn compose_log(flight: &InFlight) -> impl std::future::Future<Output 
             if truncated {
                 text.extend_from_slice(format!("--- fanout: stderr truncated after {LOG_CAP} bytes\n").as_bytes());
             }
-            if let Some(bytes) = stdout.and_then(|path| std::fs::read(path).ok()) {
+            if let Some(bytes) = stdout.and_then(|kept| kept.read().ok()) {
                 text.extend_from_slice(b"--- fanout: stdout\n");
                 text.extend_from_slice(&bytes);
                 if !bytes.ends_with(b"\n") {

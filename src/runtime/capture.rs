@@ -1,5 +1,6 @@
-//! Capturing a guest's stdout and stderr into files with a byte cap. The file is created
-//! on the first write, so a quiet guest costs no file at all. Past the cap a stream either
+//! Capturing a guest's stdout and stderr with a byte cap. The first 64 KiB stay in memory
+//! and only more is spilled to a file, so a quiet or terse guest costs no file at all, and
+//! its last words survive even when the staging disk is full. Past the cap a stream either
 //! drops what comes (logs) or fails the write (outputs, where a truncated object would be
 //! a lie); either way the overflow is remembered and reported.
 
@@ -20,12 +21,40 @@ pub enum Overflow {
     Fail,
 }
 
+/// What a capture keeps in memory before it spills to its file.
+pub const IN_MEMORY: usize = 64 << 10;
+
 #[derive(Debug, Default)]
 struct State {
+    memory: Vec<u8>,
     file: Option<std::fs::File>,
     written: u64,
     overflowed: bool,
     error: Option<String>,
+}
+
+/// Where a capture's bytes are.
+#[derive(Debug, Clone)]
+pub enum Kept {
+    Memory(bytes::Bytes),
+    File(PathBuf),
+}
+
+impl Kept {
+    /// The whole capture (a file is read).
+    pub fn read(&self) -> std::io::Result<bytes::Bytes> {
+        match self {
+            Kept::Memory(bytes) => Ok(bytes.clone()),
+            Kept::File(path) => std::fs::read(path).map(bytes::Bytes::from),
+        }
+    }
+
+    pub fn file(&self) -> Option<&Path> {
+        match self {
+            Kept::File(path) => Some(path),
+            Kept::Memory(_) => None,
+        }
+    }
 }
 
 /// A cloneable handle: the guest's stream and the host's view share one state.
@@ -40,8 +69,8 @@ pub struct CappedCapture {
 /// What a capture holds once the guest is done.
 #[derive(Debug, Clone, Default)]
 pub struct Captured {
-    /// The file, when anything was written.
-    pub path: Option<PathBuf>,
+    /// The bytes, when anything was written.
+    pub kept: Option<Kept>,
     pub bytes: u64,
     pub overflowed: bool,
     /// A host-side failure to write the capture file (disk full, ...).
@@ -55,25 +84,33 @@ impl CappedCapture {
 
     pub fn finish(&self) -> Captured {
         let mut state = self.state.lock().expect("capture lock");
-        if let Some(file) = state.file.take() {
-            drop(file);
-        }
-        Captured {
-            path: (state.written > 0).then(|| self.path.clone()),
-            bytes: state.written,
-            overflowed: state.overflowed,
-            error: state.error.clone(),
-        }
+        let kept = match state.file.take() {
+            Some(_) => Some(Kept::File(self.path.clone())),
+            None if state.written > 0 => Some(Kept::Memory(bytes::Bytes::from(std::mem::take(&mut state.memory)))),
+            None => None,
+        };
+        Captured { kept, bytes: state.written, overflowed: state.overflowed, error: state.error.clone() }
     }
 
     fn write_bytes(&self, bytes: &[u8]) -> std::io::Result<()> {
         let mut state = self.state.lock().expect("capture lock");
         let room = self.cap.saturating_sub(state.written);
         let (keep, over) = if (bytes.len() as u64) > room { (room as usize, true) } else { (bytes.len(), false) };
-        if keep > 0 {
+        if keep > 0 && state.file.is_none() && state.memory.len() + keep <= IN_MEMORY {
+            state.memory.extend_from_slice(&bytes[..keep]);
+            state.written += keep as u64;
+        } else if keep > 0 {
             if state.file.is_none() {
-                match std::fs::File::create(&self.path) {
-                    Ok(file) => state.file = Some(file),
+                // Spill: the file starts with what memory held.
+                let created = std::fs::File::create(&self.path).and_then(|mut file| {
+                    file.write_all(&state.memory)?;
+                    Ok(file)
+                });
+                match created {
+                    Ok(file) => {
+                        state.file = Some(file);
+                        state.memory = Vec::new();
+                    }
                     Err(e) => {
                         state.error = Some(format!("{}: {e}", self.path.display()));
                         return Err(e);
@@ -156,14 +193,22 @@ mod tests {
     fn quiet_streams_create_no_file_and_caps_hold() {
         let dir = tempfile::tempdir().unwrap();
         let quiet = CappedCapture::new(&dir.path().join("quiet"), 10, Overflow::Truncate);
-        assert!(quiet.finish().path.is_none());
+        assert!(quiet.finish().kept.is_none());
         assert!(!dir.path().join("quiet").exists());
 
         let log = CappedCapture::new(&dir.path().join("log"), 10, Overflow::Truncate);
         log.write_bytes(b"0123456789abcdef").unwrap();
         let captured = log.finish();
         assert!(captured.overflowed);
-        assert_eq!(std::fs::read(dir.path().join("log")).unwrap(), b"0123456789");
+        assert_eq!(&captured.kept.unwrap().read().unwrap()[..], b"0123456789");
+        assert!(!dir.path().join("log").exists(), "a short capture stays in memory");
+
+        let big = CappedCapture::new(&dir.path().join("big"), 1 << 20, Overflow::Truncate);
+        big.write_bytes(&vec![b'a'; IN_MEMORY]).unwrap();
+        big.write_bytes(b"bc").unwrap();
+        let captured = big.finish();
+        assert_eq!(captured.kept.as_ref().and_then(Kept::file), Some(dir.path().join("big").as_path()));
+        assert_eq!(captured.kept.unwrap().read().unwrap().len(), IN_MEMORY + 2, "spilled whole, in order");
 
         let output = CappedCapture::new(&dir.path().join("out"), 4, Overflow::Fail);
         assert!(output.write_bytes(b"12345").is_err());

@@ -160,12 +160,12 @@ fn run(command: &str, argument: &str, name: &str) {
         }
         "bytes" => {
             let total: u64 = argument.parse().unwrap_or(1 << 20);
-            let mut file = std::fs::File::create("/out/big").expect("create /out/big");
+            let mut file = std::fs::File::create(format!("/out/{name}.big")).expect("create the output");
             let block = vec![7u8; 1 << 20];
             let mut written = 0;
             while written < total {
                 let n = block.len().min((total - written) as usize);
-                file.write_all(&block[..n]).expect("write /out/big");
+                file.write_all(&block[..n]).expect("write the output");
                 written += n as u64;
             }
         }
@@ -203,15 +203,29 @@ fn run(command: &str, argument: &str, name: &str) {
     }
 }
 
-fn main() {
-    let mut entries: Vec<_> = std::fs::read_dir("/in").expect("read /in").flatten().collect();
+/// Every file under `dir`, sorted, as (name relative to /in, path).
+fn inputs(dir: &std::path::Path, relative: &str, found: &mut Vec<(String, std::path::PathBuf)>) {
+    let mut entries: Vec<_> = std::fs::read_dir(dir).expect("read /in").flatten().collect();
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let text = std::fs::read_to_string(entry.path()).expect("read the command");
+        let name = format!("{relative}{}", entry.file_name().to_string_lossy());
+        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            inputs(&entry.path(), &format!("{name}/"), found);
+        } else {
+            found.push((name, entry.path()));
+        }
+    }
+}
+
+fn main() {
+    let mut found = Vec::new();
+    inputs(std::path::Path::new("/in"), "", &mut found);
+    for (name, path) in found {
+        let text = std::fs::read_to_string(&path).expect("read the command");
         let mut words = text.split_whitespace();
         let command = words.next().unwrap_or("ok");
         let argument = words.next().unwrap_or("");
-        run(command, argument, &name);
+        // outputs are flat: nested inputs write `a-b` for `a/b`
+        run(command, argument, &name.replace('/', "-"));
     }
 }

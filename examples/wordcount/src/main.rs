@@ -1,28 +1,38 @@
 //! A fanout function: for every file under /in, `/out/<path>.json` holding
 //! `{"file": ..., "words": N, "lines": N, "bytes": N}`. Words are runs of non-whitespace,
 //! lines are newline characters (as `wc -w` and `wc -l` count them). With nothing under
-//! /in (record shards), it counts stdin and prints one such JSON line on stdout.
+//! /in (record shards), it counts stdin, streamed, and prints one such JSON line on stdout.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+#[derive(Default)]
 struct Counts {
     words: u64,
     lines: u64,
     bytes: u64,
+    in_word: bool,
+}
+
+impl Counts {
+    /// Counts a block; blocks may split words and lines anywhere.
+    fn add(&mut self, data: &[u8]) {
+        for &byte in data {
+            let space = byte.is_ascii_whitespace();
+            if !space && !self.in_word {
+                self.words += 1;
+            }
+            self.in_word = !space;
+            self.lines += (byte == b'\n') as u64;
+        }
+        self.bytes += data.len() as u64;
+    }
 }
 
 fn count(data: &[u8]) -> Counts {
-    let mut words = 0;
-    let mut in_word = false;
-    for &byte in data {
-        let space = byte.is_ascii_whitespace();
-        if !space && !in_word {
-            words += 1;
-        }
-        in_word = !space;
-    }
-    Counts { words, lines: data.iter().filter(|&&b| b == b'\n').count() as u64, bytes: data.len() as u64 }
+    let mut counts = Counts::default();
+    counts.add(data);
+    counts
 }
 
 fn json(file: &str, counts: &Counts) -> String {
@@ -63,12 +73,21 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::FAILURE;
     }
     if files.is_empty() {
-        let mut data = Vec::new();
-        if let Err(e) = std::io::stdin().read_to_end(&mut data) {
-            eprintln!("wordcount: reading stdin: {e}");
-            return std::process::ExitCode::FAILURE;
+        // Streamed in blocks: stdin may be far larger than the guest's memory.
+        let mut counts = Counts::default();
+        let mut block = vec![0u8; 64 << 10];
+        let mut stdin = std::io::stdin().lock();
+        loop {
+            match stdin.read(&mut block) {
+                Ok(0) => break,
+                Ok(n) => counts.add(&block[..n]),
+                Err(e) => {
+                    eprintln!("wordcount: reading stdin: {e}");
+                    return std::process::ExitCode::FAILURE;
+                }
+            }
         }
-        println!("{}", json("-", &count(&data)));
+        println!("{}", json("-", &counts));
         return std::process::ExitCode::SUCCESS;
     }
     for file in files {
