@@ -279,9 +279,9 @@ struct Coordinator {
     msg_tx: mpsc::UnboundedSender<Msg>,
     stats: RunStats,
     started: Instant,
-    /// Wall clock and process CPU time at the first attempt, and at the latest attempt's end.
+    /// Wall clock and process CPU time at the first attempt; the latest attempt's end.
     map_start: Option<(Instant, Duration)>,
-    map_end: Option<(Instant, Duration)>,
+    map_end: Option<Instant>,
     fatal: Option<String>,
 }
 
@@ -400,9 +400,8 @@ pub async fn execute(spec: RunSpec) -> Result<RunResult, RunError> {
 
 impl Coordinator {
     fn is_finished(&self) -> bool {
-        let drained = self.in_flight.is_empty();
-        (drained && self.fatal.is_some())
-            || (drained && (self.plan_done || self.stopping) && self.journal_buffer.is_empty())
+        // The last journal records are written by `finish`, without waiting for a tick.
+        self.in_flight.is_empty() && (self.fatal.is_some() || self.plan_done || self.stopping)
     }
 
     fn begin_stop(&mut self) {
@@ -702,7 +701,8 @@ impl Coordinator {
 
     fn on_attempt_done(&mut self, done: AttemptDone) {
         self.stats.busy_ms += done.report.elapsed.as_millis() as u64;
-        self.map_end = Some((Instant::now(), process_cpu_time()));
+        // CPU time is read once at the end (getrusage walks every thread: too dear per shard).
+        self.map_end = Some(Instant::now());
         if done.report.elapsed > Duration::ZERO || !matches!(done.report.outcome, Outcome::Cancelled) {
             if done.cold_start {
                 self.stats.cold_starts += 1;
@@ -1011,7 +1011,8 @@ impl Coordinator {
         self.stats.workers_peak = self.pool.peak();
         self.stats.workers_at_end = self.pool.live();
         self.stats.wall_ms = self.started.elapsed().as_millis() as u64;
-        if let (Some((t0, cpu0)), Some((t1, cpu1))) = (self.map_start, self.map_end) {
+        if let (Some((t0, cpu0)), Some(t1)) = (self.map_start, self.map_end) {
+            let cpu1 = process_cpu_time();
             let span = t1.saturating_duration_since(t0);
             let cores =
                 std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(self.job.workers.max.max(1));
