@@ -12,7 +12,7 @@ LARGE=${LARGE:-20}
 TRANSFERS=${TRANSFERS:-16}
 if [[ -z ${AWS_ENDPOINT_URL:-} ]]; then
 	eval "$("$ROOT/scripts/test-s3" start)"
-	trap '"$ROOT/scripts/test-s3" stop' EXIT
+	cleanups+=("'$ROOT/scripts/test-s3' stop")
 fi
 BUCKET=${FANOUT_TEST_BUCKET:-fanout-test}
 build_fanout
@@ -22,6 +22,7 @@ export RCLONE_CONFIG_T_TYPE=s3 RCLONE_CONFIG_T_PROVIDER=Other RCLONE_CONFIG_T_EN
 	RCLONE_CONFIG_T_REGION=${AWS_REGION:-us-east-1} RCLONE_CONFIG_T_FORCE_PATH_STYLE=true
 RCLONE="env -u AWS_CA_BUNDLE rclone"
 RUN_ID=bench-copy-$$
+cleanups+=("$RCLONE purge 'T:$BUCKET/$RUN_ID' -q || true")
 make_dataset() { # NAME COUNT SIZE_BYTES
 	mkdir -p "$WORK/$1"
 	python3 -c "

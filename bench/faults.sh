@@ -11,5 +11,5 @@ wasm_of "$ROOT/examples/wordcount" >/dev/null
 state=$(mktemp -d "${TMPDIR:-/tmp}/fanout-faults-s3.XXXXXX")
 eval "$("$ROOT/scripts/test-s3" start "$state")"
 # The S3 trial restarts Garage itself, under a new PID: stop whatever serves this state.
-trap 'pkill -KILL -f "$state/garage.toml" 2>/dev/null || true; rm -rf "$state"' EXIT
+cleanups+=("pkill -KILL -f '$state/garage.toml' || true" "rm -rf '$state'")
 python3 "$ROOT/bench/faults.py" "$@"

@@ -4,7 +4,19 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/fanout-target}
 FANOUT=$CARGO_TARGET_DIR/release/fanout
 RUNS=${RUNS:-5}
-WORK=${BENCH_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/fanout-bench.XXXXXX")}
+if [[ -n ${BENCH_DIR:-} ]]; then
+	WORK=$BENCH_DIR
+else
+	WORK=$(mktemp -d "${TMPDIR:-/tmp}/fanout-bench.XXXXXX")
+	cleanups=("rm -rf '$WORK'")
+fi
+# Scripts add their own clean-up steps to `cleanups`; all run on exit, the last added first.
+cleanups=(${cleanups[@]+"${cleanups[@]}"})
+run_cleanups() {
+	local i
+	for ((i = ${#cleanups[@]} - 1; i >= 0; i--)); do eval "${cleanups[i]}" || true; done
+}
+trap run_cleanups EXIT
 
 need() { command -v "$1" >/dev/null 2>&1 || { echo "bench: $1 is needed (Debian package ${2:-$1})" >&2; exit 1; }; }
 

@@ -8,7 +8,7 @@ OBJECTS=${OBJECTS:-100000}
 RUNS=${RUNS:-3}
 if [[ -z ${AWS_ENDPOINT_URL:-} ]]; then
 	eval "$("$ROOT/scripts/test-s3" start)"
-	trap '"$ROOT/scripts/test-s3" stop' EXIT
+	cleanups+=("'$ROOT/scripts/test-s3' stop")
 fi
 BUCKET=${FANOUT_TEST_BUCKET:-fanout-test}
 PREFIX=bench-scale-s3/$OBJECTS/

@@ -86,8 +86,14 @@ impl S3Storage {
         })
     }
 
-    /// Bytes `start..start+length` of an object and the object's total size.
-    async fn get_part(&self, key: &str, full_key: &str, start: u64, length: u64) -> StorageResult<(Bytes, u64)> {
+    /// A ranged GET of `start..start+length`, not yet read, and the object's total size.
+    async fn get_part(
+        &self,
+        key: &str,
+        full_key: &str,
+        start: u64,
+        length: u64,
+    ) -> StorageResult<(aws_sdk_s3::operation::get_object::GetObjectOutput, u64)> {
         let object = self
             .client
             .get_object()
@@ -104,12 +110,45 @@ impl S3Storage {
             .and_then(|total| total.parse::<u64>().ok())
             .or(object.content_length().map(|n| n.max(0) as u64))
             .unwrap_or(0);
-        let data = object.body.collect().await.map_err(|e| StorageError::Service {
-            location: self.url(key),
-            operation: "GetObject",
-            message: e.to_string(),
-        })?;
-        Ok((data.into_bytes(), total))
+        Ok((object, total))
+    }
+
+    /// Writes a response body into `file` from `offset` as it arrives, in pieces of about
+    /// 1 MiB, stopping after `limit` bytes; returns the bytes written.
+    async fn stream_into(
+        &self,
+        key: &str,
+        mut body: ByteStream,
+        file: &std::sync::Arc<std::fs::File>,
+        offset: u64,
+        limit: u64,
+    ) -> StorageResult<u64> {
+        let mut pending = Vec::with_capacity(1 << 20);
+        let mut written = 0u64;
+        loop {
+            let chunk = body.try_next().await.map_err(|e| StorageError::Service {
+                location: self.url(key),
+                operation: "GetObject",
+                message: e.to_string(),
+            })?;
+            let done = chunk.is_none();
+            if let Some(chunk) = chunk {
+                let room = (limit - written - pending.len() as u64) as usize;
+                pending.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            let full = written + pending.len() as u64 >= limit;
+            if pending.len() >= (1 << 20) || ((done || full) && !pending.is_empty()) {
+                let data = Bytes::from(std::mem::replace(&mut pending, Vec::with_capacity(1 << 20)));
+                let length = data.len() as u64;
+                write_at(file.clone(), data, offset + written)
+                    .await
+                    .map_err(|e| StorageError::Io { location: String::new(), source: e })?;
+                written += length;
+            }
+            if done || full {
+                return Ok(written);
+            }
+        }
     }
 
     fn full_key(&self, key: &str) -> StorageResult<String> {
@@ -233,13 +272,13 @@ impl S3Storage {
             .map(|index| async move {
                 let offset = index * PART_SIZE;
                 let length = PART_SIZE.min(size - offset);
-                // A file body: the SDK streams it (64 KiB reads) and, over a plain endpoint
-                // with checksums off, sends it as UNSIGNED-PAYLOAD, sparing both sides a
-                // SHA-256 of every byte (see `upload`).
+                // A file body, streamed in 1 MiB reads: the part is never in memory whole,
+                // and the SDK signs it without hashing the payload (see `upload`).
                 let body = ByteStream::read_from()
                     .path(path)
                     .offset(offset)
                     .length(Length::Exact(length))
+                    .buffer_size(1 << 20)
                     .build()
                     .await
                     .map_err(|e| StorageError::Io {
@@ -412,23 +451,34 @@ impl Storage for S3Storage {
         use futures::{StreamExt, TryStreamExt};
         let full_key = self.full_key(key)?;
         let write_error = |e: std::io::Error| StorageError::Io { location: target.display().to_string(), source: e };
-        // The first part comes with the object's size (Content-Range); an object no larger
-        // than one part is then complete, and a larger one is fetched part by part in
-        // parallel, each written at its offset, never held whole.
+        let read_error = |e: &dyn std::fmt::Display| StorageError::Service {
+            location: self.url(key),
+            operation: "GetObject",
+            message: e.to_string(),
+        };
+        // The first part comes with the object's size (Content-Range). An object no larger
+        // than one part is then gathered and written at once; a larger one streams into the
+        // file while the other parts are fetched in parallel, each written at its offset.
         let (first, total) = match self.get_part(key, &full_key, 0, RANGE_SIZE).await {
             Ok(part) => part,
             // An empty object has no byte 0 to ask for.
             Err(StorageError::Service { message, .. })
                 if message.contains("InvalidRange") || message.contains("416") =>
             {
-                (Bytes::new(), 0)
+                let target_path = target.to_path_buf();
+                tokio::task::spawn_blocking(move || std::fs::write(&target_path, b""))
+                    .await
+                    .expect("a blocking write does not panic")
+                    .map_err(write_error)?;
+                return Ok(0);
             }
             Err(e) => return Err(e),
         };
-        let target_path = target.to_path_buf();
-        if total <= first.len() as u64 {
-            let length = first.len() as u64;
-            tokio::task::spawn_blocking(move || std::fs::write(&target_path, &first))
+        if total <= RANGE_SIZE {
+            let data = first.body.collect().await.map_err(|e| read_error(&e))?.into_bytes();
+            let length = data.len() as u64;
+            let target_path = target.to_path_buf();
+            tokio::task::spawn_blocking(move || std::fs::write(&target_path, &data))
                 .await
                 .expect("a blocking write does not panic")
                 .map_err(write_error)?;
@@ -436,35 +486,30 @@ impl Storage for S3Storage {
         }
         let file = std::sync::Arc::new(std::fs::File::create(target).map_err(write_error)?);
         file.set_len(total).map_err(write_error)?;
-        write_at(file.clone(), first, 0).await.map_err(write_error)?;
+        let first_part = self.stream_into(key, first.body, &file, 0, RANGE_SIZE);
         let parts = total.div_ceil(RANGE_SIZE);
-        let sizes: Vec<u64> = futures::stream::iter(1..parts)
+        let rest = futures::stream::iter(1..parts)
             .map(|index| {
                 let (file, full_key) = (file.clone(), full_key.clone());
                 async move {
                     let start = index * RANGE_SIZE;
-                    let (data, _) = self.get_part(key, &full_key, start, RANGE_SIZE).await?;
                     let expected = RANGE_SIZE.min(total - start);
-                    if data.len() as u64 != expected {
+                    let (part, _) = self.get_part(key, &full_key, start, expected).await?;
+                    let written = self.stream_into(key, part.body, &file, start, expected).await?;
+                    if written != expected {
                         return Err(StorageError::Service {
                             location: self.url(key),
                             operation: "GetObject",
-                            message: format!(
-                                "the object changed while it was read ({} of {expected} bytes)",
-                                data.len()
-                            ),
+                            message: format!("the object changed while it was read ({written} of {expected} bytes)"),
                         });
                     }
-                    write_at(file, data, start)
-                        .await
-                        .map_err(|e| StorageError::Io { location: String::new(), source: e })?;
-                    Ok::<u64, StorageError>(expected)
+                    Ok::<u64, StorageError>(written)
                 }
             })
             .buffer_unordered(PART_CONCURRENCY)
-            .try_collect()
-            .await?;
-        Ok(RANGE_SIZE.min(total) + sizes.iter().sum::<u64>())
+            .try_collect::<Vec<u64>>();
+        let (first_written, rest) = futures::try_join!(first_part, rest)?;
+        Ok(first_written + rest.iter().sum::<u64>())
     }
 
     async fn append_range(&self, key: &str, range: Range<u64>, target: &Path) -> StorageResult<u64> {
@@ -539,19 +584,22 @@ impl Storage for S3Storage {
             self.upload_multipart(key, &full_key, path, size).await?;
             return Ok(size);
         }
-        // Streamed from the file rather than read into memory: the SDK then signs the
-        // request without hashing the payload (the body is covered by TLS on https, and by
-        // the content length here), which halves the CPU an upload costs on both ends.
-        let body =
-            ByteStream::read_from().path(path).length(Length::Exact(size)).build().await.map_err(|e| {
-                StorageError::Io { location: path.display().to_string(), source: std::io::Error::other(e) }
-            })?;
+        // Read whole in one blocking call (an object under the multipart threshold), and sent
+        // without a payload hash in the signature: the length and the transport protect it
+        // (TLS on https), as the AWS CLI does, and neither end spends CPU on SHA-256.
+        let owned = path.to_path_buf();
+        let data = tokio::task::spawn_blocking(move || std::fs::read(owned))
+            .await
+            .expect("a blocking read does not panic")
+            .map_err(io_error)?;
         self.client
             .put_object()
             .bucket(&self.bucket)
             .key(&full_key)
-            .content_length(size as i64)
-            .body(body)
+            .content_length(data.len() as i64)
+            .body(ByteStream::from(data))
+            .customize()
+            .disable_payload_signing()
             .send()
             .await
             .map_err(|e| self.classify("PutObject", key, e))?;

@@ -58,6 +58,13 @@ pub fn function(name: &str) -> PathBuf {
     path
 }
 
+/// Writes `count` input files `{prefix}NN` holding one misbehave command each.
+pub fn write_commands(dir: &Path, prefix: &str, count: usize, command: &str) {
+    for i in 0..count {
+        write_files(dir, &[(&format!("{prefix}{i:03}"), command)]);
+    }
+}
+
 pub fn write_files(dir: &Path, files: &[(&str, &str)]) {
     for (name, content) in files {
         let path = dir.join(name);
@@ -127,12 +134,11 @@ pub fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 /// tests skip, except in CI or under scripts/test, where a missing server is a failure.
 pub struct S3 {
     pub bucket: String,
-    pub endpoint: String,
 }
 
 pub fn s3() -> Option<S3> {
     match (std::env::var("FANOUT_TEST_BUCKET"), std::env::var("AWS_ENDPOINT_URL")) {
-        (Ok(bucket), Ok(endpoint)) => Some(S3 { bucket, endpoint }),
+        (Ok(bucket), Ok(_)) => Some(S3 { bucket }),
         _ if std::env::var_os("CI").is_some() || std::env::var_os("FANOUT_REQUIRE_S3").is_some() => {
             panic!("no S3 test server: FANOUT_TEST_BUCKET and AWS_ENDPOINT_URL are unset (run the tests with scripts/test)")
         }

@@ -25,12 +25,10 @@ fn outputs(dir: &std::path::Path) -> Vec<String> {
 #[test]
 fn first_ctrl_c_lets_running_attempts_finish_and_redrive_completes_the_job() {
     let work = tempfile::tempdir().unwrap();
-    let files: Vec<(String, String)> = (0..30).map(|i| (format!("f{i:02}"), "work 250".to_string())).collect();
-    let refs: Vec<(&str, &str)> = files.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-    write_files(&work.path().join("in"), &refs);
+    write_commands(&work.path().join("in"), "f", 30, "work 250");
     let wasm = function("misbehave");
     let out = work.path().join("out");
-    let mut child = fanout()
+    let child = fanout()
         .current_dir(work.path())
         .args(["run", "--input", "in", "--function", wasm.to_str().unwrap(), "--output", "out", "--max-workers", "2"])
         .stdout(std::process::Stdio::piped())
@@ -75,7 +73,7 @@ fn second_ctrl_c_stops_at_once_and_publishes_nothing_half_done() {
     write_files(&work.path().join("in"), &[("a", "work 20000"), ("b", "work 20000"), ("c", "work 20000")]);
     let wasm = function("misbehave");
     let out = work.path().join("out");
-    let mut child = fanout()
+    let child = fanout()
         .current_dir(work.path())
         .args(["run", "--input", "in", "--function", wasm.to_str().unwrap(), "--output", "out", "--max-workers", "2"])
         .stdout(std::process::Stdio::piped())

@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 const SHARDS: usize = 240;
 
 fn work_inputs(dir: &Path) {
-    let files: Vec<(String, String)> = (0..SHARDS).map(|i| (format!("f{i:03}"), "work 12".to_string())).collect();
-    let refs: Vec<(&str, &str)> = files.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-    write_files(dir, &refs);
+    write_commands(dir, "f", SHARDS, "work 12");
 }
 
 fn job_args<'a>(wasm: &'a str, dest: &'a str) -> Vec<&'a str> {

@@ -67,7 +67,9 @@ fn s3_problems_are_one_line_errors_before_any_work() {
     let dest = s3_url(&s3, &format!("{prefix}out/"));
     let wasm = function("wordcount");
     let base = ["run", "--input", "in", "--function", wasm.to_str().unwrap()];
-    let cases: Vec<(&str, Vec<(&str, String)>, String, &str)> = vec![
+    // (what, environment for fanout, DEST, expected error text)
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, String, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "unreachable endpoint",
             vec![("AWS_ENDPOINT_URL", "http://127.0.0.1:9".into())],
@@ -153,9 +155,7 @@ fn a_large_prefix_is_listed_across_pages_and_planned() {
 fn killed_s3_job_resumes_without_redoing_committed_shards() {
     let Some(s3) = s3() else { return };
     let work = tempfile::tempdir().unwrap();
-    let files: Vec<(String, String)> = (0..80).map(|i| (format!("f{i:02}"), "work 25".to_string())).collect();
-    let refs: Vec<(&str, &str)> = files.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-    write_files(&work.path().join("in"), &refs);
+    write_commands(&work.path().join("in"), "f", 80, "work 25");
     let prefix = unique_prefix("s3-resume");
     let dest = s3_url(&s3, &prefix);
     let wasm = function("misbehave");

@@ -5,10 +5,8 @@ use crate::common::*;
 #[test]
 fn a_straggler_gets_a_backup_that_commits_while_the_original_publishes_nothing() {
     let work = tempfile::tempdir().unwrap();
-    let mut files: Vec<(String, String)> = (0..19).map(|i| (format!("quick{i:02}"), "work 40".to_string())).collect();
-    files.push(("slow".into(), "slowfirst 20000".into()));
-    let refs: Vec<(&str, &str)> = files.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-    write_files(&work.path().join("in"), &refs);
+    write_commands(&work.path().join("in"), "quick", 19, "work 40");
+    write_files(&work.path().join("in"), &[("slow", "slowfirst 20000")]);
     let wasm = function("misbehave");
     let started = std::time::Instant::now();
     let ran = run_in(
@@ -36,10 +34,8 @@ fn a_straggler_gets_a_backup_that_commits_while_the_original_publishes_nothing()
 #[test]
 fn no_backup_when_turned_off() {
     let work = tempfile::tempdir().unwrap();
-    let mut files: Vec<(String, String)> = (0..9).map(|i| (format!("quick{i}"), "work 20".to_string())).collect();
-    files.push(("slow".into(), "slowfirst 1500".into()));
-    let refs: Vec<(&str, &str)> = files.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-    write_files(&work.path().join("in"), &refs);
+    write_commands(&work.path().join("in"), "quick", 9, "work 20");
+    write_files(&work.path().join("in"), &[("slow", "slowfirst 1500")]);
     let wasm = function("misbehave");
     let ran = run_in(
         work.path(),
@@ -54,10 +50,8 @@ fn no_backup_when_turned_off() {
 #[test]
 fn a_relative_timeout_stops_what_runs_far_longer_than_the_median() {
     let work = tempfile::tempdir().unwrap();
-    let mut files: Vec<(String, String)> = (0..12).map(|i| (format!("a{i:02}"), "work 30".to_string())).collect();
-    files.push(("z-loop".into(), "loop".into()));
-    let refs: Vec<(&str, &str)> = files.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-    write_files(&work.path().join("in"), &refs);
+    write_commands(&work.path().join("in"), "a", 12, "work 30");
+    write_files(&work.path().join("in"), &[("z-loop", "loop")]);
     let wasm = function("misbehave");
     let started = std::time::Instant::now();
     let ran = run_in(
