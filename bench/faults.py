@@ -202,6 +202,26 @@ def trial_s3(work, mode):
                              f"{status['shards']['ok']}/300 committed, {len(outputs)} outputs")
 
 
+def trial_s3_big_output(work):
+    """A 1 GiB output goes up in multipart parts, read from disk: never in memory whole."""
+    bucket = os.environ["FANOUT_TEST_BUCKET"]
+    prefix = f"faults-big-{os.getpid()}-{int(time.time())}/"
+    folder = os.path.join(work, "bigin")
+    os.makedirs(folder)
+    with open(os.path.join(folder, "big"), "w") as f:
+        f.write(f"bytes {1 << 30}")
+    dest = f"s3://{bucket}/{prefix}"
+    run = fanout(["run", "--input", folder, "--function", MISBEHAVE, "--output", dest, "--max-bytes", "2GiB", "--json"], work)
+    import boto3
+    from botocore.config import Config
+    s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"], config=Config(s3={"addressing_style": "path"}))
+    head = s3.head_object(Bucket=bucket, Key=prefix + "big.big")
+    parts = head.get("ETag", "").strip('"').rpartition("-")[2]
+    ok = run.returncode == 0 and head["ContentLength"] == 1 << 30 and run.rss_mb < 200
+    record("s3 1 GiB output", ok, f"exit {run.returncode}, {head['ContentLength']} bytes in S3 in {parts} parts, "
+                                  f"coordinator max RSS {run.rss_mb:.0f} MB")
+
+
 # ---------------------------------------------------------------- staging disk full
 
 def trial_disk(work):
@@ -318,6 +338,7 @@ def main():
             if s3_env():
                 trial_s3(work, "freeze")
                 trial_s3(work, "restart")
+                trial_s3_big_output(work)
             else:
                 record("s3", False, "no S3 test server in the environment")
         if "disk" in args.only:
