@@ -28,7 +28,10 @@ fn journal_segments(dest: &Path) -> usize {
         .ok()
         .and_then(|mut jobs| jobs.next())
         .and_then(|job| std::fs::read_dir(job.unwrap().path().join("shards")).ok())
-        .map(|segments| segments.count())
+        // a segment being written is a temporary file until it is renamed into place
+        .map(|segments| {
+            segments.filter(|s| s.as_ref().is_ok_and(|s| s.file_name().to_string_lossy().ends_with(".jsonl"))).count()
+        })
         .unwrap_or(0)
 }
 
