@@ -410,3 +410,12 @@ fn progress_line(tally: &Tally, rate: f64) -> String {
         eta
     )
 }
+
+/// "1 attempt", "3 attempts".
+pub fn attempts_phrase(attempts: u32) -> String {
+    if attempts == 1 {
+        "1 attempt".to_string()
+    } else {
+        format!("{attempts} attempts")
+    }
+}

@@ -132,10 +132,10 @@ pub async fn status(args: StatusArgs) -> Result<u8, Failure> {
     );
     for record in failures {
         println!(
-            "  failed {:05}: {} after {} attempts (log: {})",
+            "  failed {:05} after {}: {} (log: {})",
             record.shard,
+            crate::report::attempts_phrase(record.attempts),
             record.error.as_deref().unwrap_or(&record.outcome),
-            record.attempts,
             storage.root().join(&manifest.log_key(record.shard))
         );
     }

@@ -308,9 +308,9 @@ async fn execute(
         }
         for failure in summary.failures.iter().take(5) {
             eprintln!(
-                "fanout: shard {:05} failed after {} attempts: {} (log: {})",
+                "fanout: shard {:05} failed after {}: {} (log: {})",
                 failure.shard,
-                failure.attempts,
+                report::attempts_phrase(failure.attempts),
                 failure.error,
                 manifest.storage().root().join(&manifest.log_key(failure.shard))
             );

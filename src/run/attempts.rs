@@ -238,14 +238,25 @@ impl Coordinator {
             }
             _ => return self.attempt_failed(done.shard, Some((info, running)), outcome),
         };
+        let stdout_key = flight.shard.record_extension().map(|ext| format!("part-{:05}{ext}", done.shard));
+        let keys = files.iter().map(|file| file.key.as_str()).chain(stdout_key.as_deref());
+        let taken = keys.clone().find_map(|key| {
+            let owner = *self.output_owners.get(&super::output_key_hash(key))?;
+            (owner != done.shard).then(|| format!("output {key} is also an output of shard {owner:05}: shards must write distinct paths, and this one publishes nothing"))
+        });
+        if let Some(taken) = taken {
+            return self.attempt_failed(done.shard, Some((info, running)), Outcome::Error(taken));
+        }
+        for key in keys {
+            self.output_owners.insert(super::output_key_hash(key), done.shard);
+        }
         // This attempt won: any other attempt of the shard is cancelled and publishes nothing.
         flight.won = true;
         for other in &mut flight.running {
             other.cancelled = Some(Cancelled::LostRace);
             other.token.cancel();
         }
-        let stdout_object =
-            flight.shard.record_extension().map(|ext| (format!("part-{:05}{ext}", done.shard), info.stdout.clone()));
+        let stdout_object = stdout_key.map(|key| (key, info.stdout.clone()));
         flight.history.push(info);
         let record = record::build_record(flight, true, self.run);
         let shard = done.shard;

@@ -201,6 +201,17 @@ struct Coordinator {
     map_start: Option<(Instant, Duration)>,
     map_end: Option<Instant>,
     fatal: Option<String>,
+    /// Which shard published each output key (by hash), so that no shard silently
+    /// overwrites another's output: two shards writing `photo.jpg` is a failure, not a race.
+    output_owners: HashMap<u64, u64>,
+}
+
+/// The hash under which an output key is claimed in `Coordinator::output_owners`.
+fn output_key_hash(key: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// CPU time (user + system) this process has used so far.
@@ -228,6 +239,13 @@ pub async fn execute(spec: RunSpec) -> Result<RunResult, RunError> {
     let capacity = (spec.job.workers.max * 4).max(16);
     let run = spec.prior.next_run;
     let mut shards = spec.shards;
+    let output_owners: HashMap<u64, u64> = spec
+        .prior
+        .latest
+        .values()
+        .filter(|record| record.status == ShardStatus::Ok)
+        .flat_map(|record| record.outputs.iter().map(|key| (output_key_hash(key), record.shard)))
+        .collect();
     let mut coordinator = Coordinator {
         manifest: spec.manifest,
         source: spec.source,
@@ -264,6 +282,7 @@ pub async fn execute(spec: RunSpec) -> Result<RunResult, RunError> {
         map_start: None,
         map_end: None,
         fatal: None,
+        output_owners,
         job: spec.job,
     };
     let mut journal_tick = tokio::time::interval(JOURNAL_INTERVAL);

@@ -5,6 +5,7 @@
 use super::{InFlight, LOG_CAP};
 use crate::manifest::{timestamp, Manifest, ShardRecord, ShardStatus};
 use crate::runtime::capture::Kept;
+use crate::runtime::Outcome;
 use bytes::Bytes;
 
 /// The commit record of a shard whose final attempt is the last in its history; outputs
@@ -24,11 +25,40 @@ pub(super) fn build_record(flight: &InFlight, ok: bool, run: u32) -> ShardRecord
         bytes_out: 0,
         worker: last.worker,
         cold_start: last.cold_start,
-        error: (!ok).then(|| last.outcome.to_string()),
+        error: (!ok).then(|| failure_text(last)),
         outputs: Vec::new(),
         run,
         backup: last.backup,
     }
+}
+
+/// What a failed attempt's record says: the outcome, and for a guest that exited or
+/// trapped, the last thing it said on stderr, so that `report.csv` and `fanout status` show
+/// why ("exit code 1: photo.jpg: not a readable image") without opening the log.
+fn failure_text(attempt: &super::attempts::AttemptInfo) -> String {
+    let outcome = attempt.outcome.to_string();
+    let guest_failed = matches!(attempt.outcome, Outcome::Exit(_) | Outcome::Trap(_));
+    match attempt.stderr.as_ref().filter(|_| guest_failed).and_then(last_words) {
+        Some(words) => format!("{outcome}: {words}"),
+        None => outcome,
+    }
+}
+
+/// The last meaningful line of an in-memory capture (Rust's backtrace hint skipped),
+/// cut to `SAID_CAP` characters; a capture spilled to disk is left to the log.
+fn last_words(stderr: &Kept) -> Option<String> {
+    const SAID_CAP: usize = 200;
+    let Kept::Memory(text) = stderr else { return None };
+    let text = String::from_utf8_lossy(text);
+    let line = text
+        .lines()
+        .map(str::trim)
+        .rfind(|line| !line.is_empty() && !line.starts_with("note: run with `RUST_BACKTRACE"))?;
+    let mut words: String = line.chars().filter(|c| !c.is_control()).take(SAID_CAP).collect();
+    if line.chars().count() > SAID_CAP {
+        words.push('…');
+    }
+    Some(words)
 }
 
 /// A log is stored when there is something to read: a failure, a retry, or guest output.
