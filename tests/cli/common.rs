@@ -196,3 +196,14 @@ pub fn boto3_download(prefix: &str, dir: &Path) -> Vec<String> {
     );
     listed.lines().map(str::to_string).collect()
 }
+
+/// Each shard's first input key, by shard id as `report.csv` writes it, from the stored plan.
+pub fn keys_by_shard(job: &Path) -> BTreeMap<String, String> {
+    let plan = std::fs::read_to_string(job.join("plan/000000.jsonl")).unwrap();
+    plan.lines()
+        .map(|line| {
+            let shard: serde_json::Value = serde_json::from_str(line).unwrap();
+            (shard["id"].to_string(), shard["objects"][0]["key"].as_str().unwrap().to_string())
+        })
+        .collect()
+}

@@ -193,3 +193,90 @@ fn workers_scale_to_zero_between_retries_and_cold_start_again() {
     assert_eq!(rows[0]["cold_start"], "true");
     assert_eq!(std::fs::read_to_string(work.path().join("out/flaky.ok")).unwrap(), "passed on attempt 2\n");
 }
+
+/// A JPEG whose EXIF says "rotate 90° clockwise to display" (orientation 6), as phones write.
+fn jpeg_with_orientation_6(image: &image::RgbImage) -> Vec<u8> {
+    let mut plain = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut plain, 90).encode_image(image).unwrap();
+    // APP1: "Exif\0\0", a big-endian TIFF header, one IFD entry: 0x0112 SHORT 1 = 6.
+    let tiff: [u8; 26] = [b'M', b'M', 0, 42, 0, 0, 0, 8, 0, 1, 0x01, 0x12, 0, 3, 0, 0, 0, 1, 0, 6, 0, 0, 0, 0, 0, 0];
+    let mut app1 = vec![0xFF, 0xE1];
+    app1.extend_from_slice(&((2 + 6 + tiff.len()) as u16).to_be_bytes());
+    app1.extend_from_slice(b"Exif\0\0");
+    app1.extend_from_slice(&tiff);
+    let mut jpeg = plain[..2].to_vec(); // SOI
+    jpeg.extend_from_slice(&app1);
+    jpeg.extend_from_slice(&plain[2..]);
+    jpeg
+}
+
+#[test]
+fn thumbnails_of_awkward_images_are_upright_and_colliding_outputs_are_refused() {
+    use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
+    let work = tempfile::tempdir().unwrap();
+    let input = work.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    // Left half red, right half blue: after a quarter turn clockwise, red is on top.
+    let halves = RgbImage::from_fn(600, 400, |x, _| if x < 300 { Rgb([220, 20, 20]) } else { Rgb([20, 20, 220]) });
+    std::fs::write(input.join("sideways.jpg"), jpeg_with_orientation_6(&halves)).unwrap();
+    let green = DynamicImage::ImageRgb8(RgbImage::from_pixel(500, 300, Rgb([30, 200, 40])));
+    for (name, format, image) in [
+        ("green.gif", ImageFormat::Gif, green.clone()),
+        ("green.webp", ImageFormat::WebP, green.clone()),
+        ("green.bmp", ImageFormat::Bmp, green.clone()),
+        ("green.tiff", ImageFormat::Tiff, green.clone()),
+        ("alpha.png", ImageFormat::Png, DynamicImage::ImageRgba8(green.to_rgba8())),
+        ("deep.png", ImageFormat::Png, DynamicImage::ImageLuma16(green.to_luma16())),
+        // The same name with another extension: both thumbnails would be twin.jpg.
+        ("twin.png", ImageFormat::Png, green.clone()),
+        ("twin.jpg", ImageFormat::Jpeg, green.clone()),
+    ] {
+        image.save_with_format(input.join(name), format).unwrap();
+    }
+    std::fs::write(input.join("notes.jpg"), "not a picture").unwrap();
+    let dest = work.path().join("out");
+    let wasm = function("thumbnail");
+    let ran = run_in(
+        work.path(),
+        &["run", "--input", "in", "--function", wasm.to_str().unwrap(), "--output", "out", "--attempts", "1"],
+    );
+    ran.assert_code(1);
+
+    let sideways = image::open(dest.join("sideways.jpg")).unwrap().to_rgb8();
+    assert_eq!(sideways.dimensions(), (171, 256), "turned upright as its EXIF says");
+    let (top, bottom) = (sideways.get_pixel(85, 20), sideways.get_pixel(85, 235));
+    assert!(top[0] > 150 && top[2] < 100, "red on top after the turn: {top:?}");
+    assert!(bottom[2] > 150 && bottom[0] < 100, "blue below: {bottom:?}");
+    for name in ["green", "alpha", "deep"] {
+        let thumb = image::open(dest.join(format!("{name}.jpg"))).unwrap().to_rgb8();
+        assert_eq!(thumb.dimensions(), (256, 154), "{name}");
+        let centre = thumb.get_pixel(128, 77);
+        if name != "deep" {
+            assert!(centre[1] > 150 && centre[0] < 80 && centre[2] < 90, "{name}: {centre:?}");
+        }
+    }
+
+    let job = job_dir(&dest);
+    let rows = report(&job);
+    let keys = keys_by_shard(&job);
+    let row = |key: &str| rows.iter().find(|r| keys[&r["shard"]] == key).unwrap_or_else(|| panic!("{key}"));
+    assert!(row("notes.jpg")["error"].starts_with("exit code 1: thumbnail: notes.jpg: not a readable image"));
+    // green.{gif,webp,bmp,tiff} and twin.{png,jpg} each make one name: one of each wins, and
+    // the others fail, naming the shard that holds the name, and publish nothing.
+    let refused: Vec<_> = rows.iter().filter(|r| r["error"].contains("is also an output of shard")).collect();
+    assert_eq!(refused.len(), 3 + 1, "{rows:?}");
+    assert_eq!(rows.iter().filter(|r| r["status"] == "ok").count(), rows.len() - 4 - 1);
+    for r in &refused {
+        assert_eq!(r["status"], "failed");
+        let owner = r["error"].split("shard ").nth(1).unwrap()[..5].to_string();
+        let owner_row = rows.iter().find(|o| format!("{:05}", o["shard"].parse::<u64>().unwrap()) == owner).unwrap();
+        assert_eq!(owner_row["status"], "ok", "the named shard published the name");
+    }
+    image::open(dest.join("twin.jpg")).unwrap();
+
+    // A redrive keeps the rule: the name belongs to the shard that committed it.
+    let ran = run_in(work.path(), &["redrive", "out"]);
+    ran.assert_code(1);
+    let rows = report(&job);
+    assert_eq!(rows.iter().filter(|r| r["error"].contains("is also an output of shard")).count(), 4);
+}

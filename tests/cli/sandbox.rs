@@ -8,17 +8,6 @@ use std::path::Path;
 const HOST_SECRET: &str = "s3cr3t-host-value-7f3a";
 const AWS_SECRET: &str = "wJalrXUtnFEMI-test-secret-9c1e";
 
-/// shard id -> the input key, from the stored plan.
-fn keys_by_shard(job: &Path) -> BTreeMap<String, String> {
-    let plan = std::fs::read_to_string(job.join("plan/000000.jsonl")).unwrap();
-    plan.lines()
-        .map(|line| {
-            let shard: serde_json::Value = serde_json::from_str(line).unwrap();
-            (shard["id"].to_string(), shard["objects"][0]["key"].as_str().unwrap().to_string())
-        })
-        .collect()
-}
-
 fn hostile_inputs(dir: &Path) {
     write_files(
         dir,
@@ -76,14 +65,15 @@ fn hostile_guests_fail_alone_and_leak_nothing() {
     }
     expect("trap", "failed", "trap");
     expect("exit3", "failed", "exit");
-    assert_eq!(rows["exit3"]["error"], "exit code 3");
+    assert!(rows["exit3"]["error"].starts_with("exit code 3"), "{:?}", rows["exit3"]);
     expect("loop", "failed", "timeout");
     expect("sleep", "failed", "timeout");
     expect("alloc", "failed", "oom");
     // The probes exit with their own codes when the sandbox holds (0 only on a leak).
     for (key, code) in [("passwd", 42), ("dotdot", 43), ("env", 44), ("awsenv", 44)] {
         expect(key, "failed", "exit");
-        assert_eq!(rows[key]["error"], format!("exit code {code}"), "{key}");
+        // The error carries the probe's last words ("denied /etc/passwd: ..."), never the host's.
+        assert!(rows[key]["error"].starts_with(&format!("exit code {code}: ")), "{key}: {:?}", rows[key]);
     }
     // A planted symlink fails the shard at publishing; nothing of that attempt is published.
     expect("symlink", "failed", "error");

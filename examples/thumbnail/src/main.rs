@@ -1,6 +1,7 @@
-//! A fanout function: for every image under /in (JPEG or PNG), a JPEG thumbnail under /out
-//! at the same relative path with a `.jpg` extension, resized so that its longest side is
-//! `--max-side` pixels, aspect ratio kept.
+//! A fanout function: for every image under /in (JPEG, PNG, GIF, WebP, BMP or TIFF), a JPEG
+//! thumbnail under /out at the same relative path with a `.jpg` extension, turned upright
+//! as its EXIF orientation says, resized so that its longest side is `--max-side` pixels,
+//! aspect ratio kept.
 //!
 //! Usage: thumbnail [--max-side N] [--quality Q] [--in DIR] [--out DIR] [--verbose] [FILE...]
 //! Quality defaults to $QUALITY, else 80. FILEs (relative to --in) limit the work to those
@@ -8,7 +9,7 @@
 
 use image::codecs::jpeg::JpegEncoder;
 use image::imageops::FilterType;
-use image::{GenericImageView, ImageReader};
+use image::{DynamicImage, GenericImageView, ImageDecoder, ImageReader};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -80,11 +81,16 @@ fn fit(width: u32, height: u32, max_side: u32) -> (u32, u32) {
 
 fn thumbnail(options: &Options, relative: &Path) -> Result<(), String> {
     let source = options.input.join(relative);
-    let image = ImageReader::open(&source)
+    let unreadable = |e: image::ImageError| format!("{}: not a readable image: {e}", relative.display());
+    let mut decoder = ImageReader::open(&source)
         .and_then(|r| r.with_guessed_format())
         .map_err(|e| format!("{}: {e}", relative.display()))?
-        .decode()
-        .map_err(|e| format!("{}: not a readable image: {e}", relative.display()))?;
+        .into_decoder()
+        .map_err(unreadable)?;
+    // Phones store photos sideways and say so in EXIF; a thumbnail should look as the photo does.
+    let orientation = decoder.orientation().map_err(unreadable)?;
+    let mut image = DynamicImage::from_decoder(decoder).map_err(unreadable)?;
+    image.apply_orientation(orientation);
     let (width, height) = image.dimensions();
     let (new_width, new_height) = fit(width, height, options.max_side);
     let small = image.resize_exact(new_width, new_height, FilterType::Triangle).to_rgb8();
