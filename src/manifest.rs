@@ -291,7 +291,12 @@ fn parse_jsonl<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Manifes
 /// The jobs in a DEST, oldest first (by their creation time).
 pub async fn list_jobs(storage: &DynStorage) -> ManifestResult<Vec<JobDocument>> {
     let mut documents = Vec::new();
-    for job_id in storage.list_dirs(&format!("{FANOUT_DIR}/")).await? {
+    let job_ids = match storage.list_dirs(&format!("{FANOUT_DIR}/")).await {
+        // A DEST that does not exist holds no job, which the caller says in its own words.
+        Err(e) if e.is_not_found() => Vec::new(),
+        listed => listed?,
+    };
+    for job_id in job_ids {
         match Manifest::new(storage.clone(), &job_id).read_job().await {
             Ok(document) => documents.push(document),
             // A folder without job.json is a job killed before it wrote anything.

@@ -54,18 +54,21 @@ pub async fn plan(args: PlanArgs) -> Result<u8, Failure> {
     Ok(EXIT_OK)
 }
 
-async fn open_job(
+/// Opens DEST and finds the job named (or the latest): a usage error when there is none.
+pub(super) async fn open_job(
     dest: &str,
     job_id: Option<&str>,
     options: &storage::StorageOptions,
 ) -> Result<(DynStorage, JobDocument), Failure> {
     let location = Location::parse(dest).map_err(usage)?;
     let storage = storage::open(&location, options).await.map_err(usage)?;
-    storage.check(false).await.map_err(usage)?;
-    let document = manifest::find_job(&storage, job_id, None)
-        .await
-        .map_err(usage)?
-        .ok_or_else(|| usage(manifest::ManifestError::NoJobs { dest: location.to_string() }))?;
+    let no_jobs = || usage(manifest::ManifestError::NoJobs { dest: location.to_string() });
+    match storage.check(false).await {
+        // A folder that is not there holds no job: say that, not "no such object".
+        Err(e) if e.is_not_found() => return Err(no_jobs()),
+        checked => checked.map_err(usage)?,
+    }
+    let document = manifest::find_job(&storage, job_id, None).await.map_err(usage)?.ok_or_else(no_jobs)?;
     Ok((storage, document))
 }
 

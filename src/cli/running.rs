@@ -88,13 +88,7 @@ pub async fn redrive(args: RedriveArgs) -> Result<u8, Failure> {
     let quiet = args.output.quiet || args.output.json;
     let grace = crate::units::parse_duration(&args.grace).map_err(|m| usage(anyhow!("--grace: {m}")))?;
     let options = args.storage.options();
-    let dest_location = Location::parse(&args.dest).map_err(usage)?;
-    let dest = storage::open(&dest_location, &options).await.map_err(usage)?;
-    dest.check(false).await.map_err(usage)?;
-    let document = manifest::find_job(&dest, args.job_id.as_deref(), None)
-        .await
-        .map_err(usage)?
-        .ok_or_else(|| usage(manifest::ManifestError::NoJobs { dest: dest_location.to_string() }))?;
+    let (_, document) = super::inspect::open_job(&args.dest, args.job_id.as_deref(), &options).await?;
     let job = document.job.clone();
     let opened = open_everything(&job, &Origins::default(), &options, quiet).await?;
     if opened.load.sha256 != document.function.sha256 {

@@ -137,4 +137,15 @@ fn redrive_runs_only_the_failed_shards_with_new_attempt_numbers() {
 
     let text = run_in(work.path(), &["status", "out"]);
     assert!(text.stdout.contains("3 shards: 3 done, 0 failed, 0 pending"), "{}", text.stdout);
+
+    // A DEST with no job, or no DEST at all: the same plain answer from every command.
+    std::fs::create_dir(work.path().join("empty")).unwrap();
+    for dest in ["empty", "not-there"] {
+        for command in ["status", "report", "redrive"] {
+            let ran = run_in(work.path(), &[command, dest]);
+            ran.assert_code(2);
+            assert!(ran.stderr.contains(&format!("{dest}: no fanout job found")), "{command} {dest}: {}", ran.stderr);
+        }
+    }
+    assert!(!work.path().join("not-there").exists(), "looking writes nothing");
 }
