@@ -258,7 +258,7 @@ impl Coordinator {
         }
         let stdout_object = stdout_key.map(|key| (key, info.stdout.clone()));
         flight.history.push(info);
-        let record = record::build_record(flight, true, self.run);
+        let record = record::build_record(flight, true, self.run, &self.job.function);
         let shard = done.shard;
         let backup_dir = running.backup.then(|| running.out_dir.clone());
         if files.is_empty() && stdout_object.is_none() && !record::needs_log(flight, true) {
@@ -400,7 +400,7 @@ impl Coordinator {
     /// The shard failed for good: store its log, empty its slot, record the failure.
     pub(super) fn finalize_failed(&mut self, shard: u64) {
         let Some(flight) = self.in_flight.get(&shard) else { return };
-        let record = record::build_record(flight, false, self.run);
+        let record = record::build_record(flight, false, self.run, &self.job.function);
         let log = record::compose_log(flight);
         let (manifest, tx) = (self.manifest.clone(), self.msg_tx.clone());
         let slot =

@@ -3,14 +3,16 @@
 //! through the manifest, nothing else.
 
 use super::{InFlight, LOG_CAP};
+use crate::job::Function;
 use crate::manifest::{timestamp, Manifest, ShardRecord, ShardStatus};
 use crate::runtime::capture::Kept;
 use crate::runtime::Outcome;
+use crate::units::{format_duration, format_size};
 use bytes::Bytes;
 
 /// The commit record of a shard whose final attempt is the last in its history; outputs
 /// and bytes out are filled in once they are stored.
-pub(super) fn build_record(flight: &InFlight, ok: bool, run: u32) -> ShardRecord {
+pub(super) fn build_record(flight: &InFlight, ok: bool, run: u32, function: &Function) -> ShardRecord {
     let last = flight.history.last().expect("a finished shard had an attempt");
     ShardRecord {
         shard: flight.shard.id,
@@ -25,22 +27,33 @@ pub(super) fn build_record(flight: &InFlight, ok: bool, run: u32) -> ShardRecord
         bytes_out: 0,
         worker: last.worker,
         cold_start: last.cold_start,
-        error: (!ok).then(|| failure_text(last)),
+        error: (!ok).then(|| failure_text(last, function)),
         outputs: Vec::new(),
         run,
         backup: last.backup,
     }
 }
 
-/// What a failed attempt's record says: the outcome, and for a guest that exited or
-/// trapped, the last thing it said on stderr, so that `report.csv` and `fanout status` show
-/// why ("exit code 1: photo.jpg: not a readable image") without opening the log.
-fn failure_text(attempt: &super::attempts::AttemptInfo) -> String {
+/// What a failed attempt's record says: the outcome; for a guest that exited or trapped,
+/// the last thing it said on stderr, so that `report.csv` and `fanout status` show why
+/// ("exit code 1: photo.jpg: not a readable image") without opening the log; for a limit
+/// hit, the limit and the field that sets it.
+fn failure_text(attempt: &super::attempts::AttemptInfo, function: &Function) -> String {
     let outcome = attempt.outcome.to_string();
-    let guest_failed = matches!(attempt.outcome, Outcome::Exit(_) | Outcome::Trap(_));
-    match attempt.stderr.as_ref().filter(|_| guest_failed).and_then(last_words) {
-        Some(words) => format!("{outcome}: {words}"),
-        None => outcome,
+    match &attempt.outcome {
+        Outcome::Exit(_) | Outcome::Trap(_) => match attempt.stderr.as_ref().and_then(last_words) {
+            Some(words) => format!("{outcome}: {words}"),
+            None => outcome,
+        },
+        Outcome::OutOfMemory => format!("{outcome} (function.memory is {})", format_size(function.memory_bytes)),
+        Outcome::Timeout => match function.relative_timeout_percent {
+            Some(percent) => format!(
+                "{outcome} (function.timeout is {percent}% of the median shard, at most {})",
+                format_duration(function.timeout())
+            ),
+            None => format!("{outcome} (function.timeout is {})", format_duration(function.timeout())),
+        },
+        _ => outcome,
     }
 }
 

@@ -69,6 +69,9 @@ fn hostile_guests_fail_alone_and_leak_nothing() {
     expect("loop", "failed", "timeout");
     expect("sleep", "failed", "timeout");
     expect("alloc", "failed", "oom");
+    // A limit hit names the limit and the field that sets it.
+    assert_eq!(rows["alloc"]["error"], "out of memory (function.memory is 64MiB)");
+    assert_eq!(rows["loop"]["error"], "timeout (function.timeout is 1s)");
     // The probes exit with their own codes when the sandbox holds (0 only on a leak).
     for (key, code) in [("passwd", 42), ("dotdot", 43), ("env", 44), ("awsenv", 44)] {
         expect(key, "failed", "exit");

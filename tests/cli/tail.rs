@@ -78,5 +78,9 @@ fn a_relative_timeout_stops_what_runs_far_longer_than_the_median() {
     let rows = report(&job_dir(&work.path().join("out")));
     let looping = rows.last().unwrap();
     assert_eq!((looping["status"].as_str(), looping["outcome"].as_str()), ("failed", "timeout"), "{looping:?}");
+    assert!(
+        looping["error"].starts_with("timeout (function.timeout is 300% of the median shard, at most "),
+        "{looping:?}"
+    );
     assert_eq!(rows.iter().filter(|r| r["status"] == "ok").count(), 12);
 }
