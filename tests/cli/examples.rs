@@ -233,6 +233,13 @@ fn thumbnails_of_awkward_images_are_upright_and_colliding_outputs_are_refused() 
     ] {
         image.save_with_format(input.join(name), format).unwrap();
     }
+    // A photo-sized JPEG, which the function decodes shrunk by its DCT (1/8 here): the
+    // thumbnail must still be the picture.
+    let photo = RgbImage::from_fn(2400, 1600, |x, y| {
+        let ring = (((x as f64 - 1200.0).hypot(y as f64 - 800.0) / 90.0).sin() * 100.0 + 120.0) as u8;
+        Rgb([(x / 10) as u8, ring, (y / 7) as u8])
+    });
+    DynamicImage::ImageRgb8(photo.clone()).save_with_format(input.join("photo.jpg"), ImageFormat::Jpeg).unwrap();
     std::fs::write(input.join("notes.jpg"), "not a picture").unwrap();
     let dest = work.path().join("out");
     let wasm = function("thumbnail");
@@ -255,6 +262,17 @@ fn thumbnails_of_awkward_images_are_upright_and_colliding_outputs_are_refused() 
             assert!(centre[1] > 150 && centre[0] < 80 && centre[2] < 90, "{name}: {centre:?}");
         }
     }
+
+    let thumb = image::open(dest.join("photo.jpg")).unwrap().to_rgb8();
+    assert_eq!(thumb.dimensions(), (256, 171));
+    let reference = image::imageops::resize(&photo, 256, 171, image::imageops::FilterType::Triangle);
+    let diff = reference
+        .pixels()
+        .zip(thumb.pixels())
+        .map(|(a, b)| (0..3).map(|i| a[i].abs_diff(b[i]) as u64).sum::<u64>())
+        .sum::<u64>() as f64
+        / (256 * 171 * 3) as f64;
+    assert!(diff < 8.0, "photo.jpg: mean difference {diff} from a full-size resize");
 
     let job = job_dir(&dest);
     let rows = report(&job);
