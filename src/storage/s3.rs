@@ -531,35 +531,14 @@ impl Storage for S3Storage {
             Err(e) => return Err(self.classify("GetObject", key, e)),
         };
         let write_error = |e: std::io::Error| StorageError::Io { location: target.display().to_string(), source: e };
-        let file = std::sync::Arc::new(
-            std::fs::OpenOptions::new().create(true).append(true).open(target).map_err(write_error)?,
-        );
-        // Written in pieces of about 1 MiB as they arrive: memory stays flat for any range.
-        let mut body = object.body;
-        let mut pending = Vec::with_capacity(1 << 20);
-        let mut written = 0u64;
-        loop {
-            let chunk = body.try_next().await.map_err(|e| StorageError::Service {
-                location: self.url(key),
-                operation: "GetObject",
-                message: e.to_string(),
-            })?;
-            let done = chunk.is_none();
-            if let Some(chunk) = chunk {
-                pending.extend_from_slice(&chunk);
-            }
-            if pending.len() >= (1 << 20) || (done && !pending.is_empty()) {
-                let (file, data) = (file.clone(), std::mem::replace(&mut pending, Vec::with_capacity(1 << 20)));
-                written += data.len() as u64;
-                tokio::task::spawn_blocking(move || std::io::Write::write_all(&mut &*file, &data))
-                    .await
-                    .expect("a blocking write does not panic")
-                    .map_err(write_error)?;
-            }
-            if done {
-                return Ok(written);
-            }
-        }
+        // Not O_APPEND: positioned writes at the end, so the same streaming code serves both.
+        let file = std::fs::OpenOptions::new().create(true).write(true).truncate(false).open(target);
+        let file = std::sync::Arc::new(file.map_err(write_error)?);
+        let end = file.metadata().map_err(write_error)?.len();
+        self.stream_into(key, object.body, &file, end, range.end - range.start).await.map_err(|e| match e {
+            StorageError::Io { location, source } if location.is_empty() => write_error(source),
+            other => other,
+        })
     }
 
     async fn put(&self, key: &str, data: Bytes) -> StorageResult<()> {
