@@ -829,10 +829,11 @@ fn shard_from_table(table: &Spanned<ShardTable>, src: &Source) -> Result<ShardRu
 mod tests {
     use super::*;
 
+    /// Resolves `text` as a job file of its own folder, removed afterwards (tests run in
+    /// parallel, so no two share a path).
     fn from_text(text: &str, overrides: &Overrides) -> Result<Job, JobError> {
-        let dir = std::env::temp_dir().join(format!("fanout-job-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("{:x}.toml", text.len() * 31 + overrides.include.len()));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.toml");
         std::fs::write(&path, text).unwrap();
         resolve(Some(&path), overrides)
     }
