@@ -151,6 +151,20 @@ impl S3Storage {
         }
     }
 
+    /// A single-request PUT of `data` at `full_key`, ready to send (or to customize first).
+    fn put_request(
+        &self,
+        full_key: &str,
+        data: Bytes,
+    ) -> aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(full_key)
+            .content_length(data.len() as i64)
+            .body(ByteStream::from(data))
+    }
+
     fn full_key(&self, key: &str) -> StorageResult<String> {
         super::validate_key(key)?;
         Ok(format!("{}{key}", self.prefix))
@@ -543,16 +557,7 @@ impl Storage for S3Storage {
 
     async fn put(&self, key: &str, data: Bytes) -> StorageResult<()> {
         let full_key = self.full_key(key)?;
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(&full_key)
-            .content_length(data.len() as i64)
-            .body(ByteStream::from(data))
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| self.classify("PutObject", key, e))
+        self.put_request(&full_key, data).send().await.map(|_| ()).map_err(|e| self.classify("PutObject", key, e))
     }
 
     async fn upload(&self, key: &str, path: &Path) -> StorageResult<u64> {
@@ -571,12 +576,7 @@ impl Storage for S3Storage {
             .await
             .expect("a blocking read does not panic")
             .map_err(io_error)?;
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(&full_key)
-            .content_length(data.len() as i64)
-            .body(ByteStream::from(data))
+        self.put_request(&full_key, Bytes::from(data))
             .customize()
             .disable_payload_signing()
             .send()
