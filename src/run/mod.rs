@@ -344,7 +344,7 @@ impl Coordinator {
                     }
                 }
                 if self.slots.is_none() {
-                    match stage::make_slots(&self.staging_root, self.capacity).await {
+                    match stage::make_slots(&self.staging_root, self.capacity, STAGING_BUDGET).await {
                         Ok(slots) => self.slots = Some(slots),
                         Err(e) => {
                             self.fatal = Some(e);

@@ -94,9 +94,10 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// Bytes `range.start..range.end` of the object (the end is clipped to the size).
     async fn get_range(&self, key: &str, range: Range<u64>) -> StorageResult<Bytes>;
 
-    /// Streams the object into a new local file at `path` (whose parent exists); returns
-    /// the size. The file may be a hard link to the object on a local backend, so callers
-    /// must treat it as read-only.
+    /// Streams the object into the local file at `path` (whose parent exists); returns the
+    /// size. A remote backend overwrites a file already there in place, keeping its cached
+    /// pages (staging's spares); a local backend needs `path` to be new, since the file may
+    /// be a hard link to the object, which callers must then treat as read-only.
     async fn download(&self, key: &str, path: &Path) -> StorageResult<u64>;
 
     /// Appends bytes `range` of the object to the local file at `path` (created if missing),

@@ -488,17 +488,25 @@ impl Storage for S3Storage {
             }
             Err(e) => return Err(e),
         };
+        // A file already at `target` is overwritten in place, not truncated first: its
+        // cached pages are cheaper to write than new ones (see stage's spares).
+        let open = |target: &Path| std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(target);
         if total <= RANGE_SIZE {
             let data = first.body.collect().await.map_err(|e| read_error(&e))?.into_bytes();
             let length = data.len() as u64;
             let target_path = target.to_path_buf();
-            tokio::task::spawn_blocking(move || std::fs::write(&target_path, &data))
-                .await
-                .expect("a blocking write does not panic")
-                .map_err(write_error)?;
+            tokio::task::spawn_blocking(move || {
+                use std::os::unix::fs::FileExt;
+                let file = open(&target_path)?;
+                file.write_all_at(&data, 0)?;
+                file.set_len(length)
+            })
+            .await
+            .expect("a blocking write does not panic")
+            .map_err(write_error)?;
             return Ok(length);
         }
-        let file = std::sync::Arc::new(std::fs::File::create(target).map_err(write_error)?);
+        let file = std::sync::Arc::new(open(target).map_err(write_error)?);
         file.set_len(total).map_err(write_error)?;
         let first_part = self.stream_into(key, first.body, &file, 0, RANGE_SIZE);
         let parts = total.div_ceil(RANGE_SIZE);

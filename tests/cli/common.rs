@@ -52,7 +52,11 @@ pub fn function(name: &str) -> PathBuf {
     if let Some(path) = built.get(name) {
         return path.clone();
     }
-    let dir = if name == "noop" { repo().join("bench").join(name) } else { repo().join("examples").join(name) };
+    let dir = if name == "noop" || name == "copy" {
+        repo().join("bench").join(name)
+    } else {
+        repo().join("examples").join(name)
+    };
     let path = fanout::function::build_crate(&dir, true).unwrap_or_else(|e| panic!("building {name}: {e}"));
     built.insert(name.to_string(), path.clone());
     path

@@ -59,6 +59,61 @@ fn thumbnail_job_from_s3_to_s3_read_back_by_boto3() {
 }
 
 #[test]
+fn copy_through_s3_returns_every_byte_whatever_the_order_of_sizes() {
+    let Some(s3) = s3() else { return };
+    // Downloads overwrite the files of earlier, bigger or smaller inputs in place (staging's
+    // spares, reused once more shards than the 16 staging slots have run), and objects
+    // above 16 MiB arrive in parallel ranges: each output must still be exactly its input,
+    // no byte of another object left at its end.
+    let mut sizes: Vec<usize> = (0..30).map(|i| (1 << 20) + (i * 7919 % 5) * (700 << 10) + i * 13).collect();
+    sizes[20] = (17 << 20) + 3;
+    sizes[25] = 300 << 10;
+    let source = tempfile::tempdir().unwrap();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for (i, size) in sizes.iter().enumerate() {
+        let bytes: Vec<u8> = (0..*size)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        std::fs::write(source.path().join(format!("o{i:02}.bin")), bytes).unwrap();
+    }
+    let prefix = unique_prefix("copy-through");
+    boto3_upload(source.path(), &format!("{prefix}src/"));
+    let wasm = function("copy");
+    let ran = run_in(
+        &repo(),
+        &[
+            "run",
+            "--input",
+            &s3_url(&s3, &format!("{prefix}src/")),
+            "--function",
+            wasm.to_str().unwrap(),
+            "--output",
+            &s3_url(&s3, &format!("{prefix}out/")),
+            "--max-workers",
+            "1",
+            "--json",
+        ],
+    );
+    ran.assert_code(0);
+    let summary: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    assert_eq!(summary["shards"]["ok"], sizes.len());
+    let back = tempfile::tempdir().unwrap();
+    boto3_download(&format!("{prefix}out/"), back.path());
+    for i in 0..sizes.len() {
+        let name = format!("o{i:02}.bin");
+        let original = std::fs::read(source.path().join(&name)).unwrap();
+        let copied = std::fs::read(back.path().join(&name)).unwrap();
+        assert_eq!(copied.len(), original.len(), "{name}");
+        assert!(copied == original, "{name} differs from its input");
+    }
+}
+
+#[test]
 fn s3_problems_are_one_line_errors_before_any_work() {
     let Some(s3) = s3() else { return };
     let work = tempfile::tempdir().unwrap();
