@@ -274,36 +274,39 @@ pub async fn stage(source: &DynStorage, shard: &Shard, slot: &mut Slot) -> Resul
             let mut prepared = slot.clone();
             let work_items = items.clone();
             let sizes: Vec<u64> = objects.iter().map(|o| o.size).collect();
-            let result = blocking(move || -> Result<Slot, String> {
+            // The cleaned slot comes back even when preparing fails, so that the spares it
+            // made are neither lost nor counted twice.
+            let (cleaned, result) = blocking(move || {
                 prepared.clean();
-                for folder in &dirs {
-                    std::fs::create_dir_all(folder)
-                        .map_err(|e| format!("staging: cannot create {}: {e}", folder.display()))?;
-                }
-                match local_root {
-                    Some(root) => {
-                        for (key, target) in &work_items {
-                            let from = root.join(key);
-                            crate::storage::local::link_or_copy(&from, target)
-                                .map_err(|e| format!("staging input {}: {e}", from.display()))?;
+                let result = (|| -> Result<(), String> {
+                    for folder in &dirs {
+                        std::fs::create_dir_all(folder)
+                            .map_err(|e| format!("staging: cannot create {}: {e}", folder.display()))?;
+                    }
+                    match local_root {
+                        Some(root) => {
+                            for (key, target) in &work_items {
+                                let from = root.join(key);
+                                crate::storage::local::link_or_copy(&from, target)
+                                    .map_err(|e| format!("staging input {}: {e}", from.display()))?;
+                            }
+                        }
+                        None => {
+                            for ((_, target), size) in work_items.iter().zip(sizes) {
+                                prepared.place_spare(target, size);
+                            }
                         }
                     }
-                    None => {
-                        for ((_, target), size) in work_items.iter().zip(sizes) {
-                            prepared.place_spare(target, size);
-                        }
-                    }
-                }
-                Ok(prepared)
+                    Ok(())
+                })();
+                (prepared, result)
             })
             .await;
-            match result {
-                Ok(cleaned) => *slot = cleaned,
-                Err(e) => {
-                    // Whatever got linked before the failure is removed with the slot's next use.
-                    *slot = slot.clone().release(std::mem::take(&mut staged), Vec::new(), false, None);
-                    return Err(e);
-                }
+            *slot = cleaned;
+            if let Err(e) = result {
+                // Whatever got linked before the failure is removed with the slot's next use.
+                *slot = slot.clone().release(std::mem::take(&mut staged), Vec::new(), false, None);
+                return Err(e);
             }
             if downloaded {
                 if let Err(e) = source.download_many(items).await {
