@@ -36,10 +36,10 @@ struct Spare {
 
 /// Bytes all slots together may keep as spares, shared by the slots of one run.
 #[derive(Debug, Clone)]
-pub struct SpareAllowance(Arc<AtomicU64>);
+struct SpareAllowance(Arc<AtomicU64>);
 
 impl SpareAllowance {
-    pub fn new(bytes: u64) -> Self {
+    fn new(bytes: u64) -> Self {
         SpareAllowance(Arc::new(AtomicU64::new(bytes)))
     }
 

@@ -18,6 +18,20 @@ fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
     }
 }
 
+/// Starts `fanout run` of the misbehave function over `in/` into `out/` with two workers,
+/// its output captured; returns the child and the output folder.
+fn start_job(work: &std::path::Path) -> (std::process::Child, std::path::PathBuf) {
+    let wasm = function("misbehave");
+    let child = fanout()
+        .current_dir(work)
+        .args(["run", "--input", "in", "--function", wasm.to_str().unwrap(), "--output", "out", "--max-workers", "2"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    (child, work.join("out"))
+}
+
 fn outputs(dir: &std::path::Path) -> Vec<String> {
     tree(dir).into_keys().collect()
 }
@@ -26,15 +40,7 @@ fn outputs(dir: &std::path::Path) -> Vec<String> {
 fn first_ctrl_c_lets_running_attempts_finish_and_redrive_completes_the_job() {
     let work = tempfile::tempdir().unwrap();
     write_commands(&work.path().join("in"), "f", 30, "work 250");
-    let wasm = function("misbehave");
-    let out = work.path().join("out");
-    let child = fanout()
-        .current_dir(work.path())
-        .args(["run", "--input", "in", "--function", wasm.to_str().unwrap(), "--output", "out", "--max-workers", "2"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (child, out) = start_job(work.path());
     wait_until("the first outputs", || outputs(&out).len() >= 2);
     interrupt(&child);
     let stopped = Instant::now();
@@ -71,15 +77,7 @@ fn first_ctrl_c_lets_running_attempts_finish_and_redrive_completes_the_job() {
 fn second_ctrl_c_stops_at_once_and_publishes_nothing_half_done() {
     let work = tempfile::tempdir().unwrap();
     write_files(&work.path().join("in"), &[("a", "work 20000"), ("b", "work 20000"), ("c", "work 20000")]);
-    let wasm = function("misbehave");
-    let out = work.path().join("out");
-    let child = fanout()
-        .current_dir(work.path())
-        .args(["run", "--input", "in", "--function", wasm.to_str().unwrap(), "--output", "out", "--max-workers", "2"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (child, out) = start_job(work.path());
     wait_until("the job to start", || out.join("_fanout").exists());
     std::thread::sleep(Duration::from_millis(500));
     interrupt(&child);
