@@ -2,32 +2,37 @@
 //! invocation runs per shard on an autoscaled worker pool, and every output lands in
 //! object storage with a manifest of what happened to each shard.
 //!
-//! The modules, in the direction dependencies point:
-//! - [`cli`]: the command line and exit codes; the only place that prints errors.
-//! - [`job`]: job file + flags -> one resolved [`job::Job`] ([`units`] parses sizes/durations,
-//!   [`location`] parses addresses).
-//! - [`plan`]: the source listing -> a stream of shards.
-//! - [`run`]: the coordinator of one run: staging, dispatch, retries, publishing, commits.
-//! - [`pool`]: worker threads that scale with the backlog and exit when idle.
-//! - [`runtime`]: wasmtime: compile once (cached on disk), a fresh sandbox per invocation.
-//! - [`stage`]: inputs into a staging folder, outputs out of `/out` into DEST.
+//! The modules, each listed after every module it depends on (`scripts/check-imports
+//! --order` checks this, and that no files depend on each other in a loop):
+//! - [`location`], [`units`]: addresses (`s3://`, paths) and human sizes, durations, shares.
+//! - [`job`]: job file + flags -> one resolved job.
 //! - [`storage`]: the storage trait with the local and S3 backends.
-//! - [`manifest`]: what fanout writes under `DEST/_fanout/<job-id>/`, and reading it back.
-//! - [`report`], [`timeline`], [`events`]: progress, report.csv, summary.json, plots.
+//! - [`runtime`]: wasmtime: compile once (cached on disk), a fresh sandbox per invocation.
+//! - [`events`]: what a run reports as it goes (the coordinator and pool emit, reporters draw).
 //! - [`function`]: finding the function's bytes (a file, an object, or a crate to build).
+//! - [`plan`]: the source listing -> a stream of shards.
+//! - [`manifest`]: what fanout writes under `DEST/_fanout/<job-id>/`, and reading it back.
+//! - [`stage`]: inputs into a staging folder, outputs out of `/out` into DEST.
+//! - [`timeline`]: the SVG plot of a job's attempts.
+//! - [`pool`]: worker threads that scale with the backlog and exit when idle.
+//! - [`run`]: the coordinator of one run: staging, dispatch, retries, publishing, commits.
+//! - [`report`]: progress, report.csv, summary.json.
+//! - [`cli`]: the command line and exit codes; the only place that prints errors.
+//!
+//! Only what the binary and the integration tests use is public.
 
 pub mod cli;
-pub mod events;
+pub(crate) mod events;
 pub mod function;
-pub mod job;
+pub(crate) mod job;
 pub mod location;
-pub mod manifest;
-pub mod plan;
-pub mod pool;
-pub mod report;
-pub mod run;
-pub mod runtime;
-pub mod stage;
+pub(crate) mod manifest;
+pub(crate) mod plan;
+pub(crate) mod pool;
+pub(crate) mod report;
+pub(crate) mod run;
+pub(crate) mod runtime;
+pub(crate) mod stage;
 pub mod storage;
-pub mod timeline;
-pub mod units;
+pub(crate) mod timeline;
+pub(crate) mod units;

@@ -2,14 +2,16 @@
 //! work starts, so a wrong address is exit 2 with nothing written), start or continue the
 //! job, draw progress, and write the report and summary at the end.
 
-use super::{failed, usage, Failure, OutputFlags, RedriveArgs, RunArgs, EXIT_JOB_FAILED, EXIT_OK};
+use super::args::{OutputFlags, RedriveArgs, RunArgs};
+use super::common::{open_job, plan_failure, redrive_command};
+use super::exit::{failed, usage, Failure, EXIT_JOB_FAILED, EXIT_OK};
 use crate::events::{Event, EventSink};
 use crate::job::{self, Job, Origins};
 use crate::location::Location;
 use crate::manifest::{self, FunctionIdentity, JobDocument, Journal, Manifest, PlanState};
 use crate::plan::{self, PlanError, PlanTotals, Planned};
-use crate::report::{self, ProgressMode};
-use crate::run::{self, RunSpec, Shutdown};
+use crate::report::{self, ProgressMode, Summary};
+use crate::run::{self, RunResult, RunSetup, RunSpec, Shutdown};
 use crate::runtime::{Limits, LoadReport, Runtime};
 use crate::storage::{self, DynStorage, StorageOptions};
 use anyhow::{anyhow, Context};
@@ -19,6 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+/// Failures printed after the summary line; the rest are in `fanout status`.
+const FAILURES_SHOWN: usize = 5;
 
 /// What a job needs opened before it can run.
 struct Opened {
@@ -55,78 +60,93 @@ async fn open_everything(
     Ok(Opened { dest, source, runtime: Arc::new(runtime), load })
 }
 
-/// A planning error found before any work: exit 2, pointing at the job file's line.
-pub(super) fn plan_failure(error: PlanError, origins: &Origins) -> Failure {
-    let at = error.field().map(|field| origins.prefix(field)).unwrap_or_default();
-    usage(anyhow!("{at}{error}"))
+fn grace_of(text: &str) -> Result<Duration, Failure> {
+    crate::units::parse_duration(text).map_err(|m| usage(anyhow!("--grace: {m}")))
 }
 
-pub async fn run(args: RunArgs) -> Result<u8, Failure> {
-    let quiet = args.output.quiet || args.output.json;
-    let (job, origins) = job::resolve_with_origins(args.job.job.as_deref(), &args.job.overrides()).map_err(usage)?;
-    if args.job_id.is_some() && !args.resume {
-        return Err(usage(anyhow!("--job goes with --resume (or use `fanout redrive DEST --job ID`)")));
-    }
-    let grace = crate::units::parse_duration(&args.grace).map_err(|m| usage(anyhow!("--grace: {m}")))?;
-    let options = args.storage.options();
-    let opened = open_everything(&job, &origins, &options, quiet).await?;
-    let continuing = if args.resume {
-        let found = manifest::find_job(&opened.dest, args.job_id.as_deref(), Some(&job.name)).await.map_err(usage)?;
-        if let Some(document) = &found {
-            check_compatible(document, &job, &opened.load)?;
-        } else if !quiet {
-            eprintln!("fanout: no earlier job named \"{}\" in {}: starting a new one", job.name, job.output.dest);
+impl RunArgs {
+    pub(super) async fn execute(self) -> Result<u8, Failure> {
+        let quiet = self.output.quiet || self.output.json;
+        let (job, origins) = job::resolve(&self.job).map_err(usage)?;
+        if self.job_id.is_some() && !self.resume {
+            return Err(usage(anyhow!("--job goes with --resume (or use `fanout redrive DEST --job ID`)")));
         }
-        found
-    } else {
-        None
-    };
-    execute(job, origins, opened, continuing, args.staging, grace, args.output).await
+        let grace = grace_of(&self.control.grace)?;
+        let options = self.storage.options();
+        let opened = open_everything(&job, &origins, &options, quiet).await?;
+        let mut continuing = None;
+        if self.resume {
+            continuing =
+                manifest::find_job(&opened.dest, self.job_id.as_deref(), Some(&job.name)).await.map_err(usage)?;
+            match &continuing {
+                Some(document) => check_compatible(document, &job, &opened.load)?,
+                None if !quiet => {
+                    eprintln!(
+                        "fanout: no earlier job named \"{}\" in {}: starting a new one",
+                        job.name, job.output.dest
+                    )
+                }
+                None => {}
+            }
+        }
+        Launch { job, origins, opened, continuing, staging: self.control.staging, grace, output: self.output }
+            .run()
+            .await
+    }
 }
 
-pub async fn redrive(args: RedriveArgs) -> Result<u8, Failure> {
-    let quiet = args.output.quiet || args.output.json;
-    let grace = crate::units::parse_duration(&args.grace).map_err(|m| usage(anyhow!("--grace: {m}")))?;
-    let options = args.storage.options();
-    let (_, document) = super::inspect::open_job(&args.dest, args.job_id.as_deref(), &options).await?;
-    let job = document.job.clone();
-    let opened = open_everything(&job, &Origins::default(), &options, quiet).await?;
-    if opened.load.sha256 != document.function.sha256 {
-        return Err(usage(anyhow!(
-            "function.wasm: {} changed since job {} ran (sha256 {} then, {} now); run it as a new job instead",
-            job.function.wasm,
-            document.job_id,
-            &document.function.sha256[..12],
-            &opened.load.sha256[..12]
-        )));
+impl RedriveArgs {
+    pub(super) async fn execute(self) -> Result<u8, Failure> {
+        let quiet = self.output.quiet || self.output.json;
+        let grace = grace_of(&self.control.grace)?;
+        let options = self.storage.options();
+        let (_, document) = open_job(&self.target.dest, self.target.job_id.as_deref(), &options).await?;
+        let job = document.job.clone();
+        let opened = open_everything(&job, &Origins::default(), &options, quiet).await?;
+        if opened.load.sha256 != document.function.sha256 {
+            return Err(usage(anyhow!(
+                "function.wasm: {} changed since job {} ran (sha256 {} then, {} now); run it as a new job instead",
+                job.function.wasm,
+                document.job_id,
+                &document.function.sha256[..12],
+                &opened.load.sha256[..12]
+            )));
+        }
+        let origins = Origins::default();
+        let continuing = Some(document);
+        Launch { job, origins, opened, continuing, staging: self.control.staging, grace, output: self.output }
+            .run()
+            .await
     }
-    execute(job, Origins::default(), opened, Some(document), args.staging, grace, args.output).await
+}
+
+/// One field that differs between a stored job and this one, shown both ways.
+fn difference<T: PartialEq>(field: &'static str, then: &T, now: &T, show: impl Fn(&T) -> String) -> Option<String> {
+    (then != now).then(|| format!("{field} differs (the job ran with {}, now {})", show(then), show(now)))
 }
 
 /// Refuses to resume a job whose inputs, function or outputs differ from this one.
 fn check_compatible(stored: &JobDocument, job: &Job, load: &LoadReport) -> Result<(), Failure> {
     let then = &stored.job;
-    let differences: [(&str, String, String); 7] = [
-        ("input.source", then.input.source.to_string(), job.input.source.to_string()),
-        ("input.include", format!("{:?}", then.input.include), format!("{:?}", job.input.include)),
-        ("input.shard", then.input.shard.to_string(), job.input.shard.to_string()),
-        ("function.wasm", stored.function.sha256.clone(), load.sha256.clone()),
-        ("function.args", format!("{:?}", then.function.args), format!("{:?}", job.function.args)),
-        ("function.env", format!("{:?}", then.function.env), format!("{:?}", job.function.env)),
-        ("output.dest", then.output.dest.to_string(), job.output.dest.to_string()),
-    ];
-    for (field, before, now) in differences {
-        if before != now {
-            return Err(usage(anyhow!(
-                "cannot resume job {}: {field} differs (the job ran with {before}, now {now}); run without --resume to start a new job",
-                stored.job_id
-            )));
-        }
+    let first_difference = difference("input.source", &then.input.source, &job.input.source, ToString::to_string)
+        .or_else(|| {
+            difference("input.include", &then.input.include, &job.input.include, |i| format!("{:?}", i.globs()))
+        })
+        .or_else(|| difference("input.shard", &then.input.shard, &job.input.shard, ToString::to_string))
+        .or_else(|| difference("function.wasm", &stored.function.sha256, &load.sha256, Clone::clone))
+        .or_else(|| difference("function.args", &then.function.args, &job.function.args, |a| format!("{a:?}")))
+        .or_else(|| difference("function.env", &then.function.env, &job.function.env, |e| format!("{e:?}")))
+        .or_else(|| difference("output.dest", &then.output.dest, &job.output.dest, ToString::to_string));
+    match first_difference {
+        Some(difference) => Err(usage(anyhow!(
+            "cannot resume job {}: {difference}; run without --resume to start a new job",
+            stored.job_id
+        ))),
+        None => Ok(()),
     }
-    Ok(())
 }
 
-/// Streams a stored plan back, segment by segment.
+/// Streams a stored plan back, segment by segment; its totals are known from the start.
 fn stored_plan(manifest: Manifest, segments: u64, totals: PlanTotals) -> mpsc::Receiver<Result<Planned, PlanError>> {
     let (tx, rx) = mpsc::channel(1024);
     tokio::spawn(async move {
@@ -165,26 +185,35 @@ fn staging_root(flag: Option<PathBuf>, dest: &Location, job_id: &str) -> PathBuf
 fn watch_signals(shutdown: Shutdown, grace: Duration) {
     tokio::spawn(async move {
         let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        let signalled = async {
-            match terminate.as_mut() {
-                Some(term) => tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} },
-                None => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
+        let mut signalled = async || match terminate.as_mut() {
+            Some(term) => tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} },
+            None => {
+                let _ = tokio::signal::ctrl_c().await;
             }
         };
-        signalled.await;
+        signalled().await;
         shutdown.soft.cancel();
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async { match terminate.as_mut() { Some(term) => { term.recv().await; } None => std::future::pending::<()>().await } } => {}
+            _ = signalled() => {}
             _ = tokio::time::sleep(grace) => {}
         }
         shutdown.hard.cancel();
     });
 }
 
-async fn execute(
+/// Where a run starts: a new job's document and plan, or a stored job's, with what its
+/// earlier runs committed.
+struct Start {
+    document: JobDocument,
+    prior: Journal,
+    shards: mpsc::Receiver<Result<Planned, PlanError>>,
+    /// True when the shards come from a fresh planning, which must be stored.
+    record_plan: bool,
+    new_job: bool,
+}
+
+/// A job about to run: resolved, opened, and new or continued.
+struct Launch {
     job: Job,
     origins: Origins,
     opened: Opened,
@@ -192,132 +221,149 @@ async fn execute(
     staging: Option<PathBuf>,
     grace: Duration,
     output: OutputFlags,
-) -> Result<u8, Failure> {
-    let started = manifest::timestamp(SystemTime::now());
-    let Opened { dest, source, runtime, load } = opened;
-    let source_storage = source.storage.clone();
-    let new_job = continuing.is_none();
-    let (document, prior, shards, record_plan) = match continuing {
-        None => {
-            let document = JobDocument {
-                job_id: manifest::new_job_id(&job.name),
-                fanout_version: env!("CARGO_PKG_VERSION").to_string(),
-                created: started.clone(),
-                job: job.clone(),
-                function: FunctionIdentity { sha256: load.sha256.clone(), kind: load.kind.to_string() },
-                plan: PlanState::default(),
-            };
-            let shards = plan::stream(&job, source);
-            (document, Journal::default(), shards, true)
+}
+
+impl Launch {
+    async fn run(self) -> Result<u8, Failure> {
+        let started = manifest::timestamp(SystemTime::now());
+        let Launch { job, origins, opened, continuing, staging, grace, output } = self;
+        let Opened { dest, source, runtime, load } = opened;
+        let source_storage = source.storage.clone();
+        let quiet = output.quiet || output.json;
+        let (events, event_rx) = EventSink::channel();
+        let progress_done = CancellationToken::new();
+        let progress =
+            tokio::spawn(report::drive_progress(ProgressMode::detect(quiet), event_rx, progress_done.clone()));
+        let start = start(&job, source, &dest, &load, continuing, &events).await?;
+        let job_id = start.document.job_id.clone();
+        let manifest = Manifest::new(dest.clone(), &job_id);
+        let staging_root = staging_root(staging, &job.output.dest, &job_id);
+        // Leftovers of a killed run are never published: they go before anything starts.
+        let _ = tokio::fs::remove_dir_all(&staging_root).await;
+        let shutdown = Shutdown::default();
+        watch_signals(shutdown.clone(), grace);
+        let new_job = start.new_job;
+        let setup = RunSetup {
+            job: job.clone(),
+            document: start.document,
+            write_job_document: new_job,
+            manifest: manifest.clone(),
+            source: source_storage,
+            dest,
+            runtime,
+            prior: start.prior,
+            record_plan: start.record_plan,
+            staging_root,
+            events,
+            shutdown,
+        };
+        let spec = RunSpec { setup, shards: start.shards };
+        let result = run::execute(spec).await;
+        progress_done.cancel();
+        let _ = progress.await;
+        let result = result.map_err(failed)?;
+        if new_job && result.records.is_empty() && result.stats.shards_total == 0 {
+            // Planning failed before the first shard: nothing ran and nothing was written.
+            return Err(match result.plan_failure {
+                Some(error) => plan_failure(error, &origins),
+                None => usage(anyhow!("input.source: the plan is empty")),
+            });
         }
-        Some(document) => {
-            let manifest = Manifest::new(dest.clone(), &document.job_id);
-            let prior = manifest.read_journal().await.map_err(failed)?;
-            match (&document.plan.totals, document.plan.complete) {
-                (Some(totals), true) => {
-                    let shards = stored_plan(manifest, document.plan.segments, totals.clone());
-                    (document, prior, shards, false)
-                }
-                _ => {
-                    let shards = plan::stream(&job, source);
-                    (document, prior, shards, true)
-                }
-            }
+        let summary = write_reports(&manifest, &job, &started, &result, &load).await?;
+        print_outcome(&summary, &manifest, &job, output);
+        if result.stats.stopped_early || summary.shards.pending > 0 {
+            eprintln!("fanout: to finish this job, run: {}", redrive_command(&job.output.dest.to_string(), &job_id));
         }
-    };
-    let job_id = document.job_id.clone();
-    let manifest = Manifest::new(dest.clone(), &job_id);
-    let staging_root = staging_root(staging, &job.output.dest, &job_id);
-    // Leftovers of a killed run are never published: they go before anything starts.
-    let _ = tokio::fs::remove_dir_all(&staging_root).await;
-
-    let quiet = output.quiet || output.json;
-    let (events, event_rx) = EventSink::channel();
-    let progress_done = CancellationToken::new();
-    let progress = tokio::spawn(report::drive_progress(ProgressMode::detect(quiet), event_rx, progress_done.clone()));
-    events.emit(Event::FunctionReady { cache_hit: load.cache_hit, load_ms: load.load_ms, kind: load.kind });
-    if !new_job {
-        events.emit(Event::Note(format!("continuing job {job_id}")));
+        Ok(if result.succeeded { EXIT_OK } else { EXIT_JOB_FAILED })
     }
-    let shutdown = Shutdown::default();
-    watch_signals(shutdown.clone(), grace);
+}
 
-    let spec = RunSpec {
-        job: job.clone(),
-        document: document.clone(),
-        write_job_document: new_job,
-        manifest: manifest.clone(),
-        source: source_storage,
-        dest,
-        runtime,
-        prior,
-        shards,
-        record_plan,
-        staging_root,
-        events,
-        shutdown,
+/// A new job (its plan streamed from the source) or a continued one (its plan read back
+/// from the manifest when it was stored whole, else planned again).
+async fn start(
+    job: &Job,
+    source: plan::Source,
+    dest: &DynStorage,
+    load: &LoadReport,
+    continuing: Option<JobDocument>,
+    events: &EventSink,
+) -> Result<Start, Failure> {
+    let Some(document) = continuing else {
+        let document = JobDocument {
+            job_id: manifest::new_job_id(&job.name),
+            fanout_version: env!("CARGO_PKG_VERSION").to_string(),
+            created: manifest::timestamp(SystemTime::now()),
+            job: job.clone(),
+            function: FunctionIdentity { sha256: load.sha256.clone(), kind: load.kind },
+            plan: PlanState::default(),
+        };
+        let shards = plan::stream(job, source, events.clone());
+        return Ok(Start { document, prior: Journal::default(), shards, record_plan: true, new_job: true });
     };
-    let result = run::execute(spec).await;
-    progress_done.cancel();
-    let _ = progress.await;
-    let result = result.map_err(failed)?;
+    events.emit(Event::Note(format!("continuing job {}", document.job_id)));
+    let manifest = Manifest::new(dest.clone(), &document.job_id);
+    let prior = manifest.read_journal().await.map_err(failed)?;
+    let (shards, record_plan) = match (&document.plan.totals, document.plan.complete) {
+        (Some(totals), true) => {
+            events.emit(Event::PlanComplete { total: totals.shards });
+            (stored_plan(manifest, document.plan.segments, totals.clone()), false)
+        }
+        _ => (plan::stream(job, source, events.clone()), true),
+    };
+    Ok(Start { document, prior, shards, record_plan, new_job: false })
+}
 
-    if new_job && result.records.is_empty() && result.stats.shards_total == 0 {
-        // Planning failed before the first shard: nothing ran and nothing was written.
-        return Err(match result.plan_failure {
-            Some(error) => plan_failure(error, &origins),
-            None => usage(anyhow!("input.source: the plan is empty")),
-        });
-    }
-    let summary = report::summarize(
-        &job_id,
-        &job.name,
-        &job.output.dest.to_string(),
-        &manifest.location(),
-        &started,
-        &result.stats,
-        &result.records,
-        &load,
-        result.succeeded,
-    );
+/// `report.csv` and `summary.json`, written to the manifest; the summary is returned.
+async fn write_reports(
+    manifest: &Manifest,
+    job: &Job,
+    started: &str,
+    result: &RunResult,
+    load: &LoadReport,
+) -> Result<Summary, Failure> {
+    let summary = report::summarize(report::SummaryInput {
+        job_id: manifest.job_id(),
+        name: &job.name,
+        dest: &job.output.dest.to_string(),
+        manifest: &manifest.location(),
+        started,
+        result,
+        load,
+    });
     let total = result.plan_totals.as_ref().map(|t| t.shards).unwrap_or(result.stats.shards_total);
-    manifest
-        .put("report.csv", Bytes::from(report::report_csv(&result.records, total)))
-        .await
-        .context("writing report.csv")
-        .map_err(failed)?;
+    let csv = report::report_csv(&result.records, total);
+    manifest.put("report.csv", Bytes::from(csv)).await.context("writing report.csv").map_err(failed)?;
     let summary_json = serde_json::to_vec_pretty(&summary).expect("a summary serializes");
-    manifest
-        .put("summary.json", Bytes::from(summary_json.clone()))
-        .await
-        .context("writing summary.json")
-        .map_err(failed)?;
+    manifest.put("summary.json", Bytes::from(summary_json)).await.context("writing summary.json").map_err(failed)?;
+    Ok(summary)
+}
 
+/// The summary line (or JSON), then the first failures with where their logs are.
+fn print_outcome(summary: &Summary, manifest: &Manifest, job: &Job, output: OutputFlags) {
     if output.json {
-        println!("{}", String::from_utf8_lossy(&summary_json));
-    } else if !output.quiet {
-        println!("{}", report::summary_line(&summary));
-        if let Some(error) = &summary.plan_error {
-            eprintln!("fanout: planning failed: {error}");
-        }
-        for failure in summary.failures.iter().take(5) {
-            eprintln!(
-                "fanout: shard {:05} failed after {}: {} (log: {})",
-                failure.shard,
-                report::attempts_phrase(failure.attempts),
-                failure.error,
-                manifest.storage().root().join(&manifest.log_key(failure.shard))
-            );
-        }
-        if summary.shards.failed > 5 {
-            eprintln!(
-                "fanout: ... {} failed shards in all; see `fanout status {}`",
-                summary.shards.failed, job.output.dest
-            );
-        }
+        println!("{}", serde_json::to_string_pretty(summary).expect("a summary serializes"));
+        return;
     }
-    if result.stats.stopped_early || summary.shards.pending > 0 {
-        eprintln!("fanout: to finish this job, run: fanout redrive {} --job {job_id}", job.output.dest);
+    if output.quiet {
+        return;
     }
-    Ok(if result.succeeded { EXIT_OK } else { EXIT_JOB_FAILED })
+    println!("{}", report::summary_line(summary));
+    if let Some(error) = &summary.plan_error {
+        eprintln!("fanout: planning failed: {error}");
+    }
+    for failure in summary.failures.iter().take(FAILURES_SHOWN) {
+        eprintln!(
+            "fanout: shard {:05} failed after {}: {} (log: {})",
+            failure.shard,
+            report::attempts_phrase(failure.attempts),
+            failure.error,
+            manifest.storage().root().join(&manifest.log_key(failure.shard))
+        );
+    }
+    if summary.shards.failed > FAILURES_SHOWN as u64 {
+        eprintln!(
+            "fanout: ... {} failed shards in all; see `fanout status {}`",
+            summary.shards.failed, job.output.dest
+        );
+    }
 }

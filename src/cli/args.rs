@@ -1,0 +1,146 @@
+//! What the command line accepts: one struct per subcommand, parsed by clap. Declarations
+//! only, with no I/O: each subcommand's `execute` lives beside the work it does (`running`,
+//! `inspect`), and the job's own fields come from the job's schema (`job::JobArgs`).
+
+use crate::job::JobArgs;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "fanout",
+    version,
+    about = "Run a WebAssembly function over every shard of a dataset, in parallel, with a manifest of what happened."
+)]
+pub(super) struct Cli {
+    #[command(subcommand)]
+    pub(super) command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub(super) enum Command {
+    /// Plan, run and gather a job (from a job file, flags, or both).
+    Run(RunArgs),
+    /// Print the shard plan of a job and run nothing.
+    Plan(PlanArgs),
+    /// What a job's manifest says: done, failed and pending shards.
+    Status(StatusArgs),
+    /// Run again only the failed or pending shards of a job in DEST.
+    Redrive(RedriveArgs),
+    /// Print a job's report (table, CSV, JSON) or draw its timeline as SVG.
+    Report(ReportArgs),
+}
+
+/// Connection settings shared by every command that opens storage.
+#[derive(Args, Debug, Default, Clone)]
+pub(super) struct StorageFlags {
+    /// S3 endpoint (overrides AWS_ENDPOINT_URL; implies path-style addressing).
+    #[arg(long, value_name = "URL", global = true, help_heading = "S3")]
+    pub(super) endpoint_url: Option<String>,
+}
+
+impl StorageFlags {
+    pub(super) fn options(&self) -> crate::storage::StorageOptions {
+        crate::storage::StorageOptions { endpoint_url: self.endpoint_url.clone() }
+    }
+}
+
+/// How much a command prints.
+#[derive(Args, Debug, Default, Clone, Copy)]
+pub(super) struct OutputFlags {
+    /// Print nothing but errors.
+    #[arg(long, short, help_heading = "Printing")]
+    pub(super) quiet: bool,
+    /// Print the result as JSON on stdout (progress stays off stdout).
+    #[arg(long, help_heading = "Printing")]
+    pub(super) json: bool,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct RunArgs {
+    #[command(flatten)]
+    pub(super) job: JobArgs,
+    /// Continue the latest job of this name in DEST: committed shards are not run again.
+    #[arg(long, help_heading = "Run")]
+    pub(super) resume: bool,
+    /// With --resume: the job to continue (default: the latest of this name).
+    #[arg(long = "job", value_name = "ID", help_heading = "Run")]
+    pub(super) job_id: Option<String>,
+    #[command(flatten)]
+    pub(super) control: RunControl,
+    #[command(flatten)]
+    pub(super) storage: StorageFlags,
+    #[command(flatten)]
+    pub(super) output: OutputFlags,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct PlanArgs {
+    #[command(flatten)]
+    pub(super) job: JobArgs,
+    #[command(flatten)]
+    pub(super) storage: StorageFlags,
+    #[command(flatten)]
+    pub(super) output: OutputFlags,
+}
+
+/// A job that is already in a DEST.
+#[derive(Args, Debug)]
+pub(super) struct JobInDest {
+    /// The job's output location.
+    #[arg(value_name = "DEST")]
+    pub(super) dest: String,
+    /// The job (default: the latest in DEST).
+    #[arg(long = "job", value_name = "ID")]
+    pub(super) job_id: Option<String>,
+}
+
+/// How a run stages its shards and how it stops.
+#[derive(Args, Debug)]
+pub(super) struct RunControl {
+    /// Where inputs and outputs are staged (default: inside DEST for local outputs, else the temp dir).
+    #[arg(long, value_name = "DIR", help_heading = "Run")]
+    pub(super) staging: Option<PathBuf>,
+    /// Seconds running attempts get to finish after Ctrl-C before they are cancelled.
+    #[arg(long, value_name = "DURATION", default_value = "30s", help_heading = "Run")]
+    pub(super) grace: String,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct StatusArgs {
+    #[command(flatten)]
+    pub(super) target: JobInDest,
+    #[command(flatten)]
+    pub(super) storage: StorageFlags,
+    #[command(flatten)]
+    pub(super) output: OutputFlags,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct RedriveArgs {
+    #[command(flatten)]
+    pub(super) target: JobInDest,
+    #[command(flatten)]
+    pub(super) control: RunControl,
+    #[command(flatten)]
+    pub(super) storage: StorageFlags,
+    #[command(flatten)]
+    pub(super) output: OutputFlags,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct ReportArgs {
+    #[command(flatten)]
+    pub(super) target: JobInDest,
+    /// Print report.csv.
+    #[arg(long, conflicts_with_all = ["json", "plot"])]
+    pub(super) csv: bool,
+    /// Print summary.json.
+    #[arg(long, conflicts_with = "plot")]
+    pub(super) json: bool,
+    /// Draw every attempt on a timeline, one lane per worker, into an SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub(super) plot: Option<PathBuf>,
+    #[command(flatten)]
+    pub(super) storage: StorageFlags,
+}

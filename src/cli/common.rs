@@ -1,0 +1,61 @@
+//! What the subcommands share: finding a job in a DEST, turning a planning error into the
+//! line that points at the job file, and printing a command a user can paste back.
+
+use super::exit::{usage, Failure};
+use crate::job::Origins;
+use crate::location::Location;
+use crate::manifest::{self, JobDocument};
+use crate::plan::PlanError;
+use crate::storage::{self, DynStorage, StorageOptions};
+use anyhow::anyhow;
+
+/// Opens DEST and finds the job named (or the latest): a usage error when there is none.
+pub(super) async fn open_job(
+    dest: &str,
+    job_id: Option<&str>,
+    options: &StorageOptions,
+) -> Result<(DynStorage, JobDocument), Failure> {
+    let location = Location::parse(dest).map_err(usage)?;
+    let storage = storage::open(&location, options).await.map_err(usage)?;
+    let no_jobs = || usage(manifest::ManifestError::NoJobs { dest: location.to_string() });
+    match storage.check(false).await {
+        // A folder that is not there holds no job: say that, not "no such object".
+        Err(e) if e.is_not_found() => return Err(no_jobs()),
+        checked => checked.map_err(usage)?,
+    }
+    let document = manifest::find_job(&storage, job_id, None).await.map_err(usage)?.ok_or_else(no_jobs)?;
+    Ok((storage, document))
+}
+
+/// A planning error found before any work: exit 2, pointing at the job file's line.
+pub(super) fn plan_failure(error: PlanError, origins: &Origins) -> Failure {
+    let at = error.field().map(|field| origins.prefix(field)).unwrap_or_default();
+    usage(anyhow!("{at}{error}"))
+}
+
+/// The command that finishes a job, ready to paste into a shell.
+pub(super) fn redrive_command(dest: &str, job_id: &str) -> String {
+    format!("fanout redrive {} --job {}", shell_quote(dest), shell_quote(job_id))
+}
+
+/// `text` as one shell word: as it is when that is safe, else in single quotes.
+fn shell_quote(text: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "_-./:@%+=,".contains(c);
+    if !text.is_empty() && text.chars().all(safe) {
+        return text.to_string();
+    }
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_with_spaces_or_quotes_are_quoted_for_a_shell() {
+        assert_eq!(redrive_command("out/x", "j-1"), "fanout redrive out/x --job j-1");
+        assert_eq!(redrive_command("out dir", "j"), "fanout redrive 'out dir' --job j");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote("s3://b/p/"), "s3://b/p/");
+    }
+}

@@ -1,0 +1,362 @@
+//! Resolution: the job file's tables with the flags laid over them become one [`Job`],
+//! table by table, each value checked and parsed with an error that names its line (or
+//! flag) and field. Owns the validation rules and the filling of defaults; it reads the job
+//! file and nothing else (it never lists inputs, opens storage or loads the function: a glob
+//! that matches nothing is found by `plan`).
+
+use super::error::{syntax_error, JobError, JobText, Origin};
+use super::model::{
+    defaults, share_of_shards, Function, Include, Input, Job, Output, Retry, ShardRule, Stragglers, Workers,
+};
+use super::schema::{
+    EnvVar, FunctionTable, Given, InputTable, JobArgs, JobFile, OutputTable, RetryTable, ShardSpec, ShardTable,
+    SizeValue, StragglersTable, WorkersTable,
+};
+use crate::location::Location;
+use crate::units::{self, Tolerance};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use toml::Spanned;
+
+/// Where the fields that later stages check came from, so that an error found after
+/// resolution (a glob that matches nothing, a missing function) still points at the line.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Origins(BTreeMap<&'static str, Origin>);
+
+impl Origins {
+    /// `"jobs/x.toml:3: "` for a field set in a file, else an empty string.
+    pub(crate) fn prefix(&self, field: &str) -> String {
+        match self.0.get(field) {
+            Some(origin @ Origin::File { .. }) => format!("{origin}: "),
+            _ => String::new(),
+        }
+    }
+
+    fn note<T>(&mut self, field: &'static str, given: &Given<T>) {
+        self.0.insert(field, given.origin().clone());
+    }
+}
+
+/// Reads the job file (if any), lays the flags over it and returns the resolved job, with
+/// where its checked-later fields came from.
+pub(crate) fn resolve(args: &JobArgs) -> Result<(Job, Origins), JobError> {
+    let file = args.file.as_deref();
+    let text = match file {
+        Some(path) => std::fs::read_to_string(path).map_err(|source| JobError::Read { file: path.into(), source })?,
+        None => String::new(),
+    };
+    let parsed: JobFile = match file {
+        Some(path) => toml::from_str(&text).map_err(|e| syntax_error(path, &text, e))?,
+        None => JobFile::default(),
+    };
+    let text = JobText { file, text: &text };
+    let fields = parsed.overlay(args.flags.clone(), &text);
+    let mut origins = Origins::default();
+    let name = resolve_name(fields.name, &text)?;
+    let input = resolve_input(fields.input, &text, &mut origins)?;
+    let function = resolve_function(fields.function, &args.args, &text, &mut origins)?;
+    let output = resolve_output(fields.output, &input.source, &text, &mut origins)?;
+    let job = Job {
+        name,
+        input,
+        function,
+        output,
+        workers: resolve_workers(fields.workers)?,
+        retry: resolve_retry(fields.retry)?,
+        stragglers: resolve_stragglers(fields.stragglers)?,
+    };
+    Ok((job, origins))
+}
+
+/// A required field, or the error saying where to set it.
+fn required<T>(given: Option<Given<T>>, field: &str, flag: &str, text: &JobText) -> Result<Given<T>, JobError> {
+    given.ok_or_else(|| JobError::Missing {
+        whole: text.whole(),
+        field: field.to_string(),
+        hint: format!("set it in the job file or pass {flag}"),
+    })
+}
+
+fn or_default(given: Option<Given<String>>, default: &str, field: &str) -> Given<String> {
+    given.unwrap_or_else(|| Given::by_default(default.to_string(), field))
+}
+
+fn bytes_of(value: &SizeValue) -> Result<u64, String> {
+    match value {
+        SizeValue::Bytes(n) if *n >= 0 => Ok(*n as u64),
+        SizeValue::Bytes(n) => Err(format!("{n} is negative; a size must be at least 0")),
+        SizeValue::Text(text) => units::parse_size(text),
+    }
+}
+
+fn size_of(given: &Given<SizeValue>) -> Result<u64, JobError> {
+    bytes_of(&given.value).map_err(|message| given.error(message))
+}
+
+fn duration_of(given: &Given<String>) -> Result<Duration, JobError> {
+    units::parse_duration(&given.value).map_err(|message| given.error(message))
+}
+
+fn location_of(given: &Given<String>) -> Result<Location, JobError> {
+    Location::parse(&given.value).map_err(|e| given.error(e.to_string()))
+}
+
+fn resolve_name(given: Option<Given<String>>, text: &JobText) -> Result<String, JobError> {
+    let Some(given) = given else {
+        let stem = text.file.and_then(|f| f.file_stem()).map(|s| s.to_string_lossy().into_owned());
+        return Ok(stem.filter(|s| !s.is_empty()).unwrap_or_else(|| "job".to_string()));
+    };
+    let name = &given.value;
+    let valid =
+        !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if !valid {
+        return Err(given.error(format!("\"{name}\" is not a job name (1-64 letters, digits, '-', '_' or '.')")));
+    }
+    Ok(given.value)
+}
+
+fn resolve_input(table: InputTable, text: &JobText, origins: &mut Origins) -> Result<Input, JobError> {
+    let source = required(table.source, "input.source", "--input SRC", text)?;
+    origins.note("input.source", &source);
+    let mut include = Include::default();
+    if let Some(first) = table.include.first() {
+        origins.note("input.include", first);
+        let globs = table.include.iter().map(|g| g.value.clone()).collect();
+        include = Include::new(globs).map_err(|message| first.error(message))?;
+    }
+    let shard = match &table.shard {
+        None => ShardRule::Object,
+        Some(given) => match &given.value {
+            ShardSpec::Rule(rule) => ShardRule::parse_flag(rule).map_err(|message| given.error(message))?,
+            ShardSpec::Table(shard_table) => shard_from_table(given, shard_table, text)?,
+        },
+    };
+    Ok(Input { source: location_of(&source)?, include, shard })
+}
+
+fn resolve_function(
+    table: FunctionTable,
+    extra_args: &[String],
+    text: &JobText,
+    origins: &mut Origins,
+) -> Result<Function, JobError> {
+    let wasm = required(table.wasm, "function.wasm", "--function F", text)?;
+    let wasm_location = location_of(&wasm)?;
+    origins.note("function.wasm", &wasm);
+    let mut args = table.args.map(|given| given.value).unwrap_or_default();
+    args.extend(extra_args.iter().cloned());
+    let mut env = BTreeMap::new();
+    for given in &table.env {
+        let (key, value) = match &given.value {
+            EnvVar::Entry(key, value) => (key.clone(), value.clone()),
+            EnvVar::Flag(pair) => {
+                let (key, value) = pair.split_once('=').ok_or_else(|| given.error(format!("\"{pair}\" is not K=V")))?;
+                (key.to_string(), value.to_string())
+            }
+        };
+        check_env_key(&key).map_err(|message| given.entry_error(&key, message))?;
+        env.insert(key, value);
+    }
+    let (timeout, relative_timeout_percent) = resolve_timeout(table.timeout, table.timeout_cap)?;
+    let memory = or_default_size(table.memory, defaults::MEMORY, "function.memory");
+    let memory_bytes = size_of(&memory)?;
+    if memory_bytes < (1 << 16) {
+        return Err(memory.error(format!("{memory_bytes} bytes is below one WebAssembly page (64KiB)")));
+    }
+    if memory_bytes > defaults::MEMORY_CEILING {
+        return Err(memory.error(format!(
+            "{} is above the {} a guest may use",
+            units::format_size(memory_bytes),
+            units::format_size(defaults::MEMORY_CEILING)
+        )));
+    }
+    Ok(Function {
+        wasm: wasm_location,
+        args,
+        env,
+        timeout_ms: timeout.as_millis().max(1) as u64,
+        relative_timeout_percent,
+        memory_bytes,
+    })
+}
+
+fn or_default_size(given: Option<Given<SizeValue>>, default: &str, field: &str) -> Given<SizeValue> {
+    given.unwrap_or_else(|| Given::by_default(SizeValue::Text(default.to_string()), field))
+}
+
+/// `timeout = "30s"` (a hard limit) or `"200%"` (a share of the median, capped by
+/// `timeout_cap`): the hard limit, and the share when there is one.
+fn resolve_timeout(
+    timeout: Option<Given<String>>,
+    cap: Option<Given<String>>,
+) -> Result<(Duration, Option<f64>), JobError> {
+    let timeout = or_default(timeout, defaults::TIMEOUT, "function.timeout");
+    let (limit, percent) = match timeout.value.trim().strip_suffix('%') {
+        Some(percent) => {
+            let percent: f64 = percent.trim().parse().map_err(|_| {
+                timeout.error(format!(
+                    "\"{}\" is not a duration or a share of the median (\"30s\", \"200%\")",
+                    timeout.value
+                ))
+            })?;
+            if !(percent > 100.0 && percent <= 100_000.0) {
+                return Err(
+                    timeout.error(format!("{percent}% of the median would stop typical shards; give more than 100%"))
+                );
+            }
+            (duration_of(&or_default(cap, defaults::TIMEOUT_CAP, "function.timeout_cap"))?, Some(percent))
+        }
+        None => {
+            if let Some(cap) = &cap {
+                return Err(cap.error("timeout_cap goes with a relative timeout (timeout = \"200%\")"));
+            }
+            (duration_of(&timeout)?, None)
+        }
+    };
+    if limit.is_zero() {
+        return Err(timeout.error("the timeout must be longer than 0"));
+    }
+    Ok((limit, percent))
+}
+
+fn resolve_output(
+    table: OutputTable,
+    source: &Location,
+    text: &JobText,
+    origins: &mut Origins,
+) -> Result<Output, JobError> {
+    let dest = required(table.dest, "output.dest", "--output DEST", text)?;
+    let dest_location = location_of(&dest)?;
+    origins.note("output.dest", &dest);
+    if source.contains(&dest_location) {
+        return Err(
+            dest.error(format!("{dest_location} lies inside the input {source}: outputs would be read back as inputs"))
+        );
+    }
+    let max_files = match table.max_files {
+        Some(given) if given.value < 1 => return Err(given.error(format!("{} must be at least 1", given.value))),
+        Some(given) => given.value as u64,
+        None => defaults::MAX_FILES,
+    };
+    let max_bytes = size_of(&or_default_size(table.max_bytes, defaults::MAX_BYTES, "output.max_bytes"))?;
+    Ok(Output { dest: dest_location, max_files, max_bytes })
+}
+
+/// Workers fanout runs at most, whatever the job asks.
+const MOST_WORKERS: i64 = 1024;
+
+fn resolve_workers(table: WorkersTable) -> Result<Workers, JobError> {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let max = match table.max {
+        Some(given) if given.value < 0 => {
+            return Err(given.error(format!("{} is negative (0 means one per core)", given.value)))
+        }
+        Some(given) if given.value > MOST_WORKERS => {
+            return Err(
+                given.error(format!("{} workers is more than the {MOST_WORKERS} fanout runs at once", given.value))
+            )
+        }
+        Some(given) if given.value > 0 => given.value as usize,
+        _ => cores,
+    };
+    let idle = duration_of(&or_default(table.idle, defaults::IDLE, "workers.idle"))?;
+    Ok(Workers { max, idle_ms: idle.as_millis() as u64 })
+}
+
+fn resolve_retry(table: RetryTable) -> Result<Retry, JobError> {
+    let attempts = match table.attempts {
+        Some(given) if !(1..=100).contains(&given.value) => {
+            return Err(given.error(format!("{} is not between 1 and 100 (1 means no retry)", given.value)))
+        }
+        Some(given) => given.value as u32,
+        None => defaults::ATTEMPTS,
+    };
+    let backoff = duration_of(&or_default(table.backoff, defaults::BACKOFF, "retry.backoff"))?;
+    let tolerated = or_default(table.tolerated, defaults::TOLERATED, "retry.tolerated");
+    Ok(Retry {
+        attempts,
+        backoff_ms: backoff.as_millis() as u64,
+        tolerated: Tolerance::parse(&tolerated.value).map_err(|message| tolerated.error(message))?,
+    })
+}
+
+fn resolve_stragglers(table: StragglersTable) -> Result<Stragglers, JobError> {
+    let after = or_default(table.after, defaults::BACKUP_AFTER, "stragglers.after");
+    let factor = match table.factor {
+        Some(given) if !(given.value > 1.0 && given.value.is_finite()) => {
+            return Err(given.error(format!("{} must be more than 1 (a multiple of the median duration)", given.value)))
+        }
+        Some(given) => given.value,
+        None => defaults::BACKUP_FACTOR,
+    };
+    Ok(Stragglers {
+        backup: table.backup.map_or(defaults::BACKUP, |given| given.value),
+        after: share_of_shards(&after.value).map_err(|message| after.error(message))?,
+        factor,
+    })
+}
+
+fn check_env_key(key: &str) -> Result<(), String> {
+    if key.is_empty() || key.contains('=') || key.contains('\0') {
+        return Err(format!("\"{key}\" is not an environment variable name"));
+    }
+    if key.starts_with("FANOUT_") {
+        return Err(format!("\"{key}\": names starting with FANOUT_ are set by fanout itself"));
+    }
+    Ok(())
+}
+
+/// `input.shard` written as a table: exactly one rule, each member checked at its own line.
+fn shard_from_table(given: &Given<ShardSpec>, table: &ShardTable, text: &JobText) -> Result<ShardRule, JobError> {
+    let err = |member: &str, span: std::ops::Range<usize>, message: String| JobError::Field {
+        origin: text.origin_at(span.start),
+        field: format!("input.shard.{member}"),
+        message,
+    };
+    let count = |member: &str, v: &Spanned<i64>| -> Result<u64, JobError> {
+        match *v.get_ref() {
+            n if n < 1 => Err(err(member, v.span(), format!("{n} must be at least 1"))),
+            n => Ok(n as u64),
+        }
+    };
+    let size = |member: &str, v: &Spanned<SizeValue>| -> Result<u64, JobError> {
+        match bytes_of(v.get_ref()).map_err(|message| err(member, v.span(), message))? {
+            0 => Err(err(member, v.span(), "the size must be at least 1 byte".into())),
+            n => Ok(n),
+        }
+    };
+    let t = table;
+    let given_rules = [t.per.is_some(), t.objects.is_some(), t.bytes.is_some(), t.rows.is_some(), t.chunk.is_some()];
+    if given_rules.iter().filter(|&&g| g).count() != 1 {
+        return Err(
+            given.error("give exactly one of per = \"object\", objects = N, bytes = SIZE, rows = N, chunk = SIZE")
+        );
+    }
+    if let (Some(align), None) = (&t.align, &t.chunk) {
+        return Err(err("align", align.span(), "align only goes with chunk = SIZE".into()));
+    }
+    if let Some(per) = &t.per {
+        return match per.get_ref().as_str() {
+            "object" => Ok(ShardRule::Object),
+            other => Err(err("per", per.span(), format!("\"{other}\" is not known (the only value is \"object\")"))),
+        };
+    }
+    if let Some(v) = &t.objects {
+        return Ok(ShardRule::Objects { count: count("objects", v)? });
+    }
+    if let Some(v) = &t.rows {
+        return Ok(ShardRule::Rows { rows: count("rows", v)? });
+    }
+    if let Some(v) = &t.bytes {
+        return Ok(ShardRule::Bytes { bytes: size("bytes", v)? });
+    }
+    let chunk = t.chunk.as_ref().expect("exactly one rule is set");
+    let align_lines = match t.align.as_ref().map(|a| (a.get_ref().as_str(), a.span())) {
+        None | Some(("line", _)) => true,
+        Some(("none", _)) => false,
+        Some((other, span)) => {
+            return Err(err("align", span, format!("\"{other}\" is not known (use \"line\" or \"none\")")))
+        }
+    };
+    Ok(ShardRule::Chunk { bytes: size("chunk", chunk)?, align_lines })
+}
