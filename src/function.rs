@@ -135,13 +135,17 @@ fn build_crate_once(crate_dir: &Path, quiet: bool) -> Result<PathBuf, FunctionEr
         // From the crate's own folder, so that its .cargo/config.toml (target, flags) applies.
         .current_dir(crate_dir)
         .stdout(Stdio::piped())
-        .stderr(if quiet { Stdio::piped() } else { Stdio::inherit() });
+        .stderr(Stdio::piped());
     // Builds of the function must not inherit a host build's target-specific settings.
     command.env_remove("CARGO_BUILD_TARGET").env_remove("RUSTFLAGS");
-    let output = command.output().map_err(|source| FunctionError::NoCargo { crate_dir: shown.clone(), source })?;
+    let no_cargo = |source| FunctionError::NoCargo { crate_dir: shown.clone(), source };
+    let mut child = command.spawn().map_err(no_cargo)?;
+    let cargo_stderr = child.stderr.take().expect("stderr is piped");
+    let relay = std::thread::spawn(move || relay_cargo_messages(cargo_stderr, quiet));
+    let output = child.wait_with_output().map_err(no_cargo)?;
+    let stderr = relay.join().unwrap_or_default();
     let stdout = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
         let missing_target =
             ["target may not be installed", "can't find crate for `std`", "can't find crate for `core`"];
         let hint = if missing_target.iter().any(|m| stderr.contains(m) || stdout.contains(m)) {
@@ -175,4 +179,24 @@ fn build_crate_once(crate_dir: &Path, quiet: bool) -> Result<PathBuf, FunctionEr
         crate_dir: shown,
         hint: ": cargo produced no .wasm binary (is it a bin crate?)".into(),
     })
+}
+
+/// Passes cargo's messages on to the user (unless `quiet`) and returns them all. A build
+/// that compiled nothing says nothing: cargo's lone `Finished` line would only be noise on
+/// every run of a job whose function is a crate.
+fn relay_cargo_messages(stderr: impl std::io::Read, quiet: bool) -> String {
+    use std::io::BufRead;
+    let mut all = String::new();
+    let mut compiled = false;
+    for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+        let message = line.trim_start();
+        compiled |= message.starts_with("Compiling");
+        let idle_finish = message.starts_with("Finished") && !compiled;
+        if !quiet && !idle_finish {
+            eprintln!("{line}");
+        }
+        all.push_str(&line);
+        all.push('\n');
+    }
+    all
 }

@@ -13,10 +13,13 @@
 //! _fanout/<job-id>/summary.json          totals, timings, failures
 //! ```
 //! A journal segment is written only after every output its records name is stored, so a
-//! record never exists before its outputs. Later records for a shard replace earlier ones.
+//! record never exists before its outputs. Later records for a shard replace earlier ones,
+//! except that a committed shard stays committed. Writes are retried by the storage backend
+//! alone (the S3 client's policy); one that still fails is the caller's to report.
 
 use crate::job::Job;
 use crate::plan::{PlanTotals, Shard};
+use crate::runtime::{FunctionKind, OutcomeKind};
 use crate::storage::{DynStorage, StorageError};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -39,7 +42,7 @@ pub struct JobDocument {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FunctionIdentity {
     pub sha256: String,
-    pub kind: String,
+    pub kind: FunctionKind,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -63,7 +66,7 @@ pub struct ShardRecord {
     pub shard: u64,
     pub fingerprint: String,
     pub status: ShardStatus,
-    pub outcome: String,
+    pub outcome: OutcomeKind,
     /// Attempts over all runs of the job.
     pub attempts: u32,
     pub started: String,
@@ -71,7 +74,8 @@ pub struct ShardRecord {
     pub duration_ms: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
-    pub worker: u32,
+    /// None when the final attempt ended before a worker took it (staging failed).
+    pub worker: Option<u32>,
     pub cold_start: bool,
     pub error: Option<String>,
     /// Output keys, relative to DEST.
@@ -81,6 +85,45 @@ pub struct ShardRecord {
     /// True when a backup attempt (straggler mitigation) produced the committed result.
     #[serde(default)]
     pub backup: bool,
+    /// This run's attempts before the one above (failed tries, or a backup's original
+    /// when it ended first), for the timeline. Absent when the first attempt decided.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier: Vec<AttemptSpan>,
+}
+
+/// One attempt of a shard as the timeline draws it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AttemptSpan {
+    pub attempt: u32,
+    pub outcome: OutcomeKind,
+    pub started: String,
+    pub finished: String,
+    /// None when the attempt ended before a worker took it (its inputs could not be staged).
+    pub worker: Option<u32>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cold_start: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub backup: bool,
+}
+
+/// Shards that are done, by how they ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub ok: u64,
+    pub failed: u64,
+}
+
+impl Counts {
+    pub fn of<'a>(records: impl IntoIterator<Item = &'a ShardRecord>) -> Counts {
+        let mut counts = Counts::default();
+        for record in records {
+            match record.status {
+                ShardStatus::Ok => counts.ok += 1,
+                ShardStatus::Failed => counts.failed += 1,
+            }
+        }
+        counts
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,33 +153,6 @@ pub fn new_job_id(name: &str) -> String {
     let nanos = now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     let salt = (nanos ^ std::process::id().rotate_left(16)) & 0xffff;
     format!("{name}-{stamp}-{salt:04x}")
-}
-
-/// Writes of the manifest are retried this many times on errors that may pass (a server
-/// restarting, a network blip), waiting 0.5 s, 1 s, 2 s... in between: a lost journal
-/// segment costs re-running its shards, so it is worth waiting for.
-const WRITE_ATTEMPTS: u32 = 6;
-
-async fn put_retrying(storage: &DynStorage, key: &str, data: Bytes) -> Result<(), StorageError> {
-    let mut delay = std::time::Duration::from_millis(500);
-    let mut attempt = 1;
-    loop {
-        match storage.put(key, data.clone()).await {
-            Ok(()) => return Ok(()),
-            Err(e)
-                if attempt >= WRITE_ATTEMPTS
-                    || e.is_fatal_for_job()
-                    || matches!(e, StorageError::InvalidKey { .. }) =>
-            {
-                return Err(e)
-            }
-            Err(_) => {
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-                attempt += 1;
-            }
-        }
-    }
 }
 
 /// One job's manifest in a DEST.
@@ -175,7 +191,7 @@ impl Manifest {
 
     pub async fn write_job(&self, document: &JobDocument) -> ManifestResult<()> {
         let json = serde_json::to_vec_pretty(document).expect("a job document serializes");
-        put_retrying(&self.storage, &self.key("job.json"), Bytes::from(json)).await?;
+        self.storage.put(&self.key("job.json"), Bytes::from(json)).await?;
         Ok(())
     }
 
@@ -186,7 +202,7 @@ impl Manifest {
     }
 
     pub async fn write_plan_segment(&self, segment: u64, shards: &[Shard]) -> ManifestResult<()> {
-        put_retrying(&self.storage, &self.key(&format!("plan/{segment:06}.jsonl")), jsonl(shards)).await?;
+        self.storage.put(&self.key(&format!("plan/{segment:06}.jsonl")), jsonl(shards)).await?;
         Ok(())
     }
 
@@ -198,7 +214,7 @@ impl Manifest {
     }
 
     pub async fn write_journal_segment(&self, run: u32, segment: u64, records: &[ShardRecord]) -> ManifestResult<()> {
-        put_retrying(&self.storage, &self.key(&format!("shards/r{run:03}-{segment:06}.jsonl")), jsonl(records)).await?;
+        self.storage.put(&self.key(&format!("shards/r{run:03}-{segment:06}.jsonl")), jsonl(records)).await?;
         Ok(())
     }
 
@@ -232,7 +248,6 @@ impl Manifest {
                 if keep {
                     journal.latest.insert(record.shard, record);
                 }
-                journal.records_read += 1;
             }
         }
         Ok(journal)
@@ -244,7 +259,7 @@ impl Manifest {
     }
 
     pub async fn put(&self, relative: &str, data: Bytes) -> ManifestResult<()> {
-        put_retrying(&self.storage, &self.key(relative), data).await?;
+        self.storage.put(&self.key(relative), data).await?;
         Ok(())
     }
 
@@ -258,13 +273,6 @@ impl Manifest {
 pub struct Journal {
     pub latest: BTreeMap<u64, ShardRecord>,
     pub next_run: u32,
-    pub records_read: u64,
-}
-
-impl Journal {
-    pub fn committed(&self, shard: u64) -> Option<&ShardRecord> {
-        self.latest.get(&shard).filter(|r| r.status == ShardStatus::Ok)
-    }
 }
 
 fn jsonl<T: Serialize>(items: &[T]) -> Bytes {
@@ -329,5 +337,55 @@ pub async fn find_job(
             }),
         },
         None => Ok(jobs.into_iter().rev().find(|d| name.is_none_or(|n| d.job.name == n))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::location::Location;
+
+    fn record(shard: u64, status: ShardStatus, run: u32) -> ShardRecord {
+        ShardRecord {
+            shard,
+            fingerprint: "f".into(),
+            status,
+            outcome: if status == ShardStatus::Ok { OutcomeKind::Ok } else { OutcomeKind::Exit },
+            attempts: 1,
+            started: "2026-11-29T10:00:00.000Z".into(),
+            finished: "2026-11-29T10:00:01.000Z".into(),
+            duration_ms: 1000,
+            bytes_in: 1,
+            bytes_out: 1,
+            worker: Some(0),
+            cold_start: false,
+            error: None,
+            outputs: Vec::new(),
+            run,
+            backup: false,
+            earlier: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_committed_shard_stays_committed_and_later_records_replace_earlier_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage =
+            crate::storage::open(&Location::Local(dir.path().to_path_buf()), &Default::default()).await.unwrap();
+        let manifest = Manifest::new(storage, "job-1");
+        use ShardStatus::{Failed, Ok};
+        manifest
+            .write_journal_segment(0, 0, &[record(1, Ok, 0), record(2, Failed, 0), record(3, Failed, 0)])
+            .await
+            .unwrap();
+        // A later run: a late failed backup of shard 1 must not undo its commit; shard 2's
+        // retry succeeded; shard 3 failed again.
+        manifest.write_journal_segment(1, 0, &[record(1, Failed, 1), record(2, Ok, 1)]).await.unwrap();
+        manifest.write_journal_segment(1, 1, &[record(3, Failed, 1)]).await.unwrap();
+        let journal = manifest.read_journal().await.unwrap();
+        let latest: Vec<(u64, ShardStatus, u32)> =
+            journal.latest.values().map(|r| (r.shard, r.status, r.run)).collect();
+        assert_eq!(latest, [(1, Ok, 0), (2, Ok, 1), (3, Failed, 1)]);
+        assert_eq!(journal.next_run, 2);
     }
 }

@@ -102,7 +102,7 @@ impl Pool {
             state.next_worker += 1;
             let live = state.live;
             drop(state);
-            self.events.emit(Event::WorkerStarted { worker, live });
+            self.events.emit(Event::Workers { live });
             let pool = self.clone();
             std::thread::Builder::new()
                 .name(format!("fanout-worker-{worker}"))
@@ -136,7 +136,7 @@ impl Pool {
     }
 
     /// The next task, or `None` once the worker has been idle for `idle_timeout`.
-    fn next_task(&self, worker: u32) -> Option<(Task, bool)> {
+    fn next_task(&self) -> Option<(Task, bool)> {
         let mut state = self.state.lock().expect("pool lock");
         let deadline = Instant::now() + self.idle_timeout;
         loop {
@@ -148,7 +148,7 @@ impl Pool {
                 state.live -= 1;
                 let live = state.live;
                 drop(state);
-                self.events.emit(Event::WorkerStopped { worker, live });
+                self.events.emit(Event::Workers { live });
                 return None;
             }
             state.idle += 1;
@@ -162,11 +162,10 @@ impl Pool {
         // here, and timeouts and cancellation are tokio timers on this thread.
         let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("a worker runtime");
         let mut cold = true;
-        while let Some((task, stopping)) = self.next_task(worker) {
+        while let Some((task, stopping)) = self.next_task() {
             let started = SystemTime::now();
             let ran = !(stopping || task.cancel.is_cancelled());
             let report = if ran {
-                self.events.emit(Event::AttemptStarted { shard: task.shard, attempt: task.attempt, worker, cold });
                 let _ = task.started.set(Instant::now());
                 if task.make_out_dir {
                     let _ = std::fs::create_dir_all(&task.outputs.0);

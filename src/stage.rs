@@ -16,7 +16,8 @@
 use crate::manifest::FANOUT_DIR;
 use crate::plan::{Shard, ShardInput};
 use crate::runtime::capture::Kept;
-use crate::storage::{validate_key, DynStorage};
+use crate::storage::local::blocking;
+use crate::storage::{validate_key, DynStorage, ObjectMeta, StorageError};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -182,13 +183,35 @@ impl Slot {
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.expect("a staging task panicked")
+/// Why a shard's inputs could not be staged. Typed so that a full staging disk is known by
+/// its error kind, not by an error's text.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error("staging: cannot create {}: {source}", path.display())]
+    Folder { path: PathBuf, source: std::io::Error },
+    #[error("staging input {}: {source}", path.display())]
+    Link { path: PathBuf, source: std::io::Error },
+    #[error("staging: {}: {source}", path.display())]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("staging {what}: {source}")]
+    Fetch { what: String, source: StorageError },
+}
+
+impl StageError {
+    /// True when the staging folder's file system ran out of room.
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            StageError::Folder { source, .. } | StageError::Link { source, .. } | StageError::Write { source, .. } => {
+                source.kind() == std::io::ErrorKind::StorageFull
+            }
+            StageError::Fetch { source, .. } => source.is_no_space(),
+        }
+    }
 }
 
 /// Makes `count` slots under `root`, in one blocking call; together they keep at most
 /// `spare_bytes` of spares.
-pub async fn make_slots(root: &Path, count: usize, spare_bytes: u64) -> Result<Vec<Slot>, String> {
+pub async fn make_slots(root: &Path, count: usize, spare_bytes: u64) -> Result<Vec<Slot>, StageError> {
     let spare_allowance = SpareAllowance::new(spare_bytes);
     let root = root.to_path_buf();
     blocking(move || {
@@ -210,7 +233,7 @@ pub async fn make_slots(root: &Path, count: usize, spare_bytes: u64) -> Result<V
                 };
                 for folder in [&slot.in_dir, &slot.out_dir] {
                     std::fs::create_dir_all(folder)
-                        .map_err(|e| format!("staging: cannot create {}: {e}", folder.display()))?;
+                        .map_err(|source| StageError::Folder { path: folder.clone(), source })?;
                 }
                 Ok(slot)
             })
@@ -247,98 +270,128 @@ fn folders_for(in_dir: &Path, keys: &[&str]) -> Vec<PathBuf> {
 
 /// Empties the slot of the previous shard and fetches this shard's inputs into it. A local
 /// source is staged by hard links in one blocking call; a remote one streams downloads.
-pub async fn stage(source: &DynStorage, shard: &Shard, slot: &mut Slot) -> Result<Staged, String> {
+pub async fn stage(source: &DynStorage, shard: &Shard, slot: &mut Slot) -> Result<Staged, StageError> {
     match &shard.input {
-        ShardInput::Objects { objects } => {
-            let keys: Vec<&str> = objects.iter().map(|o| o.key.as_str()).collect();
-            let dirs = folders_for(&slot.in_dir, &keys);
-            let items: Vec<(String, PathBuf)> =
-                objects.iter().map(|o| (o.key.clone(), slot.in_dir.join(&o.key))).collect();
-            let local_root = source.local_root().map(Path::to_path_buf);
-            let downloaded = local_root.is_none();
-            let mut staged = Staged {
-                stdin: None,
-                files: items.iter().map(|(_, path)| path.clone()).collect(),
-                downloaded,
-                dirs: dirs.iter().rev().cloned().collect(),
-            };
-            if downloaded && dirs.is_empty() && !slot.needs_preparing() {
-                return match source.download_many(items).await {
-                    Ok(_) => Ok(staged),
-                    Err(e) => {
-                        *slot = slot.clone().release(staged, Vec::new(), false, None);
-                        Err(format!("staging inputs: {e}"))
-                    }
-                };
-            }
-            let mut prepared = slot.clone();
-            let work_items = items.clone();
-            let sizes: Vec<u64> = objects.iter().map(|o| o.size).collect();
-            // The cleaned slot comes back even when preparing fails, so that the spares it
-            // made are neither lost nor counted twice.
-            let (cleaned, result) = blocking(move || {
-                prepared.clean();
-                let result = (|| -> Result<(), String> {
-                    for folder in &dirs {
-                        std::fs::create_dir_all(folder)
-                            .map_err(|e| format!("staging: cannot create {}: {e}", folder.display()))?;
-                    }
-                    match local_root {
-                        Some(root) => {
-                            for (key, target) in &work_items {
-                                let from = root.join(key);
-                                crate::storage::local::link_or_copy(&from, target)
-                                    .map_err(|e| format!("staging input {}: {e}", from.display()))?;
-                            }
-                        }
-                        None => {
-                            for ((_, target), size) in work_items.iter().zip(sizes) {
-                                prepared.place_spare(target, size);
-                            }
-                        }
-                    }
-                    Ok(())
-                })();
-                (prepared, result)
-            })
-            .await;
-            *slot = cleaned;
-            if let Err(e) = result {
-                // Whatever got linked before the failure is removed with the slot's next use.
-                *slot = slot.clone().release(std::mem::take(&mut staged), Vec::new(), false, None);
-                return Err(e);
-            }
-            if downloaded {
-                if let Err(e) = source.download_many(items).await {
-                    *slot = slot.clone().release(staged, Vec::new(), false, None);
-                    return Err(format!("staging inputs: {e}"));
-                }
-            }
-            Ok(staged)
-        }
+        ShardInput::Objects { objects } => stage_objects(source, objects, slot).await,
         ShardInput::Records { key, start, end, header } => {
-            // The header row (small) first, then the range streamed after it.
-            let path = slot.stdin();
-            let header_bytes = if *header > 0 {
-                source.get_range(key, 0..*header).await.map_err(|e| format!("staging header of {key}: {e}"))?
-            } else {
-                bytes::Bytes::new()
-            };
-            let target = path.clone();
-            let mut prepared = slot.clone();
-            *slot = blocking(move || -> Result<Slot, String> {
-                prepared.clean();
-                std::fs::write(&target, &header_bytes).map_err(|e| format!("staging: {}: {e}", target.display()))?;
-                Ok(prepared)
-            })
-            .await?;
-            source
-                .append_range(key, *start..*end, &path)
-                .await
-                .map_err(|e| format!("staging {key} bytes {start}..{end}: {e}"))?;
-            Ok(Staged { stdin: Some(path), ..Staged::default() })
+            stage_records(source, key, *start..*end, *header, slot).await
         }
     }
+}
+
+/// Whole objects as files under `in/`, at their keys.
+async fn stage_objects(source: &DynStorage, objects: &[ObjectMeta], slot: &mut Slot) -> Result<Staged, StageError> {
+    let keys: Vec<&str> = objects.iter().map(|o| o.key.as_str()).collect();
+    let dirs = folders_for(&slot.in_dir, &keys);
+    let items: Vec<(String, PathBuf)> = objects.iter().map(|o| (o.key.clone(), slot.in_dir.join(&o.key))).collect();
+    let local_root = source.local_root().map(Path::to_path_buf);
+    let downloaded = local_root.is_none();
+    let staged = Staged {
+        stdin: None,
+        files: items.iter().map(|(_, path)| path.clone()).collect(),
+        downloaded,
+        dirs: dirs.iter().rev().cloned().collect(),
+    };
+    if !(downloaded && dirs.is_empty() && !slot.needs_preparing()) {
+        let sizes: Vec<u64> = objects.iter().map(|o| o.size).collect();
+        let prepared = prepare(slot.clone(), dirs, local_root, items.clone(), sizes).await;
+        *slot = prepared.0;
+        if let Err(e) = prepared.1 {
+            // Whatever got linked before the failure is removed with the slot's next use.
+            *slot = slot.clone().release(staged, Vec::new(), false, None);
+            return Err(e);
+        }
+    }
+    if downloaded {
+        if let Err(source) = source.download_many(items).await {
+            *slot = slot.clone().release(staged, Vec::new(), false, None);
+            return Err(StageError::Fetch { what: "inputs".into(), source });
+        }
+    }
+    Ok(staged)
+}
+
+/// Cleans the slot, makes the folders nested keys need, and links local inputs in (or puts
+/// spares where downloads will land), in one blocking call. The cleaned slot comes back even
+/// when preparing fails, so that the spares it made are neither lost nor counted twice.
+async fn prepare(
+    mut slot: Slot,
+    dirs: Vec<PathBuf>,
+    local_root: Option<PathBuf>,
+    items: Vec<(String, PathBuf)>,
+    sizes: Vec<u64>,
+) -> (Slot, Result<(), StageError>) {
+    blocking(move || {
+        slot.clean();
+        let result = (|| {
+            for folder in &dirs {
+                std::fs::create_dir_all(folder)
+                    .map_err(|source| StageError::Folder { path: folder.clone(), source })?;
+            }
+            match &local_root {
+                Some(root) => {
+                    for (key, target) in &items {
+                        let from = root.join(key);
+                        crate::storage::local::link_or_copy(&from, target)
+                            .map_err(|source| StageError::Link { path: from, source })?;
+                    }
+                }
+                None => {
+                    for ((_, target), size) in items.iter().zip(sizes) {
+                        slot.place_spare(target, size);
+                    }
+                }
+            }
+            Ok(())
+        })();
+        (slot, result)
+    })
+    .await
+}
+
+/// A byte range of one object on stdin: the header row (small) first, then the range
+/// streamed after it.
+async fn stage_records(
+    source: &DynStorage,
+    key: &str,
+    range: std::ops::Range<u64>,
+    header: u64,
+    slot: &mut Slot,
+) -> Result<Staged, StageError> {
+    let path = slot.stdin();
+    let header_bytes = if header > 0 {
+        let fetch = |source| StageError::Fetch { what: format!("header of {key}"), source };
+        source.get_range(key, 0..header).await.map_err(fetch)?
+    } else {
+        bytes::Bytes::new()
+    };
+    let target = path.clone();
+    let mut prepared = slot.clone();
+    *slot = blocking(move || {
+        prepared.clean();
+        std::fs::write(&target, &header_bytes).map_err(|source| StageError::Write { path: target, source })?;
+        Ok::<_, StageError>(prepared)
+    })
+    .await?;
+    let what = format!("{key} bytes {}..{}", range.start, range.end);
+    source.append_range(key, range, &path).await.map_err(|source| StageError::Fetch { what, source })?;
+    Ok(Staged { stdin: Some(path), ..Staged::default() })
+}
+
+/// Says so when the staging folder's file system has (almost) no room left, or had none
+/// when the failure happened (`ran_out`).
+pub fn full_message(root: &Path, ran_out: bool) -> Option<String> {
+    let stats = nix::sys::statvfs::statvfs(root).ok()?;
+    let free = stats.blocks_available() as u64 * stats.fragment_size() as u64;
+    let size = stats.blocks() as u64 * stats.fragment_size() as u64;
+    // "Full" for a guest that writes in blocks: less than a few MiB, or 1% of the disk.
+    (ran_out || free < (8 << 20).min(size / 100).max(1 << 20)).then(|| {
+        format!(
+            "the staging folder {} is full ({} free now); free space there or choose another with --staging",
+            root.display(),
+            crate::units::format_size(free)
+        )
+    })
 }
 
 /// Removes everything inside `dir` (not `dir` itself).

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 /// Parses a byte size: a plain integer (bytes) or a number with a unit.
 /// Binary units (`KiB`, `MiB`, `GiB`, `TiB`) are powers of 1024, decimal ones (`kB`, `MB`,
-/// `GB`, `TB`) powers of 1000; `B` is bytes. Units are case-insensitive except that
-/// `b` alone is refused, since users who write `64mb` mean bytes but `64Mb` could be bits.
+/// `GB`, `TB`) powers of 1000; `B` (or `b`) is bytes. Units are case-insensitive: `64mb` and
+/// `64Mb` are both 64 MB, never bits, since nobody sizes storage in bits.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let trimmed = text.trim();
     let split = trimmed.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_')).unwrap_or(trimmed.len());
@@ -109,7 +109,8 @@ impl Tolerance {
     pub fn allows(&self, failed: u64, total: u64) -> bool {
         match *self {
             Tolerance::Count(count) => failed <= count,
-            // Compare in integers of basis points so that 1 failure of 100 at "1%" passes.
+            // Cross-multiplied, with a little slack for the float, so that exactly 1 failure
+            // of 100 at "1%" passes.
             Tolerance::Percent(percent) => (failed as f64) * 100.0 <= percent * (total as f64) + 1e-9,
         }
     }
@@ -136,6 +137,8 @@ mod tests {
         assert_eq!(parse_size("4096").unwrap(), 4096);
         assert_eq!(parse_size("1.5KiB").unwrap(), 1536);
         assert_eq!(parse_size("1_000").unwrap(), 1000);
+        assert_eq!(parse_size("64mb").unwrap(), 64_000_000);
+        assert_eq!(parse_size("12b").unwrap(), 12);
     }
 
     #[test]
@@ -160,6 +163,8 @@ mod tests {
         assert!(Tolerance::parse("0%").unwrap().allows(0, 10));
         assert!(!Tolerance::parse("0%").unwrap().allows(1, 10));
         assert!(Tolerance::parse("10%").unwrap().allows(1, 10));
+        assert!(Tolerance::parse("1%").unwrap().allows(1, 100));
+        assert!(!Tolerance::parse("1%").unwrap().allows(2, 100));
         assert!(!Tolerance::parse("10%").unwrap().allows(2, 10));
         assert!(Tolerance::parse("2").unwrap().allows(2, 1000));
         assert!(Tolerance::parse("101%").is_err());

@@ -3,18 +3,16 @@
 //! attempts for relative timeouts, output-rule breaches and straggling. Part of the
 //! coordinator (`run`): these are its methods, run in its task, on its state.
 
-use super::{backoff_before, process_cpu_time, record, tail, Coordinator, Msg, CLEAN_EAGERLY, LOG_CAP};
+use super::record::{self, LOG_CAP};
+use super::state::{AttemptInfo, Cancelled, Running};
+use super::{backoff_before, process_cpu_time, tail, Coordinator, Msg, CLEAN_EAGERLY};
 use crate::events::Event;
-use crate::manifest::ShardRecord;
-use crate::plan::Shard;
 use crate::pool::{AttemptDone, Task};
-use crate::runtime::capture::{Kept, Overflow};
+use crate::runtime::capture::Overflow;
 use crate::runtime::{Invocation, Outcome};
-use crate::stage::{self, OutputRules, Slot, Staged};
-use std::path::PathBuf;
+use crate::stage::{self, OutputFile, OutputRules, StageError};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
-use tokio_util::sync::CancellationToken;
+use std::time::{Duration, Instant};
 
 /// Empties a finished attempt's output folder in the background (a backup's folder goes).
 fn spawn_discard(running: &Running) {
@@ -22,107 +20,9 @@ fn spawn_discard(running: &Running) {
     tokio::spawn(async move { stage::discard_dir(&out_dir, backup).await });
 }
 
-/// Says so when the staging folder's file system has (almost) no room left, or had none
-/// when the failure happened (`ran_out`).
-fn staging_full(root: &std::path::Path, ran_out: bool) -> Option<String> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(root.as_os_str().as_bytes()).ok()?;
-    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
-    // SAFETY: a valid NUL-terminated path and a buffer statvfs fills.
-    if unsafe { libc::statvfs(path.as_ptr(), stats.as_mut_ptr()) } != 0 {
-        return None;
-    }
-    // SAFETY: statvfs succeeded, so the struct is filled.
-    let stats = unsafe { stats.assume_init() };
-    let free = stats.f_bavail * stats.f_frsize;
-    let size = stats.f_blocks * stats.f_frsize;
-    // "Full" for a guest that writes in blocks: less than a few MiB, or 1% of the disk.
-    (ran_out || free < (8 << 20).min(size / 100).max(1 << 20)).then(|| {
-        format!(
-            "the staging folder {} is full ({} free now); free space there or choose another with --staging",
-            root.display(),
-            crate::units::format_size(free)
-        )
-    })
-}
-
-pub(super) struct AttemptInfo {
-    pub(super) attempt: u32,
-    pub(super) outcome: Outcome,
-    pub(super) worker: u32,
-    pub(super) cold_start: bool,
-    pub(super) started: SystemTime,
-    pub(super) finished: SystemTime,
-    pub(super) elapsed: Duration,
-    pub(super) stdout: Option<Kept>,
-    pub(super) stderr: Option<Kept>,
-    pub(super) stderr_truncated: bool,
-    pub(super) backup: bool,
-}
-
-/// Why fanout cancelled an attempt it started.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Cancelled {
-    /// It ran past the relative timeout.
-    Timeout,
-    /// Another attempt of the same shard succeeded first.
-    LostRace,
-    /// Its `/out` broke the output rules while it ran (too many bytes or files, a link).
-    Outputs(String),
-}
-
 /// Running attempts older than this have their `/out` checked against the output rules
 /// this often, so that a runaway guest is stopped long before it fills the disk.
 const OUTPUT_CHECK: Duration = Duration::from_secs(1);
-
-/// An attempt handed to the pool and not yet back.
-pub(super) struct Running {
-    pub(super) attempt: u32,
-    pub(super) token: CancellationToken,
-    pub(super) started: Arc<OnceLock<Instant>>,
-    pub(super) out_dir: PathBuf,
-    pub(super) backup: bool,
-    pub(super) cancelled: Option<Cancelled>,
-    /// When `/out` was last checked, and whether a check is under way.
-    pub(super) output_checked: Option<Instant>,
-    pub(super) output_check_running: bool,
-}
-
-pub(super) struct InFlight {
-    pub(super) shard: Shard,
-    pub(super) fingerprint: String,
-    /// Attempts made by earlier runs (redrive continues the numbering).
-    pub(super) prior_attempts: u32,
-    /// Attempts launched in this run (backups included).
-    pub(super) attempts: u32,
-    /// Attempts of this run that failed.
-    pub(super) failures: u32,
-    pub(super) slot: Slot,
-    pub(super) staged: Option<Staged>,
-    pub(super) history: Vec<AttemptInfo>,
-    pub(super) running: Vec<Running>,
-    /// An attempt succeeded: the shard is being published or is done.
-    pub(super) won: bool,
-    /// Finalized while a losing attempt was still being cancelled: the record and slot wait
-    /// for it, so that nothing else is staged into the slot while it may still write.
-    pub(super) parked: Option<(Option<ShardRecord>, Slot)>,
-    pub(super) cancel: CancellationToken,
-}
-
-impl InFlight {
-    pub(super) fn global_attempt(&self) -> u32 {
-        self.prior_attempts + self.attempts
-    }
-
-    /// Capture files the attempts left in the slot.
-    pub(super) fn captures(&self) -> Vec<PathBuf> {
-        self.history
-            .iter()
-            .flat_map(|a| a.stdout.iter().chain(a.stderr.iter()))
-            .filter_map(|kept| kept.file().map(PathBuf::from))
-            .collect()
-    }
-}
 
 impl Coordinator {
     /// Launches the next attempt of a staged shard: a retry or the first attempt into the
@@ -187,18 +87,12 @@ impl Coordinator {
         self.pool.submit(task);
     }
 
+    /// An attempt came back from the pool: a loser is discarded, a failure retried or
+    /// recorded, a success claims its outputs and publishes them.
     pub(super) fn on_attempt_done(&mut self, done: AttemptDone) {
-        self.stats.busy_ms += done.report.elapsed.as_millis() as u64;
-        // CPU time is read once at the end (getrusage walks every thread: too dear per shard).
-        self.map_end = Some(Instant::now());
-        if done.report.elapsed > Duration::ZERO || !matches!(done.report.outcome, Outcome::Cancelled) {
-            if done.cold_start {
-                self.stats.cold_starts += 1;
-            } else {
-                self.stats.warm_starts += 1;
-            }
-        }
-        let Some(flight) = self.in_flight.get_mut(&done.shard) else { return };
+        self.count_start(&done);
+        let shard = done.shard;
+        let Some(flight) = self.in_flight.get_mut(&shard) else { return };
         let Some(position) = flight.running.iter().position(|r| r.attempt == done.attempt) else { return };
         let running = flight.running.remove(position);
         let outcome = match (&done.report.outcome, &running.cancelled) {
@@ -206,51 +100,82 @@ impl Coordinator {
             (Outcome::Cancelled, Some(Cancelled::Outputs(broken))) => Outcome::Error(broken.clone()),
             (outcome, _) => outcome.clone(),
         };
-        *self.stats.outcomes.entry(outcome.kind().to_string()).or_default() += 1;
-        let info = AttemptInfo {
-            attempt: done.attempt,
-            outcome: outcome.clone(),
-            worker: done.worker,
-            cold_start: done.cold_start,
-            started: done.started,
-            finished: done.finished,
-            elapsed: done.report.elapsed,
-            stdout: done.report.stdout.kept.clone(),
-            stderr: done.report.stderr.kept.clone(),
-            stderr_truncated: done.report.stderr.overflowed,
-            backup: running.backup,
-        };
+        *self.stats.outcomes.entry(outcome.kind()).or_default() += 1;
+        let info = AttemptInfo::of(&done, outcome.clone(), running.backup);
         if flight.won || running.cancelled == Some(Cancelled::LostRace) {
-            // Another attempt of this shard won: this one publishes nothing.
-            flight.history.push(info);
-            spawn_discard(&running);
-            if flight.running.is_empty() {
-                if let Some((record, slot)) = flight.parked.take() {
-                    self.complete(done.shard, record, slot);
-                }
-            }
-            return;
+            return self.lost_race(shard, info, running);
         }
         let files = match (done.outputs, outcome.is_ok()) {
             (Some(Ok(files)), true) => files,
             (Some(Err(rule_broken)), _) => {
-                return self.attempt_failed(done.shard, Some((info, running)), Outcome::Error(rule_broken))
+                return self.attempt_failed(shard, info, Some(running), Outcome::Error(rule_broken))
             }
-            _ => return self.attempt_failed(done.shard, Some((info, running)), outcome),
+            _ => return self.attempt_failed(shard, info, Some(running), outcome),
         };
-        let stdout_key = flight.shard.record_extension().map(|ext| format!("part-{:05}{ext}", done.shard));
-        let keys = files.iter().map(|file| file.key.as_str()).chain(stdout_key.as_deref());
-        let taken = keys.clone().find_map(|key| {
-            let owner = *self.output_owners.get(&super::output_key_hash(key))?;
-            (owner != done.shard).then(|| format!("output {key} is also an output of shard {owner:05}: shards must write distinct paths, and this one publishes nothing"))
-        });
-        if let Some(taken) = taken {
-            return self.attempt_failed(done.shard, Some((info, running)), Outcome::Error(taken));
+        let stdout_key = flight.shard.record_extension().map(|ext| format!("part-{shard:05}{ext}"));
+        let keys: Vec<&str> = files.iter().map(|file| file.key.as_str()).chain(stdout_key.as_deref()).collect();
+        if let Err(taken) = self.claim_outputs(shard, &keys) {
+            return self.attempt_failed(shard, info, Some(running), Outcome::Error(taken));
+        }
+        self.publish_winner(shard, info, running, files, stdout_key);
+    }
+
+    /// Cold and warm starts, time in guests, and the end of the map so far.
+    fn count_start(&mut self, done: &AttemptDone) {
+        self.stats.busy_ms += done.report.elapsed.as_millis() as u64;
+        // CPU time is read once at the end (getrusage walks every thread: too dear per shard).
+        self.map_end = Some(Instant::now());
+        // An attempt cancelled before it started never used its worker.
+        if done.report.elapsed > Duration::ZERO || !matches!(done.report.outcome, Outcome::Cancelled) {
+            if done.cold_start {
+                self.stats.cold_starts += 1;
+            } else {
+                self.stats.warm_starts += 1;
+            }
+        }
+    }
+
+    /// Another attempt of the shard won: this one publishes nothing. The last attempt back
+    /// lets a shard that was finalized meanwhile complete.
+    fn lost_race(&mut self, shard: u64, info: AttemptInfo, running: Running) {
+        let Some(flight) = self.in_flight.get_mut(&shard) else { return };
+        flight.history.push(info);
+        spawn_discard(&running);
+        if flight.running.is_empty() {
+            if let Some((record, slot)) = flight.parked.take() {
+                self.complete(shard, record, slot);
+            }
+        }
+    }
+
+    /// Claims output keys for `shard`; refused when another shard of the job published one.
+    fn claim_outputs(&mut self, shard: u64, keys: &[&str]) -> Result<(), String> {
+        for key in keys {
+            if let Some(&owner) = self.output_owners.get(&super::output_key_hash(key)) {
+                if owner != shard {
+                    return Err(format!(
+                        "output {key} is also an output of shard {owner:05}: shards must write distinct paths, and this one publishes nothing"
+                    ));
+                }
+            }
         }
         for key in keys {
-            self.output_owners.insert(super::output_key_hash(key), done.shard);
+            self.output_owners.insert(super::output_key_hash(key), shard);
         }
-        // This attempt won: any other attempt of the shard is cancelled and publishes nothing.
+        Ok(())
+    }
+
+    /// This attempt won: every other attempt of the shard is cancelled (and publishes
+    /// nothing), and its outputs, log and record are stored in that order.
+    fn publish_winner(
+        &mut self,
+        shard: u64,
+        info: AttemptInfo,
+        running: Running,
+        files: Vec<OutputFile>,
+        stdout_key: Option<String>,
+    ) {
+        let Some(flight) = self.in_flight.get_mut(&shard) else { return };
         flight.won = true;
         for other in &mut flight.running {
             other.cancelled = Some(Cancelled::LostRace);
@@ -259,22 +184,16 @@ impl Coordinator {
         let stdout_object = stdout_key.map(|key| (key, info.stdout.clone()));
         flight.history.push(info);
         let record = record::build_record(flight, true, self.run, &self.job.function);
-        let shard = done.shard;
         let backup_dir = running.backup.then(|| running.out_dir.clone());
+        let staged = flight.staged.clone().unwrap_or_default();
         if files.is_empty() && stdout_object.is_none() && !record::needs_log(flight, true) {
             // Nothing to store but the record: finish here, without a task.
-            let slot = flight.slot.clone().release(
-                flight.staged.clone().unwrap_or_default(),
-                flight.captures(),
-                false,
-                backup_dir,
-            );
+            let slot = flight.slot.clone().release(staged, flight.captures(), false, backup_dir);
             return self.on_message(Msg::Finalized { shard, record: Some(record), slot });
         }
         let log = record::needs_log(flight, true).then(|| record::compose_log(flight));
         let (dest, manifest, tx) = (self.dest.clone(), self.manifest.clone(), self.msg_tx.clone());
-        let (slot, staged, captures) =
-            (flight.slot.clone(), flight.staged.clone().unwrap_or_default(), flight.captures());
+        let (slot, captures) = (flight.slot.clone(), flight.captures());
         tokio::spawn(async move {
             let published = match stage::publish(&dest, files, stdout_object).await {
                 Ok(published) => published,
@@ -297,83 +216,79 @@ impl Coordinator {
         });
     }
 
-    /// An attempt failed (or could not start): retry after backoff, or give up. While
-    /// another attempt of the shard still runs, that one decides.
-    pub(super) fn attempt_failed(&mut self, shard: u64, attempt: Option<(AttemptInfo, Running)>, outcome: Outcome) {
-        let max_attempts = self.job.retry.attempts;
-        let backoff = self.job.retry.backoff();
+    /// Publishing the winner's outputs failed (nothing of them is left in DEST): the attempt
+    /// failed after all, and what it left in its `/out` goes before any retry.
+    pub(super) fn publish_failed(&mut self, shard: u64, error: String) {
         let Some(flight) = self.in_flight.get_mut(&shard) else { return };
-        let now = SystemTime::now();
-        let (mut info, running) = match attempt {
-            Some((info, running)) => (info, Some(running)),
-            // Staging failed: that counts as an attempt of its own.
-            None => (
-                AttemptInfo {
-                    attempt: {
-                        flight.attempts += 1;
-                        flight.global_attempt()
-                    },
-                    outcome: outcome.clone(),
-                    worker: 0,
-                    cold_start: false,
-                    started: now,
-                    finished: now,
-                    elapsed: Duration::ZERO,
-                    stdout: None,
-                    stderr: None,
-                    stderr_truncated: false,
-                    backup: false,
-                },
-                None,
-            ),
+        flight.won = false;
+        let Some(info) = flight.history.pop() else { return };
+        let out_dir = if info.backup {
+            flight.slot.dir.join(format!("out.{}", info.attempt))
+        } else {
+            flight.slot.out_dir.clone()
         };
-        // A full staging disk shows up as whatever the guest or the stager made of ENOSPC:
-        // name the real cause.
-        // The guest's own account, when it gave one, is the surest sign (read on failures only).
-        let said_by_guest = matches!(&info.stderr, Some(Kept::Memory(text))
-            if String::from_utf8_lossy(text).contains("No space left on device"));
-        let ran_out = said_by_guest || outcome.to_string().contains("No space left on device");
-        let outcome = match (&outcome, staging_full(&self.staging_root, ran_out)) {
-            (Outcome::Cancelled, _) | (_, None) => outcome,
+        let running = Running::ended(info.attempt, out_dir, info.backup);
+        self.attempt_failed(shard, info, Some(running), Outcome::Error(error));
+    }
+
+    /// Staging the shard's inputs failed: that counts as an attempt of its own. A full
+    /// staging disk is named as the cause.
+    pub(super) fn staging_failed(&mut self, shard: u64, error: StageError) {
+        let Some(flight) = self.in_flight.get_mut(&shard) else { return };
+        flight.attempts += 1;
+        let mut message = error.to_string();
+        if let Some(full) = stage::full_message(&self.staging_root, error.is_no_space()) {
+            message = format!("{message} ({full})");
+        }
+        let info = AttemptInfo::not_started(flight.global_attempt(), Outcome::Error(message));
+        self.settle_failure(shard, info, None);
+    }
+
+    /// An attempt that ran failed. A staging disk that is full now is named as the likely
+    /// cause: a guest (or the publisher) that hit it says so only in its own words.
+    pub(super) fn attempt_failed(
+        &mut self,
+        shard: u64,
+        mut info: AttemptInfo,
+        running: Option<Running>,
+        outcome: Outcome,
+    ) {
+        info.outcome = match (outcome, stage::full_message(&self.staging_root, false)) {
+            (outcome @ Outcome::Cancelled, _) | (outcome, None) => outcome,
             (Outcome::Error(message), Some(full)) => Outcome::Error(format!("{message} ({full})")),
             (other, Some(full)) => Outcome::Error(format!("{other} ({full})")),
         };
-        info.outcome = outcome.clone();
+        self.settle_failure(shard, info, running);
+    }
+
+    /// After a failed attempt: retry after backoff, or give up. While another attempt of
+    /// the shard still runs, that one decides; a cancelled attempt leaves the shard pending.
+    fn settle_failure(&mut self, shard: u64, info: AttemptInfo, running: Option<Running>) {
+        let (max_attempts, backoff) = (self.job.retry.attempts, self.job.retry.backoff());
+        let Some(flight) = self.in_flight.get_mut(&shard) else { return };
+        let (attempt, outcome) = (info.attempt, info.outcome.clone());
         flight.history.push(info);
         if matches!(outcome, Outcome::Cancelled) {
-            if let Some(running) = &running {
-                spawn_discard(running);
-            }
+            running.iter().for_each(spawn_discard);
             if flight.running.is_empty() {
                 self.abandon(shard);
             }
             return;
         }
         flight.failures += 1;
+        let others_running = !flight.running.is_empty();
         let retry = flight.failures < max_attempts && !self.stopping;
-        self.events.emit(Event::AttemptFailed {
-            shard,
-            attempt: flight.history.last().map(|a| a.attempt).unwrap_or_default(),
-            outcome: outcome.to_string(),
-            retry: retry && flight.running.is_empty(),
-        });
-        if !flight.running.is_empty() {
+        let will_retry = retry && !others_running;
+        self.events.emit(Event::AttemptFailed { shard, attempt, outcome: outcome.to_string(), retry: will_retry });
+        if others_running || !retry {
+            running.iter().for_each(spawn_discard);
+        }
+        if others_running {
             // A backup (or the original) is still running: it decides the shard's fate.
-            if let Some(running) = &running {
-                spawn_discard(running);
-            }
             return;
         }
         if !retry {
-            if let Some(running) = &running {
-                spawn_discard(running);
-            }
-            if self.stopping {
-                self.abandon(shard);
-            } else {
-                self.finalize_failed(shard);
-            }
-            return;
+            return if self.stopping { self.abandon(shard) } else { self.finalize_failed(shard) };
         }
         self.stats.retries += 1;
         let delay = backoff_before(flight.failures + 1, backoff);

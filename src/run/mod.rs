@@ -10,24 +10,25 @@
 
 use crate::events::{Event, EventSink};
 use crate::job::Job;
-use crate::manifest::{JobDocument, Journal, Manifest, ManifestError, ShardRecord, ShardStatus};
+use crate::manifest::{Counts, JobDocument, Journal, Manifest, ManifestError, ShardRecord, ShardStatus};
 use crate::plan::{PlanError, PlanTotals, Planned, Shard};
 use crate::pool::{AttemptDone, Pool};
-use crate::runtime::{Outcome, Runtime};
-use crate::stage::{self, Slot, Staged};
+use crate::runtime::{OutcomeKind, Runtime};
+use crate::stage::{self, Slot, StageError, Staged};
 use crate::storage::DynStorage;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 mod attempts;
 mod record;
+mod state;
 mod tail;
 
-use attempts::{Cancelled, InFlight, Running};
+use state::{Cancelled, InFlight};
 
 /// Shards per stored plan segment.
 const PLAN_SEGMENT: usize = 10_000;
@@ -41,8 +42,6 @@ const JOURNAL_BATCH: usize = 5_000;
 const STAGING_BUDGET: u64 = 256 << 20;
 /// Shards whose inputs reach this size empty their slot as soon as they are done.
 const CLEAN_EAGERLY: u64 = 4 << 20;
-/// A guest's stderr kept per attempt; the rest is dropped and the log says so.
-pub const LOG_CAP: u64 = 1 << 20;
 /// Longest wait between retries, whatever the attempt number.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -62,6 +61,13 @@ pub struct Shutdown {
 
 /// Everything a run needs, resolved and opened by the caller.
 pub struct RunSpec {
+    pub setup: RunSetup,
+    /// The shards, from the planner or from the stored plan.
+    pub shards: mpsc::Receiver<Result<Planned, PlanError>>,
+}
+
+/// What the coordinator is built from.
+pub struct RunSetup {
     pub job: Job,
     pub document: JobDocument,
     /// True when job.json must be written before the first shard is dispatched (new jobs).
@@ -72,8 +78,6 @@ pub struct RunSpec {
     pub runtime: Arc<Runtime>,
     /// What earlier runs committed (empty for a new job).
     pub prior: Journal,
-    /// The shards, from the planner or from the stored plan.
-    pub shards: mpsc::Receiver<Result<Planned, PlanError>>,
     /// True when the shards come from a fresh planning, which must be stored.
     pub record_plan: bool,
     pub staging_root: PathBuf,
@@ -112,7 +116,7 @@ pub struct RunStats {
     pub backups_won: u64,
     pub plan_error: Option<String>,
     pub stopped_early: bool,
-    pub outcomes: BTreeMap<String, u64>,
+    pub outcomes: BTreeMap<OutcomeKind, u64>,
 }
 
 pub struct RunResult {
@@ -136,7 +140,7 @@ pub enum RunError {
 enum Msg {
     Staged {
         shard: u64,
-        result: Result<Staged, String>,
+        result: Result<Staged, StageError>,
         slot: Slot,
     },
     /// Publishing an attempt's outputs failed (nothing of them is left in DEST).
@@ -185,7 +189,7 @@ struct Coordinator {
     durations: tail::Durations,
     journal_buffer: Vec<ShardRecord>,
     journal_segment: u64,
-    journal_writes: Vec<tokio::task::JoinHandle<Result<usize, ManifestError>>>,
+    journal_writes: Vec<tokio::task::JoinHandle<Result<(), ManifestError>>>,
     plan_buffer: Vec<Shard>,
     plan_segment: u64,
     plan_writes: Vec<tokio::task::JoinHandle<Result<(), ManifestError>>>,
@@ -216,14 +220,10 @@ fn output_key_hash(key: &str) -> u64 {
 
 /// CPU time (user + system) this process has used so far.
 fn process_cpu_time() -> Duration {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage fills the struct it is given; RUSAGE_SELF is always valid.
-    let usage = unsafe {
-        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
-        usage.assume_init()
-    };
-    let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
-    Duration::from_micros(micros(usage.ru_utime) + micros(usage.ru_stime))
+    use nix::sys::resource::{getrusage, UsageWho};
+    let Ok(usage) = getrusage(UsageWho::RUSAGE_SELF) else { return Duration::ZERO };
+    let micros = |t: nix::sys::time::TimeVal| t.tv_sec() as u64 * 1_000_000 + t.tv_usec() as u64;
+    Duration::from_micros(micros(usage.user_time()) + micros(usage.system_time()))
 }
 
 /// How often running attempts are checked against relative timeouts and for stragglers.
@@ -233,74 +233,15 @@ const TAIL_CHECK: Duration = Duration::from_millis(100);
 pub async fn execute(spec: RunSpec) -> Result<RunResult, RunError> {
     let (results_tx, mut results_rx) = mpsc::unbounded_channel::<AttemptDone>();
     let (msg_tx, mut msg_rx) = mpsc::unbounded_channel::<Msg>();
-    let pool =
-        Pool::new(spec.runtime.clone(), spec.job.workers.max, spec.job.workers.idle(), results_tx, spec.events.clone());
-    // Enough shards in flight to keep every worker fed while others stage and publish.
-    let capacity = (spec.job.workers.max * 4).max(16);
-    let run = spec.prior.next_run;
     let mut shards = spec.shards;
-    let output_owners: HashMap<u64, u64> = spec
-        .prior
-        .latest
-        .values()
-        .filter(|record| record.status == ShardStatus::Ok)
-        .flat_map(|record| record.outputs.iter().map(|key| (output_key_hash(key), record.shard)))
-        .collect();
-    let mut coordinator = Coordinator {
-        manifest: spec.manifest,
-        source: spec.source,
-        dest: spec.dest,
-        pool,
-        events: spec.events,
-        shutdown: spec.shutdown,
-        staging_root: spec.staging_root,
-        run,
-        prior: spec.prior,
-        document: spec.document,
-        write_job_document: spec.write_job_document,
-        record_plan: spec.record_plan,
-        slots: None,
-        capacity,
-        in_flight: HashMap::new(),
-        bytes_in_flight: 0,
-        records: BTreeMap::new(),
-        durations: tail::Durations::default(),
-        journal_buffer: Vec::new(),
-        journal_segment: 0,
-        journal_writes: Vec::new(),
-        plan_buffer: Vec::new(),
-        plan_segment: 0,
-        plan_writes: Vec::new(),
-        planned: 0,
-        plan_done: false,
-        plan_totals: None,
-        plan_failure: None,
-        stopping: false,
-        msg_tx,
-        stats: RunStats { run, ..Default::default() },
-        started: Instant::now(),
-        map_start: None,
-        map_end: None,
-        fatal: None,
-        output_owners,
-        job: spec.job,
-    };
+    let mut coordinator = Coordinator::new(spec.setup, results_tx, msg_tx);
     let mut journal_tick = tokio::time::interval(JOURNAL_INTERVAL);
     journal_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tail_tick = tokio::time::interval(TAIL_CHECK);
     tail_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-
-    loop {
-        if coordinator.is_finished() {
-            break;
-        }
-        let can_take = !coordinator.plan_done
-            && !coordinator.stopping
-            && coordinator.fatal.is_none()
-            && coordinator.slots.as_ref().is_none_or(|free| !free.is_empty())
-            && (coordinator.in_flight.is_empty() || coordinator.bytes_in_flight < STAGING_BUDGET);
+    while !coordinator.is_finished() {
         tokio::select! {
-            planned = shards.recv(), if can_take => coordinator.on_planned(planned).await,
+            planned = shards.recv(), if coordinator.can_take_shard() => coordinator.on_planned(planned).await,
             Some(done) = results_rx.recv() => coordinator.on_attempt_done(done),
             Some(msg) = msg_rx.recv() => coordinator.on_message(msg),
             _ = journal_tick.tick() => coordinator.flush_journal(),
@@ -312,6 +253,70 @@ pub async fn execute(spec: RunSpec) -> Result<RunResult, RunError> {
 }
 
 impl Coordinator {
+    fn new(spec: RunSetup, results_tx: mpsc::UnboundedSender<AttemptDone>, msg_tx: mpsc::UnboundedSender<Msg>) -> Self {
+        let workers = &spec.job.workers;
+        let pool = Pool::new(spec.runtime.clone(), workers.max, workers.idle(), results_tx, spec.events.clone());
+        let run = spec.prior.next_run;
+        // Outputs earlier runs published stay theirs: no shard of this run may overwrite one.
+        let output_owners = spec
+            .prior
+            .latest
+            .values()
+            .filter(|record| record.status == ShardStatus::Ok)
+            .flat_map(|record| record.outputs.iter().map(|key| (output_key_hash(key), record.shard)))
+            .collect();
+        Coordinator {
+            // Enough shards in flight to keep every worker fed while others stage and publish.
+            capacity: (workers.max * 4).max(16),
+            manifest: spec.manifest,
+            source: spec.source,
+            dest: spec.dest,
+            pool,
+            events: spec.events,
+            shutdown: spec.shutdown,
+            staging_root: spec.staging_root,
+            run,
+            prior: spec.prior,
+            document: spec.document,
+            write_job_document: spec.write_job_document,
+            record_plan: spec.record_plan,
+            slots: None,
+            in_flight: HashMap::new(),
+            bytes_in_flight: 0,
+            records: BTreeMap::new(),
+            durations: tail::Durations::default(),
+            journal_buffer: Vec::new(),
+            journal_segment: 0,
+            journal_writes: Vec::new(),
+            plan_buffer: Vec::new(),
+            plan_segment: 0,
+            plan_writes: Vec::new(),
+            planned: 0,
+            plan_done: false,
+            plan_totals: None,
+            plan_failure: None,
+            stopping: false,
+            msg_tx,
+            stats: RunStats { run, ..Default::default() },
+            started: Instant::now(),
+            map_start: None,
+            map_end: None,
+            fatal: None,
+            output_owners,
+            job: spec.job,
+        }
+    }
+
+    /// Whether the next planned shard may be taken: while planning goes on, nothing stops
+    /// the run, a slot is free and the staging budget allows (always when nothing is in flight).
+    fn can_take_shard(&self) -> bool {
+        !self.plan_done
+            && !self.stopping
+            && self.fatal.is_none()
+            && self.slots.as_ref().is_none_or(|free| !free.is_empty())
+            && (self.in_flight.is_empty() || self.bytes_in_flight < STAGING_BUDGET)
+    }
+
     fn is_finished(&self) -> bool {
         // The last journal records are written by `finish`, without waiting for a tick.
         self.in_flight.is_empty() && (self.fatal.is_some() || self.plan_done || self.stopping)
@@ -347,7 +352,7 @@ impl Coordinator {
                     match stage::make_slots(&self.staging_root, self.capacity, STAGING_BUDGET).await {
                         Ok(slots) => self.slots = Some(slots),
                         Err(e) => {
-                            self.fatal = Some(e);
+                            self.fatal = Some(e.to_string());
                             return;
                         }
                     }
@@ -401,7 +406,7 @@ impl Coordinator {
             if record.status == ShardStatus::Ok {
                 if record.fingerprint == fingerprint {
                     self.stats.shards_skipped += 1;
-                    self.events.emit(Event::Skipped { shard: shard.id });
+                    self.events.emit(Event::Skipped);
                     self.records.insert(shard.id, record.clone());
                     return;
                 }
@@ -458,33 +463,10 @@ impl Coordinator {
                             self.submit(shard, false);
                         }
                     }
-                    Err(error) => self.attempt_failed(shard, None, Outcome::Error(error)),
+                    Err(error) => self.staging_failed(shard, error),
                 }
             }
-            Msg::PublishFailed { shard, error } => {
-                let Some(flight) = self.in_flight.get_mut(&shard) else { return };
-                flight.won = false;
-                // What the winning attempt left in its /out goes before any retry.
-                let attempt = flight.history.pop().map(|info| {
-                    let out_dir = if info.backup {
-                        flight.slot.dir.join(format!("out.{}", info.attempt))
-                    } else {
-                        flight.slot.out_dir.clone()
-                    };
-                    let running = Running {
-                        attempt: info.attempt,
-                        token: CancellationToken::new(),
-                        started: Arc::new(OnceLock::new()),
-                        out_dir,
-                        backup: info.backup,
-                        cancelled: None,
-                        output_checked: None,
-                        output_check_running: false,
-                    };
-                    (info, running)
-                });
-                self.attempt_failed(shard, attempt, Outcome::Error(error));
-            }
+            Msg::PublishFailed { shard, error } => self.publish_failed(shard, error),
             Msg::RetryDue { shard } => {
                 if self.stopping {
                     self.abandon(shard);
@@ -542,7 +524,7 @@ impl Coordinator {
         }
         self.stats.bytes_in += record.bytes_in;
         self.stats.bytes_out += record.bytes_out;
-        self.events.emit(Event::ShardFinished { shard, ok, bytes_in: record.bytes_in, bytes_out: record.bytes_out });
+        self.events.emit(Event::ShardFinished { ok });
         self.records.insert(record.shard, record.clone());
         self.journal_buffer.push(record);
         if self.journal_buffer.len() >= JOURNAL_BATCH {
@@ -552,7 +534,20 @@ impl Coordinator {
 
     /// Writes buffered records as one journal segment (one write at a time, in order).
     fn flush_journal(&mut self) {
-        self.journal_writes.retain(|handle| !handle.is_finished());
+        // A segment that could not be written (after the storage's own retries) stops the
+        // run: its shards stay uncommitted, and a redrive runs them again.
+        let (finished, writing) = std::mem::take(&mut self.journal_writes).into_iter().partition(|h| h.is_finished());
+        self.journal_writes = writing;
+        for handle in finished {
+            let failure = match futures::FutureExt::now_or_never(handle) {
+                Some(Ok(Err(e))) => Some(format!("writing the journal: {e}")),
+                Some(Err(e)) => Some(format!("writing the journal: {e}")),
+                _ => None,
+            };
+            if let Some(failure) = failure {
+                self.fatal.get_or_insert(failure);
+            }
+        }
         if self.journal_buffer.is_empty() || !self.journal_writes.is_empty() {
             return;
         }
@@ -561,12 +556,8 @@ impl Coordinator {
         self.journal_segment += 1;
         let manifest = self.manifest.clone();
         let run = self.run;
-        let events = self.events.clone();
-        self.journal_writes.push(tokio::spawn(async move {
-            manifest.write_journal_segment(run, segment, &records).await?;
-            events.emit(Event::Committed { count: records.len() as u64 });
-            Ok(records.len())
-        }));
+        self.journal_writes
+            .push(tokio::spawn(async move { manifest.write_journal_segment(run, segment, &records).await }));
     }
 
     async fn finish(mut self) -> Result<RunResult, RunError> {
@@ -611,8 +602,7 @@ impl Coordinator {
             self.records.entry(*shard).or_insert_with(|| record.clone());
         }
         let total = self.plan_totals.as_ref().map(|t| t.shards).unwrap_or(self.planned.max(self.records.len() as u64));
-        let failed = self.records.values().filter(|r| r.status == ShardStatus::Failed).count() as u64;
-        let ok = self.records.values().filter(|r| r.status == ShardStatus::Ok).count() as u64;
+        let Counts { ok, failed } = Counts::of(self.records.values());
         self.stats.shards_total = total;
         self.stats.shards_pending = total.saturating_sub(ok + failed);
         let succeeded = self.plan_totals.is_some()

@@ -2,13 +2,16 @@
 //! record says and what a log holds; it reads the slot's capture files and writes the log
 //! through the manifest, nothing else.
 
-use super::{InFlight, LOG_CAP};
+use super::state::{AttemptInfo, InFlight};
 use crate::job::Function;
-use crate::manifest::{timestamp, Manifest, ShardRecord, ShardStatus};
+use crate::manifest::{timestamp, AttemptSpan, Manifest, ShardRecord, ShardStatus};
 use crate::runtime::capture::Kept;
 use crate::runtime::Outcome;
 use crate::units::{format_duration, format_size};
 use bytes::Bytes;
+
+/// A guest's stderr kept per attempt; the rest is dropped and the log says so.
+pub(super) const LOG_CAP: u64 = 1 << 20;
 
 /// The commit record of a shard whose final attempt is the last in its history; outputs
 /// and bytes out are filled in once they are stored.
@@ -18,7 +21,7 @@ pub(super) fn build_record(flight: &InFlight, ok: bool, run: u32, function: &Fun
         shard: flight.shard.id,
         fingerprint: flight.fingerprint.clone(),
         status: if ok { ShardStatus::Ok } else { ShardStatus::Failed },
-        outcome: last.outcome.kind().to_string(),
+        outcome: last.outcome.kind(),
         attempts: flight.global_attempt(),
         started: timestamp(last.started),
         finished: timestamp(last.finished),
@@ -31,6 +34,19 @@ pub(super) fn build_record(flight: &InFlight, ok: bool, run: u32, function: &Fun
         outputs: Vec::new(),
         run,
         backup: last.backup,
+        earlier: flight.history[..flight.history.len() - 1].iter().map(span_of).collect(),
+    }
+}
+
+fn span_of(attempt: &AttemptInfo) -> AttemptSpan {
+    AttemptSpan {
+        attempt: attempt.attempt,
+        outcome: attempt.outcome.kind(),
+        started: timestamp(attempt.started),
+        finished: timestamp(attempt.finished),
+        worker: attempt.worker,
+        cold_start: attempt.cold_start,
+        backup: attempt.backup,
     }
 }
 
@@ -38,7 +54,7 @@ pub(super) fn build_record(flight: &InFlight, ok: bool, run: u32, function: &Fun
 /// the last thing it said on stderr, so that `report.csv` and `fanout status` show why
 /// ("exit code 1: photo.jpg: not a readable image") without opening the log; for a limit
 /// hit, the limit and the field that sets it.
-fn failure_text(attempt: &super::attempts::AttemptInfo, function: &Function) -> String {
+fn failure_text(attempt: &AttemptInfo, function: &Function) -> String {
     let outcome = attempt.outcome.to_string();
     match &attempt.outcome {
         Outcome::Exit(_) | Outcome::Trap(_) => match attempt.stderr.as_ref().and_then(last_words) {
@@ -111,9 +127,9 @@ pub(super) fn compose_log(flight: &InFlight) -> impl std::future::Future<Output 
         .iter()
         .map(|a| {
             let header = format!(
-                "--- fanout: shard {shard:05} attempt {} on worker {}{}: {}\n",
+                "--- fanout: shard {shard:05} attempt {} {}{}: {}\n",
                 a.attempt,
-                a.worker,
+                a.worker.map_or_else(|| "before any worker took it".to_string(), |w| format!("on worker {w}")),
                 if a.cold_start { " (cold start)" } else { "" },
                 a.outcome
             );

@@ -71,7 +71,6 @@ pub struct CappedCapture {
 pub struct Captured {
     /// The bytes, when anything was written.
     pub kept: Option<Kept>,
-    pub bytes: u64,
     pub overflowed: bool,
     /// A host-side failure to write the capture file (disk full, ...).
     pub error: Option<String>,
@@ -89,7 +88,7 @@ impl CappedCapture {
             None if state.written > 0 => Some(Kept::Memory(bytes::Bytes::from(std::mem::take(&mut state.memory)))),
             None => None,
         };
-        Captured { kept, bytes: state.written, overflowed: state.overflowed, error: state.error.clone() }
+        Captured { kept, overflowed: state.overflowed, error: state.error.clone() }
     }
 
     fn write_bytes(&self, bytes: &[u8]) -> std::io::Result<()> {

@@ -52,17 +52,71 @@ impl Outcome {
         matches!(self, Outcome::Ok)
     }
 
-    /// The short name used in `report.csv`'s `outcome` column.
-    pub fn kind(&self) -> &'static str {
+    /// Which kind of ending this is, as `report.csv`'s `outcome` column names it.
+    pub fn kind(&self) -> OutcomeKind {
         match self {
-            Outcome::Ok => "ok",
-            Outcome::Exit(_) => "exit",
-            Outcome::Trap(_) => "trap",
-            Outcome::Timeout => "timeout",
-            Outcome::OutOfMemory => "oom",
-            Outcome::Cancelled => "cancelled",
-            Outcome::Error(_) => "error",
+            Outcome::Ok => OutcomeKind::Ok,
+            Outcome::Exit(_) => OutcomeKind::Exit,
+            Outcome::Trap(_) => OutcomeKind::Trap,
+            Outcome::Timeout => OutcomeKind::Timeout,
+            Outcome::OutOfMemory => OutcomeKind::Oom,
+            Outcome::Cancelled => OutcomeKind::Cancelled,
+            Outcome::Error(_) => OutcomeKind::Error,
         }
+    }
+}
+
+/// The kinds of [`Outcome`], without their detail: what records, reports and summaries keep.
+/// Spelled in snake case wherever they are written (`ok`, `exit`, `trap`, `timeout`, `oom`,
+/// `cancelled`, `error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutcomeKind {
+    Ok,
+    Exit,
+    Trap,
+    Timeout,
+    Oom,
+    Cancelled,
+    Error,
+}
+
+impl OutcomeKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            OutcomeKind::Ok => "ok",
+            OutcomeKind::Exit => "exit",
+            OutcomeKind::Trap => "trap",
+            OutcomeKind::Timeout => "timeout",
+            OutcomeKind::Oom => "oom",
+            OutcomeKind::Cancelled => "cancelled",
+            OutcomeKind::Error => "error",
+        }
+    }
+}
+
+impl std::fmt::Display for OutcomeKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What kind of WebAssembly binary a function is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FunctionKind {
+    /// A `wasm32-wasip1` core module.
+    Module,
+    /// A `wasm32-wasip2` component.
+    Component,
+}
+
+impl std::fmt::Display for FunctionKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FunctionKind::Module => "module",
+            FunctionKind::Component => "component",
+        })
     }
 }
 
@@ -108,7 +162,7 @@ pub struct Limits {
 /// How loading went, for the summary: did the compiled-code cache spare a compile?
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct LoadReport {
-    pub kind: &'static str,
+    pub kind: FunctionKind,
     pub sha256: String,
     pub cache_hit: bool,
     pub load_ms: u64,
@@ -220,12 +274,12 @@ impl WasiView for ComponentHost {
 }
 
 /// What the first bytes say a binary is.
-fn binary_kind(bytes: &[u8]) -> Option<&'static str> {
+fn binary_kind(bytes: &[u8]) -> Option<FunctionKind> {
     if bytes.len() < 8 || &bytes[0..4] != b"\0asm" {
         return None;
     }
     // The layer field (bytes 6-7) is 0 for core modules and 1 for components.
-    Some(if bytes[6..8] == [1, 0] { "component" } else { "module" })
+    Some(if bytes[6..8] == [1, 0] { FunctionKind::Component } else { FunctionKind::Module })
 }
 
 /// Where compiled code is kept: `$FANOUT_CACHE_DIR`, else `$XDG_CACHE_HOME/fanout`, else
@@ -252,7 +306,8 @@ fn engine_for(limits: &Limits) -> Result<Engine, RuntimeError> {
         .total_stacks(slots)
         .max_memory_size(limits.memory_bytes as usize)
         // Reset by memset of the dirty pages instead of madvise: with several threads the
-        // madvise path turns into kernel contention (see notes/wasmtime.md).
+        // madvise path turns into kernel contention (each madvise takes the process's
+        // mmap lock, which every worker thread's page faults also need).
         .linear_memory_keep_resident(2 << 20)
         .table_keep_resident(64 << 10)
         .async_stack_keep_resident(64 << 10)
@@ -289,8 +344,8 @@ impl Runtime {
         let prepared = loop {
             if !cache_file.exists() {
                 let compiled = match kind {
-                    "component" => engine.precompile_component(wasm),
-                    _ => engine.precompile_module(wasm),
+                    FunctionKind::Component => engine.precompile_component(wasm),
+                    FunctionKind::Module => engine.precompile_module(wasm),
                 }
                 .map_err(compile_error)?;
                 std::fs::create_dir_all(&dir).map_err(|source| RuntimeError::Cache { path: dir.clone(), source })?;
@@ -300,14 +355,14 @@ impl Runtime {
             // SAFETY: the file is one this engine configuration wrote into fanout's own cache
             // (its name carries the engine's compatibility hash); wasmtime checks its header.
             let loaded = match kind {
-                "component" => unsafe { Component::deserialize_file(&engine, &cache_file) }.map(|c| {
+                FunctionKind::Component => unsafe { Component::deserialize_file(&engine, &cache_file) }.map(|c| {
                     let mut linker = wasmtime::component::Linker::<ComponentHost>::new(&engine);
                     wasmtime_wasi::p2::add_to_linker_async(&mut linker)
                         .and_then(|_| linker.instantiate_pre(&c))
                         .and_then(CommandPre::new)
                         .map(Prepared::Component)
                 }),
-                _ => unsafe { Module::deserialize_file(&engine, &cache_file) }.map(|m| {
+                FunctionKind::Module => unsafe { Module::deserialize_file(&engine, &cache_file) }.map(|m| {
                     let mut linker = Linker::<ModuleHost>::new(&engine);
                     linker.allow_shadowing(true);
                     wasmtime_wasi::p1::add_to_linker_async(&mut linker, |host| &mut host.wasi)?;
@@ -340,10 +395,6 @@ impl Runtime {
         spawn_ticker(engine.clone(), ticker_stop.clone());
         let report = LoadReport { kind, sha256, cache_hit, load_ms: started.elapsed().as_millis() as u64, cache_file };
         Ok((Runtime { engine, prepared, limits, ticker_stop }, report))
-    }
-
-    pub fn limits(&self) -> &Limits {
-        &self.limits
     }
 
     /// Runs one invocation in a fresh instance. Never panics on guest behaviour: every way a

@@ -3,7 +3,7 @@
 //! reader never sees half an object; downloads are hard links when the file system
 //! allows (staging costs no copy). Blocking calls run on tokio's blocking pool.
 
-use super::{validate_key, ObjectMeta, Storage, StorageError, StorageResult};
+use super::contract::{validate_key, ObjectMeta, Storage, StorageError, StorageResult};
 use crate::location::Location;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -45,8 +45,9 @@ impl LocalStorage {
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.expect("a blocking storage task panicked")
+/// Runs blocking file-system work on tokio's blocking pool (for staging too).
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("a blocking file-system task panicked")
 }
 
 /// A fresh temporary path next to `target`, unique within this process and across processes.

@@ -10,157 +10,17 @@
 //!   never yields a half-written object;
 //! - `put` and `upload` are atomic: a reader sees the old object or the whole new one;
 //! - a missing object is [`StorageError::NotFound`], never an empty object.
+//!
+//! The contract lives in `contract`; `local` and `s3` implement it; `open` picks one.
 
+mod contract;
 pub mod local;
 pub mod s3;
 
+pub use contract::*;
+
 use crate::location::Location;
-use async_trait::async_trait;
-use bytes::Bytes;
-use futures::stream::BoxStream;
-use std::ops::Range;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-/// Transfers of one batch in flight at once.
-pub const BATCH_CONCURRENCY: usize = 8;
-
-/// One object as a listing sees it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ObjectMeta {
-    /// Relative to the storage root.
-    pub key: String,
-    pub size: u64,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StorageError {
-    #[error("{location}: no such object")]
-    NotFound { location: String },
-    #[error("\"{key}\" is not a valid key: {reason}")]
-    InvalidKey { key: String, reason: &'static str },
-    #[error("{location}: {source}")]
-    Io { location: String, source: std::io::Error },
-    #[error("{location}: cannot reach the S3 endpoint {endpoint}: {message}")]
-    Unreachable { location: String, endpoint: String, message: String },
-    #[error("{location}: access denied ({message}); check the credentials and the bucket's permissions")]
-    AccessDenied { location: String, message: String },
-    #[error("{location}: the bucket \"{bucket}\" does not exist")]
-    NoSuchBucket { location: String, bucket: String },
-    #[error("{location}: no usable AWS credentials: {message}")]
-    Credentials { location: String, message: String },
-    #[error("{location}: {operation} failed: {message}")]
-    Service { location: String, operation: &'static str, message: String },
-}
-
-impl StorageError {
-    pub fn is_not_found(&self) -> bool {
-        matches!(self, StorageError::NotFound { .. })
-    }
-
-    /// Errors that say the storage as a whole is unusable (as opposed to one object).
-    pub fn is_fatal_for_job(&self) -> bool {
-        matches!(
-            self,
-            StorageError::Unreachable { .. }
-                | StorageError::AccessDenied { .. }
-                | StorageError::NoSuchBucket { .. }
-                | StorageError::Credentials { .. }
-        )
-    }
-}
-
-pub type StorageResult<T> = Result<T, StorageError>;
-
-/// Storage of objects under one root (a directory, or a bucket and prefix).
-#[async_trait]
-pub trait Storage: Send + Sync + std::fmt::Debug {
-    /// The root, as users write it.
-    fn root(&self) -> &Location;
-
-    /// Every object whose key starts with `prefix` (empty, or a folder ending in `/`),
-    /// sorted by key bytes. Streamed: the first objects arrive before the listing ends.
-    fn list(&self, prefix: &str) -> BoxStream<'static, StorageResult<ObjectMeta>>;
-
-    /// The names one level below `prefix` that hold objects (like `ls` of a folder), sorted.
-    async fn list_dirs(&self, prefix: &str) -> StorageResult<Vec<String>>;
-
-    /// The object's size, or `None` when it does not exist.
-    async fn head(&self, key: &str) -> StorageResult<Option<ObjectMeta>>;
-
-    /// The whole object, in memory: for small objects (manifests, records).
-    async fn get(&self, key: &str) -> StorageResult<Bytes>;
-
-    /// Bytes `range.start..range.end` of the object (the end is clipped to the size).
-    async fn get_range(&self, key: &str, range: Range<u64>) -> StorageResult<Bytes>;
-
-    /// Streams the object into the local file at `path` (whose parent exists); returns the
-    /// size. A remote backend overwrites a file already there in place, keeping its cached
-    /// pages (staging's spares); a local backend needs `path` to be new, since the file may
-    /// be a hard link to the object, which callers must then treat as read-only.
-    async fn download(&self, key: &str, path: &Path) -> StorageResult<u64>;
-
-    /// Appends bytes `range` of the object to the local file at `path` (created if missing),
-    /// streaming: a range of any size is never held in memory whole. Returns the bytes added.
-    async fn append_range(&self, key: &str, range: Range<u64>, path: &Path) -> StorageResult<u64>;
-
-    /// Stores `data` at `key`, atomically.
-    async fn put(&self, key: &str, data: Bytes) -> StorageResult<()>;
-
-    /// Stores the local file at `path` as `key`, atomically, without holding it in memory
-    /// whole; returns its size. The file may be moved away (local backends rename it).
-    async fn upload(&self, key: &str, path: &Path) -> StorageResult<u64>;
-
-    /// Downloads several objects (`key`, new local file) at once; returns the bytes fetched.
-    /// Backends batch this where they can (one blocking call for many local links).
-    async fn download_many(&self, items: Vec<(String, PathBuf)>) -> StorageResult<u64> {
-        use futures::{StreamExt, TryStreamExt};
-        let sizes: Vec<u64> = futures::stream::iter(items)
-            .map(|(key, path)| async move { self.download(&key, &path).await })
-            .buffer_unordered(BATCH_CONCURRENCY)
-            .try_collect()
-            .await?;
-        Ok(sizes.iter().sum())
-    }
-
-    /// Uploads several local files (`key`, file) at once, each atomically; returns the bytes.
-    async fn upload_many(&self, items: Vec<(String, PathBuf)>) -> StorageResult<u64> {
-        use futures::{StreamExt, TryStreamExt};
-        let sizes: Vec<u64> = futures::stream::iter(items)
-            .map(|(key, path)| async move { self.upload(&key, &path).await })
-            .buffer_unordered(BATCH_CONCURRENCY)
-            .try_collect()
-            .await?;
-        Ok(sizes.iter().sum())
-    }
-
-    /// True when `upload` moves the local file away (so it needs no removal afterwards).
-    fn moves_uploads(&self) -> bool {
-        false
-    }
-
-    /// The folder behind a local backend, so that staging can link files in the same
-    /// blocking call that prepares their folder; `None` for remote backends.
-    fn local_root(&self) -> Option<&Path> {
-        None
-    }
-
-    /// Removes the object; removing a missing object is not an error.
-    async fn delete(&self, key: &str) -> StorageResult<()>;
-
-    /// Proves the root is usable (reachable, credentials valid, bucket present) before a job
-    /// starts, so that a wrong address fails at once with one clear line.
-    async fn check(&self, for_writing: bool) -> StorageResult<()>;
-}
-
-pub type DynStorage = Arc<dyn Storage>;
-
-/// Options that shape how backends connect (today: S3's endpoint override).
-#[derive(Debug, Clone, Default)]
-pub struct StorageOptions {
-    /// Overrides `AWS_ENDPOINT_URL`; implies path-style addressing.
-    pub endpoint_url: Option<String>,
-}
 
 /// Opens the backend for a location. Local roots need not exist yet (a DEST is created on
 /// first write); S3 clients are built from the AWS default chain plus `options`.
@@ -168,56 +28,5 @@ pub async fn open(location: &Location, options: &StorageOptions) -> StorageResul
     match location {
         Location::Local(path) => Ok(Arc::new(local::LocalStorage::new(path.clone()))),
         Location::S3 { bucket, prefix } => Ok(Arc::new(s3::S3Storage::connect(bucket, prefix, options).await?)),
-    }
-}
-
-/// Refuses keys that could escape a root or that S3 and file systems disagree about.
-pub fn validate_key(key: &str) -> StorageResult<()> {
-    let invalid = |reason| Err(StorageError::InvalidKey { key: key.to_string(), reason });
-    if key.is_empty() {
-        return invalid("it is empty");
-    }
-    if key.len() > 1024 {
-        return invalid("it is longer than 1024 bytes");
-    }
-    if key.starts_with('/') {
-        return invalid("it is absolute");
-    }
-    if key.contains('\0') {
-        return invalid("it contains a NUL byte");
-    }
-    for segment in key.split('/') {
-        match segment {
-            "" => return invalid("it has an empty path segment"),
-            "." | ".." => return invalid("it has a '.' or '..' segment"),
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-/// Joins a folder prefix and a name with exactly one `/`.
-pub fn join_key(prefix: &str, name: &str) -> String {
-    if prefix.is_empty() {
-        name.to_string()
-    } else if prefix.ends_with('/') {
-        format!("{prefix}{name}")
-    } else {
-        format!("{prefix}/{name}")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_that_could_escape_are_refused() {
-        for bad in ["", "/abs", "a/../b", "..", "a//b", "./a", "a/.", "x\0y"] {
-            assert!(validate_key(bad).is_err(), "{bad:?} should be refused");
-        }
-        for good in ["a", "a/b.jpg", "deep/er/still.txt", "a..b", ".hidden"] {
-            assert!(validate_key(good).is_ok(), "{good:?} should pass");
-        }
     }
 }

@@ -8,7 +8,7 @@
 //! endpoint is overridden and `AWS_REQUEST_CHECKSUM_CALCULATION` is unset, fanout asks for
 //! checksums only when an operation requires them; against AWS itself the default stays.
 
-use super::{ObjectMeta, Storage, StorageError, StorageResult};
+use super::contract::{ObjectMeta, Storage, StorageError, StorageOptions, StorageResult};
 use crate::location::Location;
 use async_trait::async_trait;
 use aws_sdk_s3::config::{RequestChecksumCalculation, StalledStreamProtectionConfig};
@@ -91,7 +91,7 @@ pub struct S3Storage {
 impl S3Storage {
     /// Builds a client from the AWS default chain. Nothing is sent until the first call;
     /// `check` proves the bucket is usable.
-    pub async fn connect(bucket: &str, prefix: &str, options: &super::StorageOptions) -> StorageResult<Self> {
+    pub async fn connect(bucket: &str, prefix: &str, options: &StorageOptions) -> StorageResult<Self> {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
         if let Some(url) = &options.endpoint_url {
             loader = loader.endpoint_url(url);
@@ -208,7 +208,7 @@ impl S3Storage {
     }
 
     fn full_key(&self, key: &str) -> StorageResult<String> {
-        super::validate_key(key)?;
+        super::contract::validate_key(key)?;
         Ok(format!("{}{key}", self.prefix))
     }
 
