@@ -4,72 +4,103 @@
 //! and finished records; it never changes what runs.
 
 use crate::events::Event;
-use crate::manifest::{ShardRecord, ShardStatus};
-use crate::run::RunStats;
-use crate::runtime::LoadReport;
+use crate::manifest::{Counts, ShardRecord, ShardStatus};
+use crate::run::RunResult;
+use crate::runtime::{FunctionKind, LoadReport, OutcomeKind};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-/// The columns of `report.csv`, in order.
-pub const REPORT_COLUMNS: [&str; 13] = [
-    "shard",
-    "status",
-    "outcome",
-    "attempts",
-    "started",
-    "finished",
-    "duration_ms",
-    "bytes_in",
-    "bytes_out",
-    "worker",
-    "cold_start",
-    "error",
-    "backup",
-];
+/// A row of `report.csv`; the header is these members, in this order.
+#[derive(Serialize)]
+struct ReportRow<'a> {
+    shard: u64,
+    /// `ok`, `failed`, or `pending` for a shard without a record.
+    status: &'static str,
+    outcome: Option<OutcomeKind>,
+    attempts: u32,
+    started: &'a str,
+    finished: &'a str,
+    duration_ms: Option<u64>,
+    bytes_in: Option<u64>,
+    bytes_out: Option<u64>,
+    worker: Option<u32>,
+    cold_start: Option<bool>,
+    error: &'a str,
+    backup: Option<bool>,
+}
+
+impl<'a> ReportRow<'a> {
+    fn of(record: &'a ShardRecord) -> Self {
+        ReportRow {
+            shard: record.shard,
+            status: match record.status {
+                ShardStatus::Ok => "ok",
+                ShardStatus::Failed => "failed",
+            },
+            outcome: Some(record.outcome),
+            attempts: record.attempts,
+            started: &record.started,
+            finished: &record.finished,
+            duration_ms: Some(record.duration_ms),
+            bytes_in: Some(record.bytes_in),
+            bytes_out: Some(record.bytes_out),
+            worker: record.worker,
+            cold_start: Some(record.cold_start),
+            error: record.error.as_deref().unwrap_or_default(),
+            backup: Some(record.backup),
+        }
+    }
+
+    fn pending(shard: u64) -> Self {
+        ReportRow {
+            shard,
+            status: "pending",
+            outcome: None,
+            attempts: 0,
+            started: "",
+            finished: "",
+            duration_ms: None,
+            bytes_in: None,
+            bytes_out: None,
+            worker: None,
+            cold_start: None,
+            error: "",
+            backup: None,
+        }
+    }
+}
 
 /// `report.csv`: one row a shard in shard order; shards without a record are `pending`.
-pub fn report_csv(records: &BTreeMap<u64, ShardRecord>, total: u64) -> Vec<u8> {
+pub(crate) fn report_csv(records: &BTreeMap<u64, ShardRecord>, total: u64) -> Vec<u8> {
     let mut writer = csv::Writer::from_writer(Vec::with_capacity(64 * total as usize + 128));
-    writer.write_record(REPORT_COLUMNS).expect("writing to memory");
     let last = total.max(records.keys().next_back().map(|k| k + 1).unwrap_or(0));
     for shard in 0..last {
-        match records.get(&shard) {
-            Some(r) => writer
-                .write_record([
-                    r.shard.to_string(),
-                    status_name(r.status).to_string(),
-                    r.outcome.clone(),
-                    r.attempts.to_string(),
-                    r.started.clone(),
-                    r.finished.clone(),
-                    r.duration_ms.to_string(),
-                    r.bytes_in.to_string(),
-                    r.bytes_out.to_string(),
-                    r.worker.to_string(),
-                    r.cold_start.to_string(),
-                    r.error.clone().unwrap_or_default(),
-                    r.backup.to_string(),
-                ])
-                .expect("writing to memory"),
-            None => {
-                let mut row = vec![String::new(); REPORT_COLUMNS.len()];
-                row[0] = shard.to_string();
-                row[1] = "pending".into();
-                row[3] = "0".into();
-                writer.write_record(&row).expect("writing to memory")
-            }
-        }
+        let row = records.get(&shard).map_or_else(|| ReportRow::pending(shard), ReportRow::of);
+        writer.serialize(row).expect("a report row serializes");
     }
     writer.into_inner().expect("writing to memory")
 }
 
-pub fn status_name(status: ShardStatus) -> &'static str {
-    match status {
-        ShardStatus::Ok => "ok",
-        ShardStatus::Failed => "failed",
+/// How a run of a job ended, as `summary.json`'s `status` says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum JobStatus {
+    Succeeded,
+    Failed,
+    /// Stopped early (Ctrl-C); `fanout redrive` finishes it.
+    Stopped,
+}
+
+impl std::fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Failed => "failed",
+            JobStatus::Stopped => "stopped",
+        })
     }
 }
 
@@ -86,14 +117,14 @@ pub struct ShardCounts {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Failure {
     pub shard: u64,
-    pub outcome: String,
+    pub outcome: OutcomeKind,
     pub attempts: u32,
     pub error: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FunctionSummary {
-    pub kind: String,
+    pub kind: FunctionKind,
     pub sha256: String,
     pub cache_hit: bool,
     pub load_ms: u64,
@@ -104,8 +135,7 @@ pub struct FunctionSummary {
 pub struct Summary {
     pub job_id: String,
     pub name: String,
-    /// `succeeded`, `failed` or `stopped`.
-    pub status: String,
+    pub status: JobStatus,
     pub run: u32,
     pub dest: String,
     pub manifest: String,
@@ -127,7 +157,7 @@ pub struct Summary {
     /// The share of the cores the process kept busy while shards ran.
     pub map_cpu_busy: f64,
     pub shards_per_second: f64,
-    pub outcomes: BTreeMap<String, u64>,
+    pub outcomes: BTreeMap<OutcomeKind, u64>,
     /// Backup attempts started for stragglers, and how many finished first.
     pub backups: u64,
     pub backups_won: u64,
@@ -139,43 +169,42 @@ pub struct Summary {
 
 const FAILURES_IN_SUMMARY: usize = 100;
 
-#[allow(clippy::too_many_arguments)]
-pub fn summarize(
-    job_id: &str,
-    name: &str,
-    dest: &str,
-    manifest: &str,
-    started: &str,
-    stats: &RunStats,
-    records: &BTreeMap<u64, ShardRecord>,
-    load: &LoadReport,
-    succeeded: bool,
-) -> Summary {
+/// What a summary is made of: the job's names and the run's result.
+pub(crate) struct SummaryInput<'a> {
+    pub(crate) job_id: &'a str,
+    pub(crate) name: &'a str,
+    pub(crate) dest: &'a str,
+    pub(crate) manifest: &'a str,
+    pub(crate) started: &'a str,
+    pub(crate) result: &'a RunResult,
+    pub(crate) load: &'a LoadReport,
+}
+
+pub(crate) fn summarize(input: SummaryInput) -> Summary {
+    let SummaryInput { job_id, name, dest, manifest, started, result, load } = input;
+    let (stats, records) = (&result.stats, &result.records);
     let failures: Vec<Failure> = records
         .values()
         .filter(|r| r.status == ShardStatus::Failed)
         .take(FAILURES_IN_SUMMARY)
         .map(|r| Failure {
             shard: r.shard,
-            outcome: r.outcome.clone(),
+            outcome: r.outcome,
             attempts: r.attempts,
             error: r.error.clone().unwrap_or_default(),
         })
         .collect();
-    let ok = records.values().filter(|r| r.status == ShardStatus::Ok).count() as u64;
-    let failed = records.values().filter(|r| r.status == ShardStatus::Failed).count() as u64;
+    let Counts { ok, failed } = Counts::of(records.values());
     let ran = stats.shards_ok + stats.shards_failed;
+    let status = match (result.succeeded, stats.stopped_early) {
+        (true, _) => JobStatus::Succeeded,
+        (false, true) => JobStatus::Stopped,
+        (false, false) => JobStatus::Failed,
+    };
     Summary {
         job_id: job_id.to_string(),
         name: name.to_string(),
-        status: if succeeded {
-            "succeeded"
-        } else if stats.stopped_early {
-            "stopped"
-        } else {
-            "failed"
-        }
-        .to_string(),
+        status,
         run: stats.run,
         dest: dest.to_string(),
         manifest: manifest.to_string(),
@@ -206,7 +235,7 @@ pub fn summarize(
         backups: stats.backups,
         backups_won: stats.backups_won,
         function: FunctionSummary {
-            kind: load.kind.to_string(),
+            kind: load.kind,
             sha256: load.sha256.clone(),
             cache_hit: load.cache_hit,
             load_ms: load.load_ms,
@@ -214,6 +243,33 @@ pub fn summarize(
         plan_error: stats.plan_error.clone(),
         failures,
     }
+}
+
+/// `fanout report`'s table: shards by state and outcome, durations of the shards that
+/// succeeded, bytes in and out.
+pub(crate) fn table(title: &str, records: &BTreeMap<u64, ShardRecord>, total: u64) -> String {
+    let Counts { ok, failed } = Counts::of(records.values());
+    let mut durations: Vec<u64> =
+        records.values().filter(|r| r.status == ShardStatus::Ok).map(|r| r.duration_ms).collect();
+    durations.sort_unstable();
+    let percentile =
+        |p: f64| durations.get(((durations.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0);
+    let mut outcomes = BTreeMap::<OutcomeKind, u64>::new();
+    for record in records.values() {
+        *outcomes.entry(record.outcome).or_default() += 1;
+    }
+    let outcomes: Vec<String> = outcomes.iter().map(|(kind, n)| format!("{kind} {n}")).collect();
+    let pending = total.saturating_sub(ok + failed);
+    let bytes_in = crate::units::format_size(records.values().map(|r| r.bytes_in).sum());
+    let bytes_out = crate::units::format_size(records.values().map(|r| r.bytes_out).sum());
+    format!(
+        "{title}\n  shards: {total} total, {ok} ok, {failed} failed, {pending} pending\n  outcomes: {}\n  \
+         duration of ok shards: median {}ms, p90 {}ms, max {}ms\n  bytes: {bytes_in} in, {bytes_out} out\n",
+        outcomes.join(", "),
+        percentile(0.5),
+        percentile(0.9),
+        durations.last().copied().unwrap_or(0),
+    )
 }
 
 /// The one line a run ends with.
@@ -228,11 +284,11 @@ pub fn summary_line(summary: &Summary) -> String {
         line.push_str(&format!(", {} already done", s.skipped));
     }
     line.push_str(&format!(
-        " in {} ({:.1} shards/s, {} workers at peak, {} cold starts) -> {}",
+        " in {} ({:.1} shards/s, {} at peak, {}) -> {}",
         human_ms(summary.wall_ms),
         summary.shards_per_second,
-        summary.workers_peak,
-        summary.cold_starts,
+        count_of(summary.workers_peak as u64, "worker"),
+        count_of(summary.cold_starts, "cold start"),
         summary.dest
     ));
     line
@@ -281,7 +337,6 @@ struct Tally {
     failed: u64,
     skipped: u64,
     workers: usize,
-    retries: u64,
 }
 
 impl Tally {
@@ -293,9 +348,8 @@ impl Tally {
         match event {
             Event::Planned { planned } => self.planned = *planned,
             Event::PlanComplete { total } => self.total = Some(*total),
-            Event::Skipped { .. } => self.skipped += 1,
-            Event::WorkerStarted { live, .. } | Event::WorkerStopped { live, .. } => self.workers = *live,
-            Event::AttemptFailed { retry: true, .. } => self.retries += 1,
+            Event::Skipped => self.skipped += 1,
+            Event::Workers { live } => self.workers = *live,
             Event::ShardFinished { ok, .. } => {
                 if *ok {
                     self.ok += 1
@@ -316,17 +370,7 @@ pub async fn drive_progress(
 ) {
     let started = Instant::now();
     let mut tally = Tally::default();
-    let bar = (mode == ProgressMode::Bar).then(|| {
-        let bar = indicatif::ProgressBar::new(0);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} shards {msg} eta {eta}",
-            )
-            .expect("a valid template"),
-        );
-        bar.enable_steady_tick(Duration::from_millis(120));
-        bar
-    });
+    let mut bar = (mode == ProgressMode::Bar).then(Bar::new);
     let mut next_line = started + LINE_INTERVAL;
     // Events are drained on a timer rather than awaited one by one: a busy run sends several
     // per shard, and waking this task for each would cost more than the shard.
@@ -349,7 +393,7 @@ pub async fn drive_progress(
             if mode != ProgressMode::Quiet {
                 if let Some(text) = message_for(&event) {
                     match &bar {
-                        Some(bar) => bar.println(text),
+                        Some(bar) => bar.bar.println(text),
                         None => eprintln!("{text}"),
                     }
                 }
@@ -357,17 +401,49 @@ pub async fn drive_progress(
             tally.apply(&event);
         }
         let rate = tally.done() as f64 / started.elapsed().as_secs_f64().max(1e-3);
-        if let Some(bar) = &bar {
-            bar.set_length(tally.total.unwrap_or(tally.planned));
-            bar.set_position(tally.done());
-            bar.set_message(format!("| {} failed | {} workers | {:.1}/s", tally.failed, tally.workers, rate));
+        if let Some(bar) = &mut bar {
+            bar.draw(&tally, rate);
         } else if mode == ProgressMode::Lines && Instant::now() >= next_line && !finished {
             next_line = Instant::now() + LINE_INTERVAL;
             eprintln!("{}", progress_line(&tally, rate));
         }
     }
     if let Some(bar) = bar {
-        bar.finish_and_clear();
+        bar.bar.finish_and_clear();
+    }
+}
+
+/// The terminal's bar. Its total is the plan's once planning is over; until then it is the
+/// shards planned so far, shown open (`32/50+`) and without an ETA.
+struct Bar {
+    bar: indicatif::ProgressBar,
+    /// The style once the total is known, and whether it is in use.
+    known: indicatif::ProgressStyle,
+    total_known: bool,
+}
+
+impl Bar {
+    fn new() -> Bar {
+        let style = |template| indicatif::ProgressStyle::with_template(template).expect("a valid template");
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(style("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len}+ shards {msg}"));
+        bar.enable_steady_tick(Duration::from_millis(120));
+        let known = style("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} shards {msg} eta {eta}");
+        Bar { bar, known, total_known: false }
+    }
+
+    fn draw(&mut self, tally: &Tally, rate: f64) {
+        if tally.total.is_some() && !self.total_known {
+            self.total_known = true;
+            self.bar.set_style(self.known.clone());
+        }
+        self.bar.set_length(tally.total.unwrap_or(tally.planned));
+        self.bar.set_position(tally.done());
+        self.bar.set_message(format!(
+            "| {} failed | {} | {rate:.1}/s",
+            tally.failed,
+            count_of(tally.workers as u64, "worker")
+        ));
     }
 }
 
@@ -401,21 +477,26 @@ fn progress_line(tally: &Tally, rate: f64) -> String {
         _ => String::new(),
     };
     format!(
-        "fanout: {}/{} shards done, {} failed, {} workers, {:.1} shards/s{}",
+        "fanout: {}/{} shards done, {} failed, {}, {:.1} shards/s{}",
         tally.done(),
         total,
         tally.failed,
-        tally.workers,
+        count_of(tally.workers as u64, "worker"),
         rate,
         eta
     )
 }
 
 /// "1 attempt", "3 attempts".
-pub fn attempts_phrase(attempts: u32) -> String {
-    if attempts == 1 {
-        "1 attempt".to_string()
+pub(crate) fn attempts_phrase(attempts: u32) -> String {
+    count_of(attempts.into(), "attempt")
+}
+
+/// "1 worker", "2 workers", "0 cold starts".
+fn count_of(count: u64, noun: &str) -> String {
+    if count == 1 {
+        format!("1 {noun}")
     } else {
-        format!("{attempts} attempts")
+        format!("{count} {noun}s")
     }
 }
