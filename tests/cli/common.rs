@@ -134,22 +134,18 @@ pub fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     files
 }
 
-/// The S3 test server from `scripts/test` (or `scripts/test-s3 start`). Without one the S3
-/// tests skip, except in CI or under scripts/test, where a missing server is a failure.
+/// The S3 test server from `scripts/test` (or `scripts/test-s3 start`). The S3 tests are
+/// ignored when none was configured at build time (see build.rs); one that runs needs it.
 pub struct S3 {
     pub bucket: String,
 }
 
-pub fn s3() -> Option<S3> {
+pub fn s3() -> S3 {
     match (std::env::var("FANOUT_TEST_BUCKET"), std::env::var("AWS_ENDPOINT_URL")) {
-        (Ok(bucket), Ok(_)) => Some(S3 { bucket }),
-        _ if std::env::var_os("CI").is_some() || std::env::var_os("FANOUT_REQUIRE_S3").is_some() => {
-            panic!("no S3 test server: FANOUT_TEST_BUCKET and AWS_ENDPOINT_URL are unset (run the tests with scripts/test)")
-        }
-        _ => {
-            eprintln!("skipped: no S3 test server (run the tests with scripts/test)");
-            None
-        }
+        (Ok(bucket), Ok(_)) => S3 { bucket },
+        _ => panic!(
+            "no S3 test server: FANOUT_TEST_BUCKET and AWS_ENDPOINT_URL are unset (run the tests with scripts/test)"
+        ),
     }
 }
 

@@ -118,6 +118,19 @@ fn a_second_run_loads_the_compiled_function_from_the_cache() {
 }
 
 #[test]
+fn a_crate_folder_that_is_up_to_date_is_not_announced_as_built() {
+    let work = tempfile::tempdir().unwrap();
+    write_files(&work.path().join("in"), &[("a.txt", "x")]);
+    function("wordcount"); // built once, so the run below has nothing to compile
+    let crate_dir = repo().join("examples/wordcount");
+    let ran =
+        run_in(work.path(), &["run", "--input", "in", "--function", crate_dir.to_str().unwrap(), "--output", "out"]);
+    ran.assert_code(0);
+    assert!(!ran.stderr.contains("Finished"), "cargo's idle Finished line is not shown:\n{}", ran.stderr);
+    assert!(!ran.stderr.contains("Compiling"), "{}", ran.stderr);
+}
+
+#[test]
 fn a_wasip2_component_runs_like_a_module() {
     let work = tempfile::tempdir().unwrap();
     let target = work.path().join("target");

@@ -3,6 +3,8 @@
 //! resumable, and fanout prints the command that finishes the job.
 
 use crate::common::*;
+use std::io::BufRead;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn interrupt(child: &std::process::Child) {
@@ -73,21 +75,48 @@ fn first_ctrl_c_lets_running_attempts_finish_and_redrive_completes_the_job() {
     assert_eq!(outputs(&out).len(), 30);
 }
 
+/// Threads of `pid` that are pool workers: attempts have been handed to the pool.
+fn worker_threads(pid: u32) -> usize {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("fanout-worker"))
+        .count()
+}
+
+/// Collects a child's stderr as it comes, so a test can wait for a message.
+fn read_stderr(child: &mut std::process::Child) -> (Arc<Mutex<String>>, std::thread::JoinHandle<()>) {
+    let stderr = child.stderr.take().unwrap();
+    let seen = Arc::new(Mutex::new(String::new()));
+    let writer = seen.clone();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let mut seen = writer.lock().unwrap();
+            seen.push_str(&line);
+            seen.push('\n');
+        }
+    });
+    (seen, reader)
+}
+
 #[test]
 fn second_ctrl_c_stops_at_once_and_publishes_nothing_half_done() {
     let work = tempfile::tempdir().unwrap();
     write_files(&work.path().join("in"), &[("a", "work 20000"), ("b", "work 20000"), ("c", "work 20000")]);
-    let (child, out) = start_job(work.path());
-    wait_until("the job to start", || out.join("_fanout").exists());
-    std::thread::sleep(Duration::from_millis(500));
+    let (mut child, out) = start_job(work.path());
+    let (stderr, reader) = read_stderr(&mut child);
+    // Each Ctrl-C only once fanout is where it must be, however slow the machine.
+    wait_until("two workers running attempts", || worker_threads(child.id()) == 2);
     interrupt(&child);
-    std::thread::sleep(Duration::from_millis(200));
+    wait_until("the first Ctrl-C to be heard", || stderr.lock().unwrap().contains("stopping: no new shards"));
     interrupt(&child);
     let stopped = Instant::now();
-    let ran = Ran::from(child.wait_with_output().unwrap());
-    ran.assert_code(1);
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    let stderr = stderr.lock().unwrap().clone();
+    assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stopped.elapsed() < Duration::from_secs(3), "the second Ctrl-C cancels the 20 s attempts");
-    assert!(ran.stderr.contains("stopping now"), "{}", ran.stderr);
+    assert!(stderr.contains("stopping now"), "{stderr}");
     assert!(outputs(&out).is_empty(), "nothing half-done is published: {:?}", outputs(&out));
     let rows = report(&job_dir(&out));
     assert!(rows.iter().all(|r| r["status"] == "pending"), "{rows:?}");

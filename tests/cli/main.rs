@@ -7,6 +7,7 @@ mod bad_jobs;
 mod examples;
 mod interrupt;
 mod records;
+mod report;
 mod resume;
 mod s3;
 mod sandbox;

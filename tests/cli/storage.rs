@@ -126,8 +126,11 @@ fn local_backend_passes_the_conformance_suite() {
 }
 
 #[test]
+// Ignored (the runner counts it as skipped) when no S3 test server was configured at
+// build time; scripts/test starts one and runs it.
+#[cfg_attr(not(fanout_s3_server), ignore = "needs the S3 test server: run scripts/test")]
 fn s3_backend_passes_the_conformance_suite() {
-    let Some(s3) = s3() else { return };
+    let s3 = s3();
     let work = tempfile::tempdir().unwrap();
     let prefix = unique_prefix("conformance");
     runtime().block_on(async {
@@ -138,8 +141,11 @@ fn s3_backend_passes_the_conformance_suite() {
 }
 
 #[test]
+// Ignored (the runner counts it as skipped) when no S3 test server was configured at
+// build time; scripts/test starts one and runs it.
+#[cfg_attr(not(fanout_s3_server), ignore = "needs the S3 test server: run scripts/test")]
 fn s3_errors_are_classified_before_any_work() {
-    let Some(s3) = s3() else { return };
+    let s3 = s3();
     runtime().block_on(async {
         let missing = Location::S3 { bucket: "no-such-bucket-for-fanout".into(), prefix: String::new() };
         let storage = storage::open(&missing, &StorageOptions::default()).await.unwrap();
