@@ -339,7 +339,6 @@ impl Coordinator {
         match planned {
             Some(Ok(Planned::Shard(shard))) => {
                 self.planned += 1;
-                self.events.emit(Event::Planned { planned: self.planned });
                 if self.write_job_document {
                     // job.json goes first: a manifest never exists without its job.
                     self.write_job_document = false;
@@ -368,7 +367,6 @@ impl Coordinator {
             Some(Ok(Planned::Done(totals))) => {
                 self.plan_done = true;
                 self.stats.plan_ms = Some(totals.elapsed_ms);
-                self.events.emit(Event::PlanComplete { total: totals.shards });
                 if self.record_plan {
                     self.store_plan_segment();
                 }
