@@ -88,17 +88,32 @@ pub struct S3Storage {
     endpoint: String,
 }
 
+/// The S3 endpoint set by the user, found as the AWS SDKs find it: `--endpoint-url`, else
+/// `AWS_ENDPOINT_URL_S3` (or the profile's `s3` services section), else `AWS_ENDPOINT_URL`
+/// (or the profile's `endpoint_url`). `None` means AWS itself.
+fn configured_endpoint(shared: &aws_config::SdkConfig, flag: Option<&str>) -> Option<String> {
+    if let Some(url) = flag {
+        return Some(url.to_string());
+    }
+    let key = aws_types::service_config::ServiceConfigKey::builder()
+        .service_id("S3")
+        .env("AWS_ENDPOINT_URL")
+        .profile("endpoint_url")
+        .build()
+        .expect("every part of the key is set");
+    shared
+        .service_config()
+        .and_then(|config| config.load_config(key))
+        .or_else(|| shared.endpoint_url().map(str::to_string))
+}
+
 impl S3Storage {
     /// Builds a client from the AWS default chain. Nothing is sent until the first call;
     /// `check` proves the bucket is usable.
     pub async fn connect(bucket: &str, prefix: &str, options: &StorageOptions) -> StorageResult<Self> {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-        if let Some(url) = &options.endpoint_url {
-            loader = loader.endpoint_url(url);
-        }
-        let shared = loader.load().await;
-        let endpoint_overridden = shared.endpoint_url().is_some();
-        let endpoint = shared.endpoint_url().map(str::to_string).unwrap_or_else(|| "AWS S3".to_string());
+        let shared = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+        let configured = configured_endpoint(&shared, options.endpoint_url.as_deref());
+        let endpoint = configured.clone().unwrap_or_else(|| "AWS S3".to_string());
         let mut config = aws_sdk_s3::config::Builder::from(&shared)
             .retry_config(aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(5))
             .timeout_config(
@@ -107,8 +122,8 @@ impl S3Storage {
             // fanout reads bodies at the pace of its staging writes; a busy disk must not
             // be mistaken for a stalled server.
             .stalled_stream_protection(StalledStreamProtectionConfig::disabled());
-        if endpoint_overridden {
-            config = config.force_path_style(true);
+        if let Some(url) = configured {
+            config = config.endpoint_url(url).force_path_style(true);
             if std::env::var_os("AWS_REQUEST_CHECKSUM_CALCULATION").is_none() {
                 config = config.request_checksum_calculation(RequestChecksumCalculation::WhenRequired);
             }

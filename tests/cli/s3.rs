@@ -261,3 +261,48 @@ fn killed_s3_job_resumes_without_redoing_committed_shards() {
     ok.sort();
     assert_eq!(ok, (0..80).collect::<Vec<u64>>(), "each shard committed exactly once");
 }
+
+#[test]
+// Ignored (the runner counts it as skipped) when no S3 test server was configured at
+// build time; scripts/test starts one and runs it.
+#[cfg_attr(not(fanout_s3_server), ignore = "needs the S3 test server: run scripts/test")]
+fn an_endpoint_given_for_s3_alone_is_used_with_path_style_addressing() {
+    // As the AWS SDKs define it: AWS_ENDPOINT_URL_S3 applies to S3 only, and wins over
+    // AWS_ENDPOINT_URL. The server is named by a host name, as a user's would be: in the
+    // AWS default (virtual-host) style the client would look up `<bucket>.localhost`, so this
+    // passes only if the S3 endpoint switches to path style too. (For an IP address the SDK
+    // uses path style by itself.)
+    let s3 = s3();
+    let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap().replace("127.0.0.1", "localhost");
+    assert!(endpoint.contains("localhost"), "{endpoint}");
+    let work = tempfile::tempdir().unwrap();
+    write_commands(&work.path().join("in"), "f", 3, "ok");
+    let prefix = unique_prefix("s3-endpoint");
+    let dest = s3_url(&s3, &prefix);
+    let wasm = function("misbehave");
+    let ran = fanout()
+        .current_dir(work.path())
+        .env_remove("AWS_ENDPOINT_URL")
+        .env("AWS_ENDPOINT_URL_S3", &endpoint)
+        .args(["run", "--input", "in", "--function", wasm.to_str().unwrap(), "--output", &dest, "--quiet"])
+        .output()
+        .unwrap();
+    Ran::from(ran).assert_code(0);
+    let outputs = boto3(
+        "r = s3.list_objects_v2(Bucket=bucket, Prefix=sys.argv[1])\n\
+         print(sorted(o['Key'].rsplit('/', 1)[1] for o in r.get('Contents', []) if '/_fanout/' not in o['Key']))",
+        &[&prefix],
+    );
+    assert_eq!(outputs.trim(), "['f000.ok', 'f001.ok', 'f002.ok']");
+    // A wrong global endpoint does not matter when the S3 one is right.
+    let status = fanout()
+        .current_dir(work.path())
+        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+        .env("AWS_ENDPOINT_URL_S3", &endpoint)
+        .args(["status", &dest])
+        .output()
+        .unwrap();
+    let status = Ran::from(status);
+    status.assert_code(0);
+    assert!(status.stdout.contains("3 shards: 3 done"), "{}", status.stdout);
+}
