@@ -469,6 +469,21 @@ pub fn scan_outputs(out_dir: &Path, rules: OutputRules) -> Result<Vec<OutputFile
     Ok(files)
 }
 
+/// Why an attempt's outputs could not be published (what was stored is removed again).
+#[derive(Debug, thiserror::Error)]
+#[error("publishing {what}: {source}")]
+pub struct PublishError {
+    what: String,
+    source: StorageError,
+}
+
+impl PublishError {
+    /// True when the destination's file system ran out of room.
+    pub fn is_no_space(&self) -> bool {
+        self.source.is_no_space()
+    }
+}
+
 /// What publishing stored.
 #[derive(Debug, Clone, Default)]
 pub struct Published {
@@ -487,7 +502,7 @@ pub async fn publish(
     dest: &DynStorage,
     mut files: Vec<OutputFile>,
     stdout_object: Option<(String, Option<Kept>)>,
-) -> Result<Published, String> {
+) -> Result<Published, PublishError> {
     let mut outputs = Vec::new();
     let mut stdout_bytes = 0;
     if let Some((key, kept)) = stdout_object {
@@ -503,7 +518,7 @@ pub async fn publish(
                     _ => bytes::Bytes::new(),
                 };
                 stdout_bytes = data.len() as u64;
-                dest.put(&key, data).await.map_err(|e| format!("publishing {key}: {e}"))?;
+                dest.put(&key, data).await.map_err(|source| PublishError { what: key.clone(), source })?;
                 outputs.push(key);
             }
         }
@@ -523,7 +538,7 @@ pub async fn publish(
         for key in keys.iter().chain(&outputs) {
             let _ = dest.delete(key).await;
         }
-        return Err(format!("publishing outputs: {e}"));
+        return Err(PublishError { what: "outputs".into(), source: e });
     }
     outputs.extend(keys);
     outputs.sort();

@@ -8,9 +8,9 @@ use super::state::{AttemptInfo, Cancelled, Running};
 use super::{backoff_before, process_cpu_time, tail, Coordinator, Msg, CLEAN_EAGERLY};
 use crate::events::Event;
 use crate::pool::{AttemptDone, Task};
-use crate::runtime::capture::Overflow;
+use crate::runtime::capture::{Kept, Overflow};
 use crate::runtime::{Invocation, Outcome};
-use crate::stage::{self, OutputFile, OutputRules, StageError};
+use crate::stage::{self, OutputFile, OutputRules, PublishError, StageError};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,13 @@ use std::time::{Duration, Instant};
 fn spawn_discard(running: &Running) {
     let (out_dir, backup) = (running.out_dir.clone(), running.backup);
     tokio::spawn(async move { stage::discard_dir(&out_dir, backup).await });
+}
+
+/// Whether a failed guest said it ran out of room. WASI gives the guest ENOSPC, and the guest
+/// reports it however its language does; every libc and Rust's std print the same words.
+/// Read on failures only, from the in-memory stderr.
+fn guest_ran_out_of_room(info: &AttemptInfo) -> bool {
+    matches!(&info.stderr, Some(Kept::Memory(text)) if String::from_utf8_lossy(text).contains("No space left on device"))
 }
 
 /// Running attempts older than this have their `/out` checked against the output rules
@@ -108,14 +115,14 @@ impl Coordinator {
         let files = match (done.outputs, outcome.is_ok()) {
             (Some(Ok(files)), true) => files,
             (Some(Err(rule_broken)), _) => {
-                return self.attempt_failed(shard, info, Some(running), Outcome::Error(rule_broken))
+                return self.attempt_failed(shard, info, Some(running), Outcome::Error(rule_broken), false)
             }
-            _ => return self.attempt_failed(shard, info, Some(running), outcome),
+            _ => return self.attempt_failed(shard, info, Some(running), outcome, false),
         };
         let stdout_key = flight.shard.record_extension().map(|ext| format!("part-{shard:05}{ext}"));
         let keys: Vec<&str> = files.iter().map(|file| file.key.as_str()).chain(stdout_key.as_deref()).collect();
         if let Err(taken) = self.claim_outputs(shard, &keys) {
-            return self.attempt_failed(shard, info, Some(running), Outcome::Error(taken));
+            return self.attempt_failed(shard, info, Some(running), Outcome::Error(taken), false);
         }
         self.publish_winner(shard, info, running, files, stdout_key);
     }
@@ -218,7 +225,7 @@ impl Coordinator {
 
     /// Publishing the winner's outputs failed (nothing of them is left in DEST): the attempt
     /// failed after all, and what it left in its `/out` goes before any retry.
-    pub(super) fn publish_failed(&mut self, shard: u64, error: String) {
+    pub(super) fn publish_failed(&mut self, shard: u64, error: PublishError) {
         let Some(flight) = self.in_flight.get_mut(&shard) else { return };
         flight.won = false;
         let Some(info) = flight.history.pop() else { return };
@@ -228,7 +235,8 @@ impl Coordinator {
             flight.slot.out_dir.clone()
         };
         let running = Running::ended(info.attempt, out_dir, info.backup);
-        self.attempt_failed(shard, info, Some(running), Outcome::Error(error));
+        let ran_out = error.is_no_space();
+        self.attempt_failed(shard, info, Some(running), Outcome::Error(error.to_string()), ran_out);
     }
 
     /// Staging the shard's inputs failed: that counts as an attempt of its own. A full
@@ -244,16 +252,19 @@ impl Coordinator {
         self.settle_failure(shard, info, None);
     }
 
-    /// An attempt that ran failed. A staging disk that is full now is named as the likely
-    /// cause: a guest (or the publisher) that hit it says so only in its own words.
+    /// An attempt that ran failed. A full staging disk is named as the cause when the disk
+    /// is full now, or when the attempt ran out of room (`ran_out`: publishing's typed
+    /// error said so, or the guest did, in the only way a guest can: its own words).
     pub(super) fn attempt_failed(
         &mut self,
         shard: u64,
         mut info: AttemptInfo,
         running: Option<Running>,
         outcome: Outcome,
+        ran_out: bool,
     ) {
-        info.outcome = match (outcome, stage::full_message(&self.staging_root, false)) {
+        let ran_out = ran_out || guest_ran_out_of_room(&info);
+        info.outcome = match (outcome, stage::full_message(&self.staging_root, ran_out)) {
             (outcome @ Outcome::Cancelled, _) | (outcome, None) => outcome,
             (Outcome::Error(message), Some(full)) => Outcome::Error(format!("{message} ({full})")),
             (other, Some(full)) => Outcome::Error(format!("{other} ({full})")),

@@ -14,7 +14,7 @@ use crate::manifest::{Counts, JobDocument, Journal, Manifest, ManifestError, Sha
 use crate::plan::{PlanError, PlanTotals, Planned, Shard};
 use crate::pool::{AttemptDone, Pool};
 use crate::runtime::{OutcomeKind, Runtime};
-use crate::stage::{self, Slot, StageError, Staged};
+use crate::stage::{self, PublishError, Slot, StageError, Staged};
 use crate::storage::DynStorage;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -146,7 +146,7 @@ enum Msg {
     /// Publishing an attempt's outputs failed (nothing of them is left in DEST).
     PublishFailed {
         shard: u64,
-        error: String,
+        error: PublishError,
     },
     /// A running attempt's `/out` was checked: `Some` says which output rule it broke.
     OutputsChecked {
