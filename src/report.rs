@@ -500,3 +500,29 @@ fn count_of(count: u64, noun: &str) -> String {
         format!("{count} {noun}s")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn while_planning_goes_on_the_total_is_open_and_there_is_no_eta() {
+        let mut tally = Tally::default();
+        for event in [Event::Planned { planned: 50 }, Event::Workers { live: 1 }, Event::ShardFinished { ok: true }] {
+            tally.apply(&event);
+        }
+        let line = progress_line(&tally, 4.0);
+        assert_eq!(line, "fanout: 1/50+ (planning) shards done, 0 failed, 1 worker, 4.0 shards/s");
+        tally.apply(&Event::PlanComplete { total: 61 });
+        tally.apply(&Event::ShardFinished { ok: false });
+        let line = progress_line(&tally, 4.0);
+        assert_eq!(line, "fanout: 2/61 shards done, 1 failed, 1 worker, 4.0 shards/s, eta 14.75s");
+    }
+
+    #[test]
+    fn counts_agree_in_number() {
+        assert_eq!(count_of(1, "worker"), "1 worker");
+        assert_eq!(count_of(0, "cold start"), "0 cold starts");
+        assert_eq!(attempts_phrase(3), "3 attempts");
+    }
+}
