@@ -34,7 +34,7 @@ pub(super) enum Command {
 /// Connection settings shared by every command that opens storage.
 #[derive(Args, Debug, Default, Clone)]
 pub(super) struct StorageFlags {
-    /// S3 endpoint (overrides AWS_ENDPOINT_URL; implies path-style addressing).
+    /// S3 endpoint (overrides AWS_ENDPOINT_URL_S3 and AWS_ENDPOINT_URL; implies path-style addressing).
     #[arg(long, value_name = "URL", global = true, help_heading = "S3")]
     pub(super) endpoint_url: Option<String>,
 }
