@@ -231,10 +231,12 @@ impl Launch {
         let source_storage = source.storage.clone();
         let quiet = output.quiet || output.json;
         let (events, event_rx) = EventSink::channel();
+        let start = start(&job, source, &dest, &load, continuing, &events).await?;
+        // Drawn from here on (what `start` reported waits in the channel), so that a failed
+        // start leaves no drawing task behind.
         let progress_done = CancellationToken::new();
         let progress =
             tokio::spawn(report::drive_progress(ProgressMode::detect(quiet), event_rx, progress_done.clone()));
-        let start = start(&job, source, &dest, &load, continuing, &events).await?;
         let job_id = start.document.job_id.clone();
         let manifest = Manifest::new(dest.clone(), &job_id);
         let staging_root = staging_root(staging, &job.output.dest, &job_id);

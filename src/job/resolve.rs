@@ -77,6 +77,21 @@ fn required<T>(given: Option<Given<T>>, field: &str, flag: &str, text: &JobText)
     })
 }
 
+/// A required address (`input.source`, `function.wasm`, `output.dest`): the value as given,
+/// for error texts, and the location it names. Where it came from is noted in `origins`.
+fn required_location(
+    given: Option<Given<String>>,
+    field: &'static str,
+    flag: &str,
+    text: &JobText,
+    origins: &mut Origins,
+) -> Result<(Given<String>, Location), JobError> {
+    let given = required(given, field, flag, text)?;
+    let location = location_of(&given)?;
+    origins.note(field, &given);
+    Ok((given, location))
+}
+
 fn or_default(given: Option<Given<String>>, default: &str, field: &str) -> Given<String> {
     given.unwrap_or_else(|| Given::by_default(default.to_string(), field))
 }
@@ -116,8 +131,7 @@ fn resolve_name(given: Option<Given<String>>, text: &JobText) -> Result<String, 
 }
 
 fn resolve_input(table: InputTable, text: &JobText, origins: &mut Origins) -> Result<Input, JobError> {
-    let source = required(table.source, "input.source", "--input SRC", text)?;
-    origins.note("input.source", &source);
+    let (_, source) = required_location(table.source, "input.source", "--input SRC", text, origins)?;
     let mut include = Include::default();
     if let Some(first) = table.include.first() {
         origins.note("input.include", first);
@@ -131,7 +145,7 @@ fn resolve_input(table: InputTable, text: &JobText, origins: &mut Origins) -> Re
             ShardSpec::Table(shard_table) => shard_from_table(given, shard_table, text)?,
         },
     };
-    Ok(Input { source: location_of(&source)?, include, shard })
+    Ok(Input { source, include, shard })
 }
 
 fn resolve_function(
@@ -140,9 +154,7 @@ fn resolve_function(
     text: &JobText,
     origins: &mut Origins,
 ) -> Result<Function, JobError> {
-    let wasm = required(table.wasm, "function.wasm", "--function F", text)?;
-    let wasm_location = location_of(&wasm)?;
-    origins.note("function.wasm", &wasm);
+    let (_, wasm) = required_location(table.wasm, "function.wasm", "--function F", text, origins)?;
     let mut args = table.args.map(|given| given.value).unwrap_or_default();
     args.extend(extra_args.iter().cloned());
     let mut env = BTreeMap::new();
@@ -171,7 +183,7 @@ fn resolve_function(
         )));
     }
     Ok(Function {
-        wasm: wasm_location,
+        wasm,
         args,
         env,
         timeout_ms: timeout.as_millis().max(1) as u64,
@@ -225,9 +237,7 @@ fn resolve_output(
     text: &JobText,
     origins: &mut Origins,
 ) -> Result<Output, JobError> {
-    let dest = required(table.dest, "output.dest", "--output DEST", text)?;
-    let dest_location = location_of(&dest)?;
-    origins.note("output.dest", &dest);
+    let (dest, dest_location) = required_location(table.dest, "output.dest", "--output DEST", text, origins)?;
     if source.contains(&dest_location) {
         return Err(
             dest.error(format!("{dest_location} lies inside the input {source}: outputs would be read back as inputs"))
