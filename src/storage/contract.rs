@@ -138,6 +138,11 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         None
     }
 
+    /// Copies the object `from` to `to` inside this storage, atomically (the target appears
+    /// whole or not at all), without passing the bytes through this machine where the
+    /// backend can (S3 copies server-side); returns the size.
+    async fn copy(&self, from: &str, to: &str) -> StorageResult<u64>;
+
     /// Removes the object; removing a missing object is not an error.
     async fn delete(&self, key: &str) -> StorageResult<()>;
 

@@ -338,6 +338,27 @@ impl Storage for LocalStorage {
         blocking(move || move_atomic(&source, &target).map_err(|e| this.io_error(&target, e))).await
     }
 
+    async fn copy(&self, from: &str, to: &str) -> StorageResult<u64> {
+        let (source, target) = (self.path_of(from)?, self.path_of(to)?);
+        let this = self.clone();
+        blocking(move || {
+            std::fs::create_dir_all(target.parent().expect("a key has a parent"))
+                .map_err(|e| this.io_error(&target, e))?;
+            let temp = temp_path_beside(&target);
+            let copied = std::fs::copy(&source, &temp).and_then(|n| std::fs::rename(&temp, &target).map(|_| n));
+            if copied.is_err() {
+                let _ = std::fs::remove_file(&temp);
+            }
+            copied.map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound if !source.exists() => {
+                    StorageError::NotFound { location: source.display().to_string() }
+                }
+                _ => this.io_error(&target, e),
+            })
+        })
+        .await
+    }
+
     async fn delete(&self, key: &str) -> StorageResult<()> {
         let path = self.path_of(key)?;
         let this = self.clone();

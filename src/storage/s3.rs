@@ -28,6 +28,9 @@ pub const MULTIPART_THRESHOLD: u64 = 16 << 20;
 pub const PART_SIZE: u64 = 16 << 20;
 /// The size of each ranged read of a download: a larger object is fetched in parallel parts.
 pub const RANGE_SIZE: u64 = 16 << 20;
+/// CopyObject copies at most 5 GiB; larger objects are copied in parts of this size.
+const COPY_LIMIT: u64 = 5 << 30;
+const COPY_PART_SIZE: u64 = 1 << 30;
 /// Parts of one object in flight at once.
 const PART_CONCURRENCY: usize = 4;
 /// Writes `chunks` back to back from `offset` of a shared file, on the blocking pool, in
@@ -301,32 +304,85 @@ impl S3Storage {
             .await
             .map_err(|e| self.classify("CreateMultipartUpload", key, e))?;
         let upload_id = created.upload_id().unwrap_or_default().to_string();
-        let result = self.upload_parts(key, full_key, path, size, &upload_id).await;
-        match result {
+        let parts = self.upload_parts(key, full_key, path, size, &upload_id).await;
+        self.finish_multipart(key, full_key, &upload_id, parts).await
+    }
+
+    /// Completes a multipart upload whose parts all arrived, or aborts it (no parts are left
+    /// behind to be billed) and reports the first error.
+    async fn finish_multipart(
+        &self,
+        key: &str,
+        full_key: &str,
+        upload_id: &str,
+        parts: StorageResult<Vec<CompletedPart>>,
+    ) -> StorageResult<()> {
+        match parts {
             Ok(parts) => self
                 .client
                 .complete_multipart_upload()
                 .bucket(&self.bucket)
                 .key(full_key)
-                .upload_id(&upload_id)
+                .upload_id(upload_id)
                 .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
                 .send()
                 .await
                 .map(|_| ())
                 .map_err(|e| self.classify("CompleteMultipartUpload", key, e)),
             Err(error) => {
-                // Leave no parts behind to be billed: abort, and report the first error.
                 let _ = self
                     .client
                     .abort_multipart_upload()
                     .bucket(&self.bucket)
                     .key(full_key)
-                    .upload_id(&upload_id)
+                    .upload_id(upload_id)
                     .send()
                     .await;
                 Err(error)
             }
         }
+    }
+
+    /// A server-side copy of an object over 5 GiB: UploadPartCopy in ranges, completed only
+    /// when every part is copied (so the target appears whole or not at all).
+    async fn copy_multipart(&self, key: &str, full_key: &str, copy_source: &str, size: u64) -> StorageResult<()> {
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(full_key)
+            .send()
+            .await
+            .map_err(|e| self.classify("CreateMultipartUpload", key, e))?;
+        let upload_id = created.upload_id().unwrap_or_default().to_string();
+        let ranges: Vec<(i32, u64, u64)> = (0..size.div_ceil(COPY_PART_SIZE))
+            .map(|i| (i as i32 + 1, i * COPY_PART_SIZE, ((i + 1) * COPY_PART_SIZE).min(size) - 1))
+            .collect();
+        use futures::{StreamExt, TryStreamExt};
+        let parts: StorageResult<Vec<CompletedPart>> = futures::stream::iter(ranges)
+            .map(|(number, first, last)| {
+                let upload_id = upload_id.clone();
+                async move {
+                    let copied = self
+                        .client
+                        .upload_part_copy()
+                        .bucket(&self.bucket)
+                        .key(full_key)
+                        .upload_id(upload_id)
+                        .part_number(number)
+                        .copy_source(copy_source)
+                        .copy_source_range(format!("bytes={first}-{last}"))
+                        .send()
+                        .await
+                        .map_err(|e| self.classify("UploadPartCopy", key, e))?;
+                    let etag = copied.copy_part_result().and_then(|r| r.e_tag()).unwrap_or_default().to_string();
+                    Ok(CompletedPart::builder().part_number(number).e_tag(etag).build())
+                }
+            })
+            .buffered(PART_CONCURRENCY)
+            .try_collect()
+            .await;
+        self.finish_multipart(key, full_key, &upload_id, parts).await
     }
 
     async fn upload_parts(
@@ -382,6 +438,19 @@ impl S3Storage {
         parts.sort_by_key(|p| p.part_number());
         Ok(parts)
     }
+}
+
+/// A key as CopyObject's `x-amz-copy-source` needs it: percent-encoded, `/` kept.
+fn percent_encode_key(key: &str) -> String {
+    let mut encoded = String::with_capacity(key.len());
+    for byte in key.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_.~/".contains(&byte) {
+            encoded.push(byte as char);
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
 }
 
 fn first_line(text: &str) -> String {
@@ -647,6 +716,25 @@ impl Storage for S3Storage {
             .send()
             .await
             .map_err(|e| self.classify("PutObject", key, e))?;
+        Ok(size)
+    }
+
+    async fn copy(&self, from: &str, to: &str) -> StorageResult<u64> {
+        let (full_from, full_to) = (self.full_key(from)?, self.full_key(to)?);
+        let size = self.head(from).await?.ok_or_else(|| StorageError::NotFound { location: self.url(from) })?.size;
+        let copy_source = format!("{}/{}", self.bucket, percent_encode_key(&full_from));
+        if size > COPY_LIMIT {
+            self.copy_multipart(to, &full_to, &copy_source, size).await?;
+            return Ok(size);
+        }
+        self.client
+            .copy_object()
+            .bucket(&self.bucket)
+            .key(&full_to)
+            .copy_source(copy_source)
+            .send()
+            .await
+            .map_err(|e| self.classify("CopyObject", to, e))?;
         Ok(size)
     }
 
