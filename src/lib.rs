@@ -14,7 +14,9 @@
 //! - [`manifest`]: what fanout writes under `DEST/_fanout/<job-id>/`, and reading it back.
 //! - [`stage`]: inputs into a staging folder, outputs out of `/out` into DEST.
 //! - [`timeline`]: the SVG plot of a job's attempts.
+//! - [`executor`]: the trait every executor implements (attempts in, outcomes out).
 //! - [`pool`]: worker threads that scale with the backlog and exit when idle.
+//! - [`lambda`]: AWS Lambda: the executor that invokes it, the worker it invokes, deploy.
 //! - [`run`]: the coordinator of one run: staging, dispatch, retries, publishing, commits.
 //! - [`report`]: progress, report.csv, summary.json.
 //! - [`cli`]: the command line and exit codes; the only place that prints errors.
@@ -23,8 +25,10 @@
 
 pub mod cli;
 pub(crate) mod events;
+pub(crate) mod executor;
 pub mod function;
 pub(crate) mod job;
+pub(crate) mod lambda;
 pub mod location;
 pub(crate) mod manifest;
 pub(crate) mod plan;

@@ -76,6 +76,9 @@ pub struct ShardRecord {
     pub bytes_out: u64,
     /// None when the final attempt ended before a worker took it (staging failed).
     pub worker: Option<u32>,
+    /// A remote worker's own name (a Lambda execution environment), beside its lane number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_name: Option<String>,
     pub cold_start: bool,
     pub error: Option<String>,
     /// Output keys, relative to DEST.
@@ -358,6 +361,7 @@ mod tests {
             bytes_in: 1,
             bytes_out: 1,
             worker: Some(0),
+            worker_name: None,
             cold_start: false,
             error: None,
             outputs: Vec::new(),

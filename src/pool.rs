@@ -5,44 +5,16 @@
 //! manifests (the coordinator in `run` owns those).
 
 use crate::events::{Event, EventSink};
-use crate::runtime::{Invocation, InvocationReport, Outcome, Runtime};
-use crate::stage::{self, OutputFile, OutputRules};
+use crate::executor::{AttemptDone, Executor, Task};
+use crate::runtime::{InvocationReport, Outcome, Runtime};
+use crate::stage;
 use std::collections::VecDeque;
-use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc::UnboundedSender;
-use tokio_util::sync::CancellationToken;
 
 /// Guest code runs on the worker's own stack: give it room beyond wasm's 512 KiB.
 const WORKER_STACK: usize = 8 << 20;
-
-/// One attempt at one shard, ready to run.
-pub struct Task {
-    pub shard: u64,
-    pub attempt: u32,
-    pub invocation: Invocation,
-    pub cancel: CancellationToken,
-    /// Set by the worker when the attempt starts running.
-    pub started: Arc<OnceLock<Instant>>,
-    /// Where the attempt's outputs land, and the rules they must keep.
-    pub outputs: (PathBuf, OutputRules),
-    /// Create the output folder first (a backup attempt's own `/out`).
-    pub make_out_dir: bool,
-}
-
-/// What the pool sends back for every task.
-pub struct AttemptDone {
-    pub shard: u64,
-    pub attempt: u32,
-    pub worker: u32,
-    pub cold_start: bool,
-    pub started: SystemTime,
-    pub finished: SystemTime,
-    pub report: InvocationReport,
-    /// For a successful attempt: the files under `/out`, checked, or why they break the rules.
-    pub outputs: Option<Result<Vec<OutputFile>, String>>,
-}
 
 /// The scaling rule, kept pure so it can be tested without threads or clocks: start a
 /// worker when more tasks wait than idle workers can take, up to the maximum.
@@ -178,9 +150,10 @@ impl Pool {
             // cheaper than handing the attempt to another thread to do it.
             let outputs = report.outcome.is_ok().then(|| stage::scan_outputs(&task.outputs.0, task.outputs.1));
             let done = AttemptDone {
-                shard: task.shard,
+                shard: task.shard.id,
                 attempt: task.attempt,
                 worker,
+                worker_name: None,
                 cold_start: cold && ran,
                 started,
                 finished: SystemTime::now(),
@@ -195,6 +168,24 @@ impl Pool {
                 return;
             }
         }
+    }
+}
+
+impl Executor for Arc<Pool> {
+    fn submit(&self, task: Task) {
+        Pool::submit(self, task)
+    }
+    fn stop_starting(&self) {
+        Pool::stop_starting(self)
+    }
+    fn can_start_now(&self) -> bool {
+        Pool::can_start_now(self)
+    }
+    fn live(&self) -> usize {
+        Pool::live(self)
+    }
+    fn peak(&self) -> usize {
+        Pool::peak(self)
     }
 }
 

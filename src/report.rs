@@ -26,7 +26,8 @@ struct ReportRow<'a> {
     duration_ms: Option<u64>,
     bytes_in: Option<u64>,
     bytes_out: Option<u64>,
-    worker: Option<u32>,
+    /// The pool thread's number, or a remote worker's name (a Lambda execution environment).
+    worker: Option<String>,
     cold_start: Option<bool>,
     error: &'a str,
     backup: Option<bool>,
@@ -47,7 +48,7 @@ impl<'a> ReportRow<'a> {
             duration_ms: Some(record.duration_ms),
             bytes_in: Some(record.bytes_in),
             bytes_out: Some(record.bytes_out),
-            worker: record.worker,
+            worker: record.worker_name.clone().or_else(|| record.worker.map(|w| w.to_string())),
             cold_start: Some(record.cold_start),
             error: record.error.as_deref().unwrap_or_default(),
             backup: Some(record.backup),
@@ -162,6 +163,10 @@ pub struct Summary {
     pub backups: u64,
     pub backups_won: u64,
     pub function: FunctionSummary,
+    /// The executor's own accounting: for Lambda, invocations, throttles, GB-seconds and
+    /// their cost (absent for the local pool).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executor: Option<serde_json::Value>,
     pub plan_error: Option<String>,
     /// The first failures (all of them are in report.csv).
     pub failures: Vec<Failure>,
@@ -234,6 +239,7 @@ pub(crate) fn summarize(input: SummaryInput) -> Summary {
         outcomes: stats.outcomes.clone(),
         backups: stats.backups,
         backups_won: stats.backups_won,
+        executor: stats.executor.clone(),
         function: FunctionSummary {
             kind: load.kind,
             sha256: load.sha256.clone(),

@@ -15,7 +15,8 @@
 
 use crate::manifest::FANOUT_DIR;
 use crate::plan::{Shard, ShardInput};
-use crate::runtime::capture::Kept;
+use crate::runtime::capture::{Kept, Overflow};
+use crate::runtime::Invocation;
 use crate::storage::local::blocking;
 use crate::storage::{validate_key, DynStorage, ObjectMeta, StorageError};
 use std::path::{Path, PathBuf};
@@ -50,6 +51,60 @@ impl SpareAllowance {
 
     fn give_back(&self, bytes: u64) {
         self.0.fetch_add(bytes, Ordering::AcqRel);
+    }
+}
+
+/// Bytes of a guest's stderr (and of stdout, when it is not an output) kept per attempt.
+pub const LOG_CAP: u64 = 1 << 20;
+
+/// What a guest is told and given, wherever it runs: argv, env, and the shard's numbers.
+pub struct Call<'a> {
+    pub job_id: &'a str,
+    pub name: &'a str,
+    pub args: &'a [String],
+    pub env: &'a std::collections::BTreeMap<String, String>,
+    pub shard: u64,
+    pub shards_hint: u64,
+    pub attempt: u32,
+}
+
+impl Call<'_> {
+    /// argv and the whole environment the guest sees: nothing of the host's.
+    pub fn argv_env(&self) -> (Vec<String>, Vec<(String, String)>) {
+        let mut env: Vec<(String, String)> = self.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        env.push(("FANOUT_JOB".into(), self.job_id.to_string()));
+        env.push(("FANOUT_SHARD".into(), self.shard.to_string()));
+        env.push(("FANOUT_SHARDS".into(), self.shards_hint.to_string()));
+        env.push(("FANOUT_ATTEMPT".into(), self.attempt.to_string()));
+        let mut argv = vec![self.name.to_string()];
+        argv.extend(self.args.iter().cloned());
+        (argv, env)
+    }
+}
+
+/// The sandbox of one attempt staged in `slot`: `/in` is the slot's, `/out` is `out_dir`
+/// (the slot's own, or a backup's beside it). A record shard's stdout is its output, capped
+/// at `max_output_bytes`; otherwise stdout is log, truncated at [`LOG_CAP`].
+pub fn invocation(
+    slot: &Slot,
+    out_dir: PathBuf,
+    attempt: u32,
+    (argv, env): (Vec<String>, Vec<(String, String)>),
+    stdin: Option<PathBuf>,
+    is_records: bool,
+    max_output_bytes: u64,
+) -> Invocation {
+    Invocation {
+        argv,
+        env,
+        in_dir: slot.in_dir.clone(),
+        out_dir,
+        stdin,
+        stdout: slot.stdout(attempt),
+        stdout_cap: if is_records { max_output_bytes } else { LOG_CAP },
+        stdout_overflow: if is_records { Overflow::Fail } else { Overflow::Truncate },
+        stderr: slot.stderr(attempt),
+        stderr_cap: LOG_CAP,
     }
 }
 
@@ -424,12 +479,22 @@ pub struct OutputRules {
     pub max_bytes: u64,
 }
 
-/// One file found under `/out`, with the key it will have in DEST.
+/// One output of an attempt, with the key it will have in DEST.
 #[derive(Debug, Clone)]
 pub struct OutputFile {
-    pub path: PathBuf,
+    pub from: OutputFrom,
     pub key: String,
     pub size: u64,
+}
+
+/// Where an output waits to be published.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OutputFrom {
+    /// A file under this machine's `/out`.
+    File(PathBuf),
+    /// An object a remote worker stored in DEST under its attempt's own prefix: publishing
+    /// copies it to its key (server-side) and removes it.
+    Staged(String),
 }
 
 /// Walks `/out` without following links and checks every entry against the rules.
@@ -464,7 +529,7 @@ pub fn scan_outputs(out_dir: &Path, rules: OutputRules) -> Result<Vec<OutputFile
         if total > rules.max_bytes {
             return Err(format!("outputs exceed {} (output.max_bytes)", crate::units::format_size(rules.max_bytes)));
         }
-        files.push(OutputFile { path: entry.path().to_path_buf(), key, size });
+        files.push(OutputFile { from: OutputFrom::File(entry.path().to_path_buf()), key, size });
     }
     Ok(files)
 }
@@ -497,7 +562,8 @@ pub struct Published {
 
 /// Stores an attempt's checked outputs in DEST; `stdout_object` adds a record shard's
 /// stdout as `part-NNNNN<ext>` (empty when the guest printed nothing). If a store fails,
-/// what was stored is removed again, so a failed attempt leaves no output behind.
+/// what was stored is removed again, so a failed attempt leaves no output behind. Outputs
+/// a remote worker staged are copied to their keys, then their staged copies removed.
 pub async fn publish(
     dest: &DynStorage,
     mut files: Vec<OutputFile>,
@@ -509,7 +575,7 @@ pub async fn publish(
         match kept {
             Some(Kept::File(path)) => {
                 let size = tokio::fs::metadata(&path).await.map(|m| m.len()).unwrap_or(0);
-                files.push(OutputFile { path, key, size });
+                files.push(OutputFile { from: OutputFrom::File(path), key, size });
             }
             // Short (or empty: the guest printed nothing, and the part says so) from memory.
             other => {
@@ -524,25 +590,65 @@ pub async fn publish(
         }
     }
     let bytes_out = stdout_bytes + files.iter().map(|f| f.size).sum::<u64>();
-    let keys: Vec<String> = files.iter().map(|f| f.key.clone()).collect();
+    let (staged, local): (Vec<OutputFile>, Vec<OutputFile>) =
+        files.into_iter().partition(|f| matches!(f.from, OutputFrom::Staged(_)));
+    let keys: Vec<String> = local.iter().chain(&staged).map(|f| f.key.clone()).collect();
+    let local_keys: Vec<String> = local.iter().map(|f| f.key.clone()).collect();
     // Files in folders leave the folders behind; other backends copy rather than move.
-    let out_dirty = keys.iter().any(|k| k.contains('/'));
+    let out_dirty = local_keys.iter().any(|k| k.contains('/'));
+    let items: Vec<(String, PathBuf)> = local
+        .into_iter()
+        .filter_map(|f| match f.from {
+            OutputFrom::File(path) => Some((f.key, path)),
+            OutputFrom::Staged(_) => None,
+        })
+        .collect();
     let left_in_out: Vec<PathBuf> =
-        if dest.moves_uploads() { Vec::new() } else { files.iter().map(|f| f.path.clone()).collect() };
-    let items: Vec<(String, PathBuf)> = files.into_iter().map(|f| (f.key, f.path)).collect();
-    if items.is_empty() {
+        if dest.moves_uploads() { Vec::new() } else { items.iter().map(|(_, path)| path.clone()).collect() };
+    if keys.is_empty() {
         outputs.sort();
         return Ok(Published { outputs, bytes_out, left_in_out: Vec::new(), out_dirty: false });
     }
-    if let Err(e) = dest.upload_many(items).await {
+    let stored = async {
+        if !items.is_empty() {
+            dest.upload_many(items).await.map_err(|e| PublishError { what: "outputs".into(), source: e })?;
+        }
+        copy_staged(dest, &staged).await
+    };
+    if let Err(e) = stored.await {
         for key in keys.iter().chain(&outputs) {
             let _ = dest.delete(key).await;
         }
-        return Err(PublishError { what: "outputs".into(), source: e });
+        return Err(e);
+    }
+    for file in &staged {
+        if let OutputFrom::Staged(from) = &file.from {
+            let _ = dest.delete(from).await;
+        }
     }
     outputs.extend(keys);
     outputs.sort();
     Ok(Published { outputs, bytes_out, left_in_out, out_dirty })
+}
+
+/// Copies staged outputs to their keys, a few at a time.
+async fn copy_staged(dest: &DynStorage, staged: &[OutputFile]) -> Result<(), PublishError> {
+    use futures::{StreamExt, TryStreamExt};
+    let copies: Vec<(String, String)> = staged
+        .iter()
+        .filter_map(|file| match &file.from {
+            OutputFrom::Staged(from) => Some((from.clone(), file.key.clone())),
+            OutputFrom::File(_) => None,
+        })
+        .collect();
+    futures::stream::iter(copies)
+        .map(|(from, to)| {
+            let dest = dest.clone();
+            async move { dest.copy(&from, &to).await.map(|_| ()).map_err(|source| PublishError { what: to, source }) }
+        })
+        .buffer_unordered(8)
+        .try_collect()
+        .await
 }
 
 #[cfg(test)]

@@ -436,6 +436,7 @@ mod tests {
             bytes_in: 0,
             bytes_out: 0,
             worker: Some(worker),
+            worker_name: None,
             cold_start: shard < 2,
             error: None,
             outputs: Vec::new(),

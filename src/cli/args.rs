@@ -29,6 +29,50 @@ pub(super) enum Command {
     Redrive(RedriveArgs),
     /// Print a job's report (table, CSV, JSON) or draw its timeline as SVG.
     Report(ReportArgs),
+    /// Run jobs on AWS Lambda: deploy the worker function, or serve as it.
+    Lambda(LambdaArgs),
+}
+
+#[derive(Args, Debug)]
+pub(super) struct LambdaArgs {
+    #[command(subcommand)]
+    pub(super) command: LambdaCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub(super) enum LambdaCommand {
+    /// Create the worker function, or update its code and settings (aws-sdk-lambda).
+    Deploy(DeployArgs),
+    /// Serve the Lambda Runtime API at $AWS_LAMBDA_RUNTIME_API: what the deployment's
+    /// `bootstrap` runs (a binary named `bootstrap` started without arguments does this).
+    Worker,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct DeployArgs {
+    /// The function's name.
+    #[arg(long, value_name = "NAME")]
+    pub(super) name: String,
+    /// The IAM role the function runs as (needed to create it; S3 read on inputs, write on DEST).
+    #[arg(long, value_name = "ARN")]
+    pub(super) role: Option<String>,
+    /// A deployment zip with `bootstrap` at its top (e.g. from `cargo lambda build`).
+    #[arg(long, value_name = "FILE", conflicts_with = "bootstrap")]
+    pub(super) zip: Option<PathBuf>,
+    /// A Linux build of fanout to zip as `bootstrap` (default: this executable).
+    #[arg(long, value_name = "FILE")]
+    pub(super) bootstrap: Option<PathBuf>,
+    /// The binary is built for arm64 (Graviton) rather than x86_64.
+    #[arg(long)]
+    pub(super) arm64: bool,
+    /// Configured memory in MB (Lambda gives CPU in proportion: 1,769 MB is one vCPU).
+    #[arg(long, value_name = "MB", default_value_t = 2048)]
+    pub(super) memory: i32,
+    /// The function's timeout in seconds (at most 900).
+    #[arg(long, value_name = "SECONDS", default_value_t = 900)]
+    pub(super) timeout: i32,
+    #[command(flatten)]
+    pub(super) output: OutputFlags,
 }
 
 /// Connection settings shared by every command that opens storage.

@@ -8,6 +8,7 @@ mod args;
 mod common;
 mod exit;
 mod inspect;
+mod lambda;
 mod running;
 
 use args::{Cli, Command};
@@ -16,7 +17,12 @@ use std::process::ExitCode;
 
 /// Parses the command line, runs the command, and turns its result into an exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // Lambda starts a deployment's `bootstrap` without arguments: that is the worker.
+    if argv.len() == 1 && std::path::Path::new(&argv[0]).file_name().is_some_and(|name| name == "bootstrap") {
+        argv.extend(["lambda".into(), "worker".into()]);
+    }
+    let cli = Cli::parse_from(argv);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -31,6 +37,7 @@ pub fn main() -> ExitCode {
             Command::Plan(args) => args.execute().await,
             Command::Status(args) => args.execute().await,
             Command::Report(args) => args.execute().await,
+            Command::Lambda(args) => args.execute().await,
         }
     });
     // Worker threads may still be waiting out their idle time; nothing they hold matters now.

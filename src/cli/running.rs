@@ -6,12 +6,15 @@ use super::args::{OutputFlags, RedriveArgs, RunArgs};
 use super::common::{open_job, plan_failure, redrive_command};
 use super::exit::{failed, usage, Failure, EXIT_JOB_FAILED, EXIT_OK};
 use crate::events::{Event, EventSink};
-use crate::job::{self, Job, Origins};
+use crate::job::{self, Executor, Job, Origins};
+use crate::lambda::invoke::{JobBase, LambdaExecutor, LambdaFunction};
+use crate::lambda::protocol;
+use crate::pool::Pool;
 use crate::location::Location;
 use crate::manifest::{self, FunctionIdentity, JobDocument, Journal, Manifest, PlanState};
 use crate::plan::{self, PlanError, PlanTotals, Planned};
 use crate::report::{self, ProgressMode, Summary};
-use crate::run::{self, RunResult, RunSetup, RunSpec, Shutdown};
+use crate::run::{self, ExecutorFactory, RunResult, RunSetup, RunSpec, Shutdown};
 use crate::runtime::{Limits, LoadReport, Runtime};
 use crate::storage::{self, DynStorage, StorageOptions};
 use anyhow::{anyhow, Context};
@@ -31,6 +34,8 @@ struct Opened {
     source: plan::Source,
     runtime: Arc<Runtime>,
     load: LoadReport,
+    /// A lambda job's function, answering as a fanout worker, and the function's key in DEST.
+    lambda: Option<(LambdaFunction, String)>,
 }
 
 async fn open_everything(
@@ -53,11 +58,35 @@ async fn open_everything(
         memory_bytes: job.function.memory_bytes,
         concurrency: job.workers.max,
     };
-    let (runtime, load) = tokio::task::spawn_blocking(move || Runtime::load(&function.name, &function.bytes, limits))
+    let bytes = Bytes::from(function.bytes);
+    let wasm = bytes.clone();
+    let (runtime, load) = tokio::task::spawn_blocking(move || Runtime::load(&function.name, &wasm, limits))
         .await
         .expect("loading the function does not panic")
         .map_err(|e| usage(anyhow!("{at_function}function.wasm: {e}")))?;
-    Ok(Opened { dest, source, runtime: Arc::new(runtime), load })
+    let lambda = match &job.executor {
+        Executor::Local => None,
+        Executor::Lambda { function, .. } => Some(open_lambda(function, &dest, &load, bytes).await?),
+    };
+    Ok(Opened { dest, source, runtime: Arc::new(runtime), load, lambda })
+}
+
+/// Proves the Lambda function is a fanout worker (before anything is written), then stores
+/// the job's function where the workers fetch it: content-addressed under DEST, once.
+async fn open_lambda(
+    function: &str,
+    dest: &DynStorage,
+    load: &LoadReport,
+    wasm: Bytes,
+) -> Result<(LambdaFunction, String), Failure> {
+    let lambda = LambdaFunction::connect(function).await;
+    lambda.ping().await.map_err(|e| usage(anyhow!("executor.function: {e}")))?;
+    let key = protocol::function_key(&load.sha256);
+    let stored = dest.head(&key).await.map_err(|e| usage(anyhow!("output.dest: {e}")))?;
+    if stored.is_none_or(|meta| meta.size != wasm.len() as u64) {
+        dest.put(&key, wasm).await.map_err(|e| usage(anyhow!("output.dest: storing the function: {e}")))?;
+    }
+    Ok((lambda, key))
 }
 
 fn grace_of(text: &str) -> Result<Duration, Failure> {
@@ -227,7 +256,7 @@ impl Launch {
     async fn run(self) -> Result<u8, Failure> {
         let started = manifest::timestamp(SystemTime::now());
         let Launch { job, origins, opened, continuing, staging, grace, output } = self;
-        let Opened { dest, source, runtime, load } = opened;
+        let Opened { dest, source, runtime, load, lambda } = opened;
         let source_storage = source.storage.clone();
         let quiet = output.quiet || output.json;
         let (events, event_rx) = EventSink::channel();
@@ -245,6 +274,7 @@ impl Launch {
         let shutdown = Shutdown::default();
         watch_signals(shutdown.clone(), grace);
         let new_job = start.new_job;
+        let executor = executor_for(&job, &job_id, runtime, &load, lambda, &events);
         let setup = RunSetup {
             job: job.clone(),
             document: start.document,
@@ -252,7 +282,7 @@ impl Launch {
             manifest: manifest.clone(),
             source: source_storage,
             dest,
-            runtime,
+            executor,
             prior: start.prior,
             record_plan: start.record_plan,
             staging_root,
@@ -277,6 +307,33 @@ impl Launch {
             eprintln!("fanout: to finish this job, run: {}", redrive_command(&job.output.dest.to_string(), &job_id));
         }
         Ok(if result.succeeded { EXIT_OK } else { EXIT_JOB_FAILED })
+    }
+}
+
+/// The executor the job names: this machine's pool, or Lambda.
+fn executor_for(
+    job: &Job,
+    job_id: &str,
+    runtime: Arc<Runtime>,
+    load: &LoadReport,
+    lambda: Option<(LambdaFunction, String)>,
+    events: &EventSink,
+) -> ExecutorFactory {
+    match (&job.executor, lambda) {
+        (Executor::Lambda { concurrency, .. }, Some((lambda, function_key))) => {
+            let base = JobBase {
+                job_id: job_id.to_string(),
+                job: job.clone(),
+                function_key,
+                function_sha256: load.sha256.clone(),
+            };
+            let concurrency = *concurrency;
+            Box::new(move |results| Box::new(LambdaExecutor::new(lambda, concurrency, base, results)))
+        }
+        _ => {
+            let (max, idle, events) = (job.workers.max, job.workers.idle(), events.clone());
+            Box::new(move |results| Box::new(Pool::new(runtime, max, idle, results, events)))
+        }
     }
 }
 

@@ -32,6 +32,8 @@ pub(crate) mod defaults {
     pub(crate) const BACKUP_AFTER: &str = "90%";
     /// ...for attempts slower than this many times the median of finished shards.
     pub(crate) const BACKUP_FACTOR: f64 = 3.0;
+    /// Lambda invocations in flight at most: well under an account's default limit (1,000).
+    pub(crate) const LAMBDA_CONCURRENCY: usize = 64;
 }
 
 /// How a source is cut into shards.
@@ -172,6 +174,20 @@ pub(crate) struct Job {
     pub(crate) retry: Retry,
     #[serde(default)]
     pub(crate) stragglers: Stragglers,
+    #[serde(default)]
+    pub(crate) executor: Executor,
+}
+
+/// Where a job's attempts run.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub(crate) enum Executor {
+    /// This machine's worker pool.
+    #[default]
+    Local,
+    /// AWS Lambda: `function` runs `fanout lambda worker`; at most `concurrency` invocations
+    /// are in flight.
+    Lambda { function: String, concurrency: usize },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -6,10 +6,10 @@
 
 use super::error::{syntax_error, JobError, JobText, Origin};
 use super::model::{
-    defaults, share_of_shards, Function, Include, Input, Job, Output, Retry, ShardRule, Stragglers, Workers,
+    defaults, share_of_shards, Executor, Function, Include, Input, Job, Output, Retry, ShardRule, Stragglers, Workers,
 };
 use super::schema::{
-    EnvVar, FunctionTable, Given, InputTable, JobArgs, JobFile, OutputTable, RetryTable, ShardSpec, ShardTable,
+    EnvVar, ExecutorTable, FunctionTable, Given, InputTable, JobArgs, JobFile, OutputTable, RetryTable, ShardSpec, ShardTable,
     SizeValue, StragglersTable, WorkersTable,
 };
 use crate::location::Location;
@@ -53,9 +53,12 @@ pub(crate) fn resolve(args: &JobArgs) -> Result<(Job, Origins), JobError> {
     let fields = parsed.overlay(args.flags.clone(), &text);
     let mut origins = Origins::default();
     let name = resolve_name(fields.name, &text)?;
+    // The executor's check names these fields as the user gave them.
+    let addresses = (fields.input.source.clone(), fields.output.dest.clone());
     let input = resolve_input(fields.input, &text, &mut origins)?;
     let function = resolve_function(fields.function, &args.args, &text, &mut origins)?;
     let output = resolve_output(fields.output, &input.source, &text, &mut origins)?;
+    let executor = resolve_executor(fields.executor, addresses, &input, &output)?;
     let job = Job {
         name,
         input,
@@ -64,6 +67,7 @@ pub(crate) fn resolve(args: &JobArgs) -> Result<(Job, Origins), JobError> {
         workers: resolve_workers(fields.workers)?,
         retry: resolve_retry(fields.retry)?,
         stragglers: resolve_stragglers(fields.stragglers)?,
+        executor,
     };
     Ok((job, origins))
 }
@@ -288,6 +292,51 @@ fn resolve_retry(table: RetryTable) -> Result<Retry, JobError> {
         backoff_ms: backoff.as_millis() as u64,
         tolerated: Tolerance::parse(&tolerated.value).map_err(|message| tolerated.error(message))?,
     })
+}
+
+/// Lambda invocations in flight at most, whatever the job asks (AWS's own account limit is
+/// raised on request; beyond this one coordinator would be the bottleneck).
+const MOST_INVOCATIONS: i64 = 10_000;
+
+/// `[executor]`: a lambda job needs a function and its input and output in S3, since its
+/// workers are elsewhere and see neither this machine's files nor its paths.
+fn resolve_executor(
+    table: ExecutorTable,
+    (source, dest): (Option<Given<String>>, Option<Given<String>>),
+    input: &Input,
+    output: &Output,
+) -> Result<Executor, JobError> {
+    let kind = or_default(table.kind, "local", "executor.kind");
+    let concurrency = match &table.concurrency {
+        Some(given) if !(1..=MOST_INVOCATIONS).contains(&given.value) => {
+            return Err(given.error(format!("{} is not between 1 and {MOST_INVOCATIONS}", given.value)))
+        }
+        Some(given) => given.value as usize,
+        None => defaults::LAMBDA_CONCURRENCY,
+    };
+    match kind.value.as_str() {
+        "local" => Ok(Executor::Local),
+        "lambda" => {
+            let function = table.function.ok_or_else(|| {
+                kind.error("a lambda job needs its function: set executor.function or pass --lambda-function NAME")
+            })?;
+            if function.value.trim().is_empty() {
+                return Err(function.error("the Lambda function's name is empty"));
+            }
+            let local = |given: Option<Given<String>>, location: &Location| -> Result<(), JobError> {
+                match given {
+                    Some(given) if !location.is_s3() => Err(given.error(format!(
+                        "{location} is a local path, and Lambda workers cannot reach this machine's files: use an s3:// address with --executor lambda"
+                    ))),
+                    _ => Ok(()),
+                }
+            };
+            local(source, &input.source)?;
+            local(dest, &output.dest)?;
+            Ok(Executor::Lambda { function: function.value, concurrency })
+        }
+        other => Err(kind.error(format!("\"{other}\" is not an executor (use local or lambda)"))),
+    }
 }
 
 fn resolve_stragglers(table: StragglersTable) -> Result<Stragglers, JobError> {

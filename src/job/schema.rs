@@ -372,6 +372,22 @@ job_table! {
     }
 }
 
+job_table! {
+    /// `[executor]`: where attempts run: this machine's pool, or AWS Lambda.
+    #[command(next_help_heading = "Executor ([executor])")]
+    struct ExecutorTable in "executor" {
+        /// Where shards run: local (this machine's pool) or lambda.
+        #[arg(long = "executor", value_name = "KIND")]
+        kind: Option<Given<String>>,
+        /// The Lambda function running `fanout lambda worker` (a name or an ARN).
+        #[arg(long = "lambda-function", value_name = "NAME")]
+        function: Option<Given<String>>,
+        /// Invocations in flight at most (lambda).
+        #[arg(long, value_name = "N")]
+        concurrency: Option<Given<i64>>,
+    }
+}
+
 /// A whole job: the file's top level, whose tables are flattened into the flags of every
 /// command that builds a job.
 #[derive(clap::Args, Deserialize, Debug, Clone, Default)]
@@ -398,6 +414,9 @@ pub(crate) struct JobFile {
     #[command(flatten)]
     #[serde(default)]
     pub(crate) stragglers: StragglersTable,
+    #[command(flatten)]
+    #[serde(default)]
+    pub(crate) executor: ExecutorTable,
 }
 
 impl JobFile {
@@ -412,6 +431,7 @@ impl JobFile {
             workers: self.workers.overlay(flags.workers, text),
             retry: self.retry.overlay(flags.retry, text),
             stragglers: self.stragglers.overlay(flags.stragglers, text),
+            executor: self.executor.overlay(flags.executor, text),
         }
     }
 }

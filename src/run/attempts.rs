@@ -3,13 +3,13 @@
 //! attempts for relative timeouts, output-rule breaches and straggling. Part of the
 //! coordinator (`run`): these are its methods, run in its task, on its state.
 
-use super::record::{self, LOG_CAP};
+use super::record;
 use super::state::{AttemptInfo, Cancelled, Running};
 use super::{backoff_before, process_cpu_time, tail, Coordinator, Msg, CLEAN_EAGERLY};
 use crate::events::Event;
-use crate::pool::{AttemptDone, Task};
-use crate::runtime::capture::{Kept, Overflow};
-use crate::runtime::{Invocation, Outcome};
+use crate::executor::{AttemptDone, Task};
+use crate::runtime::capture::Kept;
+use crate::runtime::Outcome;
 use crate::stage::{self, OutputFile, OutputRules, PublishError, StageError};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -42,27 +42,26 @@ impl Coordinator {
         let staged = flight.staged.as_ref().expect("a submitted shard is staged");
         let attempt = flight.global_attempt();
         let is_records = flight.shard.record_extension().is_some();
-        let mut env: Vec<(String, String)> = job.function.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        env.push(("FANOUT_JOB".into(), self.manifest.job_id().to_string()));
-        env.push(("FANOUT_SHARD".into(), id.to_string()));
-        env.push(("FANOUT_SHARDS".into(), total_hint.to_string()));
-        env.push(("FANOUT_ATTEMPT".into(), attempt.to_string()));
-        let mut argv = vec![job.name.clone()];
-        argv.extend(job.function.args.iter().cloned());
+        let call = stage::Call {
+            job_id: self.manifest.job_id(),
+            name: &job.name,
+            args: &job.function.args,
+            env: &job.function.env,
+            shard: id,
+            shards_hint: total_hint,
+            attempt,
+        };
         let slot = &flight.slot;
         let out_dir = if backup { slot.dir.join(format!("out.{attempt}")) } else { slot.out_dir.clone() };
-        let invocation = Invocation {
-            argv,
-            env,
-            in_dir: slot.in_dir.clone(),
-            out_dir: out_dir.clone(),
-            stdin: staged.stdin.clone(),
-            stdout: slot.stdout(attempt),
-            stdout_cap: if is_records { job.output.max_bytes } else { LOG_CAP },
-            stdout_overflow: if is_records { Overflow::Fail } else { Overflow::Truncate },
-            stderr: slot.stderr(attempt),
-            stderr_cap: LOG_CAP,
-        };
+        let invocation = stage::invocation(
+            slot,
+            out_dir.clone(),
+            attempt,
+            call.argv_env(),
+            staged.stdin.clone(),
+            is_records,
+            job.output.max_bytes,
+        );
         let rules = OutputRules { max_files: job.output.max_files, max_bytes: job.output.max_bytes };
         let running = Running {
             attempt,
@@ -75,7 +74,7 @@ impl Coordinator {
             output_check_running: false,
         };
         let task = Task {
-            shard: id,
+            shard: flight.shard.clone(),
             attempt,
             invocation,
             cancel: running.token.clone(),
@@ -91,7 +90,7 @@ impl Coordinator {
         if self.map_start.is_none() {
             self.map_start = Some((Instant::now(), process_cpu_time()));
         }
-        self.pool.submit(task);
+        self.executor.submit(task);
     }
 
     /// An attempt came back from the pool: a loser is discarded, a failure retried or
@@ -119,7 +118,12 @@ impl Coordinator {
             }
             _ => return self.attempt_failed(shard, info, Some(running), outcome, false),
         };
-        let stdout_key = flight.shard.record_extension().map(|ext| format!("part-{shard:05}{ext}"));
+        // A record shard's stdout is its part; a remote worker already staged it as an output.
+        let stdout_key = flight
+            .shard
+            .record_extension()
+            .map(|ext| format!("part-{shard:05}{ext}"))
+            .filter(|key| !files.iter().any(|file| &file.key == key));
         let keys: Vec<&str> = files.iter().map(|file| file.key.as_str()).chain(stdout_key.as_deref()).collect();
         if let Err(taken) = self.claim_outputs(shard, &keys) {
             return self.attempt_failed(shard, info, Some(running), Outcome::Error(taken), false);
@@ -343,7 +347,9 @@ impl Coordinator {
         let median = self.durations.median();
         let now = Instant::now();
         let rules = OutputRules { max_files: self.job.output.max_files, max_bytes: self.job.output.max_bytes };
-        for (id, flight) in self.in_flight.iter_mut() {
+        // A remote worker checks its own `/out` when the guest ends; nothing is here to watch.
+        let local = self.executor.stages_locally();
+        for (id, flight) in self.in_flight.iter_mut().filter(|_| local) {
             for running in flight.running.iter_mut().filter(|r| r.cancelled.is_none() && !r.output_check_running) {
                 let due = |since: Instant| now.duration_since(since) >= OUTPUT_CHECK;
                 if !running.started.get().is_some_and(|started| due(*started))
@@ -372,7 +378,7 @@ impl Coordinator {
                 }
             }
         }
-        if self.stopping || !self.job.stragglers.backup || !self.pool.can_start_now() {
+        if self.stopping || !self.job.stragglers.backup || !self.executor.can_start_now() {
             return;
         }
         let done = self.stats.shards_ok + self.stats.shards_failed + self.stats.shards_skipped;

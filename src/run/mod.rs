@@ -12,13 +12,12 @@ use crate::events::{Event, EventSink};
 use crate::job::Job;
 use crate::manifest::{Counts, JobDocument, Journal, Manifest, ManifestError, ShardRecord, ShardStatus};
 use crate::plan::{PlanError, PlanTotals, Planned, Shard};
-use crate::pool::{AttemptDone, Pool};
-use crate::runtime::{OutcomeKind, Runtime};
+use crate::executor::{AttemptDone, Executor};
+use crate::runtime::OutcomeKind;
 use crate::stage::{self, PublishError, Slot, StageError, Staged};
 use crate::storage::DynStorage;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -59,6 +58,9 @@ pub struct Shutdown {
     pub hard: CancellationToken,
 }
 
+/// Makes the run's executor once the coordinator's results channel exists.
+pub type ExecutorFactory = Box<dyn FnOnce(mpsc::UnboundedSender<AttemptDone>) -> Box<dyn Executor> + Send>;
+
 /// Everything a run needs, resolved and opened by the caller.
 pub struct RunSpec {
     pub setup: RunSetup,
@@ -75,7 +77,8 @@ pub struct RunSetup {
     pub manifest: Manifest,
     pub source: DynStorage,
     pub dest: DynStorage,
-    pub runtime: Arc<Runtime>,
+    /// Builds the executor, given the channel its results go to.
+    pub executor: ExecutorFactory,
     /// What earlier runs committed (empty for a new job).
     pub prior: Journal,
     /// True when the shards come from a fresh planning, which must be stored.
@@ -117,6 +120,8 @@ pub struct RunStats {
     pub plan_error: Option<String>,
     pub stopped_early: bool,
     pub outcomes: BTreeMap<OutcomeKind, u64>,
+    /// The executor's own accounting (Lambda: invocations, throttles, GB-seconds, cost).
+    pub executor: Option<serde_json::Value>,
 }
 
 pub struct RunResult {
@@ -170,7 +175,7 @@ struct Coordinator {
     manifest: Manifest,
     source: DynStorage,
     dest: DynStorage,
-    pool: Arc<Pool>,
+    executor: Box<dyn Executor>,
     events: EventSink,
     shutdown: Shutdown,
     staging_root: PathBuf,
@@ -226,6 +231,15 @@ fn process_cpu_time() -> Duration {
     Duration::from_micros(micros(usage.user_time()) + micros(usage.system_time()))
 }
 
+/// Shards the coordinator keeps in flight: enough to keep every worker fed while others
+/// stage and publish; for a remote executor, enough to fill every invocation's batch.
+fn shards_in_flight(job: &Job, stages_locally: bool) -> usize {
+    match (&job.executor, stages_locally) {
+        (crate::job::Executor::Lambda { concurrency, .. }, false) => (concurrency * 32).clamp(256, 65_536),
+        _ => (job.workers.max * 4).max(16),
+    }
+}
+
 /// How often running attempts are checked against relative timeouts and for stragglers.
 const TAIL_CHECK: Duration = Duration::from_millis(100);
 
@@ -254,8 +268,7 @@ pub async fn execute(spec: RunSpec) -> Result<RunResult, RunError> {
 
 impl Coordinator {
     fn new(spec: RunSetup, results_tx: mpsc::UnboundedSender<AttemptDone>, msg_tx: mpsc::UnboundedSender<Msg>) -> Self {
-        let workers = &spec.job.workers;
-        let pool = Pool::new(spec.runtime.clone(), workers.max, workers.idle(), results_tx, spec.events.clone());
+        let executor = (spec.executor)(results_tx);
         let run = spec.prior.next_run;
         // Outputs earlier runs published stay theirs: no shard of this run may overwrite one.
         let output_owners = spec
@@ -266,12 +279,11 @@ impl Coordinator {
             .flat_map(|record| record.outputs.iter().map(|key| (output_key_hash(key), record.shard)))
             .collect();
         Coordinator {
-            // Enough shards in flight to keep every worker fed while others stage and publish.
-            capacity: (workers.max * 4).max(16),
+            capacity: shards_in_flight(&spec.job, executor.stages_locally()),
             manifest: spec.manifest,
             source: spec.source,
             dest: spec.dest,
-            pool,
+            executor,
             events: spec.events,
             shutdown: spec.shutdown,
             staging_root: spec.staging_root,
@@ -325,7 +337,7 @@ impl Coordinator {
     fn begin_stop(&mut self) {
         self.stopping = true;
         self.stats.stopped_early = true;
-        self.pool.stop_starting();
+        self.executor.stop_starting();
         self.events.emit(Event::Stopping { hard: false });
         let hard = self.shutdown.hard.clone();
         let events = self.events.clone();
@@ -348,8 +360,12 @@ impl Coordinator {
                     }
                 }
                 if self.slots.is_none() {
-                    match stage::make_slots(&self.staging_root, self.capacity, STAGING_BUDGET).await {
-                        Ok(slots) => self.slots = Some(slots),
+                    // A remote executor stages on its workers: one empty slot stands for all.
+                    let local = self.executor.stages_locally();
+                    let count = if local { self.capacity } else { 1 };
+                    match stage::make_slots(&self.staging_root, count, STAGING_BUDGET).await {
+                        Ok(slots) if local => self.slots = Some(slots),
+                        Ok(slots) => self.slots = Some(vec![slots[0].clone(); self.capacity]),
                         Err(e) => {
                             self.fatal = Some(e.to_string());
                             return;
@@ -439,8 +455,12 @@ impl Coordinator {
     }
 
     fn spawn_staging(&self, id: u64, shard: Shard, mut slot: Slot) {
-        let source = self.source.clone();
         let tx = self.msg_tx.clone();
+        if !self.executor.stages_locally() {
+            let _ = tx.send(Msg::Staged { shard: id, result: Ok(Staged::default()), slot });
+            return;
+        }
+        let source = self.source.clone();
         tokio::spawn(async move {
             let result = stage::stage(&source, &shard, &mut slot).await;
             let _ = tx.send(Msg::Staged { shard: id, result, slot });
@@ -558,6 +578,25 @@ impl Coordinator {
             .push(tokio::spawn(async move { manifest.write_journal_segment(run, segment, &records).await }));
     }
 
+    /// Removes what remote attempts staged and nobody published (losers, failures, attempts
+    /// that answered too late). An invocation still running in Lambda may stage more after
+    /// this; it is never published, and the next run of the job sweeps it.
+    async fn sweep_attempts(&self) {
+        use futures::StreamExt;
+        let prefix = format!("{}/{}/attempts/", crate::manifest::FANOUT_DIR, self.manifest.job_id());
+        let dest = self.dest.clone();
+        self.dest
+            .list(&prefix)
+            .filter_map(|listed| async move { listed.ok() })
+            .for_each_concurrent(16, |object| {
+                let dest = dest.clone();
+                async move {
+                    let _ = dest.delete(&object.key).await;
+                }
+            })
+            .await;
+    }
+
     async fn finish(mut self) -> Result<RunResult, RunError> {
         for handle in std::mem::take(&mut self.journal_writes) {
             handle.await.expect("journal task")?;
@@ -581,8 +620,12 @@ impl Coordinator {
             self.manifest.write_job(&document).await?;
         }
         let _ = tokio::fs::remove_dir_all(&self.staging_root).await;
-        self.stats.workers_peak = self.pool.peak();
-        self.stats.workers_at_end = self.pool.live();
+        if !self.executor.stages_locally() {
+            self.sweep_attempts().await;
+        }
+        self.stats.workers_peak = self.executor.peak();
+        self.stats.workers_at_end = self.executor.live();
+        self.stats.executor = self.executor.summary();
         self.stats.wall_ms = self.started.elapsed().as_millis() as u64;
         if let (Some((t0, cpu0)), Some(t1)) = (self.map_start, self.map_end) {
             let cpu1 = process_cpu_time();

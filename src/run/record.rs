@@ -11,7 +11,7 @@ use crate::units::{format_duration, format_size};
 use bytes::Bytes;
 
 /// A guest's stderr kept per attempt; the rest is dropped and the log says so.
-pub(super) const LOG_CAP: u64 = 1 << 20;
+use crate::stage::LOG_CAP;
 
 /// The commit record of a shard whose final attempt is the last in its history; outputs
 /// and bytes out are filled in once they are stored.
@@ -29,6 +29,7 @@ pub(super) fn build_record(flight: &InFlight, ok: bool, run: u32, function: &Fun
         bytes_in: flight.shard.bytes_in(),
         bytes_out: 0,
         worker: last.worker,
+        worker_name: last.worker_name.clone(),
         cold_start: last.cold_start,
         error: (!ok).then(|| failure_text(last, function)),
         outputs: Vec::new(),

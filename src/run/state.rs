@@ -4,7 +4,7 @@
 
 use crate::manifest::ShardRecord;
 use crate::plan::Shard;
-use crate::pool::AttemptDone;
+use crate::executor::AttemptDone;
 use crate::runtime::capture::Kept;
 use crate::runtime::Outcome;
 use crate::stage::{Slot, Staged};
@@ -19,6 +19,7 @@ pub(super) struct AttemptInfo {
     pub(super) outcome: Outcome,
     /// None when the attempt ended before a worker took it.
     pub(super) worker: Option<u32>,
+    pub(super) worker_name: Option<String>,
     pub(super) cold_start: bool,
     pub(super) started: SystemTime,
     pub(super) finished: SystemTime,
@@ -36,6 +37,7 @@ impl AttemptInfo {
             attempt: done.attempt,
             outcome,
             worker: Some(done.worker),
+            worker_name: done.worker_name.clone(),
             cold_start: done.cold_start,
             started: done.started,
             finished: done.finished,
@@ -54,6 +56,7 @@ impl AttemptInfo {
             attempt,
             outcome,
             worker: None,
+            worker_name: None,
             cold_start: false,
             started: now,
             finished: now,

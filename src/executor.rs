@@ -1,0 +1,67 @@
+//! The seam between the coordinator and whatever runs attempts: this machine's pool
+//! (`pool`) or AWS Lambda (`lambda`). Every executor receives [`Task`]s and sends back one
+//! [`AttemptDone`] per task; planning, retries, stragglers, publishing and commits stay in
+//! the coordinator (`run`), so a job looks the same whichever executor ran it. Owns only
+//! these types and the trait; it must not know any executor's internals.
+
+use crate::plan::Shard;
+use crate::runtime::{Invocation, InvocationReport};
+use crate::stage::{OutputFile, OutputRules};
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::{Instant, SystemTime};
+use tokio_util::sync::CancellationToken;
+
+/// One attempt at one shard, ready to run.
+pub struct Task {
+    pub shard: Shard,
+    pub attempt: u32,
+    /// The sandbox as staged on this machine; a remote executor reads its argv and env and
+    /// stages the shard itself.
+    pub invocation: Invocation,
+    pub cancel: CancellationToken,
+    /// Set by the executor when the attempt starts running (or is sent away to run).
+    pub started: Arc<OnceLock<Instant>>,
+    /// Where the attempt's outputs land, and the rules they must keep.
+    pub outputs: (PathBuf, OutputRules),
+    /// Create the output folder first (a backup attempt's own `/out`).
+    pub make_out_dir: bool,
+}
+
+/// What an executor sends back for every task.
+pub struct AttemptDone {
+    pub shard: u64,
+    pub attempt: u32,
+    /// The worker's lane: a pool thread's number, or the number fanout gave a remote
+    /// execution environment when it first answered.
+    pub worker: u32,
+    /// A remote worker's own name (a Lambda execution environment's log stream).
+    pub worker_name: Option<String>,
+    pub cold_start: bool,
+    pub started: SystemTime,
+    pub finished: SystemTime,
+    pub report: InvocationReport,
+    /// For a successful attempt: the files under `/out`, checked, or why they break the rules.
+    pub outputs: Option<Result<Vec<OutputFile>, String>>,
+}
+
+/// Runs attempts. Methods are called from the coordinator's task and never block.
+pub trait Executor: Send + Sync {
+    /// Queues a task; its [`AttemptDone`] arrives on the executor's results channel.
+    fn submit(&self, task: Task);
+    /// Stops starting queued tasks: they come back as cancelled, unrun.
+    fn stop_starting(&self);
+    /// True when a task submitted now would start at once.
+    fn can_start_now(&self) -> bool;
+    /// Workers (or invocations) running now, and the most at once so far.
+    fn live(&self) -> usize;
+    fn peak(&self) -> usize;
+    /// Engine-specific accounting for the summary (`None` for the local pool).
+    fn summary(&self) -> Option<serde_json::Value> {
+        None
+    }
+    /// True when attempts run on this machine, in the slots the coordinator stages.
+    fn stages_locally(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,387 @@
+//! `fanout lambda worker`: the Lambda Runtime API loop (`lambda_runtime`) around the same
+//! pool, staging and sandbox the local executor uses. Each invocation carries a batch of
+//! attempts; for each, the worker stages the shard's inputs from S3, runs the guest, and
+//! stores a successful attempt's outputs under that attempt's own prefix in DEST. It never
+//! publishes and never commits: the coordinator does both, for one attempt per shard.
+//! A guest's failure is data in the answer; only a worker that cannot work (a panic, a
+//! crash, Lambda's own timeout) shows up as a Lambda error. Owns the warm state of an
+//! execution environment (compiled functions, storage clients) and nothing else.
+
+use super::protocol::{self, Answer, Order, Payload, Pong, Request, ShardResult, StagedOutput};
+use crate::events::EventSink;
+use crate::executor::{AttemptDone, Task};
+use crate::pool::Pool;
+use crate::runtime::capture::Kept;
+use crate::runtime::{InvocationReport, Limits, Outcome, Runtime};
+use crate::stage::{self, OutputFile, OutputFrom, OutputRules, Slot, LOG_CAP};
+use crate::storage::{self, DynStorage, StorageOptions};
+use futures::StreamExt;
+use lambda_runtime::{service_fn, LambdaEvent};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// Variables real Lambda sets, which `lambda_runtime` needs; a local test sets them too.
+const LAMBDA_VARIABLES: [&str; 4] = [
+    "AWS_LAMBDA_RUNTIME_API",
+    "AWS_LAMBDA_FUNCTION_NAME",
+    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+    "AWS_LAMBDA_FUNCTION_VERSION",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("{0} is not set: `fanout lambda worker` runs inside AWS Lambda (as the deployment's bootstrap), or beside a Lambda emulator with the variables Lambda sets")]
+    NotInLambda(&'static str),
+    #[error("the Lambda Runtime API at {api}: {message}")]
+    Runtime { api: String, message: String },
+}
+
+/// What stays warm in an execution environment between invocations.
+struct Warm {
+    environment: String,
+    memory_mb: u64,
+    scratch: PathBuf,
+    /// Compiled functions by SHA-256 and limits.
+    runtimes: tokio::sync::Mutex<HashMap<String, Arc<Runtime>>>,
+    storages: tokio::sync::Mutex<HashMap<String, DynStorage>>,
+    requests: AtomicU64,
+}
+
+/// Serves invocations until the Runtime API goes away.
+pub async fn serve() -> Result<(), WorkerError> {
+    for variable in LAMBDA_VARIABLES {
+        if std::env::var_os(variable).is_none() {
+            return Err(WorkerError::NotInLambda(variable));
+        }
+    }
+    // Lambda's file system is read-only but for /tmp: compiled code is cached there.
+    if std::env::var_os("FANOUT_CACHE_DIR").is_none() {
+        std::env::set_var("FANOUT_CACHE_DIR", std::env::temp_dir().join("fanout-cache"));
+    }
+    let memory_mb = std::env::var("AWS_LAMBDA_FUNCTION_MEMORY_SIZE").ok().and_then(|m| m.parse().ok()).unwrap_or(0);
+    let environment = std::env::var("AWS_LAMBDA_LOG_STREAM_NAME").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
+        format!("{host}-{}", std::process::id())
+    });
+    let warm = Arc::new(Warm {
+        scratch: std::env::temp_dir().join(format!("fanout-worker-{}", std::process::id())),
+        environment,
+        memory_mb,
+        runtimes: Default::default(),
+        storages: Default::default(),
+        requests: AtomicU64::new(0),
+    });
+    let api = std::env::var("AWS_LAMBDA_RUNTIME_API").unwrap_or_default();
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| {
+        let warm = warm.clone();
+        async move { warm.handle(event.payload).await }
+    }))
+    .await
+    .map_err(|e| WorkerError::Runtime { api, message: e.to_string() })
+}
+
+fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Warm {
+    async fn handle(self: Arc<Self>, payload: serde_json::Value) -> Result<serde_json::Value, lambda_runtime::Error> {
+        let payload: Payload = serde_json::from_value(payload).map_err(|e| format!("not a fanout request: {e}"))?;
+        let request = match payload {
+            Payload::Ping {} => {
+                let pong = Pong { fanout: env!("CARGO_PKG_VERSION").to_string(), protocol: protocol::PROTOCOL };
+                return Ok(serde_json::to_value(pong)?);
+            }
+            Payload::Work(request) => *request,
+        };
+        if request.protocol != protocol::PROTOCOL {
+            return Err(format!(
+                "this worker speaks protocol {}, the coordinator {}: deploy the same fanout version",
+                protocol::PROTOCOL,
+                request.protocol
+            )
+            .into());
+        }
+        let started = Instant::now();
+        let results = self.work(request).await;
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let answer = Answer {
+            protocol: protocol::PROTOCOL,
+            environment: self.environment.clone(),
+            memory_mb: self.memory_mb,
+            duration_ms: started.elapsed().as_millis() as u64,
+            results,
+        };
+        Ok(serde_json::to_value(answer)?)
+    }
+
+    async fn work(&self, request: Request) -> Vec<ShardResult> {
+        let fail_all = |message: String| {
+            request.orders.iter().map(|order| failed(order, Outcome::Error(message.clone()))).collect::<Vec<_>>()
+        };
+        let (dest, source) = match (self.storage(&request.job.output.dest).await, self.storage(&request.job.input.source).await)
+        {
+            (Ok(dest), Ok(source)) => (dest, source),
+            (Err(e), _) | (_, Err(e)) => return fail_all(format!("worker {}: {e}", self.environment)),
+        };
+        let (runtime, compiled_now) = match self.function(&request, &dest).await {
+            Ok(loaded) => loaded,
+            Err(e) => return fail_all(format!("worker {}: {e}", self.environment)),
+        };
+        let parallel = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let dir = self.scratch.join(format!("r{}", self.requests.load(Ordering::Relaxed)));
+        let slots = match stage::make_slots(&dir, request.orders.len().min(parallel * 2), 0).await {
+            Ok(slots) => slots,
+            Err(e) => return fail_all(format!("worker {}: {e}", self.environment)),
+        };
+        let in_parallel = slots.len();
+        let (results_tx, results_rx) = mpsc::unbounded_channel();
+        let pool = Pool::new(runtime, parallel, Duration::from_secs(1), results_tx, EventSink::channel().0);
+        let router = Router::start(results_rx);
+        let batch = Batch {
+            request: &request,
+            source,
+            dest,
+            pool,
+            router,
+            slots: Mutex::new(slots),
+            log_budget: (protocol::PAYLOAD_LIMIT as u64 / 2 / request.orders.len().max(1) as u64).min(LOG_CAP) as usize,
+        };
+        let mut results: Vec<ShardResult> = futures::stream::iter(request.orders.iter().enumerate())
+            .map(|(index, order)| batch.run(order, index == 0 && compiled_now))
+            .buffer_unordered(in_parallel.max(1))
+            .collect()
+            .await;
+        results.sort_by_key(|r| r.shard);
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        results
+    }
+
+    async fn storage(&self, location: &crate::location::Location) -> Result<DynStorage, String> {
+        let mut storages = self.storages.lock().await;
+        let key = location.to_string();
+        if let Some(storage) = storages.get(&key) {
+            return Ok(storage.clone());
+        }
+        let storage = storage::open(location, &StorageOptions::default()).await.map_err(|e| e.to_string())?;
+        storages.insert(key, storage.clone());
+        Ok(storage)
+    }
+
+    /// The job's function, compiled once per environment (true when compiled for this call).
+    async fn function(&self, request: &Request, dest: &DynStorage) -> Result<(Arc<Runtime>, bool), String> {
+        let function = &request.job.function;
+        let key = format!("{}-{}-{}", request.function_sha256, function.timeout_ms, function.memory_bytes);
+        let mut runtimes = self.runtimes.lock().await;
+        if let Some(runtime) = runtimes.get(&key) {
+            return Ok((runtime.clone(), false));
+        }
+        let wasm = dest.get(&request.function_key).await.map_err(|e| format!("fetching the function: {e}"))?;
+        let sha256 = format!("{:x}", Sha256::digest(&wasm));
+        if sha256 != request.function_sha256 {
+            return Err(format!(
+                "{} holds sha256 {sha256}, not the job's {}",
+                request.function_key, request.function_sha256
+            ));
+        }
+        let parallel = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let limits = Limits { timeout: function.timeout(), memory_bytes: function.memory_bytes, concurrency: parallel };
+        let name = request.job.name.clone();
+        let (runtime, _) = tokio::task::spawn_blocking(move || Runtime::load(&name, &wasm, limits))
+            .await
+            .map_err(|e| format!("loading the function: {e}"))?
+            .map_err(|e| e.to_string())?;
+        let runtime = Arc::new(runtime);
+        runtimes.insert(key, runtime.clone());
+        Ok((runtime, true))
+    }
+}
+
+/// Hands each attempt's result from the pool's channel to whoever waits for it.
+struct Router {
+    waiting: Arc<Mutex<HashMap<(u64, u32), oneshot::Sender<AttemptDone>>>>,
+}
+
+impl Router {
+    fn start(mut results: mpsc::UnboundedReceiver<AttemptDone>) -> Router {
+        let waiting: Arc<Mutex<HashMap<(u64, u32), oneshot::Sender<AttemptDone>>>> = Default::default();
+        let routes = waiting.clone();
+        tokio::spawn(async move {
+            while let Some(done) = results.recv().await {
+                if let Some(tx) = routes.lock().expect("router lock").remove(&(done.shard, done.attempt)) {
+                    let _ = tx.send(done);
+                }
+            }
+        });
+        Router { waiting }
+    }
+
+    fn expect(&self, shard: u64, attempt: u32) -> oneshot::Receiver<AttemptDone> {
+        let (tx, rx) = oneshot::channel();
+        self.waiting.lock().expect("router lock").insert((shard, attempt), tx);
+        rx
+    }
+}
+
+/// One invocation's attempts, sharing its slots, pool and storage.
+struct Batch<'a> {
+    request: &'a Request,
+    source: DynStorage,
+    dest: DynStorage,
+    pool: Arc<Pool>,
+    router: Router,
+    slots: Mutex<Vec<Slot>>,
+    /// Bytes of stdout and of stderr each result may carry, to keep the answer under 6 MB.
+    log_budget: usize,
+}
+
+impl Batch<'_> {
+    async fn run(&self, order: &Order, cold_start: bool) -> ShardResult {
+        let slot = self.slots.lock().expect("slot lock").pop().expect("one slot per attempt in flight");
+        let (result, slot) = self.stage_and_run(order, cold_start, slot).await;
+        let slot = slot.clean_now().await;
+        self.slots.lock().expect("slot lock").push(slot);
+        result
+    }
+
+    async fn stage_and_run(&self, order: &Order, cold_start: bool, mut slot: Slot) -> (ShardResult, Slot) {
+        let job = &self.request.job;
+        let staged = match stage::stage(&self.source, &order.shard, &mut slot).await {
+            Ok(staged) => staged,
+            Err(e) => return (failed(order, Outcome::Error(e.to_string())), slot),
+        };
+        let is_records = order.shard.record_extension().is_some();
+        let invocation = stage::invocation(
+            &slot,
+            slot.out_dir.clone(),
+            order.attempt,
+            (order.argv.clone(), order.env.clone()),
+            staged.stdin.clone(),
+            is_records,
+            job.output.max_bytes,
+        );
+        let rules = OutputRules { max_files: job.output.max_files, max_bytes: job.output.max_bytes };
+        let done = self.router.expect(order.shard.id, order.attempt);
+        self.pool.submit(Task {
+            shard: order.shard.clone(),
+            attempt: order.attempt,
+            invocation,
+            cancel: CancellationToken::new(),
+            started: Arc::new(OnceLock::new()),
+            outputs: (slot.out_dir.clone(), rules),
+            make_out_dir: false,
+        });
+        let Ok(done) = done.await else {
+            return (failed(order, Outcome::Error("the worker's pool stopped".into())), slot);
+        };
+        let captures: Vec<PathBuf> = [&done.report.stdout.kept, &done.report.stderr.kept]
+            .into_iter()
+            .flatten()
+            .filter_map(|kept| kept.file().map(PathBuf::from))
+            .collect();
+        let result = self.answer(order, cold_start, done, is_records).await;
+        (result, slot.release(staged, captures, true, None))
+    }
+
+    /// The result of a finished attempt: a success's outputs are stored under its prefix first.
+    async fn answer(&self, order: &Order, cold_start: bool, done: AttemptDone, is_records: bool) -> ShardResult {
+        let AttemptDone { report, outputs, started, finished, .. } = done;
+        let mut outcome = report.outcome.clone();
+        let outputs = match (outputs, outcome.is_ok()) {
+            (Some(Ok(files)), true) => match self.store(order, files, is_records.then_some(&report)).await {
+                Ok(staged) => Some(Ok(staged)),
+                Err(e) => {
+                    outcome = Outcome::Error(format!("storing the outputs: {e}"));
+                    None
+                }
+            },
+            (Some(Err(broken)), _) => Some(Err(broken)),
+            _ => None,
+        };
+        let text = |kept: &Option<Kept>| -> (String, bool) {
+            let bytes = kept.as_ref().and_then(|k| k.read().ok()).unwrap_or_default();
+            let cut = bytes.len().min(self.log_budget);
+            (String::from_utf8_lossy(&bytes[..cut]).into_owned(), cut < bytes.len())
+        };
+        let (stdout, stdout_cut) = if is_records { (String::new(), false) } else { text(&report.stdout.kept) };
+        let (stderr, stderr_cut) = text(&report.stderr.kept);
+        ShardResult {
+            shard: order.shard.id,
+            attempt: order.attempt,
+            outcome,
+            cold_start,
+            started_ms: unix_ms(started),
+            finished_ms: unix_ms(finished),
+            elapsed_ms: report.elapsed.as_millis() as u64,
+            stdout,
+            stdout_truncated: stdout_cut || report.stdout.overflowed,
+            stderr,
+            stderr_truncated: stderr_cut || report.stderr.overflowed,
+            outputs,
+        }
+    }
+
+    /// Stores a successful attempt's outputs (and a record shard's stdout, its part) under
+    /// the attempt's own prefix; the coordinator publishes them if this attempt wins.
+    async fn store(
+        &self,
+        order: &Order,
+        files: Vec<OutputFile>,
+        stdout_part: Option<&InvocationReport>,
+    ) -> Result<Vec<StagedOutput>, String> {
+        let mut uploads: Vec<(String, PathBuf, String, u64)> = Vec::new();
+        for file in files {
+            let OutputFrom::File(path) = file.from else { continue };
+            uploads.push((format!("{}out/{}", order.staging_prefix, file.key), path, file.key, file.size));
+        }
+        let mut staged = Vec::new();
+        if let (Some(report), Some(ext)) = (stdout_part, order.shard.record_extension()) {
+            let key = format!("part-{:05}{ext}", order.shard.id);
+            let staged_key = format!("{}stdout", order.staging_prefix);
+            match &report.stdout.kept {
+                Some(Kept::File(path)) => {
+                    let size = tokio::fs::metadata(path).await.map(|m| m.len()).unwrap_or(0);
+                    uploads.push((staged_key, path.clone(), key, size));
+                }
+                kept => {
+                    let data = match kept {
+                        Some(Kept::Memory(data)) => data.clone(),
+                        _ => bytes::Bytes::new(),
+                    };
+                    let size = data.len() as u64;
+                    self.dest.put(&staged_key, data).await.map_err(|e| e.to_string())?;
+                    staged.push(StagedOutput { key, staged: staged_key, size });
+                }
+            }
+        }
+        let items = uploads.iter().map(|(staged_key, path, _, _)| (staged_key.clone(), path.clone())).collect();
+        self.dest.upload_many(items).await.map_err(|e| e.to_string())?;
+        staged.extend(uploads.into_iter().map(|(staged, _, key, size)| StagedOutput { key, staged, size }));
+        Ok(staged)
+    }
+}
+
+/// The result of an attempt that ended before its guest ran.
+fn failed(order: &Order, outcome: Outcome) -> ShardResult {
+    let now = unix_ms(SystemTime::now());
+    ShardResult {
+        shard: order.shard.id,
+        attempt: order.attempt,
+        outcome,
+        cold_start: false,
+        started_ms: now,
+        finished_ms: now,
+        elapsed_ms: 0,
+        stdout: String::new(),
+        stdout_truncated: false,
+        stderr: String::new(),
+        stderr_truncated: false,
+        outputs: None,
+    }
+}
