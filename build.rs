@@ -1,13 +1,19 @@
-//! Tells the integration tests whether an S3 test server is configured (`scripts/test`
-//! starts one and sets these variables). Without one, the S3 tests are compiled as
+//! Tells the integration tests whether an S3 test server (and a Lambda emulator) is
+//! configured (`scripts/test` starts them and sets these variables). Without one, the S3 tests are compiled as
 //! ignored, so the test runner counts them as skipped instead of passing them unrun.
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(fanout_s3_server)");
+    println!("cargo::rustc-check-cfg=cfg(fanout_lambda_server)");
+    println!("cargo::rerun-if-env-changed=FANOUT_TEST_LAMBDA_ENDPOINT");
     println!("cargo::rerun-if-env-changed=FANOUT_TEST_BUCKET");
     println!("cargo::rerun-if-env-changed=AWS_ENDPOINT_URL");
     println!("cargo::rerun-if-changed=build.rs");
     if std::env::var_os("FANOUT_TEST_BUCKET").is_some() && std::env::var_os("AWS_ENDPOINT_URL").is_some() {
         println!("cargo::rustc-cfg=fanout_s3_server");
+        // The Lambda tests need both: the emulator (`scripts/test-lambda`) and S3.
+        if std::env::var_os("FANOUT_TEST_LAMBDA_ENDPOINT").is_some() {
+            println!("cargo::rustc-cfg=fanout_lambda_server");
+        }
     }
 }

@@ -289,11 +289,21 @@ pub fn summary_line(summary: &Summary) -> String {
     if s.skipped > 0 {
         line.push_str(&format!(", {} already done", s.skipped));
     }
+    let engine = match summary.executor.as_ref().filter(|e| e["kind"] == "lambda") {
+        // What a serverless user asks first: how many calls, how much compute, what cost.
+        Some(lambda) => format!(
+            "{} ({} in flight at peak), {:.1} GB-s, ${:.4}",
+            count_of(lambda["invocations"].as_u64().unwrap_or(0), "invocation"),
+            summary.workers_peak,
+            lambda["gb_seconds"].as_f64().unwrap_or(0.0),
+            lambda["cost_usd"].as_f64().unwrap_or(0.0)
+        ),
+        None => format!("{} at peak", count_of(summary.workers_peak as u64, "worker")),
+    };
     line.push_str(&format!(
-        " in {} ({:.1} shards/s, {} at peak, {}) -> {}",
+        " in {} ({:.1} shards/s, {engine}, {}) -> {}",
         human_ms(summary.wall_ms),
         summary.shards_per_second,
-        count_of(summary.workers_peak as u64, "worker"),
         count_of(summary.cold_starts, "cold start"),
         summary.dest
     ));

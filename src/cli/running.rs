@@ -7,7 +7,7 @@ use super::common::{open_job, plan_failure, redrive_command};
 use super::exit::{failed, usage, Failure, EXIT_JOB_FAILED, EXIT_OK};
 use crate::events::{Event, EventSink};
 use crate::job::{self, Executor, Job, Origins};
-use crate::lambda::invoke::{JobBase, LambdaExecutor, LambdaFunction};
+use crate::lambda::invoke::{Capacity, JobBase, LambdaExecutor, LambdaFunction, MAX_BATCH};
 use crate::lambda::protocol;
 use crate::pool::Pool;
 use crate::location::Location;
@@ -320,15 +320,15 @@ fn executor_for(
     events: &EventSink,
 ) -> ExecutorFactory {
     match (&job.executor, lambda) {
-        (Executor::Lambda { concurrency, .. }, Some((lambda, function_key))) => {
+        (Executor::Lambda { concurrency, batch, .. }, Some((lambda, function_key))) => {
             let base = JobBase {
                 job_id: job_id.to_string(),
                 job: job.clone(),
                 function_key,
                 function_sha256: load.sha256.clone(),
             };
-            let concurrency = *concurrency;
-            Box::new(move |results| Box::new(LambdaExecutor::new(lambda, concurrency, base, results)))
+            let capacity = Capacity { concurrency: *concurrency, max_batch: batch.unwrap_or(MAX_BATCH) };
+            Box::new(move |results| Box::new(LambdaExecutor::new(lambda, capacity, base, results)))
         }
         _ => {
             let (max, idle, events) = (job.workers.max, job.workers.idle(), events.clone());

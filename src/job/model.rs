@@ -186,8 +186,14 @@ pub(crate) enum Executor {
     #[default]
     Local,
     /// AWS Lambda: `function` runs `fanout lambda worker`; at most `concurrency` invocations
-    /// are in flight.
-    Lambda { function: String, concurrency: usize },
+    /// are in flight, each carrying at most `batch` shards (`None`: as many as make about a
+    /// second of work).
+    Lambda {
+        function: String,
+        concurrency: usize,
+        #[serde(default)]
+        batch: Option<usize>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

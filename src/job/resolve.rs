@@ -298,6 +298,10 @@ fn resolve_retry(table: RetryTable) -> Result<Retry, JobError> {
 /// raised on request; beyond this one coordinator would be the bottleneck).
 const MOST_INVOCATIONS: i64 = 10_000;
 
+/// Shards one invocation carries at most (Lambda's 6 MB payload allows far more; beyond
+/// this, one slow shard would hold back too many others).
+const MOST_BATCH: i64 = 256;
+
 /// `[executor]`: a lambda job needs a function and its input and output in S3, since its
 /// workers are elsewhere and see neither this machine's files nor its paths.
 fn resolve_executor(
@@ -333,7 +337,13 @@ fn resolve_executor(
             };
             local(source, &input.source)?;
             local(dest, &output.dest)?;
-            Ok(Executor::Lambda { function: function.value, concurrency })
+            let batch = match table.batch {
+                Some(given) if !(1..=MOST_BATCH).contains(&given.value) => {
+                    return Err(given.error(format!("{} is not between 1 and {MOST_BATCH}", given.value)))
+                }
+                given => given.map(|g| g.value as usize),
+            };
+            Ok(Executor::Lambda { function: function.value, concurrency, batch })
         }
         other => Err(kind.error(format!("\"{other}\" is not an executor (use local or lambda)"))),
     }

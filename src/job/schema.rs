@@ -385,6 +385,9 @@ job_table! {
         /// Invocations in flight at most (lambda).
         #[arg(long, value_name = "N")]
         concurrency: Option<Given<i64>>,
+        /// Shards per invocation at most (lambda; default: about a second of work each).
+        #[arg(long = "lambda-batch", value_name = "N")]
+        batch: Option<Given<i64>>,
     }
 }
 

@@ -4,7 +4,7 @@
 //! Lambda's control plane; it runs nothing.
 
 use super::invoke::LambdaFunction;
-use aws_sdk_lambda::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_lambda::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_lambda::types::{Architecture, FunctionCode, Runtime};
 use std::io::Write;
@@ -91,7 +91,7 @@ pub async fn deploy(deployment: &Deployment) -> Result<Deployed, DeployError> {
     let existing = match client.get_function().function_name(&deployment.name).send().await {
         Ok(found) => found.configuration().and_then(|c| c.function_arn()).map(str::to_string),
         Err(SdkError::ServiceError(e)) if e.err().is_resource_not_found_exception() => None,
-        Err(e) => return Err(failed("GetFunction", DisplayErrorContext(&e).to_string())),
+        Err(e) => return Err(failed("GetFunction", message_of(&e))),
     };
     let zip_bytes = zip.len();
     if let Some(arn) = existing {
@@ -140,6 +140,6 @@ fn message_of<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt
             let e = service.err();
             format!("{}: {}", e.code().unwrap_or("error"), e.message().unwrap_or_default())
         }
-        other => DisplayErrorContext(other).to_string(),
+        other => super::invoke::causes(other),
     }
 }

@@ -31,8 +31,10 @@ pub const PRICE_PER_REQUEST: f64 = 0.000_000_2;
 
 /// An invocation aims at about this much work, judged from the answers so far.
 const BATCH_TARGET_MS: f64 = 1000.0;
-/// Attempts in one invocation at most.
-const MAX_BATCH: usize = 256;
+/// Attempts in one invocation at most (unless the job asks for fewer).
+pub const MAX_BATCH: usize = 256;
+/// Time an invocation may take beyond its guests' timeouts (staging, uploads, a cold start).
+const INVOCATION_MARGIN: Duration = Duration::from_secs(15);
 /// Lambda's own limit on one invocation.
 const LAMBDA_MAX_RUN: Duration = Duration::from_secs(15 * 60);
 /// A batch throttled this many times in a row fails its attempts (retried as any failure).
@@ -123,10 +125,7 @@ impl LambdaFunction {
                         }
                     }
                     SdkError::ServiceError(service) => not_a_worker(error_text(service.err(), service.raw())),
-                    other => LambdaError::Unreachable {
-                        endpoint: self.endpoint.clone(),
-                        message: aws_sdk_lambda::error::DisplayErrorContext(other).to_string(),
-                    },
+                    other => LambdaError::Unreachable { endpoint: self.endpoint.clone(), message: causes(other) },
                 })
             }
         };
@@ -147,6 +146,20 @@ impl LambdaFunction {
         }
         Ok(pong)
     }
+}
+
+/// An error and its causes on one line, each said once.
+pub fn causes(error: &dyn std::error::Error) -> String {
+    let mut parts = vec![error.to_string()];
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !parts.iter().any(|part| part.contains(&text)) {
+            parts.push(text);
+        }
+        source = cause.source();
+    }
+    parts.join(": ")
 }
 
 /// The text of a Lambda error: its code and message, or the body's first line.
@@ -184,6 +197,15 @@ pub struct LambdaStats {
     pub price_per_request: f64,
 }
 
+/// How much the executor may send at once.
+#[derive(Debug, Clone, Copy)]
+pub struct Capacity {
+    /// Invocations in flight at most.
+    pub concurrency: usize,
+    /// Attempts one invocation carries at most.
+    pub max_batch: usize,
+}
+
 /// What every request of the job repeats.
 pub struct JobBase {
     pub job_id: String,
@@ -211,6 +233,7 @@ struct State {
 struct Inner {
     lambda: LambdaFunction,
     concurrency: usize,
+    max_batch: usize,
     base: JobBase,
     state: Mutex<State>,
     results: UnboundedSender<AttemptDone>,
@@ -224,10 +247,11 @@ pub struct LambdaExecutor(Arc<Inner>);
 impl LambdaExecutor {
     pub fn new(
         lambda: LambdaFunction,
-        concurrency: usize,
+        capacity: Capacity,
         base: JobBase,
         results: UnboundedSender<AttemptDone>,
     ) -> LambdaExecutor {
+        let concurrency = capacity.concurrency.max(1);
         let stats = LambdaStats {
             kind: "lambda",
             function: lambda.function.clone(),
@@ -239,12 +263,13 @@ impl LambdaExecutor {
         let seed = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
         LambdaExecutor(Arc::new(Inner {
             lambda,
-            concurrency: concurrency.max(1),
+            concurrency,
+            max_batch: capacity.max_batch.clamp(1, MAX_BATCH),
             base,
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 in_flight: 0,
-                limit: concurrency.max(1) as f64,
+                limit: concurrency as f64,
                 peak: 0,
                 stopping: false,
                 per_attempt_ms: None,
@@ -263,13 +288,13 @@ impl LambdaExecutor {
 /// How many queued attempts the next invocation takes: about `BATCH_TARGET_MS` of work,
 /// one until an answer has shown how long an attempt takes, and never so many that other
 /// free invocations would go without.
-pub fn batch_size(per_attempt_ms: Option<f64>, queued: usize, free_invocations: usize) -> usize {
+pub fn batch_size(per_attempt_ms: Option<f64>, queued: usize, free_invocations: usize, max_batch: usize) -> usize {
     let target = match per_attempt_ms {
         None => 1,
         Some(ms) => (BATCH_TARGET_MS / ms.max(0.05)) as usize,
     };
     let fair = queued.div_ceil(free_invocations.max(1));
-    target.clamp(1, MAX_BATCH).min(fair).max(1)
+    target.clamp(1, max_batch.max(1)).min(fair).max(1)
 }
 
 fn not_run(task: &Task) -> AttemptDone {
@@ -335,7 +360,7 @@ impl Inner {
             if state.in_flight >= allowed || state.queue.is_empty() {
                 return;
             }
-            let size = batch_size(state.per_attempt_ms, state.queue.len(), allowed - state.in_flight);
+            let size = batch_size(state.per_attempt_ms, state.queue.len(), allowed - state.in_flight, self.max_batch);
             let mut batch = Vec::with_capacity(size);
             let mut bytes = 0;
             while batch.len() < size {
@@ -401,8 +426,11 @@ impl Inner {
             let _ = task.started.set(Instant::now());
         }
         let body = serde_json::to_vec(&self.request_for(&batch)).expect("a request serializes");
-        let per_attempt = self.base.job.function.timeout() + Duration::from_secs(30);
-        let deadline = per_attempt.saturating_mul(batch.len() as u32).min(LAMBDA_MAX_RUN) + Duration::from_secs(30);
+        // The worker runs a batch's attempts side by side, each within function.timeout; a
+        // worker that is gone (killed, or a runtime that crashed without a word, which the
+        // emulator never reports) is given up on after the worst case and a margin for staging.
+        let deadline = self.base.job.function.timeout().saturating_mul(batch.len() as u32).min(LAMBDA_MAX_RUN)
+            + INVOCATION_MARGIN;
         let call = self.lambda.client.invoke().function_name(&self.lambda.function).payload(Blob::new(body)).send();
         let call = tokio::time::timeout(deadline, call);
         tokio::pin!(call);
@@ -477,11 +505,7 @@ impl Inner {
                 };
             }
             Ok(Err(other)) => {
-                return Ended::WorkerFailed(format!(
-                    "no answer from Lambda at {}: {}",
-                    self.lambda.endpoint,
-                    aws_sdk_lambda::error::DisplayErrorContext(&other)
-                ))
+                return Ended::WorkerFailed(format!("no answer from Lambda at {}: {}", self.lambda.endpoint, causes(&other)))
             }
         };
         let body = output.payload().map(|b| b.as_ref()).unwrap_or_default();
@@ -643,10 +667,11 @@ mod tests {
 
     #[test]
     fn batches_aim_at_a_second_and_share_the_queue() {
-        assert_eq!(batch_size(None, 1000, 4), 1, "one attempt until an answer shows how long they take");
-        assert_eq!(batch_size(Some(10.0), 1000, 4), 100, "a second of 10 ms attempts");
-        assert_eq!(batch_size(Some(10.0), 40, 4), 10, "four free invocations share forty attempts");
-        assert_eq!(batch_size(Some(0.001), 100_000, 1), 256, "never beyond the largest batch");
-        assert_eq!(batch_size(Some(5000.0), 1000, 4), 1, "slow attempts go one by one");
+        assert_eq!(batch_size(None, 1000, 4, 256), 1, "one attempt until an answer shows how long they take");
+        assert_eq!(batch_size(Some(10.0), 1000, 4, 256), 100, "a second of 10 ms attempts");
+        assert_eq!(batch_size(Some(10.0), 40, 4, 256), 10, "four free invocations share forty attempts");
+        assert_eq!(batch_size(Some(0.001), 100_000, 1, 256), 256, "never beyond the largest batch");
+        assert_eq!(batch_size(Some(0.001), 100_000, 1, 8), 8, "nor beyond the job's");
+        assert_eq!(batch_size(Some(5000.0), 1000, 4, 256), 1, "slow attempts go one by one");
     }
 }

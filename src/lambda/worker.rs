@@ -203,14 +203,17 @@ impl Warm {
     }
 }
 
+/// Who waits for which attempt (shard, attempt) of a batch.
+type Waiting = Arc<Mutex<HashMap<(u64, u32), oneshot::Sender<AttemptDone>>>>;
+
 /// Hands each attempt's result from the pool's channel to whoever waits for it.
 struct Router {
-    waiting: Arc<Mutex<HashMap<(u64, u32), oneshot::Sender<AttemptDone>>>>,
+    waiting: Waiting,
 }
 
 impl Router {
     fn start(mut results: mpsc::UnboundedReceiver<AttemptDone>) -> Router {
-        let waiting: Arc<Mutex<HashMap<(u64, u32), oneshot::Sender<AttemptDone>>>> = Default::default();
+        let waiting: Waiting = Default::default();
         let routes = waiting.clone();
         tokio::spawn(async move {
             while let Some(done) = results.recv().await {

@@ -6,6 +6,7 @@ mod common;
 mod bad_jobs;
 mod examples;
 mod interrupt;
+mod lambda;
 mod records;
 mod report;
 mod resume;

@@ -4,7 +4,7 @@
 //! (and a test that expects failure catches it).
 //!
 //! Commands: ok | work MS | nap MS | trap | exit N | loop | sleep | alloc | passwd | dotdot | env NAME |
-//! symlink | slowfirst MS | flaky | files N | bytes N | stdout N | stderr N | stdin
+//! symlink | slowfirst MS | latefirst MS | flaky | files N | bytes N | stdout N | stderr N | stdin
 
 use std::io::{Read, Write};
 use std::process::exit;
@@ -144,6 +144,19 @@ fn run(command: &str, argument: &str, name: &str) {
                 }
             }
             std::fs::write(format!("/out/{name}.attempt{attempt}"), b"done\n").expect("write /out");
+        }
+        "latefirst" => {
+            // Like slowfirst, but every attempt writes the same output, saying which attempt
+            // it was: a late first attempt must never replace what a later one published.
+            let attempt = std::env::var("FANOUT_ATTEMPT").unwrap_or_default();
+            if attempt == "1" {
+                let until = std::time::Instant::now() + std::time::Duration::from_millis(argument.parse().unwrap_or(5000));
+                let mut x: u64 = 1;
+                while std::time::Instant::now() < until {
+                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                }
+            }
+            std::fs::write(format!("/out/{name}.out"), format!("attempt {attempt}\n")).expect("write /out");
         }
         "flaky" => {
             let attempt = std::env::var("FANOUT_ATTEMPT").unwrap_or_default();
