@@ -330,7 +330,7 @@ fn resolve_executor(
             let local = |given: Option<Given<String>>, location: &Location| -> Result<(), JobError> {
                 match given {
                     Some(given) if !location.is_s3() => Err(given.error(format!(
-                        "{location} is a local path, and Lambda workers cannot reach this machine's files: use an s3:// address with --executor lambda"
+                        "{location} is a local path, and Lambda workers cannot reach this machine's files: a lambda job reads and writes s3:// addresses"
                     ))),
                     _ => Ok(()),
                 }

@@ -286,14 +286,15 @@ impl LambdaExecutor {
 }
 
 /// How many queued attempts the next invocation takes: about `BATCH_TARGET_MS` of work,
-/// one until an answer has shown how long an attempt takes, and never so many that other
-/// free invocations would go without.
-pub fn batch_size(per_attempt_ms: Option<f64>, queued: usize, free_invocations: usize, max_batch: usize) -> usize {
+/// one until an answer has shown how long an attempt takes, and never more than an equal
+/// share of the queue among the invocations allowed in flight (a batch answers as a whole:
+/// the fewer shards share one, the less a slow one holds back).
+pub fn batch_size(per_attempt_ms: Option<f64>, queued: usize, invocations: usize, max_batch: usize) -> usize {
     let target = match per_attempt_ms {
         None => 1,
         Some(ms) => (BATCH_TARGET_MS / ms.max(0.05)) as usize,
     };
-    let fair = queued.div_ceil(free_invocations.max(1));
+    let fair = queued.div_ceil(invocations.max(1));
     target.clamp(1, max_batch.max(1)).min(fair).max(1)
 }
 
@@ -360,7 +361,7 @@ impl Inner {
             if state.in_flight >= allowed || state.queue.is_empty() {
                 return;
             }
-            let size = batch_size(state.per_attempt_ms, state.queue.len(), allowed - state.in_flight, self.max_batch);
+            let size = batch_size(state.per_attempt_ms, state.queue.len(), allowed, self.max_batch);
             let mut batch = Vec::with_capacity(size);
             let mut bytes = 0;
             while batch.len() < size {
@@ -669,7 +670,7 @@ mod tests {
     fn batches_aim_at_a_second_and_share_the_queue() {
         assert_eq!(batch_size(None, 1000, 4, 256), 1, "one attempt until an answer shows how long they take");
         assert_eq!(batch_size(Some(10.0), 1000, 4, 256), 100, "a second of 10 ms attempts");
-        assert_eq!(batch_size(Some(10.0), 40, 4, 256), 10, "four free invocations share forty attempts");
+        assert_eq!(batch_size(Some(10.0), 40, 4, 256), 10, "four invocations share forty attempts");
         assert_eq!(batch_size(Some(0.001), 100_000, 1, 256), 256, "never beyond the largest batch");
         assert_eq!(batch_size(Some(0.001), 100_000, 1, 8), 8, "nor beyond the job's");
         assert_eq!(batch_size(Some(5000.0), 1000, 4, 256), 1, "slow attempts go one by one");

@@ -444,6 +444,10 @@ fn an_attempt_that_finishes_late_never_changes_a_published_output() {
             "fanout-late",
             "--concurrency",
             "2",
+            // One shard an invocation: a batch answers as a whole, so a slow shard batched
+            // with others would hold them back and no backup would start.
+            "--lambda-batch",
+            "1",
             "--json",
         ],
     );
@@ -622,4 +626,52 @@ fn deploy_creates_then_updates_the_worker_function_in_moto() {
         .unwrap();
     assert_eq!(no_role.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&no_role.stderr).contains("--role"));
+}
+
+#[test]
+#[cfg_attr(not(fanout_lambda_server), ignore = "needs the Lambda emulator and S3: run scripts/test")]
+fn throttled_invocations_back_off_and_are_sent_again_never_beyond_the_concurrency() {
+    let (endpoint, _) = emulator();
+    let prefix = unique_prefix("lambda-throttle");
+    let input = tempfile::tempdir().unwrap();
+    write_commands(input.path(), "t", 40, "work 20");
+    boto3_upload(input.path(), &format!("{prefix}in/"));
+    let _workers = Workers::start("fanout-throttle", 3);
+    // A proxy that answers every third Invoke with 429 and every seventh with 503.
+    let state = tempfile::tempdir().unwrap();
+    let (port_file, stats_file) = (state.path().join("port"), state.path().join("stats.json"));
+    let mut proxy = Command::new("python3")
+        .arg(repo().join("tests/fixtures/lambda/throttle-proxy.py"))
+        .args([&endpoint, port_file.to_str().unwrap(), stats_file.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(20);
+    while !port_file.exists() || std::fs::read_to_string(&port_file).unwrap().is_empty() {
+        assert!(Instant::now() < until, "the proxy did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let port = std::fs::read_to_string(&port_file).unwrap();
+    let wasm = function("misbehave");
+    let ran: Ran = fanout()
+        .current_dir(repo())
+        .env("AWS_ENDPOINT_URL_LAMBDA", format!("http://127.0.0.1:{port}"))
+        .args(["run", "--input", &s3_url(&format!("{prefix}in/")), "--function", wasm.to_str().unwrap()])
+        .args(["--output", &s3_url(&format!("{prefix}out/")), "--executor", "lambda"])
+        .args(["--lambda-function", "fanout-throttle", "--concurrency", "3", "--lambda-batch", "2", "--json"])
+        .output()
+        .unwrap()
+        .into();
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+    ran.assert_code(0);
+    let summary: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    let proxy: serde_json::Value = serde_json::from_slice(&std::fs::read(&stats_file).unwrap()).unwrap();
+    assert_eq!(summary["shards"]["ok"], 40);
+    assert_eq!(summary["attempts"], 40, "a throttled invocation's attempts are sent again, not counted as attempts");
+    let throttles = summary["executor"]["throttles"].as_u64().unwrap();
+    assert!(throttles > 0, "{}", summary["executor"]);
+    assert_eq!(throttles, proxy["throttled"].as_u64().unwrap(), "every refusal is counted: {proxy}");
+    assert!(proxy["most_in_flight"].as_u64().unwrap() <= 3, "never more than --concurrency in flight: {proxy}");
+    let (files, _dir, _job) = fetch(&format!("{prefix}out/"));
+    assert_eq!(files.len(), 40);
 }
