@@ -6,6 +6,7 @@
 //! --order` checks this, and that no files depend on each other in a loop):
 //! - [`location`], [`units`]: addresses (`s3://`, paths) and human sizes, durations, shares.
 //! - [`job`]: job file + flags -> one resolved job.
+//! - [`aws`]: AWS settings more than one client reads (per-service endpoints).
 //! - [`storage`]: the storage trait with the local and S3 backends.
 //! - [`runtime`]: wasmtime: compile once (cached on disk), a fresh sandbox per invocation.
 //! - [`events`]: what a run reports as it goes (the coordinator and pool emit, reporters draw).
@@ -23,6 +24,7 @@
 //!
 //! Only what the binary and the integration tests use is public.
 
+pub(crate) mod aws;
 pub mod cli;
 pub(crate) mod events;
 pub(crate) mod executor;

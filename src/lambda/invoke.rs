@@ -59,19 +59,6 @@ pub struct LambdaFunction {
     endpoint: String,
 }
 
-/// The Lambda endpoint as the SDK will use it, for messages.
-fn configured_endpoint(shared: &aws_config::SdkConfig) -> Option<String> {
-    let key = aws_types::service_config::ServiceConfigKey::builder()
-        .service_id("Lambda")
-        .env("AWS_ENDPOINT_URL")
-        .profile("endpoint_url")
-        .build()
-        .expect("every part of the key is set");
-    shared
-        .service_config()
-        .and_then(|config| config.load_config(key))
-        .or_else(|| shared.endpoint_url().map(str::to_string))
-}
 
 impl LambdaFunction {
     /// A client from the AWS default chain (`AWS_ENDPOINT_URL_LAMBDA` or `AWS_ENDPOINT_URL`
@@ -79,7 +66,8 @@ impl LambdaFunction {
     /// function again, and throttles are retried here, with AIMD.
     pub async fn connect(function: &str) -> LambdaFunction {
         let shared = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
-        let endpoint = configured_endpoint(&shared).unwrap_or_else(|| "AWS Lambda".to_string());
+        let endpoint =
+            crate::aws::configured_endpoint(&shared, "Lambda").unwrap_or_else(|| "AWS Lambda".to_string());
         let mut config = aws_sdk_lambda::config::Builder::from(&shared)
             .retry_config(aws_sdk_lambda::config::retry::RetryConfig::disabled())
             .timeout_config(

@@ -136,7 +136,9 @@ impl Warm {
         };
         let parallel = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let dir = self.scratch.join(format!("r{}", self.requests.load(Ordering::Relaxed)));
-        let slots = match stage::make_slots(&dir, request.orders.len().min(parallel * 2), 0).await {
+        // Staging waits on S3: more attempts stage at once than run (the pool runs as many
+        // guests as there are cores), so that guests never wait for their inputs.
+        let slots = match stage::make_slots(&dir, request.orders.len().min(parallel * 4), 0).await {
             Ok(slots) => slots,
             Err(e) => return fail_all(format!("worker {}: {e}", self.environment)),
         };

@@ -91,23 +91,10 @@ pub struct S3Storage {
     endpoint: String,
 }
 
-/// The S3 endpoint set by the user, found as the AWS SDKs find it: `--endpoint-url`, else
-/// `AWS_ENDPOINT_URL_S3` (or the profile's `s3` services section), else `AWS_ENDPOINT_URL`
-/// (or the profile's `endpoint_url`). `None` means AWS itself.
+/// The S3 endpoint set by the user: `--endpoint-url`, else as the AWS SDKs find it
+/// (`AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL`, the profile). `None` means AWS itself.
 fn configured_endpoint(shared: &aws_config::SdkConfig, flag: Option<&str>) -> Option<String> {
-    if let Some(url) = flag {
-        return Some(url.to_string());
-    }
-    let key = aws_types::service_config::ServiceConfigKey::builder()
-        .service_id("S3")
-        .env("AWS_ENDPOINT_URL")
-        .profile("endpoint_url")
-        .build()
-        .expect("every part of the key is set");
-    shared
-        .service_config()
-        .and_then(|config| config.load_config(key))
-        .or_else(|| shared.endpoint_url().map(str::to_string))
+    flag.map(str::to_string).or_else(|| crate::aws::configured_endpoint(shared, "S3"))
 }
 
 impl S3Storage {
@@ -294,7 +281,8 @@ impl S3Storage {
         }
     }
 
-    async fn upload_multipart(&self, key: &str, full_key: &str, path: &Path, size: u64) -> StorageResult<()> {
+    /// A new multipart upload to `full_key`: its id.
+    async fn start_multipart(&self, key: &str, full_key: &str) -> StorageResult<String> {
         let created = self
             .client
             .create_multipart_upload()
@@ -303,7 +291,11 @@ impl S3Storage {
             .send()
             .await
             .map_err(|e| self.classify("CreateMultipartUpload", key, e))?;
-        let upload_id = created.upload_id().unwrap_or_default().to_string();
+        Ok(created.upload_id().unwrap_or_default().to_string())
+    }
+
+    async fn upload_multipart(&self, key: &str, full_key: &str, path: &Path, size: u64) -> StorageResult<()> {
+        let upload_id = self.start_multipart(key, full_key).await?;
         let parts = self.upload_parts(key, full_key, path, size, &upload_id).await;
         self.finish_multipart(key, full_key, &upload_id, parts).await
     }
@@ -346,15 +338,7 @@ impl S3Storage {
     /// A server-side copy of an object over 5 GiB: UploadPartCopy in ranges, completed only
     /// when every part is copied (so the target appears whole or not at all).
     async fn copy_multipart(&self, key: &str, full_key: &str, copy_source: &str, size: u64) -> StorageResult<()> {
-        let created = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.bucket)
-            .key(full_key)
-            .send()
-            .await
-            .map_err(|e| self.classify("CreateMultipartUpload", key, e))?;
-        let upload_id = created.upload_id().unwrap_or_default().to_string();
+        let upload_id = self.start_multipart(key, full_key).await?;
         let ranges: Vec<(i32, u64, u64)> = (0..size.div_ceil(COPY_PART_SIZE))
             .map(|i| (i as i32 + 1, i * COPY_PART_SIZE, ((i + 1) * COPY_PART_SIZE).min(size) - 1))
             .collect();

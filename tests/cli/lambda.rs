@@ -75,6 +75,35 @@ fn s3_url(prefix: &str) -> String {
     format!("s3://{}/{prefix}", s3().bucket)
 }
 
+/// `fanout run` of the misbehave function over `PREFIX/in/` into `PREFIX/out/` on the
+/// Lambda `function`, `concurrency` invocations at once, and `more` flags.
+fn misbehave_args(prefix: &str, function: &str, concurrency: &str, more: &[&str]) -> Vec<String> {
+    let wasm = crate::common::function("misbehave");
+    let mut args: Vec<String> = [
+        "run",
+        "--input",
+        &s3_url(&format!("{prefix}in/")),
+        "--function",
+        wasm.to_str().unwrap(),
+        "--output",
+        &s3_url(&format!("{prefix}out/")),
+        "--executor",
+        "lambda",
+        "--lambda-function",
+        function,
+        "--concurrency",
+        concurrency,
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(more.iter().map(|s| s.to_string()));
+    args
+}
+
+fn run_args(args: &[String]) -> Ran {
+    run_lambda(&repo(), &args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
 /// Everything under `prefix`, downloaded: (outputs outside `_fanout/`, the one job folder).
 fn fetch(prefix: &str) -> (BTreeMap<String, Vec<u8>>, tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -184,26 +213,7 @@ fn several_workers_share_a_job_in_batches() {
     write_commands(input.path(), "w", 60, "work 30");
     boto3_upload(input.path(), &format!("{prefix}in/"));
     let _workers = Workers::start("fanout-worker", 3);
-    let wasm = function("misbehave");
-    let ran = run_lambda(
-        &repo(),
-        &[
-            "run",
-            "--input",
-            &s3_url(&format!("{prefix}in/")),
-            "--function",
-            wasm.to_str().unwrap(),
-            "--output",
-            &s3_url(&format!("{prefix}out/")),
-            "--executor",
-            "lambda",
-            "--lambda-function",
-            "fanout-worker",
-            "--concurrency",
-            "3",
-            "--json",
-        ],
-    );
+    let ran = run_args(&misbehave_args(&prefix, "fanout-worker", "3", &["--json"]));
     ran.assert_code(0);
     let summary: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
     assert_eq!(summary["shards"]["ok"], 60);
@@ -228,13 +238,10 @@ fn a_worker_killed_mid_job_costs_a_retry_and_nothing_else() {
     write_commands(input.path(), "k", 24, "work 400");
     boto3_upload(input.path(), &format!("{prefix}in/"));
     let mut workers = Workers::start("fanout-kill", 2);
-    let wasm = function("misbehave");
     let out = s3_url(&format!("{prefix}out/"));
     let child = coordinator()
         .current_dir(repo())
-        .args(["run", "--input", &s3_url(&format!("{prefix}in/")), "--function", wasm.to_str().unwrap()])
-        .args(["--output", &out, "--executor", "lambda", "--lambda-function", "fanout-kill", "--concurrency", "2"])
-        .args(["--timeout", "3s", "-q"])
+        .args(misbehave_args(&prefix, "fanout-kill", "2", &["--timeout", "3s", "-q"]))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -368,27 +375,7 @@ fn ctrl_c_stops_a_lambda_job_and_resume_finishes_it() {
     write_commands(input.path(), "s", 30, "work 250");
     boto3_upload(input.path(), &format!("{prefix}in/"));
     let _workers = Workers::start("fanout-stop", 2);
-    let wasm = function("misbehave");
-    let out = s3_url(&format!("{prefix}out/"));
-    let args: Vec<String> = [
-        "run",
-        "--input",
-        &s3_url(&format!("{prefix}in/")),
-        "--function",
-        wasm.to_str().unwrap(),
-        "--output",
-        &out,
-        "--executor",
-        "lambda",
-        "--lambda-function",
-        "fanout-stop",
-        "--concurrency",
-        "2",
-        "--name",
-        "stoppable",
-    ]
-    .map(String::from)
-    .to_vec();
+    let args = misbehave_args(&prefix, "fanout-stop", "2", &["--name", "stoppable"]);
     let child = coordinator().current_dir(repo()).args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let until = Instant::now() + Duration::from_secs(60);
     while !keys(&format!("{prefix}out/")).iter().any(|k| k.ends_with(".out")) {
@@ -405,9 +392,7 @@ fn ctrl_c_stops_a_lambda_job_and_resume_finishes_it() {
     assert!(done < 30, "stopped early");
     assert_eq!(files.len(), done, "an output exactly for each committed shard");
 
-    let mut resume = args.clone();
-    resume.extend(["--resume".to_string(), "--json".to_string()]);
-    let ran = run_lambda(&repo(), &resume.iter().map(String::as_str).collect::<Vec<_>>());
+    let ran = run_args(&misbehave_args(&prefix, "fanout-stop", "2", &["--name", "stoppable", "--resume", "--json"]));
     ran.assert_code(0);
     let summary: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
     assert_eq!(summary["shards"]["ok"], 30);
@@ -427,30 +412,9 @@ fn an_attempt_that_finishes_late_never_changes_a_published_output() {
     write_files(input.path(), &[("slow", "latefirst 6000")]);
     boto3_upload(input.path(), &format!("{prefix}in/"));
     let _workers = Workers::start("fanout-late", 2);
-    let wasm = function("misbehave");
-    let ran = run_lambda(
-        &repo(),
-        &[
-            "run",
-            "--input",
-            &s3_url(&format!("{prefix}in/")),
-            "--function",
-            wasm.to_str().unwrap(),
-            "--output",
-            &s3_url(&format!("{prefix}out/")),
-            "--executor",
-            "lambda",
-            "--lambda-function",
-            "fanout-late",
-            "--concurrency",
-            "2",
-            // One shard an invocation: a batch answers as a whole, so a slow shard batched
-            // with others would hold them back and no backup would start.
-            "--lambda-batch",
-            "1",
-            "--json",
-        ],
-    );
+    // One shard an invocation: a batch answers as a whole, so a slow shard batched with
+    // others would hold them back and no backup would start.
+    let ran = run_args(&misbehave_args(&prefix, "fanout-late", "2", &["--lambda-batch", "1", "--json"]));
     ran.assert_code(0);
     let summary: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
     assert!(summary["backups_won"].as_u64().unwrap() >= 1, "the backup of the slow shard won: {summary}");
@@ -478,24 +442,7 @@ fn an_attempt_that_finishes_late_never_changes_a_published_output() {
     assert_eq!(files.len(), 13);
 
     // The next run of the job (all committed) sweeps the late attempt's leftovers.
-    let again = run_lambda(
-        &repo(),
-        &[
-            "run",
-            "--input",
-            &s3_url(&format!("{prefix}in/")),
-            "--function",
-            wasm.to_str().unwrap(),
-            "--output",
-            &s3_url(&format!("{prefix}out/")),
-            "--executor",
-            "lambda",
-            "--lambda-function",
-            "fanout-late",
-            "--resume",
-            "-q",
-        ],
-    );
+    let again = run_args(&misbehave_args(&prefix, "fanout-late", "2", &["--resume", "-q"]));
     again.assert_code(0);
     assert!(!keys(&format!("{prefix}out/_fanout/")).iter().any(|k| k.contains("/attempts/")));
 }
@@ -651,13 +598,10 @@ fn throttled_invocations_back_off_and_are_sent_again_never_beyond_the_concurrenc
         std::thread::sleep(Duration::from_millis(50));
     }
     let port = std::fs::read_to_string(&port_file).unwrap();
-    let wasm = function("misbehave");
     let ran: Ran = fanout()
         .current_dir(repo())
         .env("AWS_ENDPOINT_URL_LAMBDA", format!("http://127.0.0.1:{port}"))
-        .args(["run", "--input", &s3_url(&format!("{prefix}in/")), "--function", wasm.to_str().unwrap()])
-        .args(["--output", &s3_url(&format!("{prefix}out/")), "--executor", "lambda"])
-        .args(["--lambda-function", "fanout-throttle", "--concurrency", "3", "--lambda-batch", "2", "--json"])
+        .args(misbehave_args(&prefix, "fanout-throttle", "3", &["--lambda-batch", "2", "--json"]))
         .output()
         .unwrap()
         .into();

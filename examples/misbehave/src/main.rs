@@ -32,6 +32,15 @@ fn plant_symlink(target: &str, link: &str) -> u16 {
     std::os::unix::fs::symlink(target, format!("/out/{link}")).map(|_| 0).unwrap_or(1)
 }
 
+/// Keeps a core busy for `ms` milliseconds.
+fn spin(ms: u64) {
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+    let mut x: u64 = 1;
+    while std::time::Instant::now() < until {
+        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+    }
+}
+
 fn leak(name: &str, what: &[u8]) -> ! {
     std::fs::write(format!("/out/{name}"), what).expect("write the leak");
     exit(0)
@@ -45,11 +54,7 @@ fn run(command: &str, argument: &str, name: &str) {
         }
         "work" => {
             // Spin for N milliseconds, then write an output that depends on the input name.
-            let until = std::time::Instant::now() + std::time::Duration::from_millis(argument.parse().unwrap_or(10));
-            let mut x: u64 = 1;
-            while std::time::Instant::now() < until {
-                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
-            }
+            spin(argument.parse().unwrap_or(10));
             let reversed: String = name.chars().rev().collect();
             std::fs::write(format!("/out/{name}.out"), format!("{reversed}\n")).expect("write /out");
         }
@@ -137,11 +142,7 @@ fn run(command: &str, argument: &str, name: &str) {
             // The first attempt is a straggler (spins for N ms); any later attempt is quick.
             let attempt = std::env::var("FANOUT_ATTEMPT").unwrap_or_default();
             if attempt == "1" {
-                let until = std::time::Instant::now() + std::time::Duration::from_millis(argument.parse().unwrap_or(5000));
-                let mut x: u64 = 1;
-                while std::time::Instant::now() < until {
-                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
-                }
+                spin(argument.parse().unwrap_or(5000));
             }
             std::fs::write(format!("/out/{name}.attempt{attempt}"), b"done\n").expect("write /out");
         }
@@ -150,11 +151,7 @@ fn run(command: &str, argument: &str, name: &str) {
             // it was: a late first attempt must never replace what a later one published.
             let attempt = std::env::var("FANOUT_ATTEMPT").unwrap_or_default();
             if attempt == "1" {
-                let until = std::time::Instant::now() + std::time::Duration::from_millis(argument.parse().unwrap_or(5000));
-                let mut x: u64 = 1;
-                while std::time::Instant::now() < until {
-                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
-                }
+                spin(argument.parse().unwrap_or(5000));
             }
             std::fs::write(format!("/out/{name}.out"), format!("attempt {attempt}\n")).expect("write /out");
         }
