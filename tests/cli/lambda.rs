@@ -24,11 +24,27 @@ struct Workers {
 
 impl Workers {
     fn start(function: &str, count: usize) -> Workers {
+        Workers::start_with(function, count, |command| {
+            command.args(["lambda", "worker"]);
+        })
+    }
+
+    /// Workers started as Lambda starts a deployment: a binary named `bootstrap`, no arguments.
+    fn start_as_bootstrap(function: &str, count: usize, folder: &Path) -> Workers {
+        let bootstrap = folder.join("bootstrap");
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_fanout"), &bootstrap).unwrap();
+        Workers::start_with(function, count, |command| {
+            *command = Command::new(&bootstrap);
+        })
+    }
+
+    fn start_with(function: &str, count: usize, program: impl Fn(&mut Command)) -> Workers {
         let (_, runtime) = emulator();
         let children = (0..count)
             .map(|_| {
-                fanout()
-                    .args(["lambda", "worker"])
+                let mut command = fanout();
+                program(&mut command);
+                command
                     .env("AWS_LAMBDA_RUNTIME_API", format!("{runtime}/{function}"))
                     .env("AWS_LAMBDA_FUNCTION_NAME", function)
                     .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "2048")
@@ -618,4 +634,20 @@ fn throttled_invocations_back_off_and_are_sent_again_never_beyond_the_concurrenc
     assert!(proxy["most_in_flight"].as_u64().unwrap() <= 3, "never more than --concurrency in flight: {proxy}");
     let (files, _dir, _job) = fetch(&format!("{prefix}out/"));
     assert_eq!(files.len(), 40);
+}
+
+#[test]
+#[cfg_attr(not(fanout_lambda_server), ignore = "needs the Lambda emulator and S3: run scripts/test")]
+fn a_binary_named_bootstrap_started_without_arguments_is_the_worker() {
+    let prefix = unique_prefix("lambda-bootstrap");
+    let input = tempfile::tempdir().unwrap();
+    write_commands(input.path(), "b", 5, "work 5");
+    boto3_upload(input.path(), &format!("{prefix}in/"));
+    let folder = tempfile::tempdir().unwrap();
+    let _workers = Workers::start_as_bootstrap("fanout-bootstrap", 1, folder.path());
+    let ran = run_args(&misbehave_args(&prefix, "fanout-bootstrap", "2", &["--json"]));
+    ran.assert_code(0);
+    let summary: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    assert_eq!(summary["shards"]["ok"], 5);
+    assert_eq!(summary["executor"]["environments"], 1);
 }
