@@ -328,7 +328,8 @@ fn executor_for(
                 function_sha256: load.sha256.clone(),
             };
             let capacity = Capacity { concurrency: *concurrency, max_batch: batch.unwrap_or(MAX_BATCH) };
-            Box::new(move |results| Box::new(LambdaExecutor::new(lambda, capacity, base, results)))
+            let events = events.clone();
+            Box::new(move |results| Box::new(LambdaExecutor::new(lambda, capacity, base, results, events)))
         }
         _ => {
             let (max, idle, events) = (job.workers.max, job.workers.idle(), events.clone());

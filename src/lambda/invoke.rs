@@ -6,6 +6,7 @@
 //! it never publishes or commits (the coordinator does, from what it sends back).
 
 use super::protocol::{self, Answer, Order, Payload, Pong, Request, ShardResult};
+use crate::events::{Event, EventSink};
 use crate::executor::{AttemptDone, Executor, Task};
 use crate::job::Job;
 use crate::runtime::capture::{Captured, Kept};
@@ -202,6 +203,27 @@ pub struct JobBase {
     pub function_sha256: String,
 }
 
+/// Decaying sums of invocation time and attempts carried: their ratio is what an attempt
+/// costs an invocation, recent answers counting most.
+#[derive(Default)]
+struct Recent {
+    ms: f64,
+    attempts: f64,
+}
+
+impl Recent {
+    const DECAY: f64 = 0.8;
+
+    fn add(&mut self, ms: f64, attempts: f64) {
+        self.ms = self.ms * Self::DECAY + ms;
+        self.attempts = self.attempts * Self::DECAY + attempts;
+    }
+
+    fn per_attempt_ms(&self) -> Option<f64> {
+        (self.attempts > 0.0).then(|| self.ms / self.attempts)
+    }
+}
+
 struct State {
     queue: VecDeque<Task>,
     in_flight: usize,
@@ -209,8 +231,8 @@ struct State {
     limit: f64,
     peak: usize,
     stopping: bool,
-    /// Milliseconds of an invocation per attempt it carried, smoothed.
-    per_attempt_ms: Option<f64>,
+    /// Milliseconds of recent invocations and the attempts they carried.
+    recent: Recent,
     environments: HashMap<String, u32>,
     throttled: HashMap<(u64, u32), u32>,
     resume_at: Option<Instant>,
@@ -220,6 +242,7 @@ struct State {
 
 struct Inner {
     lambda: LambdaFunction,
+    events: EventSink,
     concurrency: usize,
     max_batch: usize,
     base: JobBase,
@@ -238,6 +261,7 @@ impl LambdaExecutor {
         capacity: Capacity,
         base: JobBase,
         results: UnboundedSender<AttemptDone>,
+        events: EventSink,
     ) -> LambdaExecutor {
         let concurrency = capacity.concurrency.max(1);
         let stats = LambdaStats {
@@ -251,6 +275,7 @@ impl LambdaExecutor {
         let seed = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
         LambdaExecutor(Arc::new(Inner {
             lambda,
+            events,
             concurrency,
             max_batch: capacity.max_batch.clamp(1, MAX_BATCH),
             base,
@@ -260,7 +285,7 @@ impl LambdaExecutor {
                 limit: concurrency as f64,
                 peak: 0,
                 stopping: false,
-                per_attempt_ms: None,
+                recent: Recent::default(),
                 environments: HashMap::new(),
                 throttled: HashMap::new(),
                 resume_at: None,
@@ -349,7 +374,7 @@ impl Inner {
             if state.in_flight >= allowed || state.queue.is_empty() {
                 return;
             }
-            let size = batch_size(state.per_attempt_ms, state.queue.len(), allowed, self.max_batch);
+            let size = batch_size(state.recent.per_attempt_ms(), state.queue.len(), allowed, self.max_batch);
             let mut batch = Vec::with_capacity(size);
             let mut bytes = 0;
             while batch.len() < size {
@@ -375,6 +400,7 @@ impl Inner {
             }
             state.in_flight += 1;
             state.peak = state.peak.max(state.in_flight);
+            self.events.emit(Event::Workers { live: state.in_flight });
             state.stats.largest_batch = state.stats.largest_batch.max(batch.len());
             state.stats.attempts_sent += batch.len() as u64;
             let inner = self.clone();
@@ -467,7 +493,12 @@ impl Inner {
             }
             Ended::Throttled(message) => self.throttled(open, sent, message),
         }
-        self.state.lock().expect("lambda state").in_flight -= 1;
+        {
+            let mut state = self.state.lock().expect("lambda state");
+            state.in_flight -= 1;
+            // Progress counts invocations in flight as the pool's workers.
+            self.events.emit(Event::Workers { live: state.in_flight });
+        }
         self.pump();
     }
 
@@ -520,12 +551,13 @@ impl Inner {
         state.stats.billed_ms += answer.duration_ms;
         state.stats.gb_seconds += answer.duration_ms as f64 / 1000.0 * answer.memory_mb as f64 / 1024.0;
         state.stats.cost_usd = state.stats.gb_seconds * PRICE_PER_GB_SECOND + state.stats.invocations as f64 * PRICE_PER_REQUEST;
-        let carried = by_attempt.len().max(1);
-        let sample = answer.duration_ms as f64 / carried as f64;
-        state.per_attempt_ms = Some(match state.per_attempt_ms {
-            None => sample,
-            Some(ms) => ms * 0.7 + sample * 0.3,
-        });
+        // An attempt's cost is judged from recent answers weighted by the attempts they
+        // carried (a batch of 100 says more than a batch of 1), leaving out an answer that
+        // compiled the function once there is any other.
+        let compiled = by_attempt.values().any(|r| r.cold_start);
+        if !compiled || state.recent.attempts == 0.0 {
+            state.recent.add(answer.duration_ms as f64, by_attempt.len().max(1) as f64);
+        }
         // Additive increase: one more invocation in flight per `limit` answered.
         state.limit = (state.limit + 1.0 / state.limit.max(1.0)).min(self.concurrency as f64);
         for task in &open {
@@ -652,7 +684,24 @@ impl Executor for LambdaExecutor {
 
 #[cfg(test)]
 mod tests {
-    use super::batch_size;
+    use super::{batch_size, Recent};
+
+    #[test]
+    fn an_attempt_costs_what_recent_answers_say_weighted_by_what_they_carried() {
+        let mut recent = Recent::default();
+        assert_eq!(recent.per_attempt_ms(), None);
+        recent.add(300.0, 1.0);
+        assert_eq!(recent.per_attempt_ms(), Some(300.0));
+        // One batch of a hundred outweighs the lone slow attempt before it.
+        recent.add(50.0, 100.0);
+        let ms = recent.per_attempt_ms().unwrap();
+        assert!((2.0..3.0).contains(&ms), "{ms}");
+        // Old answers fade: slower shards now show within a few answers.
+        for _ in 0..10 {
+            recent.add(1000.0, 10.0);
+        }
+        assert!(recent.per_attempt_ms().unwrap() > 80.0);
+    }
 
     #[test]
     fn batches_aim_at_a_second_and_share_the_queue() {
