@@ -274,7 +274,7 @@ impl Launch {
         let shutdown = Shutdown::default();
         watch_signals(shutdown.clone(), grace);
         let new_job = start.new_job;
-        let executor = executor_for(&job, &job_id, runtime, &load, lambda, &events);
+        let executor = executor_for(&job, &job_id, &dest, runtime, &load, lambda, &events);
         let setup = RunSetup {
             job: job.clone(),
             document: start.document,
@@ -314,6 +314,7 @@ impl Launch {
 fn executor_for(
     job: &Job,
     job_id: &str,
+    dest: &DynStorage,
     runtime: Arc<Runtime>,
     load: &LoadReport,
     lambda: Option<(LambdaFunction, String)>,
@@ -323,6 +324,7 @@ fn executor_for(
         (Executor::Lambda { concurrency, batch, .. }, Some((lambda, function_key))) => {
             let base = JobBase {
                 job_id: job_id.to_string(),
+                dest: dest.clone(),
                 job: job.clone(),
                 function_key,
                 function_sha256: load.sha256.clone(),

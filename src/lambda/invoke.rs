@@ -198,6 +198,8 @@ pub struct Capacity {
 /// What every request of the job repeats.
 pub struct JobBase {
     pub job_id: String,
+    /// DEST, where a worker leaves results too large for its answer.
+    pub dest: crate::storage::DynStorage,
     pub job: Job,
     pub function_key: String,
     pub function_sha256: String,
@@ -478,6 +480,10 @@ impl Inner {
             }
         };
         let open: Vec<Task> = open.into_iter().flatten().collect();
+        let ended = match ended {
+            Ended::Answered(answer) if answer.results_key.is_some() => self.fetch_results(answer).await,
+            other => other,
+        };
         match ended {
             Ended::Answered(answer) => self.answered(answer, open, sent),
             Ended::WorkerFailed(message) => {
@@ -536,6 +542,22 @@ impl Inner {
         match serde_json::from_slice::<Answer>(body) {
             Ok(answer) => Ended::Answered(answer),
             Err(e) => Ended::WorkerFailed(format!("the worker's answer is not readable: {e}")),
+        }
+    }
+
+    /// The results a worker stored in DEST because they did not fit its answer.
+    async fn fetch_results(&self, mut answer: Answer) -> Ended {
+        let Some(key) = answer.results_key.take() else { return Ended::Answered(answer) };
+        let stored = match self.base.dest.get(&key).await {
+            Ok(stored) => stored,
+            Err(e) => return Ended::WorkerFailed(format!("reading the worker's results from {key}: {e}")),
+        };
+        match serde_json::from_slice(&stored) {
+            Ok(results) => {
+                answer.results = results;
+                Ended::Answered(answer)
+            }
+            Err(e) => Ended::WorkerFailed(format!("the worker's results in {key} are not readable: {e}")),
         }
     }
 

@@ -66,6 +66,10 @@ pub struct Answer {
     /// Time spent in the handler, as Lambda bills it.
     pub duration_ms: u64,
     pub results: Vec<ShardResult>,
+    /// When the results would not fit the answer (over 5 MB): the key under DEST of the
+    /// JSON list of them, and `results` is empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results_key: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -109,19 +109,43 @@ impl Warm {
             .into());
         }
         let started = Instant::now();
-        let results = self.work(request).await;
+        let results = self.work(&request).await;
         self.requests.fetch_add(1, Ordering::Relaxed);
-        let answer = Answer {
+        let mut answer = Answer {
             protocol: protocol::PROTOCOL,
             environment: self.environment.clone(),
             memory_mb: self.memory_mb,
-            duration_ms: started.elapsed().as_millis() as u64,
+            duration_ms: 0,
             results,
+            results_key: None,
         };
+        self.spill_if_too_big(&request, &mut answer).await?;
+        answer.duration_ms = started.elapsed().as_millis() as u64;
         Ok(serde_json::to_value(answer)?)
     }
 
-    async fn work(&self, request: Request) -> Vec<ShardResult> {
+    /// An answer over Lambda's payload limit (a batch of shards with thousands of outputs)
+    /// goes to DEST instead, beside the attempts' outputs, and the answer names it.
+    /// `FANOUT_LAMBDA_ANSWER_LIMIT` lowers the limit, for the tests.
+    async fn spill_if_too_big(&self, request: &Request, answer: &mut Answer) -> Result<(), lambda_runtime::Error> {
+        let limit = std::env::var("FANOUT_LAMBDA_ANSWER_LIMIT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(protocol::PAYLOAD_LIMIT);
+        let results = serde_json::to_vec(&answer.results)?;
+        let Some(first) = request.orders.first() else { return Ok(()) };
+        if results.len() <= limit {
+            return Ok(());
+        }
+        let key = format!("{}results.json", first.staging_prefix);
+        let dest = self.storage(&request.job.output.dest).await?;
+        dest.put(&key, bytes::Bytes::from(results)).await.map_err(|e| format!("storing a large answer: {e}"))?;
+        answer.results.clear();
+        answer.results_key = Some(key);
+        Ok(())
+    }
+
+    async fn work(&self, request: &Request) -> Vec<ShardResult> {
         let fail_all = |message: String| {
             request.orders.iter().map(|order| failed(order, Outcome::Error(message.clone()))).collect::<Vec<_>>()
         };
@@ -130,7 +154,7 @@ impl Warm {
             (Ok(dest), Ok(source)) => (dest, source),
             (Err(e), _) | (_, Err(e)) => return fail_all(format!("worker {}: {e}", self.environment)),
         };
-        let (runtime, compiled_now) = match self.function(&request, &dest).await {
+        let (runtime, compiled_now) = match self.function(request, &dest).await {
             Ok(loaded) => loaded,
             Err(e) => return fail_all(format!("worker {}: {e}", self.environment)),
         };
@@ -147,7 +171,7 @@ impl Warm {
         let pool = Pool::new(runtime, parallel, Duration::from_secs(1), results_tx, EventSink::channel().0);
         let router = Router::start(results_rx);
         let batch = Batch {
-            request: &request,
+            request,
             source,
             dest,
             pool,

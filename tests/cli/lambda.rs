@@ -29,6 +29,13 @@ impl Workers {
         })
     }
 
+    /// Workers whose answers may hold at most `limit` bytes of results.
+    fn start_with_answer_limit(function: &str, count: usize, limit: usize) -> Workers {
+        Workers::start_with(function, count, |command| {
+            command.args(["lambda", "worker"]).env("FANOUT_LAMBDA_ANSWER_LIMIT", limit.to_string());
+        })
+    }
+
     /// Workers started as Lambda starts a deployment: a binary named `bootstrap`, no arguments.
     fn start_as_bootstrap(function: &str, count: usize, folder: &Path) -> Workers {
         let bootstrap = folder.join("bootstrap");
@@ -214,6 +221,16 @@ fn thumbnails_on_lambda_match_the_local_executor_byte_for_byte() {
     let expected = gb_seconds * lambda["price_per_gb_second"].as_f64().unwrap()
         + lambda["invocations"].as_f64().unwrap() * lambda["price_per_request"].as_f64().unwrap();
     assert!((cost - expected).abs() < 1e-12, "{lambda}");
+    // The timeline draws a lane for each execution environment.
+    let plot = tempfile::tempdir().unwrap();
+    let svg_path = plot.path().join("timeline.svg");
+    run_in(&repo(), &["report", &lambda_out, "--plot", svg_path.to_str().unwrap()]).assert_code(0);
+    let text = std::fs::read_to_string(&svg_path).unwrap();
+    let svg = roxmltree::Document::parse(&text).expect("the plot is well-formed XML");
+    let lanes = svg.descendants().filter(|n| n.attribute("class") == Some("lane")).count();
+    let attempts = svg.descendants().filter(|n| n.attribute("class") == Some("attempt")).count();
+    assert_eq!(lanes as u64, lambda["environments"].as_u64().unwrap(), "{text}");
+    assert_eq!(attempts, 4);
     // The function was stored once, content-addressed, next to the manifest; no attempt's
     // staged outputs are left behind.
     let stored = keys(&format!("{prefix}lambda/_fanout/"));
@@ -381,6 +398,16 @@ fn hostile_guests_fail_alone_with_the_outcomes_they_get_locally() {
     let errors: BTreeMap<String, String> = report(&lambda_job).iter().map(|r| (r["shard"].clone(), r["error"].clone())).collect();
     assert!(errors["6"].contains("symbolic link"), "{errors:?}");
     assert!(errors["10"].contains("output.max_files"), "{errors:?}");
+
+    // redrive runs the failed shards again, on Lambda as the job says, and they fail again.
+    let redriven = run_lambda(&repo(), &["redrive", &s3_url(&format!("{prefix}lambda/")), "--json"]);
+    redriven.assert_code(1);
+    let summary: serde_json::Value = serde_json::from_str(&redriven.stdout).unwrap();
+    assert_eq!(summary["shards"]["skipped"], 1, "the shard that succeeded is not run again");
+    assert!(summary["executor"]["invocations"].as_u64().unwrap() >= 1, "{}", summary["executor"]);
+    let (_, _c, job) = fetch(&format!("{prefix}lambda/"));
+    let rows = report(&job);
+    assert!(rows.iter().filter(|r| r["status"] == "failed").all(|r| r["attempts"] == "2"), "{rows:?}");
 }
 
 #[test]
@@ -650,4 +677,28 @@ fn a_binary_named_bootstrap_started_without_arguments_is_the_worker() {
     let summary: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
     assert_eq!(summary["shards"]["ok"], 5);
     assert_eq!(summary["executor"]["environments"], 1);
+}
+
+#[test]
+#[cfg_attr(not(fanout_lambda_server), ignore = "needs the Lambda emulator and S3: run scripts/test")]
+fn results_too_large_for_an_answer_travel_through_dest() {
+    let prefix = unique_prefix("lambda-spill");
+    let input = tempfile::tempdir().unwrap();
+    write_commands(input.path(), "m", 12, "work 5");
+    boto3_upload(input.path(), &format!("{prefix}in/"));
+    // 500 bytes stand for Lambda's 6 MB: the results of two shards or more are over it, so
+    // every batched answer goes through DEST.
+    let _workers = Workers::start_with_answer_limit("fanout-spill", 2, 500);
+    let ran = run_args(&misbehave_args(&prefix, "fanout-spill", "2", &["--lambda-batch", "6", "--json"]));
+    ran.assert_code(0);
+    let summary: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    assert_eq!(summary["shards"]["ok"], 12);
+    assert!(summary["executor"]["invocations"].as_u64().unwrap() < 12, "batched: {}", summary["executor"]);
+    let (files, _dir, _job) = fetch(&format!("{prefix}out/"));
+    assert_eq!(files.len(), 12);
+    for (name, bytes) in &files {
+        let stem = name.trim_end_matches(".out");
+        assert_eq!(String::from_utf8_lossy(bytes), format!("{}\n", stem.chars().rev().collect::<String>()), "{name}");
+    }
+    assert!(!keys(&format!("{prefix}out/_fanout/")).iter().any(|k| k.contains("/attempts/")), "results swept");
 }

@@ -52,8 +52,12 @@ fn sigkill_at_any_moment_then_resume_commits_each_shard_once() {
         let mut child =
             fanout().current_dir(work.path()).args(job_args(wasm, &dest_name)).arg("--quiet").spawn().unwrap();
         match *moment {
+            // job.json itself, not just its folder: a folder caught while job.json is being
+            // written holds no job yet, and --resume then rightly starts a new one.
             "before-commit" => wait_for("job.json", Duration::from_secs(30), || {
-                std::fs::read_dir(dest.join("_fanout")).map(|mut d| d.next().is_some()).unwrap_or(false)
+                std::fs::read_dir(dest.join("_fanout"))
+                    .map(|jobs| jobs.flatten().any(|job| job.path().join("job.json").exists()))
+                    .unwrap_or(false)
             }),
             "first-commit" => wait_for("a journal segment", Duration::from_secs(30), || journal_segments(&dest) >= 1),
             _ => {
