@@ -9,8 +9,8 @@ use super::model::{
     defaults, share_of_shards, Executor, Function, Include, Input, Job, Output, Retry, ShardRule, Stragglers, Workers,
 };
 use super::schema::{
-    EnvVar, ExecutorTable, FunctionTable, Given, InputTable, JobArgs, JobFile, OutputTable, RetryTable, ShardSpec, ShardTable,
-    SizeValue, StragglersTable, WorkersTable,
+    EnvVar, ExecutorTable, FunctionTable, Given, InputTable, JobArgs, JobFile, OutputTable, RetryTable, ShardSpec,
+    ShardTable, SizeValue, StragglersTable, WorkersTable,
 };
 use crate::location::Location;
 use crate::units::{self, Tolerance};

@@ -49,7 +49,8 @@ pub fn zip_bootstrap(binary: &Path) -> Result<Vec<u8>, DeployError> {
     let options = zip::write::SimpleFileOptions::default()
         .compression_method(zip::CompressionMethod::Deflated)
         .unix_permissions(0o755);
-    let failed = |e: &dyn std::fmt::Display| DeployError::NotADeployment { path: binary.to_path_buf(), message: e.to_string() };
+    let failed =
+        |e: &dyn std::fmt::Display| DeployError::NotADeployment { path: binary.to_path_buf(), message: e.to_string() };
     zip.start_file("bootstrap", options).map_err(|e| failed(&e))?;
     zip.write_all(&bytes).map_err(|e| failed(&e))?;
     Ok(zip.finish().map_err(|e| failed(&e))?.into_inner())
@@ -134,7 +135,9 @@ pub async fn deploy(deployment: &Deployment) -> Result<Deployed, DeployError> {
     Ok(Deployed { created: true, arn: created.function_arn().unwrap_or_default().to_string(), zip_bytes })
 }
 
-fn message_of<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(error: &SdkError<E, R>) -> String {
+fn message_of<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
+    error: &SdkError<E, R>,
+) -> String {
     match error {
         SdkError::ServiceError(service) => {
             let e = service.err();

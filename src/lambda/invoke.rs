@@ -60,15 +60,13 @@ pub struct LambdaFunction {
     endpoint: String,
 }
 
-
 impl LambdaFunction {
     /// A client from the AWS default chain (`AWS_ENDPOINT_URL_LAMBDA` or `AWS_ENDPOINT_URL`
     /// for another endpoint), with the SDK's retries off: a function error must not run the
     /// function again, and throttles are retried here, with AIMD.
     pub async fn connect(function: &str) -> LambdaFunction {
         let shared = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
-        let endpoint =
-            crate::aws::configured_endpoint(&shared, "Lambda").unwrap_or_else(|| "AWS Lambda".to_string());
+        let endpoint = crate::aws::configured_endpoint(&shared, "Lambda").unwrap_or_else(|| "AWS Lambda".to_string());
         let mut config = aws_sdk_lambda::config::Builder::from(&shared)
             .retry_config(aws_sdk_lambda::config::retry::RetryConfig::disabled())
             .timeout_config(
@@ -106,7 +104,10 @@ impl LambdaFunction {
             Ok(Ok(output)) => output,
             Ok(Err(error)) => {
                 return Err(match &error {
-                    SdkError::ServiceError(service) if service.err().is_resource_not_found_exception() || service.raw().status().as_u16() == 404 => {
+                    SdkError::ServiceError(service)
+                        if service.err().is_resource_not_found_exception()
+                            || service.raw().status().as_u16() == 404 =>
+                    {
                         LambdaError::NoSuchFunction {
                             endpoint: self.endpoint.clone(),
                             function: self.function.clone(),
@@ -446,8 +447,8 @@ impl Inner {
         // The worker runs a batch's attempts side by side, each within function.timeout; a
         // worker that is gone (killed, or a runtime that crashed without a word, which the
         // emulator never reports) is given up on after the worst case and a margin for staging.
-        let deadline = self.base.job.function.timeout().saturating_mul(batch.len() as u32).min(LAMBDA_MAX_RUN)
-            + INVOCATION_MARGIN;
+        let deadline =
+            self.base.job.function.timeout().saturating_mul(batch.len() as u32).min(LAMBDA_MAX_RUN) + INVOCATION_MARGIN;
         let call = self.lambda.client.invoke().function_name(&self.lambda.function).payload(Blob::new(body)).send();
         let call = tokio::time::timeout(deadline, call);
         tokio::pin!(call);
@@ -508,7 +509,10 @@ impl Inner {
         self.pump();
     }
 
-    fn classify(&self, result: Result<Result<InvokeOutput, SdkError<InvokeError>>, tokio::time::error::Elapsed>) -> Ended {
+    fn classify(
+        &self,
+        result: Result<Result<InvokeOutput, SdkError<InvokeError>>, tokio::time::error::Elapsed>,
+    ) -> Ended {
         let output = match result {
             Err(_) => return Ended::WorkerFailed("the worker did not answer in time".into()),
             Ok(Ok(output)) => output,
@@ -522,7 +526,9 @@ impl Inner {
                     .ok()
                     .filter(|v| v.get("errorType").is_some() || v.get("errorMessage").is_some());
                 return match function_error {
-                    Some(value) if status == 500 => Ended::WorkerFailed(format!("the worker failed: {}", worker_error(&value))),
+                    Some(value) if status == 500 => {
+                        Ended::WorkerFailed(format!("the worker failed: {}", worker_error(&value)))
+                    }
                     _ if error.is_too_many_requests_exception() || status == 429 || (500..600).contains(&status) => {
                         Ended::Throttled(error_text(error, raw))
                     }
@@ -531,7 +537,11 @@ impl Inner {
                 };
             }
             Ok(Err(other)) => {
-                return Ended::WorkerFailed(format!("no answer from Lambda at {}: {}", self.lambda.endpoint, causes(&other)))
+                return Ended::WorkerFailed(format!(
+                    "no answer from Lambda at {}: {}",
+                    self.lambda.endpoint,
+                    causes(&other)
+                ))
             }
         };
         let body = output.payload().map(|b| b.as_ref()).unwrap_or_default();
@@ -572,7 +582,8 @@ impl Inner {
         state.stats.memory_mb = answer.memory_mb;
         state.stats.billed_ms += answer.duration_ms;
         state.stats.gb_seconds += answer.duration_ms as f64 / 1000.0 * answer.memory_mb as f64 / 1024.0;
-        state.stats.cost_usd = state.stats.gb_seconds * PRICE_PER_GB_SECOND + state.stats.invocations as f64 * PRICE_PER_REQUEST;
+        state.stats.cost_usd =
+            state.stats.gb_seconds * PRICE_PER_GB_SECOND + state.stats.invocations as f64 * PRICE_PER_REQUEST;
         // An attempt's cost is judged from recent answers weighted by the attempts they
         // carried (a batch of 100 says more than a batch of 1), leaving out an answer that
         // compiled the function once there is any other.

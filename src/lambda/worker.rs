@@ -149,11 +149,11 @@ impl Warm {
         let fail_all = |message: String| {
             request.orders.iter().map(|order| failed(order, Outcome::Error(message.clone()))).collect::<Vec<_>>()
         };
-        let (dest, source) = match (self.storage(&request.job.output.dest).await, self.storage(&request.job.input.source).await)
-        {
-            (Ok(dest), Ok(source)) => (dest, source),
-            (Err(e), _) | (_, Err(e)) => return fail_all(format!("worker {}: {e}", self.environment)),
-        };
+        let (dest, source) =
+            match (self.storage(&request.job.output.dest).await, self.storage(&request.job.input.source).await) {
+                (Ok(dest), Ok(source)) => (dest, source),
+                (Err(e), _) | (_, Err(e)) => return fail_all(format!("worker {}: {e}", self.environment)),
+            };
         let (runtime, compiled_now) = match self.function(request, &dest).await {
             Ok(loaded) => loaded,
             Err(e) => return fail_all(format!("worker {}: {e}", self.environment)),

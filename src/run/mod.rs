@@ -9,10 +9,10 @@
 //! published or failed -> log stored, staging removed -> record in journal (committed).
 
 use crate::events::{Event, EventSink};
+use crate::executor::{AttemptDone, Executor};
 use crate::job::Job;
 use crate::manifest::{Counts, JobDocument, Journal, Manifest, ManifestError, ShardRecord, ShardStatus};
 use crate::plan::{PlanError, PlanTotals, Planned, Shard};
-use crate::executor::{AttemptDone, Executor};
 use crate::runtime::OutcomeKind;
 use crate::stage::{self, PublishError, Slot, StageError, Staged};
 use crate::storage::DynStorage;

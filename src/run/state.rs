@@ -2,9 +2,9 @@
 //! between messages. Types only, with the few questions they answer about themselves;
 //! the behaviour that changes them is in `attempts`, the record built from them in `record`.
 
+use crate::executor::AttemptDone;
 use crate::manifest::ShardRecord;
 use crate::plan::Shard;
-use crate::executor::AttemptDone;
 use crate::runtime::capture::Kept;
 use crate::runtime::Outcome;
 use crate::stage::{Slot, Staged};

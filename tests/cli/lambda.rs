@@ -353,7 +353,8 @@ fn hostile_guests_fail_alone_with_the_outcomes_they_get_locally() {
         "--no-backup",
     ]
     .map(String::from);
-    let with = |more: &[&str]| -> Vec<String> { common.iter().cloned().chain(more.iter().map(|s| s.to_string())).collect() };
+    let with =
+        |more: &[&str]| -> Vec<String> { common.iter().cloned().chain(more.iter().map(|s| s.to_string())).collect() };
     let local_args = with(&["--output", &s3_url(&format!("{prefix}local/")), "-q"]);
     let lambda_args = with(&[
         "--output",
@@ -395,7 +396,8 @@ fn hostile_guests_fail_alone_with_the_outcomes_they_get_locally() {
     assert_eq!(lambda_files.keys().collect::<Vec<_>>(), vec!["a-ok.ok"]);
     assert_eq!(lambda_files, local_files);
     // The same reasons reach the report, e.g. the symlink refusal.
-    let errors: BTreeMap<String, String> = report(&lambda_job).iter().map(|r| (r["shard"].clone(), r["error"].clone())).collect();
+    let errors: BTreeMap<String, String> =
+        report(&lambda_job).iter().map(|r| (r["shard"].clone(), r["error"].clone())).collect();
     assert!(errors["6"].contains("symbolic link"), "{errors:?}");
     assert!(errors["10"].contains("output.max_files"), "{errors:?}");
 
@@ -419,7 +421,8 @@ fn ctrl_c_stops_a_lambda_job_and_resume_finishes_it() {
     boto3_upload(input.path(), &format!("{prefix}in/"));
     let _workers = Workers::start("fanout-stop", 2);
     let args = misbehave_args(&prefix, "fanout-stop", "2", &["--name", "stoppable"]);
-    let child = coordinator().current_dir(repo()).args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let child =
+        coordinator().current_dir(repo()).args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let until = Instant::now() + Duration::from_secs(60);
     while !keys(&format!("{prefix}out/")).iter().any(|k| k.ends_with(".out")) {
         assert!(Instant::now() < until, "no shard was ever published");
@@ -478,7 +481,10 @@ fn an_attempt_that_finishes_late_never_changes_a_published_output() {
         assert!(Instant::now() < until, "the late attempt never finished");
         std::thread::sleep(Duration::from_millis(200));
     };
-    let staged = boto3("print(s3.get_object(Bucket=bucket, Key=sys.argv[1])['Body'].read().decode(), end='')", &[&format!("{prefix}out/_fanout/{late}")]);
+    let staged = boto3(
+        "print(s3.get_object(Bucket=bucket, Key=sys.argv[1])['Body'].read().decode(), end='')",
+        &[&format!("{prefix}out/_fanout/{late}")],
+    );
     assert_eq!(staged, "attempt 1\n", "the late attempt did run to its end");
     let (files, _dir, _job) = fetch(&format!("{prefix}out/"));
     assert_eq!(String::from_utf8_lossy(&files["slow.out"]), "attempt 2\n", "and the published output is unchanged");
