@@ -9,6 +9,7 @@ use super::protocol::{self, Answer, Order, Payload, Pong, Request, ShardResult};
 use crate::events::{Event, EventSink};
 use crate::executor::{AttemptDone, Executor, Task};
 use crate::job::Job;
+use crate::plan::ShardInput;
 use crate::runtime::capture::{Captured, Kept};
 use crate::runtime::{InvocationReport, Outcome};
 use crate::stage::{OutputFile, OutputFrom};
@@ -314,6 +315,18 @@ pub fn batch_size(per_attempt_ms: Option<f64>, queued: usize, invocations: usize
     target.clamp(1, max_batch.max(1)).min(fair).max(1)
 }
 
+/// About how many bytes an attempt adds to a request: its arguments, environment and the
+/// shard's keys (a shard of many objects lists them all), with room for the JSON around them.
+fn order_bytes(task: &Task) -> usize {
+    let shard = match &task.shard.input {
+        ShardInput::Objects { objects } => objects.iter().map(|o| o.key.len() + 48).sum::<usize>(),
+        ShardInput::Records { key, .. } => key.len() + 96,
+    };
+    512 + shard
+        + task.invocation.argv.iter().map(|a| a.len() + 4).sum::<usize>()
+        + task.invocation.env.iter().map(|(k, v)| k.len() + v.len() + 8).sum::<usize>()
+}
+
 fn not_run(task: &Task) -> AttemptDone {
     let now = SystemTime::now();
     AttemptDone {
@@ -386,11 +399,7 @@ impl Inner {
                     let _ = self.results.send(not_run(&task));
                     continue;
                 }
-                // Arguments and environment dominate an order's size; the shard adds its keys.
-                let order_bytes = 512
-                    + task.invocation.argv.iter().map(String::len).sum::<usize>()
-                    + task.invocation.env.iter().map(|(k, v)| k.len() + v.len() + 8).sum::<usize>()
-                    + task.shard.describe().len() * 4;
+                let order_bytes = order_bytes(&task);
                 if !batch.is_empty() && bytes + order_bytes > protocol::PAYLOAD_LIMIT / 2 {
                     state.queue.push_front(task);
                     break;
