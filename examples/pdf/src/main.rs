@@ -170,9 +170,13 @@ fn process(options: &Options, relative: &Path) -> Result<usize, Failure> {
         }
         Operation::Render => {
             let pdf = open(data)?;
-            render::render_pages(&pdf, &options.pages, options.dpi, |page, png| write(&out(&format!("-{page}.png")), png))
+            render::render_pages(&pdf, &options.pages, options.dpi, |page, png| {
+                write(&out(&format!("-{page}.png")), png)
+            })
         }
-        Operation::Split => split::split_pages(&data, &options.pages, |page, pdf| write(&out(&format!("-{page}.pdf")), pdf)),
+        Operation::Split => {
+            split::split_pages(&data, &options.pages, |page, pdf| write(&out(&format!("-{page}.pdf")), pdf))
+        }
     }
 }
 

@@ -115,7 +115,12 @@ fn inherited(document: &Document, page: &Dictionary, key: &[u8]) -> Option<Objec
 
 /// Queues what `object` refers to; references to other pages or to the page tree become null,
 /// and `/Parent` links (to the page tree, or up a form field tree) are dropped.
-fn cut_references(object: &mut Object, page_id: ObjectId, every_page: &BTreeSet<ObjectId>, pending: &mut Vec<ObjectId>) {
+fn cut_references(
+    object: &mut Object,
+    page_id: ObjectId,
+    every_page: &BTreeSet<ObjectId>,
+    pending: &mut Vec<ObjectId>,
+) {
     match object {
         Object::Reference(id) => {
             if *id != page_id && every_page.contains(id) {
@@ -135,7 +140,12 @@ fn cut_references(object: &mut Object, page_id: ObjectId, every_page: &BTreeSet<
     }
 }
 
-fn cut_dictionary(dict: &mut Dictionary, page_id: ObjectId, every_page: &BTreeSet<ObjectId>, pending: &mut Vec<ObjectId>) {
+fn cut_dictionary(
+    dict: &mut Dictionary,
+    page_id: ObjectId,
+    every_page: &BTreeSet<ObjectId>,
+    pending: &mut Vec<ObjectId>,
+) {
     dict.remove(b"Parent");
     for (_, value) in dict.iter_mut() {
         cut_references(value, page_id, every_page, pending);

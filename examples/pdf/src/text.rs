@@ -288,7 +288,9 @@ fn drop_duplicates(glyphs: Vec<PlacedGlyph>) -> Vec<PlacedGlyph> {
             (by - 1..=by + 1).any(|y| {
                 seen.get(&(glyph.rotation, x, y)).is_some_and(|found| {
                     found.iter().any(|(fx, fy, text)| {
-                        text == &glyph.text && (fx - glyph.x).abs() < tolerance && (fy - glyph.baseline).abs() < tolerance
+                        text == &glyph.text
+                            && (fx - glyph.x).abs() < tolerance
+                            && (fy - glyph.baseline).abs() < tolerance
                     })
                 })
             })
@@ -521,7 +523,8 @@ fn reading_order(blocks: Vec<Block>) -> Vec<Block> {
     while order.len() < n {
         // The topmost-leftmost block with nothing left before it; a cycle (which overlapping
         // layouts can make) is broken by taking the topmost-leftmost block left.
-        let ready = (0..n).filter(|&i| !done[i] && indegree[i] == 0).min_by(|&a, &b| key(a).partial_cmp(&key(b)).unwrap());
+        let ready =
+            (0..n).filter(|&i| !done[i] && indegree[i] == 0).min_by(|&a, &b| key(a).partial_cmp(&key(b)).unwrap());
         let next = ready.unwrap_or_else(|| {
             (0..n).filter(|&i| !done[i]).min_by(|&a, &b| key(a).partial_cmp(&key(b)).unwrap()).expect("a block left")
         });
