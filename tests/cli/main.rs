@@ -5,8 +5,10 @@ mod common;
 
 mod bad_jobs;
 mod examples;
+mod image;
 mod interrupt;
 mod lambda;
+mod pdf;
 mod records;
 mod report;
 mod resume;

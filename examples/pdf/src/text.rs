@@ -278,7 +278,9 @@ fn size_type3_glyphs(mut glyphs: Vec<PlacedGlyph>) -> Vec<PlacedGlyph> {
 
 /// Drops a glyph drawn again at (nearly) the same place: fake bold and shadows repeat text.
 fn drop_duplicates(glyphs: Vec<PlacedGlyph>) -> Vec<PlacedGlyph> {
-    let mut seen: HashMap<(u8, i64, i64), Vec<(f64, f64, String)>> = HashMap::new();
+    // Glyphs kept so far, by rotation and a 2-point grid cell of their origin.
+    type Cell = (u8, i64, i64);
+    let mut seen: HashMap<Cell, Vec<(f64, f64, String)>> = HashMap::new();
     let mut kept = Vec::with_capacity(glyphs.len());
     for glyph in glyphs {
         let tolerance = 0.2 * glyph.size;
