@@ -540,6 +540,21 @@ fn reading_order(blocks: Vec<Block>) -> Vec<Block> {
     order.into_iter().map(|i| slots[i].take().expect("each block once")).collect()
 }
 
+/// Hebrew, Arabic, Syriac, Thaana, N'Ko and their presentation forms: written right to left.
+fn is_right_to_left(c: char) -> bool {
+    matches!(c, '\u{590}'..='\u{8ff}' | '\u{fb1d}'..='\u{fdff}' | '\u{fe70}'..='\u{feff}')
+}
+
+/// Glyphs come in visual order (left to right on the page); a right-to-left word is read,
+/// and written by pdftotext, in logical order: its letters reversed.
+fn logical_order(word: &str) -> std::borrow::Cow<'_, str> {
+    if word.chars().any(is_right_to_left) {
+        std::borrow::Cow::Owned(word.chars().rev().collect())
+    } else {
+        std::borrow::Cow::Borrowed(word)
+    }
+}
+
 fn write_block(block: &Block, out: &mut String) {
     let count = block.lines.len();
     for (index, line) in block.lines.iter().enumerate() {
@@ -552,7 +567,7 @@ fn write_block(block: &Block, out: &mut String) {
                     text.push(' ');
                 }
             }
-            text.push_str(&word.text);
+            text.push_str(&logical_order(&word.text));
         }
         let hyphenated = index + 1 < count && text.ends_with('-') && text.len() > 1;
         if hyphenated {
