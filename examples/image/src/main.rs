@@ -18,6 +18,7 @@
 
 mod steps;
 
+use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
@@ -138,14 +139,99 @@ fn walk(dir: &Path, relative: &Path, found: &mut Vec<PathBuf>) -> std::io::Resul
     Ok(())
 }
 
-/// Decodes an image, with its EXIF orientation (applied only by `--auto-orient`).
-fn decode(bytes: &[u8]) -> Result<(DynamicImage, image::metadata::Orientation, ImageFormat), String> {
+/// Decodes an image, with its EXIF orientation (applied only by `--auto-orient`). When the
+/// pipeline shrinks the picture to `shrink_to` pixels on its longest side before anything
+/// that needs every pixel, a JPEG is decoded shrunk by its DCT (1/2, 1/4 or 1/8, no smaller
+/// than that), which for a photo skips most of the decoding work.
+fn decode(bytes: &[u8], shrink_to: Option<u32>) -> Result<(DynamicImage, Orientation, ImageFormat), String> {
+    if let Some(longest) = shrink_to {
+        if image::guess_format(bytes).ok() == Some(ImageFormat::Jpeg) {
+            let (image, orientation) = decode_jpeg_shrunk(bytes, longest)?;
+            return Ok((image, orientation, ImageFormat::Jpeg));
+        }
+    }
     let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| e.to_string())?;
     let format = reader.format().ok_or("not an image in a known format")?;
     let mut decoder = reader.into_decoder().map_err(|e| e.to_string())?;
-    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let image = DynamicImage::from_decoder(decoder).map_err(|e| e.to_string())?;
     Ok((image, orientation, format))
+}
+
+/// Decodes a JPEG shrunk by its DCT to no less than `longest` on its longest side.
+fn decode_jpeg_shrunk(bytes: &[u8], longest: u32) -> Result<(DynamicImage, Orientation), String> {
+    use jpeg_decoder::PixelFormat;
+    let mut decoder = jpeg_decoder::Decoder::new(bytes);
+    decoder.read_info().map_err(|e| e.to_string())?;
+    let info = decoder.info().ok_or("no image header")?;
+    let (w, h) = (info.width as u32, info.height as u32);
+    let fit = |side: u32| ((side as u64 * longest as u64).div_ceil(w.max(h) as u64)).min(u16::MAX as u64) as u16;
+    let (width, height) = decoder.scale(fit(w), fit(h)).map_err(|e| e.to_string())?;
+    let pixels = decoder.decode().map_err(|e| e.to_string())?;
+    let orientation = decoder.exif_data().and_then(Orientation::from_exif_chunk).unwrap_or(Orientation::NoTransforms);
+    let (width, height) = (width as u32, height as u32);
+    let short = || "fewer pixels than the header says".to_string();
+    let image = match info.pixel_format {
+        PixelFormat::L8 => {
+            DynamicImage::ImageLuma8(image::GrayImage::from_raw(width, height, pixels).ok_or_else(short)?)
+        }
+        PixelFormat::RGB24 => {
+            DynamicImage::ImageRgb8(image::RgbImage::from_raw(width, height, pixels).ok_or_else(short)?)
+        }
+        // 16-bit and CMYK JPEGs are rare: the full decoder handles them.
+        PixelFormat::L16 | PixelFormat::CMYK32 => {
+            let (image, orientation, _) = decode(bytes, None)?;
+            return Ok((image, orientation));
+        }
+    };
+    Ok((image, orientation))
+}
+
+/// The longest side the pipeline shrinks pictures to before any step that needs every pixel
+/// (turns, flips and grey do not; a crop, sharpening or denoising does).
+fn shrink_target(steps: &[Step]) -> Option<u32> {
+    for step in steps {
+        match step {
+            Step::Resize(longest) => return Some(*longest),
+            Step::ResizeTo { width, height } => return Some(*width.max(height)),
+            Step::AutoOrient | Step::Rotate(_) | Step::FlipHorizontal | Step::FlipVertical | Step::Grayscale => {}
+            Step::Crop { .. } | Step::Sharpen(_) | Step::Denoise => return None,
+        }
+    }
+    None
+}
+
+/// A picture decoded shrunk is a little off the full one's proportions (its sides were
+/// rounded up): its first resize is sized from the full picture instead, turned as the steps
+/// before it turn it, so the output is exactly the size the full decode would give.
+fn exact_resize(steps: &[Step], full: Option<(u32, u32)>, decoded: (u32, u32), orientation: Orientation) -> Vec<Step> {
+    let mut steps = steps.to_vec();
+    let Some((mut w, mut h)) = full.filter(|&size| size != decoded) else {
+        return steps;
+    };
+    for step in steps.iter_mut() {
+        match *step {
+            Step::Rotate(90 | 270) => (w, h) = (h, w),
+            Step::AutoOrient
+                if matches!(
+                    orientation,
+                    Orientation::Rotate90
+                        | Orientation::Rotate270
+                        | Orientation::Rotate90FlipH
+                        | Orientation::Rotate270FlipH
+                ) =>
+            {
+                (w, h) = (h, w)
+            }
+            Step::Resize(longest) => {
+                let (width, height) = steps::fit(w, h, longest);
+                *step = Step::ResizeTo { width, height };
+                break;
+            }
+            _ => {}
+        }
+    }
+    steps
 }
 
 fn encode(picture: &Picture, format: Format, quality: u8) -> Result<Vec<u8>, String> {
@@ -189,9 +275,14 @@ fn encode(picture: &Picture, format: Format, quality: u8) -> Result<Vec<u8>, Str
 
 fn process(options: &Options, relative: &Path) -> Result<PathBuf, String> {
     let bytes = std::fs::read(options.input.join(relative)).map_err(|e| e.to_string())?;
-    let (image, mut orientation, input_format) = decode(&bytes)?;
+    let full_size = image::ImageReader::new(Cursor::new(&bytes))
+        .with_guessed_format()
+        .ok()
+        .and_then(|reader| reader.into_dimensions().ok());
+    let (image, mut orientation, input_format) = decode(&bytes, shrink_target(&options.steps))?;
     let mut picture = Picture::from_dynamic(image);
-    for step in &options.steps {
+    let steps = exact_resize(&options.steps, full_size, (picture.width, picture.height), orientation);
+    for step in &steps {
         picture = step.apply(picture, &mut orientation)?;
     }
     let format = options.format.unwrap_or(match input_format {
@@ -261,6 +352,18 @@ mod tests {
             options.steps,
             vec![Step::Rotate(270), Step::Crop { width: 10, height: 20, x: 3, y: 4 }, Step::FlipVertical]
         );
+    }
+
+    #[test]
+    fn jpegs_are_decoded_shrunk_only_when_a_resize_comes_before_any_step_needing_every_pixel() {
+        let steps = |args: &[&str]| parse(args).unwrap().steps;
+        assert_eq!(
+            shrink_target(&steps(&["--auto-orient", "--rotate", "90", "--resize", "800", "--sharpen", "1"])),
+            Some(800)
+        );
+        assert_eq!(shrink_target(&steps(&["--crop", "10x10+0+0", "--resize", "800"])), None);
+        assert_eq!(shrink_target(&steps(&["--denoise", "--resize", "800"])), None);
+        assert_eq!(shrink_target(&steps(&["--grayscale"])), None);
     }
 
     #[test]

@@ -11,7 +11,18 @@ use image::DynamicImage;
 pub enum Step {
     AutoOrient,
     Resize(u32),
-    Crop { width: u32, height: u32, x: u32, y: u32 },
+    /// A resize to an exact size: `Resize` of a picture decoded shrunk, sized from the
+    /// full picture's proportions so that the result is the size the full one would give.
+    ResizeTo {
+        width: u32,
+        height: u32,
+    },
+    Crop {
+        width: u32,
+        height: u32,
+        x: u32,
+        y: u32,
+    },
     Rotate(u16),
     FlipHorizontal,
     FlipVertical,
@@ -52,7 +63,11 @@ impl Step {
                 *orientation = Orientation::NoTransforms;
                 Picture::from_dynamic(image)
             }
-            Step::Resize(longest) => resize(picture, longest)?,
+            Step::Resize(longest) => {
+                let (width, height) = fit(picture.width, picture.height, longest);
+                resize(picture, width, height)?
+            }
+            Step::ResizeTo { width, height } => resize(picture, width, height)?,
             Step::Crop { width, height, x, y } => crop(picture, width, height, x, y)?,
             Step::Rotate(degrees) => {
                 let image = picture.to_dynamic();
@@ -116,13 +131,24 @@ impl Picture {
     }
 }
 
-fn resize(picture: Picture, longest: u32) -> Result<Picture, String> {
-    let (w, h) = (picture.width, picture.height);
+/// The size with the longest side `longest` and the proportions kept; never larger.
+pub fn fit(w: u32, h: u32, longest: u32) -> (u32, u32) {
     if w.max(h) <= longest {
-        return Ok(picture);
+        return (w, h);
     }
     let scale = |side: u32| ((side as f64 * longest as f64 / w.max(h) as f64).round() as u32).max(1);
-    let (new_w, new_h) = if w >= h { (longest, scale(h)) } else { (scale(w), longest) };
+    if w >= h {
+        (longest, scale(h))
+    } else {
+        (scale(w), longest)
+    }
+}
+
+fn resize(picture: Picture, new_w: u32, new_h: u32) -> Result<Picture, String> {
+    let (w, h) = (picture.width, picture.height);
+    if (w, h) == (new_w, new_h) {
+        return Ok(picture);
+    }
     let pixel_type = match picture.channels {
         1 => PixelType::U8,
         2 => PixelType::U8x2,
@@ -182,36 +208,50 @@ fn gaussian_kernel(sigma: f32) -> Vec<f32> {
 }
 
 /// Unsharp mask, amount 1: out = original + (original - blurred), blurred by a separable
-/// Gaussian of `sigma` (edges repeat their last pixel).
+/// Gaussian of `sigma` (edges repeat their last pixel). Both passes run over whole rows, so
+/// the inner loops are straight slices the compiler vectorizes.
 fn unsharp_mask(mut picture: Picture, sigma: f32) -> Picture {
     let kernel = gaussian_kernel(sigma);
-    let radius = (kernel.len() / 2) as isize;
+    let radius = kernel.len() / 2;
     let (w, h, channels) = (picture.width as usize, picture.height as usize, picture.channels);
     let colour = picture.colour_channels();
-    let mut horizontal = vec![0f32; w * h * colour];
+    let row_len = w * colour;
+    // Horizontal pass, one padded row at a time, into a float image of the colour channels.
+    let mut horizontal = vec![0f32; row_len * h];
+    let mut padded = vec![0f32; (w + 2 * radius) * colour];
     for y in 0..h {
-        for x in 0..w {
+        let source = &picture.data[y * w * channels..(y + 1) * w * channels];
+        for x in 0..w + 2 * radius {
+            let sx = x.saturating_sub(radius).min(w - 1);
             for c in 0..colour {
-                let mut sum = 0.0;
-                for (k, weight) in kernel.iter().enumerate() {
-                    let sx = (x as isize + k as isize - radius).clamp(0, w as isize - 1) as usize;
-                    sum += weight * picture.data[(y * w + sx) * channels + c] as f32;
-                }
-                horizontal[(y * w + x) * colour + c] = sum;
+                padded[x * colour + c] = source[sx * channels + c] as f32;
+            }
+        }
+        let out = &mut horizontal[y * row_len..(y + 1) * row_len];
+        for (k, weight) in kernel.iter().enumerate() {
+            let shifted = &padded[k * colour..k * colour + row_len];
+            for (o, v) in out.iter_mut().zip(shifted) {
+                *o += weight * v;
             }
         }
     }
+    // Vertical pass: each output row is a weighted sum of whole rows of the horizontal pass.
+    let mut blurred = vec![0f32; row_len];
     for y in 0..h {
+        blurred.iter_mut().for_each(|v| *v = 0.0);
+        for (k, weight) in kernel.iter().enumerate() {
+            let sy = (y + k).saturating_sub(radius).min(h - 1);
+            let row = &horizontal[sy * row_len..(sy + 1) * row_len];
+            for (b, v) in blurred.iter_mut().zip(row) {
+                *b += weight * v;
+            }
+        }
+        let target = &mut picture.data[y * w * channels..(y + 1) * w * channels];
         for x in 0..w {
             for c in 0..colour {
-                let mut blurred = 0.0;
-                for (k, weight) in kernel.iter().enumerate() {
-                    let sy = (y as isize + k as isize - radius).clamp(0, h as isize - 1) as usize;
-                    blurred += weight * horizontal[(sy * w + x) * colour + c];
-                }
-                let at = (y * w + x) * channels + c;
-                let original = picture.data[at] as f32;
-                picture.data[at] = (2.0 * original - blurred).round().clamp(0.0, 255.0) as u8;
+                let at = x * channels + c;
+                let original = target[at] as f32;
+                target[at] = (2.0 * original - blurred[x * colour + c]).round().clamp(0.0, 255.0) as u8;
             }
         }
     }
