@@ -186,6 +186,17 @@ fn sharpen_adds_detail_and_denoise_brings_a_noised_photo_closer_to_the_original(
     assert!(after > before * 1.5, "Laplacian variance {before:.0} before, {after:.0} sharpened");
 }
 
+/// Pillow opens and decodes each file.
+fn outputs_checked_by_pillow(paths: &[PathBuf]) {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg("import sys\nfrom PIL import Image\nfor p in sys.argv[1:]:\n    Image.open(p).load()")
+        .args(paths)
+        .output()
+        .expect("python3 with Pillow");
+    assert!(out.status.success(), "Pillow: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 #[test]
 fn a_four_step_pipeline_writes_every_format_and_pillow_reads_every_output() {
     let work = tempfile::tempdir().unwrap();
@@ -225,6 +236,19 @@ fn a_four_step_pipeline_writes_every_format_and_pillow_reads_every_output() {
         .expect("python3 with Pillow");
     assert!(out.status.success(), "Pillow: {}", String::from_utf8_lossy(&out.stderr));
     let lines: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect();
+    // The job file from the README, over the samples: WebP that Pillow reads, never enlarged.
+    let dest = work.path().join("job");
+    let ran = Ran::from(
+        fanout().current_dir(repo()).args(["run", "jobs/web-images.toml", "--output"]).arg(&dest).output().unwrap(),
+    );
+    ran.assert_code(0);
+    for (stem, size) in
+        [("astronaut", (512, 512)), ("coffee", (600, 400)), ("chelsea_q90", (451, 300)), ("logo", (500, 500))]
+    {
+        let path = dest.join(format!("{stem}.webp"));
+        assert_eq!(image::open(&path).unwrap().dimensions(), size, "{}", path.display());
+        outputs_checked_by_pillow(&[path]);
+    }
     assert_eq!(lines.len(), outputs.len());
     for (line, (path, w, h)) in lines.iter().zip(&outputs) {
         let format = match path.extension().unwrap().to_str().unwrap() {
