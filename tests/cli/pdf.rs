@@ -238,8 +238,10 @@ fn a_205_page_2_mb_pdf_is_read_and_rendered_within_the_default_memory() {
     let size = std::fs::metadata(&big).unwrap().len();
     assert!(size > 1_900_000, "{size} bytes");
     let function = function("pdf");
-    for (op, expected) in [(&["text"][..], 1), (&["render", "--pages", "all"][..], 205), (&["info"][..], 1)] {
-        let dest = work.path().join(op[0]);
+    // `render` alone is a preview: page 1 only.
+    let runs = [(&["text"][..], 1), (&["render", "--pages", "all"][..], 205), (&["info"][..], 1), (&["render"][..], 1)];
+    for (index, (op, expected)) in runs.into_iter().enumerate() {
+        let dest = work.path().join(format!("{}-{index}", op[0]));
         let mut args = vec![
             "run",
             "--input",
@@ -260,8 +262,9 @@ fn a_205_page_2_mb_pdf_is_read_and_rendered_within_the_default_memory() {
         let written = std::fs::read_dir(&dest).unwrap().filter(|e| e.as_ref().unwrap().path().is_file()).count();
         assert_eq!(written, expected, "{op:?}");
     }
-    let info: Value = serde_json::from_slice(&std::fs::read(work.path().join("info/big.json")).unwrap()).unwrap();
+    let info: Value = serde_json::from_slice(&std::fs::read(work.path().join("info-2/big.json")).unwrap()).unwrap();
     assert_eq!(info["pages"], 205);
-    let text = std::fs::read_to_string(work.path().join("text/big.txt")).unwrap();
+    assert!(work.path().join("render-3/big-1.png").is_file());
+    let text = std::fs::read_to_string(work.path().join("text-0/big.txt")).unwrap();
     assert_eq!(text.matches('\x0c').count(), 205);
 }

@@ -6,8 +6,8 @@
 //! | --- | --- | --- |
 //! | `text` | UTF-8 text in reading order, pages separated by a form feed | `pdftotext` |
 //! | `info` | JSON: pages, version, title, author, producer, encrypted, page sizes | `pdfinfo` |
-//! | `render [--pages P] [--dpi N]` | one PNG per page, `<name>-<page>.png` | `pdftoppm -png` |
-//! | `split [--pages P]` | one single-page PDF per page, `<name>-<page>.pdf` | `pdfseparate` |
+//! | `render [--pages P] [--dpi N]` | one PNG per page (default: page 1, 72 dpi), `<name>-<page>.png` | `pdftoppm -png` |
+//! | `split [--pages P]` | one single-page PDF per page (default: all), `<name>-<page>.pdf` | `pdfseparate` |
 //!
 //! Usage: pdf OPERATION [--pages 1|1,3|2-5|all] [--dpi N] [--in DIR] [--out DIR] [FILE...]
 //! FILEs (relative to --in) limit the work to those files, so the same code can run natively
@@ -97,17 +97,18 @@ fn parse_args() -> Result<Options, String> {
     };
     let mut options = Options {
         operation,
-        // pdftoppm and pdfseparate default to every page; the preview job asks for page 1.
+        // Set below: render defaults to page 1 (a preview), split to every page.
         pages: PageSelection::All,
         dpi: 72.0,
         input: PathBuf::from("/in"),
         output: PathBuf::from("/out"),
         files: Vec::new(),
     };
+    let mut pages = None;
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
         match arg.as_str() {
-            "--pages" => options.pages = PageSelection::parse(&value("--pages")?)?,
+            "--pages" => pages = Some(PageSelection::parse(&value("--pages")?)?),
             "--dpi" => {
                 options.dpi = value("--dpi")?
                     .parse()
@@ -121,9 +122,12 @@ fn parse_args() -> Result<Options, String> {
             other => return Err(format!("unknown option {other}")),
         }
     }
-    if options.pages != PageSelection::All && matches!(operation, Operation::Text | Operation::Info) {
-        return Err("--pages applies to render and split only".into());
-    }
+    options.pages = match (pages, operation) {
+        (Some(_), Operation::Text | Operation::Info) => return Err("--pages applies to render and split only".into()),
+        (Some(pages), _) => pages,
+        (None, Operation::Render) => PageSelection::Ranges(vec![(1, Some(1))]),
+        (None, _) => PageSelection::All,
+    };
     Ok(options)
 }
 
