@@ -98,9 +98,9 @@ impl<'a> Device<'a> for GlyphCollector {
     fn pop_clip(&mut self) {}
     fn pop_transparency_group(&mut self) {}
 
-    fn draw_glyph_run(&mut self, run: &GlyphRun<'_, 'a>, props: DrawProps<'a>, mode: &DrawMode) {
-        // Fill-and-stroke text reaches the device twice; `drop_duplicates` keeps one copy.
-        let _ = mode;
+    /// Every draw mode counts, invisible text too (an OCR layer). Fill-and-stroke text reaches
+    /// the device twice; `drop_duplicates` keeps one copy.
+    fn draw_glyph_run(&mut self, run: &GlyphRun<'_, 'a>, props: DrawProps<'a>, _mode: &DrawMode) {
         let glyphs = run.glyphs();
         let mut advances = Vec::with_capacity(glyphs.len());
         for glyph in glyphs {
@@ -505,7 +505,7 @@ fn blocks(mut lines: Vec<Line>) -> Vec<Block> {
 fn reading_order(blocks: Vec<Block>) -> Vec<Block> {
     let n = blocks.len();
     let before = |a: &Block, b: &Block| {
-        let columns_overlap = a.x.min(b.x).max(0.0) >= 0.0 && a.end.min(b.end) - a.x.max(b.x) > 0.0;
+        let columns_overlap = a.end.min(b.end) - a.x.max(b.x) > 0.0;
         let rows_overlap = a.bottom.min(b.bottom) - a.top.max(b.top) > 0.0;
         (columns_overlap && a.top < b.top) || (a.end <= b.x && rows_overlap)
     };
