@@ -82,6 +82,10 @@ fn info_text_and_page_one_agree_with_pdfinfo_pdftotext_and_pdftoppm_on_every_sam
             0.95
         };
         assert!(f1 >= bar, "{file}: words F1 {f1} against pdftotext, below {bar}");
+        // Pages in the same order: page N of ours against page N of pdftotext's (a page
+        // compared with another page scores near 0; the worst page here, display maths, 0.8).
+        let worst_page = text["page_f1_min"].as_f64().unwrap();
+        assert!(worst_page >= 0.5, "{file}: a page agrees only {worst_page} with the same page of pdftotext's");
         let renders = row["render"].as_array().unwrap();
         assert_eq!(renders.len(), 1, "{file}: the preview job renders page 1 only");
         let render = &renders[0];
