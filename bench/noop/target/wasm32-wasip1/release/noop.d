@@ -1,1 +1,0 @@
-/work/main/bench/noop/target/wasm32-wasip1/release/noop.wasm: /work/main/bench/noop/src/main.rs
