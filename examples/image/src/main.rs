@@ -275,11 +275,11 @@ fn encode(picture: &Picture, format: Format, quality: u8) -> Result<Vec<u8>, Str
 
 fn process(options: &Options, relative: &Path) -> Result<PathBuf, String> {
     let bytes = std::fs::read(options.input.join(relative)).map_err(|e| e.to_string())?;
-    let full_size = image::ImageReader::new(Cursor::new(&bytes))
-        .with_guessed_format()
-        .ok()
-        .and_then(|reader| reader.into_dimensions().ok());
-    let (image, mut orientation, input_format) = decode(&bytes, shrink_target(&options.steps))?;
+    let shrink_to = shrink_target(&options.steps);
+    // The full size matters only when the picture may be decoded shrunk: read the header then.
+    let full_size = shrink_to
+        .and_then(|_| image::ImageReader::new(Cursor::new(&bytes)).with_guessed_format().ok()?.into_dimensions().ok());
+    let (image, mut orientation, input_format) = decode(&bytes, shrink_to)?;
     let mut picture = Picture::from_dynamic(image);
     let steps = exact_resize(&options.steps, full_size, (picture.width, picture.height), orientation);
     for step in &steps {
