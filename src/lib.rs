@@ -12,6 +12,7 @@
 //! - [`events`]: what a run reports as it goes (the coordinator and pool emit, reporters draw).
 //! - [`function`]: finding the function's bytes (a file, an object, or a crate to build).
 //! - [`plan`]: the source listing -> a stream of shards.
+//! - [`watch`]: a source watched for new objects -> a stream of shards that never ends.
 //! - [`manifest`]: what fanout writes under `DEST/_fanout/<job-id>/`, and reading it back.
 //! - [`stage`]: inputs into a staging folder, outputs out of `/out` into DEST.
 //! - [`timeline`]: the SVG plot of a job's attempts.
@@ -42,3 +43,4 @@ pub(crate) mod stage;
 pub mod storage;
 pub(crate) mod timeline;
 pub(crate) mod units;
+pub(crate) mod watch;

@@ -37,6 +37,9 @@ pub struct JobDocument {
     pub job: Job,
     pub function: FunctionIdentity,
     pub plan: PlanState,
+    /// True for a `fanout watch` job: its plan grows as objects arrive, segment by segment.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub watch: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -210,6 +213,21 @@ impl Manifest {
     }
 
     /// The stored plan segment `segment`.
+    /// Every stored plan segment, from the first until one is missing, and how many there
+    /// were: a watch's plan, which has no count in job.json while it grows.
+    pub async fn read_open_plan(&self) -> ManifestResult<(Vec<Shard>, u64)> {
+        let mut shards = Vec::new();
+        let mut segment = 0;
+        loop {
+            match self.read_plan_segment(segment).await {
+                Ok(more) => shards.extend(more),
+                Err(ManifestError::Storage(e)) if e.is_not_found() => return Ok((shards, segment)),
+                Err(e) => return Err(e),
+            }
+            segment += 1;
+        }
+    }
+
     pub async fn read_plan_segment(&self, segment: u64) -> ManifestResult<Vec<Shard>> {
         let key = self.key(&format!("plan/{segment:06}.jsonl"));
         let bytes = self.storage.get(&key).await?;

@@ -144,7 +144,7 @@ pub async fn open_source(job: &Job, options: &StorageOptions) -> Result<Source, 
                 let parent = path.parent().unwrap_or(path).to_path_buf();
                 let key = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                 let storage = storage::open(&Location::Local(parent), options).await?;
-                return Ok(Source { storage, location, single: Some(ObjectMeta { key, size: meta.len() }) });
+                return Ok(Source { storage, location, single: Some(ObjectMeta::new(key, meta.len())) });
             }
             let storage = storage::open(&location, options).await?;
             Ok(Source { storage, location, single: None })
@@ -214,17 +214,17 @@ pub enum Planned {
     Done(PlanTotals),
 }
 
-struct Grouper<'a> {
+pub(crate) struct Grouper<'a> {
     events: &'a EventSink,
     rule: ShardRule,
     pending: Vec<ObjectMeta>,
     pending_bytes: u64,
-    next_id: u64,
-    totals: PlanTotals,
+    pub(crate) next_id: u64,
+    pub(crate) totals: PlanTotals,
 }
 
 impl<'a> Grouper<'a> {
-    fn new(rule: ShardRule, events: &'a EventSink) -> Self {
+    pub(crate) fn new(rule: ShardRule, events: &'a EventSink) -> Self {
         Grouper { events, rule, pending: Vec::new(), pending_bytes: 0, next_id: 0, totals: PlanTotals::default() }
     }
 
@@ -237,7 +237,7 @@ impl<'a> Grouper<'a> {
     }
 
     /// Adds an object; returns a shard when one is complete.
-    fn push(&mut self, object: ObjectMeta) -> Option<Shard> {
+    pub(crate) fn push(&mut self, object: ObjectMeta) -> Option<Shard> {
         self.totals.objects += 1;
         self.totals.bytes += object.size;
         match self.rule {
@@ -258,7 +258,7 @@ impl<'a> Grouper<'a> {
         }
     }
 
-    fn flush(&mut self) -> Option<Shard> {
+    pub(crate) fn flush(&mut self) -> Option<Shard> {
         if self.pending.is_empty() {
             return None;
         }
@@ -266,6 +266,31 @@ impl<'a> Grouper<'a> {
         self.pending_bytes = 0;
         Some(self.shard(ShardInput::Objects { objects }))
     }
+}
+
+/// Shards of a batch of objects that arrived (`fanout watch`): grouped by the job's rule
+/// within the batch, record rules cut each object into ranges; numbered from the grouper's
+/// next id.
+pub(crate) async fn shards_of_batch(
+    grouper: &mut Grouper<'_>,
+    storage: &DynStorage,
+    objects: Vec<ObjectMeta>,
+) -> Result<Vec<Shard>, PlanError> {
+    let rule = grouper.rule.clone();
+    let mut shards = Vec::new();
+    for object in objects {
+        if rule.is_record_rule() {
+            grouper.totals.objects += 1;
+            grouper.totals.bytes += object.size;
+            for (start, end, header) in record_ranges(storage, &object, &rule).await? {
+                shards.push(grouper.shard(ShardInput::Records { key: object.key.clone(), start, end, header }));
+            }
+        } else if let Some(shard) = grouper.push(object) {
+            shards.push(shard);
+        }
+    }
+    shards.extend(grouper.flush());
+    Ok(shards)
 }
 
 async fn plan_into(
@@ -332,7 +357,7 @@ fn is_csv(key: &str) -> bool {
 }
 
 /// Cuts one object into record shards: `(start, end, header_len)` byte ranges.
-async fn record_ranges(
+pub(crate) async fn record_ranges(
     storage: &DynStorage,
     object: &ObjectMeta,
     rule: &ShardRule,
@@ -449,7 +474,7 @@ mod tests {
     use super::*;
 
     fn objects(sizes: &[u64]) -> Vec<ObjectMeta> {
-        sizes.iter().enumerate().map(|(i, &size)| ObjectMeta { key: format!("k{i:03}"), size }).collect()
+        sizes.iter().enumerate().map(|(i, &size)| ObjectMeta::new(format!("k{i:03}"), size)).collect()
     }
 
     fn group(rule: ShardRule, sizes: &[u64]) -> Vec<Vec<u64>> {

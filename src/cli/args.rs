@@ -29,8 +29,25 @@ pub(super) enum Command {
     Redrive(RedriveArgs),
     /// Print a job's report (table, CSV, JSON) or draw its timeline as SVG.
     Report(ReportArgs),
+    /// Run the job on objects as they arrive in its source, until Ctrl-C (or once: --once).
+    Watch(WatchArgs),
     /// Run jobs on AWS Lambda: deploy the worker function, or serve as it.
     Lambda(LambdaArgs),
+}
+
+#[derive(Args, Debug)]
+pub(super) struct WatchArgs {
+    #[command(flatten)]
+    pub(super) job: JobArgs,
+    /// Take what is new now, wait for it to be done, and exit (for cron).
+    #[arg(long, help_heading = "Run")]
+    pub(super) once: bool,
+    #[command(flatten)]
+    pub(super) control: RunControl,
+    #[command(flatten)]
+    pub(super) storage: StorageFlags,
+    #[command(flatten)]
+    pub(super) output: OutputFlags,
 }
 
 #[derive(Args, Debug)]

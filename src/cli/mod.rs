@@ -1,6 +1,6 @@
 //! The command line: parsing (clap, `args`), the exit-code contract (`exit`) and the
 //! translation of every error into one clear line. Each subcommand is a struct with an
-//! `execute`, beside the work it does: `running` (run, redrive) and `inspect` (plan,
+//! `execute`, beside the work it does: `running` (run, redrive), `watching` (watch) and `inspect` (plan,
 //! status, report); `common` holds what they share. This is the only place that
 //! prints errors; the work itself lives in the library modules.
 
@@ -10,6 +10,7 @@ mod exit;
 mod inspect;
 mod lambda;
 mod running;
+mod watching;
 
 use args::{Cli, Command};
 use clap::Parser;
@@ -37,6 +38,7 @@ pub fn main() -> ExitCode {
             Command::Plan(args) => args.execute().await,
             Command::Status(args) => args.execute().await,
             Command::Report(args) => args.execute().await,
+            Command::Watch(args) => args.execute().await,
             Command::Lambda(args) => args.execute().await,
         }
     });

@@ -29,16 +29,16 @@ use tokio_util::sync::CancellationToken;
 const FAILURES_SHOWN: usize = 5;
 
 /// What a job needs opened before it can run.
-struct Opened {
-    dest: DynStorage,
-    source: plan::Source,
-    runtime: Arc<Runtime>,
-    load: LoadReport,
+pub(super) struct Opened {
+    pub(super) dest: DynStorage,
+    pub(super) source: plan::Source,
+    pub(super) runtime: Arc<Runtime>,
+    pub(super) load: LoadReport,
     /// A lambda job's function, answering as a fanout worker, and the function's key in DEST.
-    lambda: Option<(LambdaFunction, String)>,
+    pub(super) lambda: Option<(LambdaFunction, String)>,
 }
 
-async fn open_everything(
+pub(super) async fn open_everything(
     job: &Job,
     origins: &Origins,
     options: &StorageOptions,
@@ -89,7 +89,7 @@ async fn open_lambda(
     Ok((lambda, key))
 }
 
-fn grace_of(text: &str) -> Result<Duration, Failure> {
+pub(super) fn grace_of(text: &str) -> Result<Duration, Failure> {
     crate::units::parse_duration(text).map_err(|m| usage(anyhow!("--grace: {m}")))
 }
 
@@ -155,7 +155,7 @@ fn difference<T: PartialEq>(field: &'static str, then: &T, now: &T, show: impl F
 }
 
 /// Refuses to resume a job whose inputs, function or outputs differ from this one.
-fn check_compatible(stored: &JobDocument, job: &Job, load: &LoadReport) -> Result<(), Failure> {
+pub(super) fn check_compatible(stored: &JobDocument, job: &Job, load: &LoadReport) -> Result<(), Failure> {
     let then = &stored.job;
     let first_difference = difference("input.source", &then.input.source, &job.input.source, ToString::to_string)
         .or_else(|| {
@@ -199,7 +199,7 @@ fn stored_plan(manifest: Manifest, segments: u64, totals: PlanTotals) -> mpsc::R
     rx
 }
 
-fn staging_root(flag: Option<PathBuf>, dest: &Location, job_id: &str) -> PathBuf {
+pub(super) fn staging_root(flag: Option<PathBuf>, dest: &Location, job_id: &str) -> PathBuf {
     if let Some(dir) = flag.or_else(|| std::env::var_os("FANOUT_STAGING").map(PathBuf::from)) {
         return dir.join(job_id);
     }
@@ -211,7 +211,7 @@ fn staging_root(flag: Option<PathBuf>, dest: &Location, job_id: &str) -> PathBuf
 }
 
 /// Ctrl-C (or SIGTERM) once: stop dispatching; again, or after `grace`: cancel running attempts.
-fn watch_signals(shutdown: Shutdown, grace: Duration) {
+pub(super) fn watch_signals(shutdown: Shutdown, grace: Duration) {
     tokio::spawn(async move {
         let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         let mut signalled = async || match terminate.as_mut() {
@@ -288,6 +288,7 @@ impl Launch {
             staging_root,
             events,
             shutdown,
+            watch: None,
         };
         let spec = RunSpec { setup, shards: start.shards };
         let result = run::execute(spec).await;
@@ -311,7 +312,7 @@ impl Launch {
 }
 
 /// The executor the job names: this machine's pool, or Lambda.
-fn executor_for(
+pub(super) fn executor_for(
     job: &Job,
     job_id: &str,
     dest: &DynStorage,
@@ -358,6 +359,7 @@ async fn start(
             job: job.clone(),
             function: FunctionIdentity { sha256: load.sha256.clone(), kind: load.kind },
             plan: PlanState::default(),
+            watch: false,
         };
         let shards = plan::stream(job, source, events.clone());
         return Ok(Start { document, prior: Journal::default(), shards, record_plan: true, new_job: true });
@@ -366,6 +368,28 @@ async fn start(
     let manifest = Manifest::new(dest.clone(), &document.job_id);
     let prior = manifest.read_journal().await.map_err(failed)?;
     let (shards, record_plan) = match (&document.plan.totals, document.plan.complete) {
+        // A watch's plan has no count: every segment stored so far, read back whole.
+        _ if document.watch => {
+            let (stored, _) = manifest.read_open_plan().await.map_err(failed)?;
+            let shards: std::collections::BTreeMap<u64, plan::Shard> = stored.into_iter().map(|s| (s.id, s)).collect();
+            let totals = PlanTotals {
+                shards: shards.keys().next_back().map_or(0, |last| last + 1),
+                objects: 0,
+                bytes: shards.values().map(|s| s.bytes_in()).sum(),
+                elapsed_ms: 0,
+            };
+            events.emit(Event::PlanComplete { total: totals.shards });
+            let (tx, rx) = mpsc::channel(1024);
+            tokio::spawn(async move {
+                for shard in shards.into_values() {
+                    if tx.send(Ok(Planned::Shard(shard))).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = tx.send(Ok(Planned::Done(totals))).await;
+            });
+            (rx, false)
+        }
         (Some(totals), true) => {
             events.emit(Event::PlanComplete { total: totals.shards });
             (stored_plan(manifest, document.plan.segments, totals.clone()), false)
@@ -376,7 +400,7 @@ async fn start(
 }
 
 /// `report.csv` and `summary.json`, written to the manifest; the summary is returned.
-async fn write_reports(
+pub(super) async fn write_reports(
     manifest: &Manifest,
     job: &Job,
     started: &str,
@@ -401,7 +425,7 @@ async fn write_reports(
 }
 
 /// The summary line (or JSON), then the first failures with where their logs are.
-fn print_outcome(summary: &Summary, manifest: &Manifest, job: &Job, output: OutputFlags) {
+pub(super) fn print_outcome(summary: &Summary, manifest: &Manifest, job: &Job, output: OutputFlags) {
     if output.json {
         println!("{}", serde_json::to_string_pretty(summary).expect("a summary serializes"));
         return;

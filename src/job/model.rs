@@ -34,6 +34,7 @@ pub(crate) mod defaults {
     pub(crate) const BACKUP_FACTOR: f64 = 3.0;
     /// Lambda invocations in flight at most: well under an account's default limit (1,000).
     pub(crate) const LAMBDA_CONCURRENCY: usize = 64;
+    pub(crate) const FAN_IN: i64 = 256;
 }
 
 /// How a source is cut into shards.
@@ -176,6 +177,45 @@ pub(crate) struct Job {
     pub(crate) stragglers: Stragglers,
     #[serde(default)]
     pub(crate) executor: Executor,
+    #[serde(default)]
+    pub(crate) watch: Watch,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) reduce: Option<Reduce>,
+}
+
+/// How `fanout watch` looks for new objects.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Watch {
+    /// Between listings of an S3 prefix while objects arrive.
+    pub(crate) interval_ms: u64,
+    /// A local file is ready once unchanged this long (a closed or renamed file at once).
+    pub(crate) settle_ms: u64,
+}
+
+impl Default for Watch {
+    fn default() -> Self {
+        Watch { interval_ms: 2_000, settle_ms: 1_000 }
+    }
+}
+
+/// The step after the map: a function over every map output (a tree of invocations when
+/// there are more than `fan_in`), or their concatenation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Reduce {
+    pub(crate) step: ReduceStep,
+    pub(crate) fan_in: usize,
+    /// The final object's key under DEST.
+    pub(crate) output: String,
+    pub(crate) attempts: u32,
+    pub(crate) timeout_ms: u64,
+    pub(crate) memory_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub(crate) enum ReduceStep {
+    Function { wasm: Location, args: Vec<String> },
+    Concat,
 }
 
 /// Where a job's attempts run.

@@ -6,11 +6,12 @@
 
 use super::error::{syntax_error, JobError, JobText, Origin};
 use super::model::{
-    defaults, share_of_shards, Executor, Function, Include, Input, Job, Output, Retry, ShardRule, Stragglers, Workers,
+    defaults, share_of_shards, Executor, Function, Include, Input, Job, Output, Reduce, ReduceStep, Retry, ShardRule,
+    Stragglers, Watch, Workers,
 };
 use super::schema::{
-    EnvVar, ExecutorTable, FunctionTable, Given, InputTable, JobArgs, JobFile, OutputTable, RetryTable, ShardSpec,
-    ShardTable, SizeValue, StragglersTable, WorkersTable,
+    EnvVar, ExecutorTable, FunctionTable, Given, InputTable, JobArgs, JobFile, OutputTable, ReduceTable, RetryTable,
+    ShardSpec, ShardTable, SizeValue, StragglersTable, WatchTable, WorkersTable,
 };
 use crate::location::Location;
 use crate::units::{self, Tolerance};
@@ -59,15 +60,19 @@ pub(crate) fn resolve(args: &JobArgs) -> Result<(Job, Origins), JobError> {
     let function = resolve_function(fields.function, &args.args, &text, &mut origins)?;
     let output = resolve_output(fields.output, &input.source, &text, &mut origins)?;
     let executor = resolve_executor(fields.executor, addresses, &input, &output)?;
+    let retry = resolve_retry(fields.retry)?;
+    let reduce = resolve_reduce(fields.reduce, &function, &retry, &input.shard, &text)?;
     let job = Job {
         name,
         input,
         function,
         output,
         workers: resolve_workers(fields.workers)?,
-        retry: resolve_retry(fields.retry)?,
+        retry,
         stragglers: resolve_stragglers(fields.stragglers)?,
         executor,
+        watch: resolve_watch(fields.watch)?,
+        reduce,
     };
     Ok((job, origins))
 }
@@ -428,4 +433,103 @@ fn shard_from_table(given: &Given<ShardSpec>, table: &ShardTable, text: &JobText
         }
     };
     Ok(ShardRule::Chunk { bytes: size("chunk", chunk)?, align_lines })
+}
+
+fn resolve_watch(table: WatchTable) -> Result<Watch, JobError> {
+    let defaults = Watch::default();
+    let mut watch = defaults.clone();
+    if let Some(given) = &table.interval {
+        let interval = duration_of(given)?;
+        if interval < Duration::from_millis(100) {
+            return Err(given.error("list at most ten times a second (give 100ms or more)"));
+        }
+        watch.interval_ms = interval.as_millis() as u64;
+    }
+    if let Some(given) = &table.settle {
+        watch.settle_ms = duration_of(given)?.as_millis() as u64;
+    }
+    Ok(watch)
+}
+
+/// Keys a reduce may not write: fanout's own folder.
+fn check_reduce_output(given: &Given<String>) -> Result<(), JobError> {
+    crate::storage::validate_key(&given.value).map_err(|e| given.error(e.to_string()))?;
+    if given.value.split('/').next() == Some(crate::manifest::FANOUT_DIR) {
+        return Err(given.error(format!("{} is fanout's own folder", crate::manifest::FANOUT_DIR)));
+    }
+    Ok(())
+}
+
+/// `[reduce]`: a function or `concat = true` (not both), with its own limits defaulting to
+/// the map's.
+fn resolve_reduce(
+    table: ReduceTable,
+    function: &Function,
+    retry: &Retry,
+    shard: &ShardRule,
+    text: &JobText,
+) -> Result<Option<Reduce>, JobError> {
+    let concat = table.concat.as_ref().is_some_and(|given| given.value);
+    let step = match (&table.wasm, concat) {
+        (None, false) => {
+            let stray = table.output.as_ref().map(|g| g.error("")).or(table.fan_in.as_ref().map(|g| g.error("")));
+            return match stray.or(table.args.as_ref().map(|g| g.error(""))) {
+                Some(JobError::Field { origin, field, .. }) => Err(JobError::Field {
+                    origin,
+                    field,
+                    message: "[reduce] needs a function (wasm = ...) or concat = true".into(),
+                }),
+                _ => Ok(None),
+            };
+        }
+        (Some(wasm), true) => {
+            return Err(wasm.error("give either a reduce function or concat = true, not both"));
+        }
+        (Some(wasm), false) => {
+            let args = table.args.as_ref().map(|given| given.value.clone()).unwrap_or_default();
+            ReduceStep::Function { wasm: location_of(wasm)?, args }
+        }
+        (None, true) => {
+            if let Some(given) = &table.args {
+                return Err(given.error("concat = true takes no arguments"));
+            }
+            if !shard.is_record_rule() {
+                let given = table.concat.as_ref().expect("concat is set");
+                return Err(given
+                    .error("concat joins record outputs (part-NNNNN): it needs a record shard rule (rows or chunk)"));
+            }
+            ReduceStep::Concat
+        }
+    };
+    let fan_in = match &table.fan_in {
+        Some(given) if !(2..=100_000).contains(&given.value) => {
+            return Err(given.error(format!("{} is not between 2 and 100000", given.value)))
+        }
+        Some(given) => given.value as usize,
+        None => defaults::FAN_IN as usize,
+    };
+    let Some(output) = table.output else {
+        return Err(JobError::Missing {
+            whole: text.whole(),
+            field: "reduce.output".into(),
+            hint: "name the final object under DEST (output = \"totals.json\") or pass --reduce-output KEY".into(),
+        });
+    };
+    check_reduce_output(&output)?;
+    let attempts = match &table.attempts {
+        Some(given) if !(1..=100).contains(&given.value) => {
+            return Err(given.error(format!("{} is not between 1 and 100 (1 means no retry)", given.value)))
+        }
+        Some(given) => given.value as u32,
+        None => retry.attempts,
+    };
+    let timeout_ms = match &table.timeout {
+        Some(given) => duration_of(given)?.as_millis().max(1) as u64,
+        None => function.timeout_ms,
+    };
+    let memory_bytes = match &table.memory {
+        Some(given) => size_of(given)?,
+        None => function.memory_bytes,
+    };
+    Ok(Some(Reduce { step, fan_in, output: output.value, attempts, timeout_ms, memory_bytes }))
 }

@@ -391,6 +391,50 @@ job_table! {
     }
 }
 
+job_table! {
+    /// `[watch]`: how `fanout watch` looks for new objects.
+    #[command(next_help_heading = "Watch ([watch], for fanout watch)")]
+    struct WatchTable in "watch" {
+        /// How often an S3 prefix is listed while objects arrive (backs off to 30s when idle).
+        #[arg(long = "watch-interval", value_name = "DURATION")]
+        interval: Option<Given<String>>,
+        /// A local file is taken once its size and time stayed the same this long.
+        #[arg(long, value_name = "DURATION")]
+        settle: Option<Given<String>>,
+    }
+}
+
+job_table! {
+    /// `[reduce]`: one step after the map, over every map output.
+    #[command(next_help_heading = "Reduce ([reduce])")]
+    struct ReduceTable in "reduce" {
+        /// The reduce function: a .wasm file, an s3:// object, or a crate folder to build.
+        #[arg(id = "reduce_wasm", long = "reduce", value_name = "F")]
+        wasm: Option<Given<String>>,
+        /// Concatenate the map's outputs in shard order instead of running a function.
+        #[arg(long = "reduce-concat", num_args = 0, default_missing_value = "true")]
+        concat: Option<Given<bool>>,
+        /// The reduce function's arguments.
+        #[arg(skip)]
+        args: Option<Given<Vec<String>>>,
+        /// Map outputs one reduce invocation reads at most; more make a tree of reduces.
+        #[arg(long, value_name = "N")]
+        fan_in: Option<Given<i64>>,
+        /// The final object, under DEST.
+        #[arg(id = "reduce_output", long = "reduce-output", value_name = "KEY")]
+        output: Option<Given<String>>,
+        /// Attempts per reduce invocation (default: retry.attempts).
+        #[arg(skip)]
+        attempts: Option<Given<i64>>,
+        /// Time limit of one reduce invocation (default: function.timeout).
+        #[arg(skip)]
+        timeout: Option<Given<String>>,
+        /// Memory limit of one reduce invocation (default: function.memory).
+        #[arg(skip)]
+        memory: Option<Given<SizeValue>>,
+    }
+}
+
 /// A whole job: the file's top level, whose tables are flattened into the flags of every
 /// command that builds a job.
 #[derive(clap::Args, Deserialize, Debug, Clone, Default)]
@@ -420,6 +464,12 @@ pub(crate) struct JobFile {
     #[command(flatten)]
     #[serde(default)]
     pub(crate) executor: ExecutorTable,
+    #[command(flatten)]
+    #[serde(default)]
+    pub(crate) watch: WatchTable,
+    #[command(flatten)]
+    #[serde(default)]
+    pub(crate) reduce: ReduceTable,
 }
 
 impl JobFile {
@@ -435,6 +485,8 @@ impl JobFile {
             retry: self.retry.overlay(flags.retry, text),
             stragglers: self.stragglers.overlay(flags.stragglers, text),
             executor: self.executor.overlay(flags.executor, text),
+            watch: self.watch.overlay(flags.watch, text),
+            reduce: self.reduce.overlay(flags.reduce, text),
         }
     }
 }

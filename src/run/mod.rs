@@ -86,7 +86,23 @@ pub struct RunSetup {
     pub staging_root: PathBuf,
     pub events: EventSink,
     pub shutdown: Shutdown,
+    /// Set for `fanout watch`: the plan never ends by itself.
+    pub watch: Option<WatchRun>,
 }
+
+/// What a watch's run needs beyond a batch run's.
+pub struct WatchRun {
+    /// Plan segments earlier runs stored: this run's are numbered after them.
+    pub plan_segments: u64,
+    /// Receives the run's state every `SNAPSHOT_INTERVAL` while shards finish, for the
+    /// periodic report.csv and summary.json.
+    pub snapshots: mpsc::UnboundedSender<RunResult>,
+    /// The shards that took each object, from earlier runs (one per version).
+    pub object_shards: HashMap<String, Vec<u64>>,
+}
+
+/// How often a watch's reports are rewritten while shards finish.
+const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The run's accounting, for the summary.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -213,6 +229,14 @@ struct Coordinator {
     /// Which shard published each output key (by hash), so that no shard silently
     /// overwrites another's output: two shards writing `photo.jpg` is a failure, not a race.
     output_owners: HashMap<u64, u64>,
+    watch: Option<WatchRun>,
+    /// Records committed since the last snapshot was sent (watch).
+    unreported: bool,
+    /// The highest shard id taken this run.
+    last_shard: Option<u64>,
+    /// In a watch, the shards whose objects a shard took again (new versions): it may
+    /// replace their outputs, and only theirs.
+    supersedes: HashMap<u64, Vec<u64>>,
 }
 
 /// The hash under which an output key is claimed in `Coordinator::output_owners`.
@@ -253,13 +277,18 @@ pub async fn execute(spec: RunSpec) -> Result<RunResult, RunError> {
     journal_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tail_tick = tokio::time::interval(TAIL_CHECK);
     tail_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut snapshot_tick = tokio::time::interval(SNAPSHOT_INTERVAL);
+    snapshot_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Timers run only while there is something to time, so that a watch waiting for objects
+    // does not wake up at all.
     while !coordinator.is_finished() {
         tokio::select! {
             planned = shards.recv(), if coordinator.can_take_shard() => coordinator.on_planned(planned).await,
             Some(done) = results_rx.recv() => coordinator.on_attempt_done(done),
             Some(msg) = msg_rx.recv() => coordinator.on_message(msg),
-            _ = journal_tick.tick() => coordinator.flush_journal(),
-            _ = tail_tick.tick() => coordinator.watch_tail(),
+            _ = journal_tick.tick(), if coordinator.has_journal_work() => coordinator.flush_journal(),
+            _ = tail_tick.tick(), if !coordinator.in_flight.is_empty() => coordinator.watch_tail(),
+            _ = snapshot_tick.tick(), if coordinator.unreported => coordinator.send_snapshot(),
             _ = coordinator.shutdown.soft.cancelled(), if !coordinator.stopping => coordinator.begin_stop(),
         }
     }
@@ -301,7 +330,6 @@ impl Coordinator {
             journal_segment: 0,
             journal_writes: Vec::new(),
             plan_buffer: Vec::new(),
-            plan_segment: 0,
             plan_writes: Vec::new(),
             planned: 0,
             plan_done: false,
@@ -315,7 +343,48 @@ impl Coordinator {
             map_end: None,
             fatal: None,
             output_owners,
+            plan_segment: spec.watch.as_ref().map_or(0, |watch| watch.plan_segments),
+            watch: spec.watch,
+            unreported: false,
+            last_shard: None,
+            supersedes: HashMap::new(),
             job: spec.job,
+        }
+    }
+
+    fn has_journal_work(&self) -> bool {
+        !self.journal_buffer.is_empty()
+            || !self.journal_writes.is_empty()
+            || (self.watch.is_some() && !self.plan_buffer.is_empty())
+    }
+
+    /// The run's state as a result, prior runs' records included (for a watch's reports).
+    fn snapshot(&self) -> RunResult {
+        let mut records = self.records.clone();
+        for (shard, record) in &self.prior.latest {
+            records.entry(*shard).or_insert_with(|| record.clone());
+        }
+        let mut stats = self.stats.clone();
+        let Counts { ok, failed } = Counts::of(records.values());
+        stats.shards_total = self.shards_known(&records);
+        stats.shards_pending = stats.shards_total.saturating_sub(ok + failed);
+        stats.workers_peak = self.executor.peak();
+        stats.workers_at_end = self.executor.live();
+        stats.wall_ms = self.started.elapsed().as_millis() as u64;
+        let succeeded = self.job.retry.tolerated.allows(failed, stats.shards_total);
+        RunResult { stats, plan_failure: None, records, plan_totals: None, succeeded }
+    }
+
+    /// Shards a watch knows of: every id up to the highest recorded or taken.
+    fn shards_known(&self, records: &BTreeMap<u64, ShardRecord>) -> u64 {
+        let recorded = records.keys().next_back().copied();
+        recorded.max(self.last_shard).map_or(0, |last| last + 1)
+    }
+
+    fn send_snapshot(&mut self) {
+        self.unreported = false;
+        if let Some(watch) = &self.watch {
+            let _ = watch.snapshots.send(self.snapshot());
         }
     }
 
@@ -351,6 +420,7 @@ impl Coordinator {
         match planned {
             Some(Ok(Planned::Shard(shard))) => {
                 self.planned += 1;
+                self.last_shard = self.last_shard.max(Some(shard.id));
                 if self.write_job_document {
                     // job.json goes first: a manifest never exists without its job.
                     self.write_job_document = false;
@@ -374,7 +444,7 @@ impl Coordinator {
                 }
                 if self.record_plan {
                     self.plan_buffer.push(shard.clone());
-                    if self.plan_buffer.len() >= PLAN_SEGMENT {
+                    if self.plan_buffer.len() >= PLAN_SEGMENT && self.watch.is_none() {
                         self.store_plan_segment();
                     }
                 }
@@ -383,7 +453,7 @@ impl Coordinator {
             Some(Ok(Planned::Done(totals))) => {
                 self.plan_done = true;
                 self.stats.plan_ms = Some(totals.elapsed_ms);
-                if self.record_plan {
+                if self.record_plan && self.watch.is_none() {
                     self.store_plan_segment();
                 }
                 self.plan_totals = Some(totals);
@@ -431,6 +501,19 @@ impl Coordinator {
             }
         }
         let prior_attempts = prior.filter(|r| r.fingerprint == fingerprint).map(|r| r.attempts).unwrap_or(0);
+        if let (Some(watch), crate::plan::ShardInput::Objects { objects }) = (&mut self.watch, &shard.input) {
+            let mut earlier = Vec::new();
+            for object in objects {
+                let takers = watch.object_shards.entry(object.key.clone()).or_default();
+                earlier.extend(takers.iter().copied().filter(|&taker| taker != shard.id));
+                if !takers.contains(&shard.id) {
+                    takers.push(shard.id);
+                }
+            }
+            if !earlier.is_empty() {
+                self.supersedes.insert(shard.id, earlier);
+            }
+        }
         let slot = self.slots.as_mut().and_then(|free| free.pop()).expect("dispatch only with a free slot");
         let id = shard.id;
         self.bytes_in_flight += shard.bytes_in();
@@ -543,6 +626,7 @@ impl Coordinator {
         self.stats.bytes_in += record.bytes_in;
         self.stats.bytes_out += record.bytes_out;
         self.events.emit(Event::ShardFinished { ok });
+        self.unreported = self.watch.is_some();
         self.records.insert(record.shard, record.clone());
         self.journal_buffer.push(record);
         if self.journal_buffer.len() >= JOURNAL_BATCH {
@@ -566,16 +650,39 @@ impl Coordinator {
                 self.fatal.get_or_insert(failure);
             }
         }
-        if self.journal_buffer.is_empty() || !self.journal_writes.is_empty() {
+        if !self.journal_writes.is_empty() {
+            return;
+        }
+        // A watch's plan grows with its journal: each plan segment is written before the
+        // journal segment that names its shards, so a restart finds every committed shard's
+        // objects (and so never runs them again).
+        let plan = match (&self.watch, self.plan_buffer.is_empty()) {
+            (Some(_), false) => {
+                let segment = self.plan_segment;
+                self.plan_segment += 1;
+                Some((segment, std::mem::take(&mut self.plan_buffer)))
+            }
+            _ => None,
+        };
+        if self.journal_buffer.is_empty() && plan.is_none() {
             return;
         }
         let records = std::mem::take(&mut self.journal_buffer);
         let segment = self.journal_segment;
-        self.journal_segment += 1;
+        if !records.is_empty() {
+            self.journal_segment += 1;
+        }
         let manifest = self.manifest.clone();
         let run = self.run;
-        self.journal_writes
-            .push(tokio::spawn(async move { manifest.write_journal_segment(run, segment, &records).await }));
+        self.journal_writes.push(tokio::spawn(async move {
+            if let Some((plan_segment, shards)) = plan {
+                manifest.write_plan_segment(plan_segment, &shards).await?;
+            }
+            if records.is_empty() {
+                return Ok(());
+            }
+            manifest.write_journal_segment(run, segment, &records).await
+        }));
     }
 
     /// Removes what remote attempts staged and nobody published (losers, failures, attempts
@@ -612,7 +719,7 @@ impl Coordinator {
             return Err(RunError::Fatal(fatal));
         }
         // The plan is complete once every segment is stored; say so in job.json.
-        if self.plan_totals.is_some() && self.record_plan && !self.write_job_document {
+        if self.watch.is_none() && self.plan_totals.is_some() && self.record_plan && !self.write_job_document {
             let mut document = self.document.clone();
             document.plan.complete = true;
             document.plan.segments = self.plan_segment;
@@ -642,7 +749,10 @@ impl Coordinator {
         for (shard, record) in &self.prior.latest {
             self.records.entry(*shard).or_insert_with(|| record.clone());
         }
-        let total = self.plan_totals.as_ref().map(|t| t.shards).unwrap_or(self.planned.max(self.records.len() as u64));
+        let total = match &self.watch {
+            Some(_) => self.shards_known(&self.records),
+            None => self.plan_totals.as_ref().map(|t| t.shards).unwrap_or(self.planned.max(self.records.len() as u64)),
+        };
         let Counts { ok, failed } = Counts::of(self.records.values());
         self.stats.shards_total = total;
         self.stats.shards_pending = total.saturating_sub(ok + failed);

@@ -12,7 +12,6 @@ use capture::{CappedCapture, Captured, Overflow};
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -179,12 +178,44 @@ pub struct Runtime {
     engine: Engine,
     prepared: Prepared,
     limits: Limits,
-    ticker_stop: Arc<AtomicBool>,
+    ticker: Arc<Ticker>,
 }
 
 impl Drop for Runtime {
     fn drop(&mut self) {
-        self.ticker_stop.store(true, Ordering::Relaxed);
+        self.ticker.state.lock().expect("ticker lock").stopped = true;
+        self.ticker.wake.notify_all();
+    }
+}
+
+/// The epoch ticker's switch: it ticks only while an invocation runs, so that an idle
+/// fanout (a watch between bursts) does not wake a hundred times a second for nothing.
+#[derive(Default)]
+struct Ticker {
+    state: std::sync::Mutex<TickerState>,
+    wake: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct TickerState {
+    running: usize,
+    stopped: bool,
+}
+
+/// Counts one running invocation for the ticker while it lives.
+struct Ticking<'a>(&'a Ticker);
+
+impl<'a> Ticking<'a> {
+    fn start(ticker: &'a Ticker) -> Self {
+        ticker.state.lock().expect("ticker lock").running += 1;
+        ticker.wake.notify_all();
+        Ticking(ticker)
+    }
+}
+
+impl Drop for Ticking<'_> {
+    fn drop(&mut self) {
+        self.0.state.lock().expect("ticker lock").running -= 1;
     }
 }
 
@@ -391,10 +422,10 @@ impl Runtime {
             }
         };
 
-        let ticker_stop = Arc::new(AtomicBool::new(false));
-        spawn_ticker(engine.clone(), ticker_stop.clone());
+        let ticker = Arc::new(Ticker::default());
+        spawn_ticker(engine.clone(), ticker.clone());
         let report = LoadReport { kind, sha256, cache_hit, load_ms: started.elapsed().as_millis() as u64, cache_file };
-        Ok((Runtime { engine, prepared, limits, ticker_stop }, report))
+        Ok((Runtime { engine, prepared, limits, ticker }, report))
     }
 
     /// Runs one invocation in a fresh instance. Never panics on guest behaviour: every way a
@@ -402,6 +433,7 @@ impl Runtime {
     /// Must run inside a tokio runtime that is not shared with latency-sensitive work: the
     /// guest's file system calls run inline on this thread.
     pub async fn invoke(&self, invocation: &Invocation, cancel: &CancellationToken) -> InvocationReport {
+        let _ticking = Ticking::start(&self.ticker);
         let started = Instant::now();
         let stdout = CappedCapture::new(&invocation.stdout, invocation.stdout_cap, invocation.stdout_overflow);
         let stderr = CappedCapture::new(&invocation.stderr, invocation.stderr_cap, Overflow::Truncate);
@@ -552,14 +584,21 @@ fn sandbox(invocation: &Invocation, stdout: &CappedCapture, stderr: &CappedCaptu
     Ok(builder)
 }
 
-fn spawn_ticker(engine: Engine, stop: Arc<AtomicBool>) {
+fn spawn_ticker(engine: Engine, ticker: Arc<Ticker>) {
     std::thread::Builder::new()
         .name("fanout-epoch".into())
-        .spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(EPOCH_TICK);
-                engine.increment_epoch();
+        .spawn(move || loop {
+            {
+                let mut state = ticker.state.lock().expect("ticker lock");
+                while state.running == 0 && !state.stopped {
+                    state = ticker.wake.wait(state).expect("ticker lock");
+                }
+                if state.stopped {
+                    return;
+                }
             }
+            std::thread::sleep(EPOCH_TICK);
+            engine.increment_epoch();
         })
         .expect("spawn the epoch ticker thread");
 }

@@ -19,6 +19,16 @@ pub struct ObjectMeta {
     /// Relative to the storage root.
     pub key: String,
     pub size: u64,
+    /// What changes when the object is rewritten: S3's ETag, a local file's modification
+    /// time (nanoseconds). Watching compares it, with the size, to find new versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+impl ObjectMeta {
+    pub fn new(key: impl Into<String>, size: u64) -> Self {
+        ObjectMeta { key: key.into(), size, version: None }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +84,18 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// Every object whose key starts with `prefix` (empty, or a folder ending in `/`),
     /// sorted by key bytes. Streamed: the first objects arrive before the listing ends.
     fn list(&self, prefix: &str) -> BoxStream<'static, StorageResult<ObjectMeta>>;
+
+    /// Like `list`, but only keys sorting after `after` (S3's `StartAfter`): how a watcher
+    /// finds objects added at the end of a prefix without listing it all again.
+    fn list_after(&self, prefix: &str, after: &str) -> BoxStream<'static, StorageResult<ObjectMeta>> {
+        use futures::StreamExt;
+        let after = after.to_string();
+        self.list(prefix)
+            .filter(move |listed| {
+                futures::future::ready(listed.as_ref().map_or(true, |o| o.key.as_str() > after.as_str()))
+            })
+            .boxed()
+    }
 
     /// The names one level below `prefix` that hold objects (like `ls` of a folder), sorted.
     async fn list_dirs(&self, prefix: &str) -> StorageResult<Vec<String>>;

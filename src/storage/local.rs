@@ -148,15 +148,14 @@ fn walk(root: &Path, prefix: &str, page: &mut dyn FnMut(Vec<ObjectMeta>) -> bool
             StorageError::Io { location, source: e.into() }
         })?;
         let file_type = entry.file_type();
-        let size = if file_type.is_file() {
+        let meta = if file_type.is_file() {
             entry
                 .metadata()
                 .map_err(|e| StorageError::Io { location: entry.path().display().to_string(), source: e.into() })?
-                .len()
         } else if file_type.is_symlink() {
             // A symlinked file is the user's own data; a symlinked folder is skipped (cycles).
             match std::fs::metadata(entry.path()) {
-                Ok(meta) if meta.is_file() => meta.len(),
+                Ok(meta) if meta.is_file() => meta,
                 _ => continue,
             }
         } else {
@@ -175,7 +174,7 @@ fn walk(root: &Path, prefix: &str, page: &mut dyn FnMut(Vec<ObjectMeta>) -> bool
                 })
             }
         };
-        batch.push(ObjectMeta { key, size });
+        batch.push(ObjectMeta { key, size: meta.len(), version: Some(mtime_version(&meta)) });
         if batch.len() == LIST_PAGE && !page(std::mem::replace(&mut batch, Vec::with_capacity(LIST_PAGE))) {
             return Ok(());
         }
@@ -184,6 +183,12 @@ fn walk(root: &Path, prefix: &str, page: &mut dyn FnMut(Vec<ObjectMeta>) -> bool
         page(batch);
     }
     Ok(())
+}
+
+/// A local file's version: its modification time in nanoseconds since the epoch.
+pub fn mtime_version(meta: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    (meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128).to_string()
 }
 
 #[async_trait]
@@ -231,7 +236,9 @@ impl Storage for LocalStorage {
         let path = self.path_of(key)?;
         let key = key.to_string();
         blocking(move || match std::fs::metadata(&path) {
-            Ok(meta) if meta.is_file() => Ok(Some(ObjectMeta { key, size: meta.len() })),
+            Ok(meta) if meta.is_file() => {
+                Ok(Some(ObjectMeta { key, size: meta.len(), version: Some(mtime_version(&meta)) }))
+            }
             Ok(_) => Ok(None),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(StorageError::Io { location: path.display().to_string(), source: e }),

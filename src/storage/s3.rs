@@ -98,6 +98,52 @@ fn configured_endpoint(shared: &aws_config::SdkConfig, flag: Option<&str>) -> Op
 }
 
 impl S3Storage {
+    /// Lists `prefix`, from the first key after `start_after` when one is given.
+    fn list_from(&self, prefix: &str, start_after: Option<&str>) -> BoxStream<'static, StorageResult<ObjectMeta>> {
+        let (tx, rx) = tokio::sync::mpsc::channel::<StorageResult<Vec<ObjectMeta>>>(4);
+        let this = self.clone();
+        let full_prefix = format!("{}{prefix}", self.prefix);
+        let start_after = start_after.map(|after| format!("{}{after}", self.prefix));
+        let prefix = prefix.to_string();
+        tokio::spawn(async move {
+            let mut pages = this
+                .client
+                .list_objects_v2()
+                .bucket(&this.bucket)
+                .prefix(&full_prefix)
+                .set_start_after(start_after)
+                .into_paginator()
+                .send();
+
+            while let Some(page) = pages.next().await {
+                let page = match page {
+                    Ok(page) => page,
+                    Err(e) => {
+                        let _ = tx.send(Err(this.classify("ListObjectsV2", &prefix, e))).await;
+                        return;
+                    }
+                };
+                let objects = page
+                    .contents()
+                    .iter()
+                    .filter_map(|object| {
+                        let key = object.key()?.strip_prefix(&this.prefix)?;
+                        // "folder markers" some tools create are not data
+                        (!key.is_empty() && !key.ends_with('/')).then(|| ObjectMeta {
+                            key: key.to_string(),
+                            size: object.size().unwrap_or(0).max(0) as u64,
+                            version: object.e_tag().map(|tag| tag.trim_matches('"').to_string()),
+                        })
+                    })
+                    .collect();
+                if tx.send(Ok(objects)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        super::local::pages_to_stream(rx)
+    }
+
     /// Builds a client from the AWS default chain. Nothing is sent until the first call;
     /// `check` proves the bucket is usable.
     pub async fn connect(bucket: &str, prefix: &str, options: &StorageOptions) -> StorageResult<Self> {
@@ -455,39 +501,11 @@ impl Storage for S3Storage {
     }
 
     fn list(&self, prefix: &str) -> BoxStream<'static, StorageResult<ObjectMeta>> {
-        let (tx, rx) = tokio::sync::mpsc::channel::<StorageResult<Vec<ObjectMeta>>>(4);
-        let this = self.clone();
-        let full_prefix = format!("{}{prefix}", self.prefix);
-        let prefix = prefix.to_string();
-        tokio::spawn(async move {
-            let mut pages =
-                this.client.list_objects_v2().bucket(&this.bucket).prefix(&full_prefix).into_paginator().send();
-            while let Some(page) = pages.next().await {
-                let page = match page {
-                    Ok(page) => page,
-                    Err(e) => {
-                        let _ = tx.send(Err(this.classify("ListObjectsV2", &prefix, e))).await;
-                        return;
-                    }
-                };
-                let objects = page
-                    .contents()
-                    .iter()
-                    .filter_map(|object| {
-                        let key = object.key()?.strip_prefix(&this.prefix)?;
-                        // "folder markers" some tools create are not data
-                        (!key.is_empty() && !key.ends_with('/')).then(|| ObjectMeta {
-                            key: key.to_string(),
-                            size: object.size().unwrap_or(0).max(0) as u64,
-                        })
-                    })
-                    .collect();
-                if tx.send(Ok(objects)).await.is_err() {
-                    return;
-                }
-            }
-        });
-        super::local::pages_to_stream(rx)
+        self.list_from(prefix, None)
+    }
+
+    fn list_after(&self, prefix: &str, after: &str) -> BoxStream<'static, StorageResult<ObjectMeta>> {
+        self.list_from(prefix, Some(after))
     }
 
     async fn list_dirs(&self, prefix: &str) -> StorageResult<Vec<String>> {
@@ -516,9 +534,11 @@ impl Storage for S3Storage {
     async fn head(&self, key: &str) -> StorageResult<Option<ObjectMeta>> {
         let full_key = self.full_key(key)?;
         match self.client.head_object().bucket(&self.bucket).key(&full_key).send().await {
-            Ok(head) => {
-                Ok(Some(ObjectMeta { key: key.to_string(), size: head.content_length().unwrap_or(0).max(0) as u64 }))
-            }
+            Ok(head) => Ok(Some(ObjectMeta {
+                key: key.to_string(),
+                size: head.content_length().unwrap_or(0).max(0) as u64,
+                version: head.e_tag().map(|tag| tag.trim_matches('"').to_string()),
+            })),
             Err(e) => match self.classify("HeadObject", key, e) {
                 StorageError::NotFound { .. } => Ok(None),
                 other => Err(other),

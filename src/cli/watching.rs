@@ -1,0 +1,193 @@
+//! `fanout watch`: open everything a job needs (as `run` does), find the watch's earlier
+//! runs in DEST and continue them (a restart resumes by itself), then run shards as the
+//! watcher finds objects, rewriting the report and summary as they commit, until Ctrl-C
+//! or SIGTERM (or, with `--once`, until what was new at the start is done).
+
+use super::args::WatchArgs;
+use super::common::plan_failure;
+use super::exit::{failed, usage, Failure, EXIT_JOB_FAILED, EXIT_OK};
+use super::running::{
+    check_compatible, executor_for, grace_of, open_everything, print_outcome, staging_root, watch_signals,
+    write_reports, Opened,
+};
+use crate::events::{Event, EventSink};
+use crate::job::{self, Job};
+use crate::manifest::{self, FunctionIdentity, JobDocument, Journal, Manifest, PlanState};
+use crate::report::{self, ProgressMode};
+use crate::run::{self, RunResult, RunSetup, RunSpec, Shutdown, WatchRun};
+use crate::runtime::LoadReport;
+use crate::storage::DynStorage;
+use crate::watch::{self, WatchSpec};
+use anyhow::anyhow;
+use std::time::SystemTime;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Where a watch starts: its document (new or stored), what earlier runs committed, the
+/// plan segments they stored, and the watcher's starting point.
+struct Continued {
+    document: JobDocument,
+    prior: Journal,
+    plan_segments: u64,
+    resume: watch::ResumePoint,
+}
+
+impl WatchArgs {
+    pub(super) async fn execute(self) -> Result<u8, Failure> {
+        let quiet = self.output.quiet || self.output.json;
+        let (job, origins) = job::resolve(&self.job).map_err(usage)?;
+        if job.input.shard.is_record_rule() {
+            return Err(usage(anyhow!(
+                "{}input.shard: a watch takes whole objects (object, objects=N, bytes=SIZE), not {}",
+                origins.prefix("input.shard"),
+                job.input.shard
+            )));
+        }
+        let grace = grace_of(&self.control.grace)?;
+        let options = self.storage.options();
+        let opened = open_everything(&job, &origins, &options, quiet).await?;
+        if opened.source.single.is_some() {
+            return Err(usage(anyhow!(
+                "{}input.source: {} is one object; a watch needs a folder or an S3 prefix",
+                origins.prefix("input.source"),
+                job.input.source
+            )));
+        }
+        let continued = continue_or_begin(&job, &opened.dest, &opened.load).await?;
+        let started = manifest::timestamp(SystemTime::now());
+        let Opened { dest, source, runtime, load, lambda } = opened;
+        let source_storage = source.storage.clone();
+        let job_id = continued.document.job_id.clone();
+        let manifest = Manifest::new(dest.clone(), &job_id);
+        let (events, event_rx) = EventSink::channel();
+        if continued.prior.next_run > 0 {
+            events.emit(Event::Note(format!(
+                "continuing watch {job_id}: {} shards committed before, {} to run again",
+                continued.prior.latest.len(),
+                continued.resume.redo.len()
+            )));
+        } else {
+            manifest.write_job(&continued.document).await.map_err(failed)?;
+        }
+        let progress_done = CancellationToken::new();
+        let progress =
+            tokio::spawn(report::drive_progress(ProgressMode::detect(quiet), event_rx, progress_done.clone()));
+        let staging_root = staging_root(self.control.staging, &job.output.dest, &job_id);
+        let _ = tokio::fs::remove_dir_all(&staging_root).await;
+        let shutdown = Shutdown::default();
+        watch_signals(shutdown.clone(), grace);
+        let shards = watch::start(WatchSpec {
+            job: job.clone(),
+            source,
+            seen: continued.resume.seen,
+            first_id: continued.resume.next_id,
+            redo: continued.resume.redo,
+            once: self.once,
+            stop: shutdown.soft.clone(),
+            events: events.clone(),
+        });
+        let (snapshots, snapshot_rx) = mpsc::unbounded_channel();
+        let reporter =
+            tokio::spawn(keep_reports(snapshot_rx, manifest.clone(), job.clone(), started.clone(), load.clone()));
+        let executor = executor_for(&job, &job_id, &dest, runtime, &load, lambda, &events);
+        let setup = RunSetup {
+            job: job.clone(),
+            document: continued.document,
+            write_job_document: false,
+            manifest: manifest.clone(),
+            source: source_storage,
+            dest,
+            executor,
+            prior: continued.prior,
+            record_plan: true,
+            staging_root,
+            events,
+            shutdown,
+            watch: Some(WatchRun {
+                plan_segments: continued.plan_segments,
+                snapshots,
+                object_shards: continued.resume.object_shards,
+            }),
+        };
+        let result = run::execute(RunSpec { setup, shards }).await;
+        progress_done.cancel();
+        let _ = progress.await;
+        let _ = reporter.await;
+        let result = result.map_err(failed)?;
+        if let Some(error) = &result.plan_failure {
+            // The source could not be watched (or, with --once, listed): nothing more can come.
+            if result.records.is_empty() {
+                let error = result.plan_failure.expect("checked above");
+                return Err(plan_failure(error, &origins));
+            }
+            eprintln!("fanout: watching stopped: {error}");
+        }
+        let summary = write_reports(&manifest, &job, &started, &result, &load).await?;
+        print_outcome(&summary, &manifest, &job, self.output);
+        let failed_shards = summary.shards.failed;
+        Ok(if job.retry.tolerated.allows(failed_shards, summary.shards.total) { EXIT_OK } else { EXIT_JOB_FAILED })
+    }
+}
+
+/// Rewrites report.csv and summary.json from each snapshot the run sends (the latest
+/// only, when several wait), until the run ends.
+async fn keep_reports(
+    mut snapshots: mpsc::UnboundedReceiver<RunResult>,
+    manifest: Manifest,
+    job: Job,
+    started: String,
+    load: LoadReport,
+) {
+    while let Some(mut snapshot) = snapshots.recv().await {
+        while let Ok(newer) = snapshots.try_recv() {
+            snapshot = newer;
+        }
+        // A report that cannot be written now is written again with the next snapshot.
+        let _ = write_reports(&manifest, &job, &started, &snapshot, &load).await;
+    }
+}
+
+/// The latest watch of this name in DEST, continued; or a new one.
+async fn continue_or_begin(job: &Job, dest: &DynStorage, load: &LoadReport) -> Result<Continued, Failure> {
+    let jobs = manifest::list_jobs(dest).await.map_err(usage)?;
+    let earlier = jobs.into_iter().rev().find(|d| d.watch && d.job.name == job.name);
+    let Some(document) = earlier else {
+        let document = JobDocument {
+            job_id: manifest::new_job_id(&job.name),
+            fanout_version: env!("CARGO_PKG_VERSION").to_string(),
+            created: manifest::timestamp(SystemTime::now()),
+            job: job.clone(),
+            function: FunctionIdentity { sha256: load.sha256.clone(), kind: load.kind },
+            plan: PlanState::default(),
+            watch: true,
+        };
+        return Ok(Continued {
+            document,
+            prior: Journal::default(),
+            plan_segments: 0,
+            resume: watch::ResumePoint {
+                seen: Default::default(),
+                object_shards: Default::default(),
+                redo: Vec::new(),
+                next_id: 0,
+            },
+        });
+    };
+    check_compatible(&document, job, load).map_err(|_| {
+        usage(anyhow!(
+            "the watch \"{}\" in {} ran with another job (inputs, function or arguments differ); \
+             give this one another name",
+            job.name,
+            job.output.dest
+        ))
+    })?;
+    let manifest = Manifest::new(dest.clone(), &document.job_id);
+    let prior = manifest.read_journal().await.map_err(failed)?;
+    let (plan, plan_segments) = manifest.read_open_plan().await.map_err(failed)?;
+    let resume = watch::resume_point(plan, &prior.latest);
+    // A run that was not stopped cleanly may have been stopped mid-attempt: a new run
+    // number keeps this run's journal segments apart from its.
+    let mut prior = prior;
+    prior.next_run = prior.next_run.max(1);
+    Ok(Continued { document, prior, plan_segments, resume })
+}
