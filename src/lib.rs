@@ -20,6 +20,7 @@
 //! - [`pool`]: worker threads that scale with the backlog and exit when idle.
 //! - [`lambda`]: AWS Lambda: the executor that invokes it, the worker it invokes, deploy.
 //! - [`run`]: the coordinator of one run: staging, dispatch, retries, publishing, commits.
+//! - [`reduce`]: the step after the map: a tree of reduce invocations, or a concatenation.
 //! - [`report`]: progress, report.csv, summary.json.
 //! - [`cli`]: the command line and exit codes; the only place that prints errors.
 //!
@@ -36,6 +37,7 @@ pub mod location;
 pub(crate) mod manifest;
 pub(crate) mod plan;
 pub(crate) mod pool;
+pub(crate) mod reduce;
 pub(crate) mod report;
 pub(crate) mod run;
 pub(crate) mod runtime;

@@ -5,6 +5,7 @@
 
 use crate::events::Event;
 use crate::manifest::{Counts, ShardRecord, ShardStatus};
+use crate::reduce::{ReduceRecord, ReduceSummary};
 use crate::run::RunResult;
 use crate::runtime::{FunctionKind, LoadReport, OutcomeKind};
 use serde::{Deserialize, Serialize};
@@ -16,7 +17,8 @@ use tokio::sync::mpsc::UnboundedReceiver;
 /// A row of `report.csv`; the header is these members, in this order.
 #[derive(Serialize)]
 struct ReportRow<'a> {
-    shard: u64,
+    /// The map shard's number, or a reduce invocation's level and number (`L2-00003`).
+    shard: String,
     /// `ok`, `failed`, or `pending` for a shard without a record.
     status: &'static str,
     outcome: Option<OutcomeKind>,
@@ -31,12 +33,14 @@ struct ReportRow<'a> {
     cold_start: Option<bool>,
     error: &'a str,
     backup: Option<bool>,
+    /// `map` or `reduce`.
+    stage: &'static str,
 }
 
 impl<'a> ReportRow<'a> {
     fn of(record: &'a ShardRecord) -> Self {
         ReportRow {
-            shard: record.shard,
+            shard: record.shard.to_string(),
             status: match record.status {
                 ShardStatus::Ok => "ok",
                 ShardStatus::Failed => "failed",
@@ -52,12 +56,17 @@ impl<'a> ReportRow<'a> {
             cold_start: Some(record.cold_start),
             error: record.error.as_deref().unwrap_or_default(),
             backup: Some(record.backup),
+            stage: "map",
         }
+    }
+
+    fn reduce(reduce: &'a ReduceRecord) -> Self {
+        ReportRow { shard: reduce.name(), stage: "reduce", ..ReportRow::of(&reduce.record) }
     }
 
     fn pending(shard: u64) -> Self {
         ReportRow {
-            shard,
+            shard: shard.to_string(),
             status: "pending",
             outcome: None,
             attempts: 0,
@@ -70,17 +79,21 @@ impl<'a> ReportRow<'a> {
             cold_start: None,
             error: "",
             backup: None,
+            stage: "map",
         }
     }
 }
 
 /// `report.csv`: one row a shard in shard order; shards without a record are `pending`.
-pub(crate) fn report_csv(records: &BTreeMap<u64, ShardRecord>, total: u64) -> Vec<u8> {
+pub(crate) fn report_csv(records: &BTreeMap<u64, ShardRecord>, total: u64, reduce: &[ReduceRecord]) -> Vec<u8> {
     let mut writer = csv::Writer::from_writer(Vec::with_capacity(64 * total as usize + 128));
     let last = total.max(records.keys().next_back().map(|k| k + 1).unwrap_or(0));
     for shard in 0..last {
         let row = records.get(&shard).map_or_else(|| ReportRow::pending(shard), ReportRow::of);
         writer.serialize(row).expect("a report row serializes");
+    }
+    for invocation in reduce {
+        writer.serialize(ReportRow::reduce(invocation)).expect("a report row serializes");
     }
     writer.into_inner().expect("writing to memory")
 }
@@ -170,6 +183,9 @@ pub struct Summary {
     pub plan_error: Option<String>,
     /// The first failures (all of them are in report.csv).
     pub failures: Vec<Failure>,
+    /// The reduce step, when the job has one and it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reduce: Option<ReduceSummary>,
 }
 
 const FAILURES_IN_SUMMARY: usize = 100;
@@ -183,10 +199,11 @@ pub(crate) struct SummaryInput<'a> {
     pub(crate) started: &'a str,
     pub(crate) result: &'a RunResult,
     pub(crate) load: &'a LoadReport,
+    pub(crate) reduce: Option<&'a ReduceSummary>,
 }
 
 pub(crate) fn summarize(input: SummaryInput) -> Summary {
-    let SummaryInput { job_id, name, dest, manifest, started, result, load } = input;
+    let SummaryInput { job_id, name, dest, manifest, started, result, load, reduce } = input;
     let (stats, records) = (&result.stats, &result.records);
     let failures: Vec<Failure> = records
         .values()
@@ -201,7 +218,8 @@ pub(crate) fn summarize(input: SummaryInput) -> Summary {
         .collect();
     let Counts { ok, failed } = Counts::of(records.values());
     let ran = stats.shards_ok + stats.shards_failed;
-    let status = match (result.succeeded, stats.stopped_early) {
+    let reduced = reduce.is_none_or(|r| r.succeeded);
+    let status = match (result.succeeded && reduced, stats.stopped_early) {
         (true, _) => JobStatus::Succeeded,
         (false, true) => JobStatus::Stopped,
         (false, false) => JobStatus::Failed,
@@ -248,6 +266,7 @@ pub(crate) fn summarize(input: SummaryInput) -> Summary {
         },
         plan_error: stats.plan_error.clone(),
         failures,
+        reduce: reduce.cloned(),
     }
 }
 
@@ -307,6 +326,20 @@ pub fn summary_line(summary: &Summary) -> String {
         count_of(summary.cold_starts, "cold start"),
         summary.dest
     ));
+    if let Some(reduce) = &summary.reduce {
+        line.push_str(&match reduce.succeeded {
+            true => format!(
+                "; reduce: {} in {} level{} ({} already done) in {} -> {}",
+                count_of(reduce.invocations, "invocation"),
+                reduce.levels,
+                if reduce.levels == 1 { "" } else { "s" },
+                reduce.skipped,
+                human_ms(reduce.wall_ms),
+                reduce.output
+            ),
+            false => format!("; reduce failed: {}", reduce.error.as_deref().unwrap_or("stopped")),
+        });
+    }
     line
 }
 

@@ -128,7 +128,8 @@ impl ReportArgs {
         }
         let state = read_state(&manifest, &document).await?;
         if self.csv {
-            let csv = report::report_csv(&state.journal.latest, state.total);
+            let reduce = crate::reduce::read_records(&manifest).await.map_err(failed)?;
+            let csv = report::report_csv(&state.journal.latest, state.total, &reduce);
             std::io::stdout().write_all(&csv).map_err(failed)?;
             return Ok(EXIT_OK);
         }

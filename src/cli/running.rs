@@ -13,6 +13,7 @@ use crate::location::Location;
 use crate::manifest::{self, FunctionIdentity, JobDocument, Journal, Manifest, PlanState};
 use crate::plan::{self, PlanError, PlanTotals, Planned};
 use crate::pool::Pool;
+use crate::reduce::{self, ReduceRecord, ReduceRun, ReduceSummary};
 use crate::report::{self, ProgressMode, Summary};
 use crate::run::{self, ExecutorFactory, RunResult, RunSetup, RunSpec, Shutdown};
 use crate::runtime::{Limits, LoadReport, Runtime};
@@ -118,7 +119,7 @@ impl RunArgs {
                 None => {}
             }
         }
-        Launch { job, origins, opened, continuing, staging: self.control.staging, grace, output: self.output }
+        Launch { job, origins, opened, continuing, staging: self.control.staging, grace, output: self.output, options }
             .run()
             .await
     }
@@ -143,7 +144,7 @@ impl RedriveArgs {
         }
         let origins = Origins::default();
         let continuing = Some(document);
-        Launch { job, origins, opened, continuing, staging: self.control.staging, grace, output: self.output }
+        Launch { job, origins, opened, continuing, staging: self.control.staging, grace, output: self.output, options }
             .run()
             .await
     }
@@ -250,12 +251,13 @@ struct Launch {
     staging: Option<PathBuf>,
     grace: Duration,
     output: OutputFlags,
+    options: StorageOptions,
 }
 
 impl Launch {
     async fn run(self) -> Result<u8, Failure> {
         let started = manifest::timestamp(SystemTime::now());
-        let Launch { job, origins, opened, continuing, staging, grace, output } = self;
+        let Launch { job, origins, opened, continuing, staging, grace, output, options } = self;
         let Opened { dest, source, runtime, load, lambda } = opened;
         let source_storage = source.storage.clone();
         let quiet = output.quiet || output.json;
@@ -273,6 +275,7 @@ impl Launch {
         let _ = tokio::fs::remove_dir_all(&staging_root).await;
         let shutdown = Shutdown::default();
         watch_signals(shutdown.clone(), grace);
+        let (dest_for_reduce, staging_for_reduce, hard) = (dest.clone(), staging_root.clone(), shutdown.hard.clone());
         let new_job = start.new_job;
         let executor = executor_for(&job, &job_id, &dest, runtime, &load, lambda, &events);
         let setup = RunSetup {
@@ -302,13 +305,47 @@ impl Launch {
                 None => usage(anyhow!("input.source: the plan is empty")),
             });
         }
-        let summary = write_reports(&manifest, &job, &started, &result, &load).await?;
+        let reduced = match (&job.reduce, result.succeeded) {
+            (Some(_), true) => Some(
+                run_reduce(&job, &manifest, &dest_for_reduce, &options, &staging_for_reduce, quiet, &result, &hard)
+                    .await?,
+            ),
+            _ => None,
+        };
+        let summary = write_reports(&manifest, &job, &started, &result, &load, reduced.as_ref()).await?;
         print_outcome(&summary, &manifest, &job, output);
         if result.stats.stopped_early || summary.shards.pending > 0 {
             eprintln!("fanout: to finish this job, run: {}", redrive_command(&job.output.dest.to_string(), &job_id));
         }
-        Ok(if result.succeeded { EXIT_OK } else { EXIT_JOB_FAILED })
+        let reduce_ok = reduced.as_ref().is_none_or(|(summary, _)| summary.succeeded);
+        Ok(if result.succeeded && reduce_ok { EXIT_OK } else { EXIT_JOB_FAILED })
     }
+}
+
+/// The job's reduce step over the map's committed outputs.
+#[allow(clippy::too_many_arguments)]
+async fn run_reduce(
+    job: &Job,
+    manifest: &Manifest,
+    dest: &DynStorage,
+    options: &StorageOptions,
+    staging: &std::path::Path,
+    quiet: bool,
+    result: &RunResult,
+    cancel: &CancellationToken,
+) -> Result<(ReduceSummary, Vec<ReduceRecord>), Failure> {
+    let run = ReduceRun {
+        job,
+        manifest,
+        dest: dest.clone(),
+        options,
+        staging_root: staging.join("reduce"),
+        quiet,
+        cancel: cancel.clone(),
+    };
+    let reduced = run.run(reduce::map_outputs(&result.records)).await.map_err(|e| failed(anyhow!(e)))?;
+    let _ = tokio::fs::remove_dir_all(staging.join("reduce")).await;
+    Ok(reduced)
 }
 
 /// The executor the job names: this machine's pool, or Lambda.
@@ -406,8 +443,10 @@ pub(super) async fn write_reports(
     started: &str,
     result: &RunResult,
     load: &LoadReport,
+    reduce: Option<&(ReduceSummary, Vec<ReduceRecord>)>,
 ) -> Result<Summary, Failure> {
     let summary = report::summarize(report::SummaryInput {
+        reduce: reduce.map(|(summary, _)| summary),
         job_id: manifest.job_id(),
         name: &job.name,
         dest: &job.output.dest.to_string(),
@@ -417,7 +456,7 @@ pub(super) async fn write_reports(
         load,
     });
     let total = result.plan_totals.as_ref().map(|t| t.shards).unwrap_or(result.stats.shards_total);
-    let csv = report::report_csv(&result.records, total);
+    let csv = report::report_csv(&result.records, total, reduce.map_or(&[][..], |(_, records)| records.as_slice()));
     manifest.put("report.csv", Bytes::from(csv)).await.context("writing report.csv").map_err(failed)?;
     let summary_json = serde_json::to_vec_pretty(&summary).expect("a summary serializes");
     manifest.put("summary.json", Bytes::from(summary_json)).await.context("writing summary.json").map_err(failed)?;

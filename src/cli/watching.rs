@@ -122,7 +122,7 @@ impl WatchArgs {
             }
             eprintln!("fanout: watching stopped: {error}");
         }
-        let summary = write_reports(&manifest, &job, &started, &result, &load).await?;
+        let summary = write_reports(&manifest, &job, &started, &result, &load, None).await?;
         print_outcome(&summary, &manifest, &job, self.output);
         let failed_shards = summary.shards.failed;
         Ok(if job.retry.tolerated.allows(failed_shards, summary.shards.total) { EXIT_OK } else { EXIT_JOB_FAILED })
@@ -143,7 +143,7 @@ async fn keep_reports(
             snapshot = newer;
         }
         // A report that cannot be written now is written again with the next snapshot.
-        let _ = write_reports(&manifest, &job, &started, &snapshot, &load).await;
+        let _ = write_reports(&manifest, &job, &started, &snapshot, &load, None).await;
     }
 }
 

@@ -165,6 +165,22 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// backend can (S3 copies server-side); returns the size.
     async fn copy(&self, from: &str, to: &str) -> StorageResult<u64>;
 
+    /// Stores at `to` the objects `parts` (with their sizes) one after another, atomically,
+    /// never holding more than one small part in memory; returns the size. `scratch` is a
+    /// local file this may use (and removes). S3 copies large parts server-side.
+    async fn concat(&self, parts: &[ObjectMeta], to: &str, scratch: &Path) -> StorageResult<u64> {
+        let _ = std::fs::remove_file(scratch);
+        // Created even when every part is empty: the result exists.
+        std::fs::File::create(scratch)
+            .map_err(|e| StorageError::Io { location: scratch.display().to_string(), source: e })?;
+        for part in parts {
+            self.append_range(&part.key, 0..u64::MAX, scratch).await?;
+        }
+        let size = self.upload(to, scratch).await?;
+        let _ = std::fs::remove_file(scratch);
+        Ok(size)
+    }
+
     /// Removes the object; removing a missing object is not an error.
     async fn delete(&self, key: &str) -> StorageResult<()>;
 

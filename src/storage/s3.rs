@@ -31,6 +31,8 @@ pub const RANGE_SIZE: u64 = 16 << 20;
 /// CopyObject copies at most 5 GiB; larger objects are copied in parts of this size.
 const COPY_LIMIT: u64 = 5 << 30;
 const COPY_PART_SIZE: u64 = 1 << 30;
+/// S3's smallest part (all but the last part of a multipart upload).
+const MIN_PART: u64 = 5 << 20;
 /// Parts of one object in flight at once.
 const PART_CONCURRENCY: usize = 4;
 /// Writes `chunks` back to back from `offset` of a shared file, on the blocking pool, in
@@ -325,6 +327,97 @@ impl S3Storage {
             _ if text.contains("credential") => StorageError::Credentials { location, message: first_line(&text) },
             _ => StorageError::Service { location, operation, message: first_line(&text) },
         }
+    }
+
+    /// The parts of a concatenation: large stretches copied server-side (UploadPartCopy),
+    /// small ones gathered in memory until they make a part of the minimum size.
+    async fn concat_parts(
+        &self,
+        parts: &[ObjectMeta],
+        to: &str,
+        full_to: &str,
+        upload_id: &str,
+    ) -> StorageResult<Vec<CompletedPart>> {
+        let mut completed = Vec::new();
+        let mut buffer: Vec<u8> = Vec::new();
+        let mut number = 1;
+        for part in parts {
+            let mut offset = 0;
+            if !buffer.is_empty() {
+                let take = (MIN_PART - buffer.len() as u64).min(part.size);
+                buffer.extend_from_slice(&self.get_range(&part.key, 0..take).await?);
+                offset = take;
+                if buffer.len() as u64 >= MIN_PART {
+                    completed.push(self.put_part(to, full_to, upload_id, number, std::mem::take(&mut buffer)).await?);
+                    number += 1;
+                }
+            }
+            let rest = part.size - offset;
+            if rest == 0 {
+                continue;
+            }
+            if rest < MIN_PART {
+                buffer.extend_from_slice(&self.get_range(&part.key, offset..part.size).await?);
+                if buffer.len() as u64 >= MIN_PART {
+                    completed.push(self.put_part(to, full_to, upload_id, number, std::mem::take(&mut buffer)).await?);
+                    number += 1;
+                }
+                continue;
+            }
+            let copy_source = format!("{}/{}", self.bucket, percent_encode_key(&self.full_key(&part.key)?));
+            // Pieces of at most COPY_PART_SIZE; a short tail joins the piece before it.
+            let mut start = offset;
+            while start < part.size {
+                let mut end = (start + COPY_PART_SIZE).min(part.size);
+                if part.size - end < MIN_PART {
+                    end = part.size;
+                }
+                let copied = self
+                    .client
+                    .upload_part_copy()
+                    .bucket(&self.bucket)
+                    .key(full_to)
+                    .upload_id(upload_id)
+                    .part_number(number)
+                    .copy_source(&copy_source)
+                    .copy_source_range(format!("bytes={start}-{}", end - 1))
+                    .send()
+                    .await
+                    .map_err(|e| self.classify("UploadPartCopy", to, e))?;
+                let etag = copied.copy_part_result().and_then(|r| r.e_tag()).unwrap_or_default().to_string();
+                completed.push(CompletedPart::builder().part_number(number).e_tag(etag).build());
+                number += 1;
+                start = end;
+            }
+        }
+        if !buffer.is_empty() || completed.is_empty() {
+            completed.push(self.put_part(to, full_to, upload_id, number, buffer).await?);
+        }
+        Ok(completed)
+    }
+
+    async fn put_part(
+        &self,
+        key: &str,
+        full_key: &str,
+        upload_id: &str,
+        number: i32,
+        data: Vec<u8>,
+    ) -> StorageResult<CompletedPart> {
+        let length = data.len() as i64;
+        let uploaded = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(full_key)
+            .upload_id(upload_id)
+            .part_number(number)
+            .content_length(length)
+            .body(aws_sdk_s3::primitives::ByteStream::from(data))
+            .send()
+            .await
+            .map_err(|e| self.classify("UploadPart", key, e))?;
+        Ok(CompletedPart::builder().part_number(number).set_e_tag(uploaded.e_tag().map(str::to_string)).build())
     }
 
     /// A new multipart upload to `full_key`: its id.
@@ -721,6 +814,14 @@ impl Storage for S3Storage {
             .await
             .map_err(|e| self.classify("PutObject", key, e))?;
         Ok(size)
+    }
+
+    async fn concat(&self, parts: &[ObjectMeta], to: &str, _scratch: &Path) -> StorageResult<u64> {
+        let full_to = self.full_key(to)?;
+        let upload_id = self.start_multipart(to, &full_to).await?;
+        let completed = self.concat_parts(parts, to, &full_to, &upload_id).await;
+        self.finish_multipart(to, &full_to, &upload_id, completed).await?;
+        Ok(parts.iter().map(|p| p.size).sum())
     }
 
     async fn copy(&self, from: &str, to: &str) -> StorageResult<u64> {

@@ -1,7 +1,11 @@
 //! A fanout function: for every file under /in, `/out/<path>.json` holding
-//! `{"file": ..., "words": N, "lines": N, "bytes": N}`. Words are runs of non-whitespace,
-//! lines are newline characters (as `wc -w` and `wc -l` count them). With nothing under
-//! /in (record shards), it counts stdin, streamed, and prints one such JSON line on stdout.
+//! `{"file": ..., "words": N, "lines": N, "bytes": N}`. Words are runs of bytes that are
+//! not ASCII whitespace (Python's `bytes.split()`), lines are newline bytes. With nothing
+//! under /in (record shards), it counts stdin, streamed, and prints one such JSON line.
+//!
+//! `--merge` is its reduce: every file under /in holds such counts (one JSON object per
+//! line; a merged total counts its `files`, a per-file count is one file), and it prints
+//! their sums as `{"files": N, "words": W, "lines": L, "bytes": B}`.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -65,12 +69,53 @@ fn walk(dir: &Path, relative: &Path, found: &mut Vec<PathBuf>) -> std::io::Resul
     Ok(())
 }
 
+/// The number after `"name":` in a flat JSON object of counts (0 when absent).
+fn field(line: &str, name: &str) -> Result<u64, String> {
+    let Some(at) = line.find(&format!("\"{name}\":")) else { return Ok(0) };
+    let rest = line[at + name.len() + 3..].trim_start();
+    let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().map_err(|_| format!("\"{name}\" is not a count"))
+}
+
+fn merge(input: &Path, files: &[PathBuf]) -> std::process::ExitCode {
+    let (mut total_files, mut words, mut lines, mut bytes) = (0u64, 0u64, 0u64, 0u64);
+    for file in files {
+        let text = match std::fs::read_to_string(input.join(file)) {
+            Ok(text) => text,
+            Err(e) => {
+                eprintln!("wordcount --merge: {}: {e}", file.display());
+                return std::process::ExitCode::FAILURE;
+            }
+        };
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let counts = (|| Ok::<_, String>((field(line, "files")?, field(line, "words")?, field(line, "lines")?, field(line, "bytes")?)))();
+            match counts {
+                Ok((f, w, l, b)) => {
+                    total_files += if line.contains("\"files\":") { f } else { 1 };
+                    words += w;
+                    lines += l;
+                    bytes += b;
+                }
+                Err(e) => {
+                    eprintln!("wordcount --merge: {}: {e}", file.display());
+                    return std::process::ExitCode::FAILURE;
+                }
+            }
+        }
+    }
+    println!("{{\"files\": {total_files}, \"words\": {words}, \"lines\": {lines}, \"bytes\": {bytes}}}");
+    std::process::ExitCode::SUCCESS
+}
+
 fn main() -> std::process::ExitCode {
     let input = Path::new("/in");
     let mut files = Vec::new();
     if let Err(e) = walk(input, Path::new(""), &mut files) {
         eprintln!("wordcount: reading /in: {e}");
         return std::process::ExitCode::FAILURE;
+    }
+    if std::env::args().any(|arg| arg == "--merge") {
+        return merge(input, &files);
     }
     if files.is_empty() {
         // Streamed in blocks: stdin may be far larger than the guest's memory.
