@@ -10,6 +10,7 @@ mod interrupt;
 mod lambda;
 mod pdf;
 mod records;
+mod reduce;
 mod report;
 mod resume;
 mod s3;
