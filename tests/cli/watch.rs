@@ -1,0 +1,214 @@
+//! `fanout watch` on a local folder: objects put one by one, in a burst of 500, written
+//! slowly, overwritten; every version processed exactly once (checked by decoding each
+//! output); latency from put to commit; no CPU and no workers between bursts; a SIGKILL
+//! and a restart that lose and redo nothing; SIGTERM exits 0.
+
+use crate::common::*;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+struct Watcher {
+    child: std::process::Child,
+}
+
+impl Watcher {
+    fn start(input: &Path, dest: &Path, log: &Path) -> Watcher {
+        let log = std::fs::File::create(log).unwrap();
+        let child = fanout()
+            .current_dir(repo())
+            .args(["watch", "--input", input.to_str().unwrap(), "--output", dest.to_str().unwrap()])
+            .args(["--function", function("wordcount").to_str().unwrap(), "--idle", "300ms"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Watcher { child }
+    }
+
+    /// CPU time the watcher used so far (user + system, clock ticks).
+    fn cpu_ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    }
+
+    fn threads(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/task", self.child.id())).unwrap().count()
+    }
+
+    fn signal(&mut self, signal: &str) {
+        std::process::Command::new("kill").args([signal, &self.child.id().to_string()]).status().unwrap();
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Committed records of the watch (all runs), by shard.
+fn committed(dest: &Path) -> BTreeMap<u64, serde_json::Value> {
+    let Ok(jobs) = std::fs::read_dir(dest.join("_fanout")) else { return BTreeMap::new() };
+    let mut records = BTreeMap::new();
+    for job in jobs {
+        let job = job.unwrap().path();
+        if !job.join("shards").exists() {
+            continue;
+        }
+        for record in journal(&job) {
+            records.insert(record["shard"].as_u64().unwrap(), record);
+        }
+    }
+    records
+}
+
+/// The input key of every planned shard of the watch, read from its plan segments.
+fn shard_keys(dest: &Path) -> BTreeMap<u64, String> {
+    let job = job_dir(dest);
+    let mut keys = BTreeMap::new();
+    for segment in std::fs::read_dir(job.join("plan")).unwrap() {
+        for line in std::fs::read_to_string(segment.unwrap().path()).unwrap().lines() {
+            let shard: serde_json::Value = serde_json::from_str(line).unwrap();
+            keys.insert(shard["id"].as_u64().unwrap(), shard["objects"][0]["key"].as_str().unwrap().to_string());
+        }
+    }
+    keys
+}
+
+fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn put(input: &Path, name: &str, text: &str) -> SystemTime {
+    std::fs::write(input.join(name), text).unwrap();
+    SystemTime::now()
+}
+
+fn text_of(n: usize) -> String {
+    (0..n % 23 + 1).map(|i| format!("w{i} ")).collect::<String>() + "\n"
+}
+
+fn finished_at(record: &serde_json::Value) -> SystemTime {
+    humantime::parse_rfc3339(record["finished"].as_str().unwrap()).unwrap()
+}
+
+#[test]
+fn a_local_folder_is_watched_every_version_once_through_a_kill_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, dest, log) = (dir.path().join("in"), dir.path().join("out"), dir.path().join("watch.log"));
+    std::fs::create_dir(&input).unwrap();
+    let mut watcher = Watcher::start(&input, &dest, &log);
+    wait_for("the watch to start", Duration::from_secs(60), || dest.join("_fanout").exists());
+    std::thread::sleep(Duration::from_millis(300));
+
+    // One by one: latency from put to committed output.
+    let mut put_times = BTreeMap::new();
+    for i in 0..20 {
+        put_times.insert(format!("one-{i:02}.txt"), put(&input, &format!("one-{i:02}.txt"), &text_of(i)));
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    // Written slowly through one handle: taken once, whole, when closed.
+    let mut slow = std::fs::File::create(input.join("slow.txt")).unwrap();
+    for part in 0..3 {
+        slow.write_all(format!("part{part} more words\n").as_bytes()).unwrap();
+        slow.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    drop(slow);
+    wait_for("21 commits", Duration::from_secs(30), || committed(&dest).len() == 21);
+    let keys = shard_keys(&dest);
+    let records = committed(&dest);
+    let mut latencies: Vec<f64> = records
+        .values()
+        .filter_map(|r| {
+            let put = put_times.get(&keys[&r["shard"].as_u64().unwrap()])?;
+            Some(finished_at(r).duration_since(*put).unwrap_or_default().as_secs_f64())
+        })
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let p50 = latencies[latencies.len() / 2];
+    eprintln!("watch latency, local folder: p50 {:.3}s, max {:.3}s", p50, latencies.last().unwrap());
+    assert!(p50 < 1.0, "p50 latency {p50}s");
+
+    // Between bursts: the pool is back at zero (its threads gone) and the watch sleeps.
+    std::thread::sleep(Duration::from_secs(2));
+    let (ticks, threads) = (watcher.cpu_ticks(), watcher.threads());
+    std::thread::sleep(Duration::from_secs(3));
+    let idle_ticks = watcher.cpu_ticks() - ticks;
+    eprintln!("watch idle: {idle_ticks} CPU ticks in 3s, {threads} threads");
+    assert!(idle_ticks <= 2, "the idle watch used {idle_ticks} ticks of CPU in 3s");
+    assert_eq!(watcher.threads(), threads);
+
+    // A burst of 500, killed in the middle, then restarted.
+    for i in 0..500 {
+        std::fs::write(input.join(format!("burst-{i:03}.txt")), text_of(i)).unwrap();
+    }
+    wait_for("part of the burst", Duration::from_secs(60), || committed(&dest).len() > 60);
+    watcher.signal("-KILL");
+    let _ = watcher.child.wait();
+    let before_kill = committed(&dest);
+    // Overwritten while no watcher ran: a new version, processed again.
+    std::fs::write(input.join("one-03.txt"), "new content of three\n").unwrap();
+    let mut watcher = Watcher::start(&input, &dest, &dir.path().join("watch2.log"));
+    wait_for("every version", Duration::from_secs(120), || committed(&dest).len() >= 522);
+    std::thread::sleep(Duration::from_millis(1500));
+    watcher.signal("-TERM");
+    let status = watcher.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{}", std::fs::read_to_string(dir.path().join("watch2.log")).unwrap());
+
+    let records = committed(&dest);
+    let keys = shard_keys(&dest);
+    assert_eq!(records.len(), 522, "20 + slow + 500 + one overwrite");
+    // Nothing committed before the kill ran again.
+    for (shard, record) in &before_kill {
+        assert_eq!(&records[shard], record, "shard {shard} was redone");
+    }
+    // Every version exactly once: one shard per file, two for the overwritten one.
+    let mut per_key: BTreeMap<&str, usize> = BTreeMap::new();
+    for (shard, record) in &records {
+        assert_eq!(record["status"], "ok", "{record}");
+        *per_key.entry(keys[shard].as_str()).or_default() += 1;
+    }
+    assert_eq!(per_key.len(), 521);
+    assert!(per_key.iter().all(|(key, n)| *n == if *key == "one-03.txt" { 2 } else { 1 }), "{per_key:?}");
+    // Outputs decoded: each holds its file's word count, the overwritten one its new count.
+    for (key, _) in per_key {
+        let output: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dest.join(format!("{key}.json"))).unwrap()).unwrap();
+        let text = std::fs::read(input.join(key)).unwrap();
+        assert_eq!(output["words"], text.split(|b| b.is_ascii_whitespace()).filter(|w| !w.is_empty()).count());
+    }
+    let status = run_in(&repo(), &["status", dest.to_str().unwrap(), "--json"]);
+    status.assert_code(0);
+    let status: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(status["shards"]["ok"], 522, "{status}");
+    assert_eq!(report(&job_dir(&dest)).len(), 522);
+}
+
+#[test]
+fn a_watch_refuses_what_it_cannot_watch() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("one.txt"), "x\n").unwrap();
+    let wasm = function("wordcount");
+    let ran = run_in(
+        dir.path(),
+        &["watch", "--input", "one.txt", "--function", wasm.to_str().unwrap(), "--output", "out"],
+    );
+    ran.assert_code(2);
+    assert!(ran.stderr.contains("one object; a watch needs a folder"), "{}", ran.stderr);
+    let ran = run_in(
+        dir.path(),
+        &["watch", "--input", "nowhere/", "--function", wasm.to_str().unwrap(), "--output", "out", "--once"],
+    );
+    ran.assert_code(2);
+    assert!(ran.stderr.contains("nowhere"), "{}", ran.stderr);
+}
+
