@@ -389,15 +389,7 @@ async fn start(
     events: &EventSink,
 ) -> Result<Start, Failure> {
     let Some(document) = continuing else {
-        let document = JobDocument {
-            job_id: manifest::new_job_id(&job.name),
-            fanout_version: env!("CARGO_PKG_VERSION").to_string(),
-            created: manifest::timestamp(SystemTime::now()),
-            job: job.clone(),
-            function: FunctionIdentity { sha256: load.sha256.clone(), kind: load.kind },
-            plan: PlanState::default(),
-            watch: false,
-        };
+        let document = new_document(job, load, false);
         let shards = plan::stream(job, source, events.clone());
         return Ok(Start { document, prior: Journal::default(), shards, record_plan: true, new_job: true });
     };
@@ -434,6 +426,19 @@ async fn start(
         _ => (plan::stream(job, source, events.clone()), true),
     };
     Ok(Start { document, prior, shards, record_plan, new_job: false })
+}
+
+/// The document of a new job (a watch's when `watch`), under a fresh id.
+pub(super) fn new_document(job: &Job, load: &LoadReport, watch: bool) -> JobDocument {
+    JobDocument {
+        job_id: manifest::new_job_id(&job.name),
+        fanout_version: env!("CARGO_PKG_VERSION").to_string(),
+        created: manifest::timestamp(SystemTime::now()),
+        job: job.clone(),
+        function: FunctionIdentity { sha256: load.sha256.clone(), kind: load.kind },
+        plan: PlanState::default(),
+        watch,
+    }
 }
 
 /// `report.csv` and `summary.json`, written to the manifest; the summary is returned.

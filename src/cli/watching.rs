@@ -7,12 +7,12 @@ use super::args::WatchArgs;
 use super::common::plan_failure;
 use super::exit::{failed, usage, Failure, EXIT_JOB_FAILED, EXIT_OK};
 use super::running::{
-    check_compatible, executor_for, grace_of, open_everything, print_outcome, staging_root, watch_signals,
-    write_reports, Opened,
+    check_compatible, executor_for, grace_of, new_document, open_everything, print_outcome, staging_root,
+    watch_signals, write_reports, Opened,
 };
 use crate::events::{Event, EventSink};
 use crate::job::{self, Job};
-use crate::manifest::{self, FunctionIdentity, JobDocument, Journal, Manifest, PlanState};
+use crate::manifest::{self, JobDocument, Journal, Manifest};
 use crate::report::{self, ProgressMode};
 use crate::run::{self, RunResult, RunSetup, RunSpec, Shutdown, WatchRun};
 use crate::runtime::LoadReport;
@@ -152,15 +152,7 @@ async fn continue_or_begin(job: &Job, dest: &DynStorage, load: &LoadReport) -> R
     let jobs = manifest::list_jobs(dest).await.map_err(usage)?;
     let earlier = jobs.into_iter().rev().find(|d| d.watch && d.job.name == job.name);
     let Some(document) = earlier else {
-        let document = JobDocument {
-            job_id: manifest::new_job_id(&job.name),
-            fanout_version: env!("CARGO_PKG_VERSION").to_string(),
-            created: manifest::timestamp(SystemTime::now()),
-            job: job.clone(),
-            function: FunctionIdentity { sha256: load.sha256.clone(), kind: load.kind },
-            plan: PlanState::default(),
-            watch: true,
-        };
+        let document = new_document(job, load, true);
         return Ok(Continued {
             document,
             prior: Journal::default(),

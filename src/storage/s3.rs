@@ -372,20 +372,7 @@ impl S3Storage {
                 if part.size - end < MIN_PART {
                     end = part.size;
                 }
-                let copied = self
-                    .client
-                    .upload_part_copy()
-                    .bucket(&self.bucket)
-                    .key(full_to)
-                    .upload_id(upload_id)
-                    .part_number(number)
-                    .copy_source(&copy_source)
-                    .copy_source_range(format!("bytes={start}-{}", end - 1))
-                    .send()
-                    .await
-                    .map_err(|e| self.classify("UploadPartCopy", to, e))?;
-                let etag = copied.copy_part_result().and_then(|r| r.e_tag()).unwrap_or_default().to_string();
-                completed.push(CompletedPart::builder().part_number(number).e_tag(etag).build());
+                completed.push(self.copy_part(to, full_to, upload_id, number, &copy_source, start..end).await?);
                 number += 1;
                 start = end;
             }
@@ -394,6 +381,32 @@ impl S3Storage {
             completed.push(self.put_part(to, full_to, upload_id, number, buffer).await?);
         }
         Ok(completed)
+    }
+
+    /// Bytes `range` of `copy_source` as part `number` of an upload, copied server-side.
+    async fn copy_part(
+        &self,
+        key: &str,
+        full_key: &str,
+        upload_id: &str,
+        number: i32,
+        copy_source: &str,
+        range: std::ops::Range<u64>,
+    ) -> StorageResult<CompletedPart> {
+        let copied = self
+            .client
+            .upload_part_copy()
+            .bucket(&self.bucket)
+            .key(full_key)
+            .upload_id(upload_id)
+            .part_number(number)
+            .copy_source(copy_source)
+            .copy_source_range(format!("bytes={}-{}", range.start, range.end - 1))
+            .send()
+            .await
+            .map_err(|e| self.classify("UploadPartCopy", key, e))?;
+        let etag = copied.copy_part_result().and_then(|r| r.e_tag()).unwrap_or_default().to_string();
+        Ok(CompletedPart::builder().part_number(number).e_tag(etag).build())
     }
 
     async fn put_part(
@@ -485,22 +498,7 @@ impl S3Storage {
         let parts: StorageResult<Vec<CompletedPart>> = futures::stream::iter(ranges)
             .map(|(number, first, last)| {
                 let upload_id = upload_id.clone();
-                async move {
-                    let copied = self
-                        .client
-                        .upload_part_copy()
-                        .bucket(&self.bucket)
-                        .key(full_key)
-                        .upload_id(upload_id)
-                        .part_number(number)
-                        .copy_source(copy_source)
-                        .copy_source_range(format!("bytes={first}-{last}"))
-                        .send()
-                        .await
-                        .map_err(|e| self.classify("UploadPartCopy", key, e))?;
-                    let etag = copied.copy_part_result().and_then(|r| r.e_tag()).unwrap_or_default().to_string();
-                    Ok(CompletedPart::builder().part_number(number).e_tag(etag).build())
-                }
+                async move { self.copy_part(key, full_key, &upload_id, number, copy_source, first..last + 1).await }
             })
             .buffered(PART_CONCURRENCY)
             .try_collect()

@@ -7,8 +7,20 @@ use std::path::Path;
 /// A corpus of `files` text files with words that need care: commas, quotes, bytes that
 /// are not UTF-8, tabs and CRs between words, a file without a final newline.
 fn corpus(dir: &Path, files: usize) {
-    let words: [&[u8]; 12] =
-        [b"alpha", b"beta", b"a,b", b"\"quoted\"", b"caf\xc3\xa9", b"\xff\xferaw", b"x", b"y,\"z", b"The", b"the", b"end.", b"42"];
+    let words: [&[u8]; 12] = [
+        b"alpha",
+        b"beta",
+        b"a,b",
+        b"\"quoted\"",
+        b"caf\xc3\xa9",
+        b"\xff\xferaw",
+        b"x",
+        b"y,\"z",
+        b"The",
+        b"the",
+        b"end.",
+        b"42",
+    ];
     let mut state = 7u64;
     for f in 0..files {
         let mut text = Vec::new();
@@ -96,7 +108,16 @@ fn word_count_totals_agree_with_python() {
     corpus(&input, 12);
     let ran = run_in(
         &repo(),
-        &["run", "jobs/wordcount.toml", "--input", input.to_str().unwrap(), "--output", dest.to_str().unwrap(), "--fan-in", "2"],
+        &[
+            "run",
+            "jobs/wordcount.toml",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            dest.to_str().unwrap(),
+            "--fan-in",
+            "2",
+        ],
     );
     ran.assert_code(0);
     assert!(ran.stdout.contains("reduce:"), "{}", ran.stdout);

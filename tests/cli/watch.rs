@@ -198,10 +198,8 @@ fn a_watch_refuses_what_it_cannot_watch() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("one.txt"), "x\n").unwrap();
     let wasm = function("wordcount");
-    let ran = run_in(
-        dir.path(),
-        &["watch", "--input", "one.txt", "--function", wasm.to_str().unwrap(), "--output", "out"],
-    );
+    let ran =
+        run_in(dir.path(), &["watch", "--input", "one.txt", "--function", wasm.to_str().unwrap(), "--output", "out"]);
     ran.assert_code(2);
     assert!(ran.stderr.contains("one object; a watch needs a folder"), "{}", ran.stderr);
     let ran = run_in(
@@ -211,4 +209,3 @@ fn a_watch_refuses_what_it_cannot_watch() {
     ran.assert_code(2);
     assert!(ran.stderr.contains("nowhere"), "{}", ran.stderr);
 }
-
