@@ -139,65 +139,12 @@ impl ReduceRun<'_> {
                 records.push(record);
             }
             ReduceStep::Function { wasm, args } => {
-                let function = crate::function::load(wasm, self.options, self.quiet)
-                    .await
-                    .map_err(|e| ReduceError::Function(e.to_string()))?;
-                let limits = Limits {
-                    timeout: std::time::Duration::from_millis(reduce.timeout_ms),
-                    memory_bytes: reduce.memory_bytes,
-                    concurrency: self.job.workers.max,
-                };
-                let name = function.name.clone();
-                let (runtime, _) = tokio::task::spawn_blocking(move || Runtime::load(&name, &function.bytes, limits))
-                    .await
-                    .expect("loading the function does not panic")
-                    .map_err(|e| ReduceError::Function(e.to_string()))?;
-                let runtime = Arc::new(runtime);
+                let runtime = self.load_runtime(wasm).await?;
                 let mut level_inputs = inputs;
                 let mut level = 1;
                 loop {
                     let last = level_inputs.len() <= reduce.fan_in;
-                    let groups: Vec<Vec<ReduceInput>> =
-                        level_inputs.chunks(reduce.fan_in).map(<[ReduceInput]>::to_vec).collect();
-                    let groups = if groups.is_empty() { vec![Vec::new()] } else { groups };
-                    let results: Vec<Result<(ReduceRecord, bool), ReduceError>> =
-                        futures::stream::iter(groups.into_iter().enumerate())
-                            .map(|(index, group)| {
-                                let runtime = runtime.clone();
-                                let target = if last {
-                                    reduce.output.clone()
-                                } else {
-                                    self.manifest
-                                        .key(&format!("reduce/L{level}/{index:05}-{}", base_name(&reduce.output)))
-                                };
-                                async move { self.invocation(&runtime, args, level, index as u64, group, target).await }
-                            })
-                            .buffered(self.job.workers.max.max(1))
-                            .collect()
-                            .await;
-                    let mut next = Vec::new();
-                    for result in results {
-                        let (record, skipped) = result?;
-                        summary.invocations += 1;
-                        summary.skipped += skipped as u64;
-                        if record.record.status != ShardStatus::Ok {
-                            summary.failed += 1;
-                            summary.error.get_or_insert_with(|| {
-                                format!("{}: {}", record.name(), record.record.error.clone().unwrap_or_default())
-                            });
-                        } else {
-                            let key = record.record.outputs[0].clone();
-                            next.push(ReduceInput {
-                                name: format!("{:05}-{}", record.index, base_name(&reduce.output)),
-                                object: ObjectMeta::new(key, record.record.bytes_out),
-                                stamp: record.record.finished.clone(),
-                            });
-                            if last {
-                                summary.bytes_out = record.record.bytes_out;
-                            }
-                        }
-                        records.push(record);
-                    }
+                    let next = self.run_level(&runtime, args, level, level_inputs, &mut summary, &mut records).await?;
                     summary.levels = level;
                     if summary.failed > 0 || last {
                         summary.succeeded = summary.failed == 0;
@@ -210,6 +157,80 @@ impl ReduceRun<'_> {
         }
         summary.wall_ms = started.elapsed().as_millis() as u64;
         Ok((summary, records))
+    }
+
+    /// The reduce function, compiled with the reduce's own limits.
+    async fn load_runtime(&self, wasm: &crate::location::Location) -> Result<Arc<Runtime>, ReduceError> {
+        let reduce = self.job.reduce.as_ref().expect("a reduce");
+        let function = crate::function::load(wasm, self.options, self.quiet)
+            .await
+            .map_err(|e| ReduceError::Function(e.to_string()))?;
+        let limits = Limits {
+            timeout: std::time::Duration::from_millis(reduce.timeout_ms),
+            memory_bytes: reduce.memory_bytes,
+            concurrency: self.job.workers.max,
+        };
+        let name = function.name.clone();
+        let (runtime, _) = tokio::task::spawn_blocking(move || Runtime::load(&name, &function.bytes, limits))
+            .await
+            .expect("loading the function does not panic")
+            .map_err(|e| ReduceError::Function(e.to_string()))?;
+        Ok(Arc::new(runtime))
+    }
+
+    /// One level of the tree: `inputs` in groups of `fan_in`, up to `workers.max` at once.
+    /// Returns the level's results, the next level's inputs (the final object when the
+    /// inputs fit one group).
+    async fn run_level(
+        &self,
+        runtime: &Arc<Runtime>,
+        args: &[String],
+        level: u32,
+        inputs: Vec<ReduceInput>,
+        summary: &mut ReduceSummary,
+        records: &mut Vec<ReduceRecord>,
+    ) -> Result<Vec<ReduceInput>, ReduceError> {
+        let reduce = self.job.reduce.as_ref().expect("a reduce");
+        let last = inputs.len() <= reduce.fan_in;
+        let groups: Vec<Vec<ReduceInput>> = inputs.chunks(reduce.fan_in).map(<[ReduceInput]>::to_vec).collect();
+        // No map output at all: one invocation over an empty /in still makes the result.
+        let groups = if groups.is_empty() { vec![Vec::new()] } else { groups };
+        let results: Vec<Result<(ReduceRecord, bool), ReduceError>> =
+            futures::stream::iter(groups.into_iter().enumerate())
+                .map(|(index, group)| {
+                    let target = if last {
+                        reduce.output.clone()
+                    } else {
+                        self.manifest.key(&format!("reduce/L{level}/{index:05}-{}", base_name(&reduce.output)))
+                    };
+                    async move { self.invocation(runtime, args, level, index as u64, group, target).await }
+                })
+                .buffered(self.job.workers.max.max(1))
+                .collect()
+                .await;
+        let mut next = Vec::new();
+        for result in results {
+            let (record, skipped) = result?;
+            summary.invocations += 1;
+            summary.skipped += skipped as u64;
+            if record.record.status != ShardStatus::Ok {
+                summary.failed += 1;
+                summary.error.get_or_insert_with(|| {
+                    format!("{}: {}", record.name(), record.record.error.clone().unwrap_or_default())
+                });
+            } else {
+                next.push(ReduceInput {
+                    name: format!("{:05}-{}", record.index, base_name(&reduce.output)),
+                    object: ObjectMeta::new(record.record.outputs[0].clone(), record.record.bytes_out),
+                    stamp: record.record.finished.clone(),
+                });
+                if last {
+                    summary.bytes_out = record.record.bytes_out;
+                }
+            }
+            records.push(record);
+        }
+        Ok(next)
     }
 
     /// A stored record of this invocation over these same inputs, when it succeeded.
@@ -358,6 +379,51 @@ impl ReduceRun<'_> {
         Ok((record, false))
     }
 
+    /// A fresh sandbox in `dir`: the inputs downloaded under `in/` at their names, an empty
+    /// `out/`. Returns the bytes read.
+    async fn stage_inputs(&self, inputs: &[ReduceInput], dir: &Path) -> Result<u64, String> {
+        let (in_dir, out_dir) = (dir.join("in"), dir.join("out"));
+        let _ = tokio::fs::remove_dir_all(dir).await;
+        tokio::fs::create_dir_all(&in_dir).await.map_err(|e| format!("staging /in: {e}"))?;
+        tokio::fs::create_dir_all(&out_dir).await.map_err(|e| format!("staging /out: {e}"))?;
+        let mut items = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            let path = in_dir.join(&input.name);
+            if let Some(parent) = path.parent() {
+                tokio::fs::create_dir_all(parent).await.map_err(|e| format!("staging {}: {e}", input.name))?;
+            }
+            items.push((input.object.key.clone(), path));
+        }
+        self.dest.download_many(items).await.map_err(|e| format!("reading inputs: {e}"))
+    }
+
+    /// The one result of a finished attempt: the one file under `/out`, else stdout (kept
+    /// as a file in `dir`).
+    fn result_file(&self, report: &crate::runtime::InvocationReport, dir: &Path) -> Result<PathBuf, String> {
+        let rules = OutputRules { max_files: self.job.output.max_files, max_bytes: self.job.output.max_bytes };
+        let files = scan_outputs(&dir.join("out"), rules)?;
+        match files.as_slice() {
+            [] => {
+                let path = dir.join("result");
+                let written = match &report.stdout.kept {
+                    Some(Kept::File(kept)) => std::fs::rename(kept, &path),
+                    Some(Kept::Memory(bytes)) => std::fs::write(&path, bytes),
+                    None => std::fs::write(&path, b""),
+                };
+                written.map_err(|e| format!("keeping stdout: {e}"))?;
+                Ok(path)
+            }
+            [one] => match &one.from {
+                crate::stage::OutputFrom::File(path) => Ok(path.clone()),
+                crate::stage::OutputFrom::Staged(key) => Err(format!("{key} is not a local output")),
+            },
+            more => Err(format!(
+                "a reduce writes one result, on stdout or as one file under /out; this one wrote {} files",
+                more.len()
+            )),
+        }
+    }
+
     /// One attempt: inputs staged under `/in`, the function run, its one result stored at
     /// `target`. Returns the bytes read and written and the guest's stderr.
     #[allow(clippy::too_many_arguments)]
@@ -374,18 +440,7 @@ impl ReduceRun<'_> {
     ) -> Result<(u64, u64, String), (OutcomeKind, String, String)> {
         let host = |e: String| (OutcomeKind::Error, e, String::new());
         let (in_dir, out_dir) = (dir.join("in"), dir.join("out"));
-        let _ = tokio::fs::remove_dir_all(dir).await;
-        let mut items = Vec::new();
-        for input in inputs {
-            let path = in_dir.join(&input.name);
-            if let Some(parent) = path.parent() {
-                tokio::fs::create_dir_all(parent).await.map_err(|e| host(format!("staging {}: {e}", input.name)))?;
-            }
-            items.push((input.object.key.clone(), path));
-        }
-        tokio::fs::create_dir_all(&in_dir).await.map_err(|e| host(format!("staging /in: {e}")))?;
-        tokio::fs::create_dir_all(&out_dir).await.map_err(|e| host(format!("staging /out: {e}")))?;
-        let bytes_in = self.dest.download_many(items).await.map_err(|e| host(format!("reading inputs: {e}")))?;
+        let bytes_in = self.stage_inputs(inputs, dir).await.map_err(host)?;
         let call = Call {
             job_id: self.manifest.job_id(),
             name: "reduce",
@@ -428,25 +483,7 @@ impl ReduceRun<'_> {
         if !matches!(report.outcome, Outcome::Ok) {
             return Err((report.outcome.kind(), report.outcome.to_string(), stderr));
         }
-        let rules = OutputRules { max_files: 1, max_bytes: reduce_max_bytes(self.job) };
-        let files = scan_outputs(&out_dir, rules).map_err(|e| (OutcomeKind::Error, e, stderr.clone()))?;
-        let result = match files.as_slice() {
-            [] => {
-                let path = dir.join("result");
-                let written = match &report.stdout.kept {
-                    Some(Kept::File(kept)) => std::fs::rename(kept, &path),
-                    Some(Kept::Memory(bytes)) => std::fs::write(&path, bytes),
-                    None => std::fs::write(&path, b""),
-                };
-                written.map_err(|e| (OutcomeKind::Error, format!("keeping stdout: {e}"), stderr.clone()))?;
-                path
-            }
-            [one] => match &one.from {
-                crate::stage::OutputFrom::File(path) => path.clone(),
-                crate::stage::OutputFrom::Staged(_) => unreachable!("local outputs are files"),
-            },
-            _ => unreachable!("max_files is 1"),
-        };
+        let result = self.result_file(&report, dir).map_err(|e| (OutcomeKind::Error, e, stderr.clone()))?;
         let bytes_out = self
             .dest
             .upload(target, &result)
@@ -454,10 +491,6 @@ impl ReduceRun<'_> {
             .map_err(|e| (OutcomeKind::Error, format!("storing the result at {target}: {e}"), stderr.clone()))?;
         Ok((bytes_in, bytes_out, stderr))
     }
-}
-
-fn reduce_max_bytes(job: &Job) -> u64 {
-    job.output.max_bytes
 }
 
 /// The last segment of a key.

@@ -36,13 +36,7 @@ impl WatchArgs {
     pub(super) async fn execute(self) -> Result<u8, Failure> {
         let quiet = self.output.quiet || self.output.json;
         let (job, origins) = job::resolve(&self.job).map_err(usage)?;
-        if job.input.shard.is_record_rule() {
-            return Err(usage(anyhow!(
-                "{}input.shard: a watch takes whole objects (object, objects=N, bytes=SIZE), not {}",
-                origins.prefix("input.shard"),
-                job.input.shard
-            )));
-        }
+        refuse_record_rules(&job, &origins)?;
         let grace = grace_of(&self.control.grace)?;
         let options = self.storage.options();
         let opened = open_everything(&job, &origins, &options, quiet).await?;
@@ -60,15 +54,7 @@ impl WatchArgs {
         let job_id = continued.document.job_id.clone();
         let manifest = Manifest::new(dest.clone(), &job_id);
         let (events, event_rx) = EventSink::channel();
-        if continued.prior.next_run > 0 {
-            events.emit(Event::Note(format!(
-                "continuing watch {job_id}: {} shards committed before, {} to run again",
-                continued.prior.latest.len(),
-                continued.resume.redo.len()
-            )));
-        } else {
-            manifest.write_job(&continued.document).await.map_err(failed)?;
-        }
+        announce(&continued, &manifest, &events).await?;
         let progress_done = CancellationToken::new();
         let progress =
             tokio::spawn(report::drive_progress(ProgressMode::detect(quiet), event_rx, progress_done.clone()));
@@ -127,6 +113,33 @@ impl WatchArgs {
         let failed_shards = summary.shards.failed;
         Ok(if job.retry.tolerated.allows(failed_shards, summary.shards.total) { EXIT_OK } else { EXIT_JOB_FAILED })
     }
+}
+
+/// A watch takes whole objects: a record rule (rows, chunks) cuts objects that keep growing.
+fn refuse_record_rules(job: &Job, origins: &job::Origins) -> Result<(), Failure> {
+    if !job.input.shard.is_record_rule() {
+        return Ok(());
+    }
+    Err(usage(anyhow!(
+        "{}input.shard: a watch takes whole objects (object, objects=N, bytes=SIZE), not {}",
+        origins.prefix("input.shard"),
+        job.input.shard
+    )))
+}
+
+/// A continued watch says so; a new one stores its job.json before anything runs, so that
+/// `fanout status` finds it while it waits for the first object.
+async fn announce(continued: &Continued, manifest: &Manifest, events: &EventSink) -> Result<(), Failure> {
+    if continued.prior.next_run == 0 {
+        return manifest.write_job(&continued.document).await.map_err(failed);
+    }
+    events.emit(Event::Note(format!(
+        "continuing watch {}: {} shards committed before, {} to run again",
+        continued.document.job_id,
+        continued.prior.latest.len(),
+        continued.resume.redo.len()
+    )));
+    Ok(())
 }
 
 /// Rewrites report.csv and summary.json from each snapshot the run sends (the latest

@@ -472,15 +472,15 @@ fn resolve_reduce(
     let concat = table.concat.as_ref().is_some_and(|given| given.value);
     let step = match (&table.wasm, concat) {
         (None, false) => {
-            let stray = table.output.as_ref().map(|g| g.error("")).or(table.fan_in.as_ref().map(|g| g.error("")));
-            return match stray.or(table.args.as_ref().map(|g| g.error(""))) {
-                Some(JobError::Field { origin, field, .. }) => Err(JobError::Field {
-                    origin,
-                    field,
-                    message: "[reduce] needs a function (wasm = ...) or concat = true".into(),
-                }),
-                _ => Ok(None),
-            };
+            // Reduce fields without a reduce step are a mistake, not something to ignore.
+            const NEEDS: &str = "[reduce] needs a function (wasm = ...) or concat = true";
+            let stray = table
+                .output
+                .as_ref()
+                .map(|given| given.error(NEEDS))
+                .or_else(|| table.fan_in.as_ref().map(|given| given.error(NEEDS)))
+                .or_else(|| table.args.as_ref().map(|given| given.error(NEEDS)));
+            return stray.map_or(Ok(None), Err);
         }
         (Some(wasm), true) => {
             return Err(wasm.error("give either a reduce function or concat = true, not both"));
