@@ -5,17 +5,17 @@
 //! The modules, each listed after every module it depends on (`scripts/check-imports
 //! --order` checks this, and that no files depend on each other in a loop):
 //! - [`location`], [`units`]: addresses (`s3://`, paths) and human sizes, durations, shares.
-//! - [`job`]: job file + flags -> one resolved job.
 //! - [`aws`]: AWS settings more than one client reads (per-service endpoints).
 //! - [`storage`]: the storage trait with the local and S3 backends.
+//! - [`job`]: job file + flags -> one resolved job.
 //! - [`runtime`]: wasmtime: compile once (cached on disk), a fresh sandbox per invocation.
 //! - [`events`]: what a run reports as it goes (the coordinator and pool emit, reporters draw).
 //! - [`function`]: finding the function's bytes (a file, an object, or a crate to build).
 //! - [`plan`]: the source listing -> a stream of shards.
-//! - [`watch`]: a source watched for new objects -> a stream of shards that never ends.
 //! - [`manifest`]: what fanout writes under `DEST/_fanout/<job-id>/`, and reading it back.
 //! - [`stage`]: inputs into a staging folder, outputs out of `/out` into DEST.
 //! - [`timeline`]: the SVG plot of a job's attempts.
+//! - [`watch`]: a source watched for new objects -> a stream of shards that never ends.
 //! - [`executor`]: the trait every executor implements (attempts in, outcomes out).
 //! - [`pool`]: worker threads that scale with the backlog and exit when idle.
 //! - [`lambda`]: AWS Lambda: the executor that invokes it, the worker it invokes, deploy.

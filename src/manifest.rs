@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-pub const FANOUT_DIR: &str = "_fanout";
+pub use crate::storage::FANOUT_DIR;
 
 /// The stored job: what ran, with which function, and how far planning got.
 #[derive(Debug, Clone, Serialize, Deserialize)]

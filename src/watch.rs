@@ -225,7 +225,7 @@ impl Watching {
             if self.once && waiting.is_empty() {
                 return Ok(());
             }
-            let due = next_due.map(|at| tokio::time::Instant::from_std(at));
+            let due = next_due.map(tokio::time::Instant::from_std);
             tokio::select! {
                 event = events_rx.recv() => {
                     let mut rescan = false;

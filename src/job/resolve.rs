@@ -454,8 +454,8 @@ fn resolve_watch(table: WatchTable) -> Result<Watch, JobError> {
 /// Keys a reduce may not write: fanout's own folder.
 fn check_reduce_output(given: &Given<String>) -> Result<(), JobError> {
     crate::storage::validate_key(&given.value).map_err(|e| given.error(e.to_string()))?;
-    if given.value.split('/').next() == Some(crate::manifest::FANOUT_DIR) {
-        return Err(given.error(format!("{} is fanout's own folder", crate::manifest::FANOUT_DIR)));
+    if given.value.split('/').next() == Some(crate::storage::FANOUT_DIR) {
+        return Err(given.error(format!("{} is fanout's own folder", crate::storage::FANOUT_DIR)));
     }
     Ok(())
 }

@@ -10,6 +10,10 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// fanout's own folder under a DEST (the manifest, staging, intermediate results): no
+/// output of a function may be written there.
+pub const FANOUT_DIR: &str = "_fanout";
+
 /// Transfers of one batch in flight at once.
 pub const BATCH_CONCURRENCY: usize = 8;
 
