@@ -17,6 +17,7 @@ use crate::report::{self, ProgressMode};
 use crate::run::{self, RunResult, RunSetup, RunSpec, Shutdown, WatchRun};
 use crate::runtime::LoadReport;
 use crate::storage::DynStorage;
+use crate::units;
 use crate::watch::{self, WatchSpec};
 use anyhow::anyhow;
 use std::time::SystemTime;
@@ -54,7 +55,7 @@ impl WatchArgs {
         let job_id = continued.document.job_id.clone();
         let manifest = Manifest::new(dest.clone(), &job_id);
         let (events, event_rx) = EventSink::channel();
-        announce(&continued, &manifest, &events).await?;
+        announce(&job, &continued, &manifest, &events).await?;
         let progress_done = CancellationToken::new();
         let progress =
             tokio::spawn(report::drive_progress(ProgressMode::detect(quiet), event_rx, progress_done.clone()));
@@ -127,9 +128,18 @@ fn refuse_record_rules(job: &Job, origins: &job::Origins) -> Result<(), Failure>
     )))
 }
 
-/// A continued watch says so; a new one stores its job.json before anything runs, so that
-/// `fanout status` finds it while it waits for the first object.
-async fn announce(continued: &Continued, manifest: &Manifest, events: &EventSink) -> Result<(), Failure> {
+/// Says what is watched and how. A continued watch says so; a new one stores its job.json
+/// before anything runs, so that `fanout status` finds it while it waits for the first object.
+async fn announce(job: &Job, continued: &Continued, manifest: &Manifest, events: &EventSink) -> Result<(), Failure> {
+    let how = if job.input.source.is_s3() {
+        format!(
+            "listed every {}, less often while idle",
+            units::format_duration(std::time::Duration::from_millis(job.watch.interval_ms))
+        )
+    } else {
+        "by file-system notifications".to_string()
+    };
+    events.emit(Event::Note(format!("watching {} ({how}); Ctrl-C or SIGTERM stops", job.input.source)));
     if continued.prior.next_run == 0 {
         return manifest.write_job(&continued.document).await.map_err(failed);
     }

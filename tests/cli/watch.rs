@@ -15,10 +15,14 @@ struct Watcher {
 
 impl Watcher {
     fn start(input: &Path, dest: &Path, log: &Path) -> Watcher {
+        Watcher::start_urls(input.to_str().unwrap(), dest.to_str().unwrap(), log)
+    }
+
+    fn start_urls(input: &str, dest: &str, log: &Path) -> Watcher {
         let log = std::fs::File::create(log).unwrap();
         let child = fanout()
             .current_dir(repo())
-            .args(["watch", "--input", input.to_str().unwrap(), "--output", dest.to_str().unwrap()])
+            .args(["watch", "--input", input, "--output", dest])
             .args(["--function", function("wordcount").to_str().unwrap(), "--idle", "300ms"])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -208,4 +212,139 @@ fn a_watch_refuses_what_it_cannot_watch() {
     );
     ran.assert_code(2);
     assert!(ran.stderr.contains("nowhere"), "{}", ran.stderr);
+}
+
+/// Puts objects into S3 with boto3 (not fanout's client) and returns each key's put time.
+/// `plan` is a list of (key, text) put one by one `gap` seconds apart, or all at once
+/// from 16 threads when `gap` is negative.
+fn s3_put(prefix: &str, files: &[(String, String)], gap: f64) -> BTreeMap<String, SystemTime> {
+    let plan = serde_json::to_string(files).unwrap();
+    let printed = boto3(
+        "import json, time\n\
+         from concurrent.futures import ThreadPoolExecutor\n\
+         prefix, files, gap = sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3])\n\
+         def put(file):\n\
+         \x20   s3.put_object(Bucket=bucket, Key=prefix + file[0], Body=file[1].encode())\n\
+         \x20   return file[0], time.time()\n\
+         if gap < 0:\n\
+         \x20   done = list(ThreadPoolExecutor(16).map(put, files))\n\
+         else:\n\
+         \x20   done = []\n\
+         \x20   for file in files:\n\
+         \x20       done.append(put(file)); time.sleep(gap)\n\
+         print(json.dumps(done))\n",
+        &[prefix, &plan, &gap.to_string()],
+    );
+    let done: Vec<(String, f64)> = serde_json::from_str(printed.trim()).unwrap();
+    done.into_iter().map(|(key, at)| (key, SystemTime::UNIX_EPOCH + Duration::from_secs_f64(at))).collect()
+}
+
+/// A multipart upload of two parts with `pause` seconds between them: the object exists
+/// only once it is complete, so the watch must take it whole, once. The first part is
+/// `first` repeated `times` (a part but the last must be 5 MiB or more).
+fn s3_put_slowly(key: &str, (first, times): (&str, usize), second: &str, pause: f64) -> SystemTime {
+    let printed = boto3(
+        "import time\n\
+         key, first, second, pause = sys.argv[1], sys.argv[2] * int(sys.argv[5]), sys.argv[3], float(sys.argv[4])\n\
+         upload = s3.create_multipart_upload(Bucket=bucket, Key=key)['UploadId']\n\
+         one = s3.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=1, Body=first.encode())\n\
+         time.sleep(pause)\n\
+         two = s3.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=2, Body=second.encode())\n\
+         s3.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload, MultipartUpload={'Parts': [\n\
+         \x20   {'PartNumber': 1, 'ETag': one['ETag']}, {'PartNumber': 2, 'ETag': two['ETag']}]})\n\
+         print(time.time())\n",
+        &[key, first, second, &pause.to_string(), &times.to_string()],
+    );
+    SystemTime::UNIX_EPOCH + Duration::from_secs_f64(printed.trim().parse().unwrap())
+}
+
+/// Shards committed so far, as `fanout status` reads them from the manifest in S3.
+fn s3_committed(dest: &str) -> u64 {
+    let status = run_in(&repo(), &["status", dest, "--json"]);
+    if status.code != 0 {
+        return 0;
+    }
+    let status: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    status["shards"]["ok"].as_u64().unwrap_or(0)
+}
+
+#[test]
+#[cfg_attr(not(fanout_s3_server), ignore = "needs the S3 test server: run scripts/test")]
+fn an_s3_prefix_is_watched_every_version_once_through_a_kill_and_restart() {
+    let s3 = s3();
+    let prefix = unique_prefix("watch");
+    let (input, dest) = (format!("{prefix}in/"), format!("{prefix}out/"));
+    let (input_url, dest_url) = (format!("s3://{}/{input}", s3.bucket), format!("s3://{}/{dest}", s3.bucket));
+    let dir = tempfile::tempdir().unwrap();
+    let mut watcher = Watcher::start_urls(&input_url, &dest_url, &dir.path().join("watch.log"));
+    wait_for("the watch to start", Duration::from_secs(60), || {
+        std::fs::read_to_string(dir.path().join("watch.log")).unwrap().contains("watching")
+    });
+
+    // One by one, 0.4 s apart: latency from put to committed output, default 2 s listing.
+    let one_by_one: Vec<(String, String)> = (0..20).map(|i| (format!("one-{i:02}.txt"), text_of(i))).collect();
+    let mut put_times = s3_put(&input, &one_by_one, 0.4);
+    // A multipart upload whose parts arrive 3 s apart (a listing or more in between).
+    let big_part = ("slow words ", 5 * 1024 * 1024 / 11 + 1);
+    put_times.insert("slow.txt".into(), s3_put_slowly(&format!("{input}slow.txt"), big_part, "tail end\n", 3.0));
+    wait_for("21 commits", Duration::from_secs(60), || s3_committed(&dest_url) == 21);
+    let manifest = tempfile::tempdir().unwrap();
+    boto3_download(&format!("{dest}_fanout/"), &manifest.path().join("_fanout"));
+    let (keys, records) = (shard_keys(manifest.path()), committed(manifest.path()));
+    let mut latencies: Vec<f64> = records
+        .values()
+        .filter_map(|r| {
+            let put = put_times.get(&keys[&r["shard"].as_u64().unwrap()])?;
+            Some(finished_at(r).duration_since(*put).unwrap_or_default().as_secs_f64())
+        })
+        .collect();
+    assert_eq!(latencies.len(), 21, "{keys:?}");
+    latencies.sort_by(f64::total_cmp);
+    let p50 = latencies[latencies.len() / 2];
+    eprintln!("watch latency, S3 prefix: p50 {:.3}s, max {:.3}s", p50, latencies.last().unwrap());
+    assert!(p50 < 3.0, "p50 latency {p50}s");
+
+    // A burst of 500 from 16 threads, the watcher killed in the middle, then restarted.
+    let burst: Vec<(String, String)> = (0..500).map(|i| (format!("burst-{i:03}.txt"), text_of(i))).collect();
+    s3_put(&input, &burst, -1.0);
+    wait_for("part of the burst", Duration::from_secs(60), || s3_committed(&dest_url) > 60);
+    watcher.signal("-KILL");
+    let _ = watcher.child.wait();
+    let before_kill = tempfile::tempdir().unwrap();
+    boto3_download(&format!("{dest}_fanout/"), &before_kill.path().join("_fanout"));
+    let before_kill = committed(before_kill.path());
+    // Overwritten while no watcher ran: a new ETag, a new version, processed again.
+    s3_put(&input, &[("one-03.txt".into(), "new content of three\n".into())], 0.0);
+    let mut watcher = Watcher::start_urls(&input_url, &dest_url, &dir.path().join("watch2.log"));
+    wait_for("every version", Duration::from_secs(180), || s3_committed(&dest_url) >= 522);
+    watcher.signal("-TERM");
+    let status = watcher.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{}", std::fs::read_to_string(dir.path().join("watch2.log")).unwrap());
+
+    let back = tempfile::tempdir().unwrap();
+    boto3_download(&dest, back.path());
+    let (keys, records) = (shard_keys(back.path()), committed(back.path()));
+    assert_eq!(records.len(), 522, "20 + slow + 500 + one overwrite");
+    for (shard, record) in &before_kill {
+        assert_eq!(&records[shard], record, "shard {shard} was redone");
+    }
+    let mut per_key: BTreeMap<&str, usize> = BTreeMap::new();
+    for (shard, record) in &records {
+        assert_eq!(record["status"], "ok", "{record}");
+        *per_key.entry(keys[shard].as_str()).or_default() += 1;
+    }
+    assert_eq!(per_key.len(), 521);
+    assert!(per_key.iter().all(|(key, n)| *n == if *key == "one-03.txt" { 2 } else { 1 }), "{per_key:?}");
+    // Outputs decoded: each holds its object's word count; the overwritten one its new count.
+    let texts: BTreeMap<String, String> = one_by_one
+        .into_iter()
+        .chain(burst)
+        .chain([("one-03.txt".to_string(), "new content of three\n".to_string())])
+        .chain([("slow.txt".to_string(), format!("{}tail end\n", big_part.0.repeat(big_part.1)))])
+        .collect();
+    for (key, text) in &texts {
+        let output: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(back.path().join(format!("{key}.json"))).unwrap()).unwrap();
+        assert_eq!(output["words"], text.split_ascii_whitespace().count(), "{key}");
+    }
 }
