@@ -218,3 +218,60 @@ fn reduce_fields_are_checked_before_anything_runs() {
     assert!(ran.stderr.contains("reduce.output"), "{}", ran.stderr);
     assert!(!dir.path().join("out").exists());
 }
+
+#[test]
+#[cfg_attr(not(fanout_s3_server), ignore = "needs the S3 test server: run scripts/test")]
+fn concat_in_s3_copies_large_outputs_server_side_and_gathers_small_ones() {
+    let s3 = s3();
+    let prefix = unique_prefix("concat");
+    let dir = tempfile::tempdir().unwrap();
+    // One record per line, of mixed sizes, shard by shard: an output of 5 MiB or more is
+    // copied (UploadPartCopy), smaller ones are gathered into parts of 5 MiB; a pseudo-random
+    // fill shows any misplaced byte.
+    let sizes: [usize; 6] = [6 << 20, 100, 3 << 20, 3 << 20, 12 << 20, 10];
+    let mut expected = Vec::new();
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    for size in sizes {
+        expected.extend((1..size).map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            b'a' + (state % 26) as u8
+        }));
+        expected.push(b'\n');
+    }
+    let input = dir.path().join("lines.txt");
+    std::fs::write(&input, &expected).unwrap();
+    let dest = format!("s3://{}/{prefix}out/", s3.bucket);
+    let ran = run_in(
+        &repo(),
+        &[
+            "run",
+            "--input",
+            input.to_str().unwrap(),
+            "--shard",
+            "rows=1",
+            "--function",
+            function("copy").to_str().unwrap(),
+            "--output",
+            &dest,
+            "--reduce-concat",
+            "--reduce-output",
+            "all.bin",
+        ],
+    );
+    ran.assert_code(0);
+    let back = tempfile::tempdir().unwrap();
+    boto3_download(&format!("{prefix}out/"), back.path());
+    let joined = std::fs::read(back.path().join("all.bin")).unwrap();
+    assert_eq!(report(&job_dir(back.path())).iter().filter(|row| row["stage"] == "map").count(), 6);
+    assert!(joined == expected, "all.bin is not the six parts joined in order");
+    // The layout: the first copied; the second, third and 2 MiB of the fourth gathered; the
+    // rest of the fourth and 4 MiB of the fifth gathered; the fifth's rest copied; the
+    // sixth alone as the last part.
+    let parts = boto3(
+        "print(s3.head_object(Bucket=bucket, Key=sys.argv[1], PartNumber=1)['PartsCount'])",
+        &[&format!("{prefix}out/all.bin")],
+    );
+    assert_eq!(parts.trim(), "5");
+}

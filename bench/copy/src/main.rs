@@ -1,4 +1,5 @@
-//! Copies every file under /in to the same path under /out, streaming in 1 MiB blocks.
+//! Copies every file under /in to the same path under /out, streaming in 1 MiB blocks; a
+//! record shard (no files, its bytes on stdin) is copied from stdin to stdout: the identity map.
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -28,8 +29,16 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<u64> {
     Ok(total)
 }
 
+fn copy_stdin() -> std::io::Result<u64> {
+    std::io::copy(&mut std::io::stdin().lock(), &mut std::io::stdout().lock())
+}
+
 fn main() {
-    if let Err(e) = copy_tree(Path::new("/in"), Path::new("/out")) {
+    let copied = match std::fs::read_dir("/in").map(|mut entries| entries.next().is_none()) {
+        Ok(true) => copy_stdin(),
+        _ => copy_tree(Path::new("/in"), Path::new("/out")),
+    };
+    if let Err(e) = copied {
         eprintln!("copy: {e}");
         std::process::exit(1);
     }
