@@ -106,20 +106,7 @@ for run in $(seq 1 "$RUNS"); do
 done
 
 echo "bench: 3. 1,000 no-op calls: fanout on the emulator, Lithops localhost (version 1, 2 workers)" >&2
-LITHOPS_VENV=${FANOUT_BENCH_LITHOPS_VENV:-$HOME/.cache/fanout-bench-lithops}
-if [[ ! -x $LITHOPS_VENV/bin/python ]] || ! "$LITHOPS_VENV/bin/python" -c 'import lithops' 2>/dev/null; then
-	python3 -m venv "$LITHOPS_VENV"
-	"$LITHOPS_VENV/bin/pip" install --quiet --disable-pip-version-check lithops
-fi
-cat >"$WORK/lithops.yaml" <<YAML
-lithops:
-    backend: localhost
-    storage: localhost
-    log_level: WARNING
-localhost:
-    version: 1
-    worker_processes: 2
-YAML
+lithops_setup "$WORK"
 cat >"$WORK/lithops_noop.py" <<'PY'
 import lithops
 def noop(x):

@@ -74,3 +74,22 @@ import statistics,sys
 w=[float(l.split('|')[1]) for l in open('$WORK/times') if l.split('|')[0].startswith('$1')]
 print(statistics.median(w))"
 }
+
+# lithops_setup WORK: a venv with Lithops and Dask under ~/.cache (made once), and a Lithops
+# config in WORK for the localhost backend with 2 worker processes. Sets LITHOPS_VENV.
+lithops_setup() {
+	LITHOPS_VENV=${FANOUT_BENCH_LITHOPS_VENV:-$HOME/.cache/fanout-bench-lithops}
+	if [[ ! -x $LITHOPS_VENV/bin/python ]] || ! "$LITHOPS_VENV/bin/python" -c 'import lithops, dask.bag' 2>/dev/null; then
+		python3 -m venv "$LITHOPS_VENV"
+		"$LITHOPS_VENV/bin/pip" install --quiet --disable-pip-version-check lithops 'dask[bag]'
+	fi
+	cat >"$1/lithops.yaml" <<YAML
+lithops:
+    backend: localhost
+    storage: localhost
+    log_level: WARNING
+localhost:
+    version: 1
+    worker_processes: 2
+YAML
+}
