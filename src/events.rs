@@ -8,6 +8,8 @@ use tokio::sync::mpsc;
 pub enum Event {
     /// Planning found another shard (`planned` so far).
     Planned { planned: u64 },
+    /// The source is watched: shards keep coming, and there is no total.
+    Watching,
     /// Planning is over: the job has `total` shards.
     PlanComplete { total: u64 },
     /// A shard committed by an earlier run was skipped.

@@ -23,7 +23,7 @@ use crate::runtime::{FunctionKind, OutcomeKind};
 use crate::storage::{DynStorage, StorageError};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::SystemTime;
 
 pub use crate::storage::FANOUT_DIR;
@@ -95,6 +95,10 @@ pub struct ShardRecord {
     /// when it ended first), for the timeline. Absent when the first attempt decided.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub earlier: Vec<AttemptSpan>,
+    /// In a watch, the shards of earlier versions of the same objects: once this one has
+    /// committed, a failure among them no longer counts (its object is not there any more).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub supersedes: Vec<u64>,
 }
 
 /// One attempt of a shard as the timeline draws it.
@@ -117,19 +121,44 @@ pub struct AttemptSpan {
 pub struct Counts {
     pub ok: u64,
     pub failed: u64,
+    /// Failed, then replaced by a committed newer version of their objects (a watch).
+    pub superseded: u64,
 }
 
 impl Counts {
     pub fn of<'a>(records: impl IntoIterator<Item = &'a ShardRecord>) -> Counts {
+        let records: Vec<&ShardRecord> = records.into_iter().collect();
+        let superseded = superseded_failures(records.iter().copied());
         let mut counts = Counts::default();
         for record in records {
             match record.status {
                 ShardStatus::Ok => counts.ok += 1,
+                ShardStatus::Failed if superseded.contains(&record.shard) => counts.superseded += 1,
                 ShardStatus::Failed => counts.failed += 1,
             }
         }
         counts
     }
+}
+
+/// The shards a committed newer version of the same objects replaced (a watch).
+pub fn replaced_shards<'a>(records: impl IntoIterator<Item = &'a ShardRecord>) -> HashSet<u64> {
+    records
+        .into_iter()
+        .filter(|record| record.status == ShardStatus::Ok)
+        .flat_map(|record| record.supersedes.iter().copied())
+        .collect()
+}
+
+/// The failed shards a committed newer version of the same objects replaced (a watch).
+pub fn superseded_failures<'a>(records: impl IntoIterator<Item = &'a ShardRecord>) -> HashSet<u64> {
+    let records: Vec<&ShardRecord> = records.into_iter().collect();
+    let replaced = replaced_shards(records.iter().copied());
+    records
+        .iter()
+        .filter(|record| record.status == ShardStatus::Failed && replaced.contains(&record.shard))
+        .map(|record| record.shard)
+        .collect()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -386,7 +415,21 @@ mod tests {
             run,
             backup: false,
             earlier: Vec::new(),
+            supersedes: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_failure_counts_until_a_newer_version_of_its_object_commits() {
+        use ShardStatus::{Failed, Ok};
+        let mut newer = record(5, Failed, 0);
+        newer.supersedes = vec![2];
+        let records = [record(1, Ok, 0), record(2, Failed, 0), record(3, Failed, 0), newer.clone()];
+        assert_eq!(Counts::of(&records), Counts { ok: 1, failed: 3, superseded: 0 }, "the newer one failed too");
+        newer.status = Ok;
+        let records = [record(1, Ok, 0), record(2, Failed, 0), record(3, Failed, 0), newer];
+        assert_eq!(Counts::of(&records), Counts { ok: 2, failed: 1, superseded: 1 });
+        assert_eq!(superseded_failures(&records), HashSet::from([2]));
     }
 
     #[tokio::test]

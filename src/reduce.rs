@@ -105,20 +105,24 @@ fn fingerprint(inputs: &[ReduceInput]) -> String {
     hasher.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The map's committed outputs, in shard order, as level 1's inputs.
+/// The map's committed outputs, in shard order, as level 1's inputs. In a watch, a shard
+/// whose object has a newer version that committed is left out, and an output key a later
+/// shard published again is read once, as the later shard's (DEST holds only that one).
 pub fn map_outputs(records: &std::collections::BTreeMap<u64, ShardRecord>) -> Vec<ReduceInput> {
-    records
-        .values()
-        .filter(|record| record.status == ShardStatus::Ok)
-        .flat_map(|record| {
-            let size = if record.outputs.len() == 1 { record.bytes_out } else { 0 };
-            record.outputs.iter().map(move |key| ReduceInput {
-                object: ObjectMeta::new(key.clone(), size),
-                name: key.clone(),
-                stamp: format!("{}@{}", record.shard, record.finished),
-            })
+    let replaced = crate::manifest::replaced_shards(records.values());
+    let ok = || records.values().filter(|record| record.status == ShardStatus::Ok && !replaced.contains(&record.shard));
+    let last_owner: std::collections::HashMap<&str, u64> =
+        ok().flat_map(|record| record.outputs.iter().map(|key| (key.as_str(), record.shard))).collect();
+    ok().flat_map(|record| {
+        let size = if record.outputs.len() == 1 { record.bytes_out } else { 0 };
+        let last_owner = &last_owner;
+        record.outputs.iter().filter(move |key| last_owner[key.as_str()] == record.shard).map(move |key| ReduceInput {
+            object: ObjectMeta::new(key.clone(), size),
+            name: key.clone(),
+            stamp: format!("{}@{}", record.shard, record.finished),
         })
-        .collect()
+    })
+    .collect()
 }
 
 impl ReduceRun<'_> {
@@ -271,6 +275,7 @@ impl ReduceRun<'_> {
                 run: 0,
                 backup: false,
                 earlier: Vec::new(),
+                supersedes: Vec::new(),
             },
         }
     }

@@ -123,9 +123,16 @@ pub struct ShardCounts {
     pub total: u64,
     pub ok: u64,
     pub failed: u64,
+    /// Failed, then replaced by a newer version of their objects that committed (a watch).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub superseded: u64,
     pub pending: u64,
     /// Committed by an earlier run and not run again.
     pub skipped: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -205,9 +212,10 @@ pub(crate) struct SummaryInput<'a> {
 pub(crate) fn summarize(input: SummaryInput) -> Summary {
     let SummaryInput { job_id, name, dest, manifest, started, result, load, reduce } = input;
     let (stats, records) = (&result.stats, &result.records);
+    let superseded = crate::manifest::superseded_failures(records.values());
     let failures: Vec<Failure> = records
         .values()
-        .filter(|r| r.status == ShardStatus::Failed)
+        .filter(|r| r.status == ShardStatus::Failed && !superseded.contains(&r.shard))
         .take(FAILURES_IN_SUMMARY)
         .map(|r| Failure {
             shard: r.shard,
@@ -216,7 +224,7 @@ pub(crate) fn summarize(input: SummaryInput) -> Summary {
             error: r.error.clone().unwrap_or_default(),
         })
         .collect();
-    let Counts { ok, failed } = Counts::of(records.values());
+    let Counts { ok, failed, superseded } = Counts::of(records.values());
     let ran = stats.shards_ok + stats.shards_failed;
     let reduced = reduce.is_none_or(|r| r.succeeded);
     let status = match (result.succeeded && reduced, stats.stopped_early) {
@@ -237,6 +245,7 @@ pub(crate) fn summarize(input: SummaryInput) -> Summary {
             total: stats.shards_total,
             ok,
             failed,
+            superseded,
             pending: stats.shards_pending,
             skipped: stats.shards_skipped,
         },
@@ -273,7 +282,7 @@ pub(crate) fn summarize(input: SummaryInput) -> Summary {
 /// `fanout report`'s table: shards by state and outcome, durations of the shards that
 /// succeeded, bytes in and out.
 pub(crate) fn table(title: &str, records: &BTreeMap<u64, ShardRecord>, total: u64) -> String {
-    let Counts { ok, failed } = Counts::of(records.values());
+    let Counts { ok, failed, superseded } = Counts::of(records.values());
     let mut durations: Vec<u64> =
         records.values().filter(|r| r.status == ShardStatus::Ok).map(|r| r.duration_ms).collect();
     durations.sort_unstable();
@@ -284,11 +293,13 @@ pub(crate) fn table(title: &str, records: &BTreeMap<u64, ShardRecord>, total: u6
         *outcomes.entry(record.outcome).or_default() += 1;
     }
     let outcomes: Vec<String> = outcomes.iter().map(|(kind, n)| format!("{kind} {n}")).collect();
-    let pending = total.saturating_sub(ok + failed);
+    let pending = total.saturating_sub(ok + failed + superseded);
+    let replaced =
+        if superseded > 0 { format!(", {superseded} failed and replaced by a newer version") } else { String::new() };
     let bytes_in = crate::units::format_size(records.values().map(|r| r.bytes_in).sum());
     let bytes_out = crate::units::format_size(records.values().map(|r| r.bytes_out).sum());
     format!(
-        "{title}\n  shards: {total} total, {ok} ok, {failed} failed, {pending} pending\n  outcomes: {}\n  \
+        "{title}\n  shards: {total} total, {ok} ok, {failed} failed{replaced}, {pending} pending\n  outcomes: {}\n  \
          duration of ok shards: median {}ms, p90 {}ms, max {}ms\n  bytes: {bytes_in} in, {bytes_out} out\n",
         outcomes.join(", "),
         percentile(0.5),
@@ -302,6 +313,9 @@ pub fn summary_line(summary: &Summary) -> String {
     let s = &summary.shards;
     let mut line =
         format!("{}: {} — {}/{} shards ok, {} failed", summary.name, summary.status, s.ok, s.total, s.failed);
+    if s.superseded > 0 {
+        line.push_str(&format!(" ({} more failed, then a newer version succeeded)", s.superseded));
+    }
     if s.pending > 0 {
         line.push_str(&format!(", {} pending", s.pending));
     }
@@ -386,6 +400,8 @@ struct Tally {
     failed: u64,
     skipped: u64,
     workers: usize,
+    /// A watch: the total stays open.
+    watching: bool,
 }
 
 impl Tally {
@@ -397,6 +413,7 @@ impl Tally {
         match event {
             Event::Planned { planned } => self.planned = *planned,
             Event::PlanComplete { total } => self.total = Some(*total),
+            Event::Watching => self.watching = true,
             Event::Skipped => self.skipped += 1,
             Event::Workers { live } => self.workers = *live,
             Event::ShardFinished { ok, .. } => {
@@ -517,7 +534,7 @@ fn message_for(event: &Event) -> Option<String> {
 fn progress_line(tally: &Tally, rate: f64) -> String {
     let total = match tally.total {
         Some(total) => total.to_string(),
-        None => format!("{}+ (planning)", tally.planned),
+        None => format!("{}+ ({})", tally.planned, if tally.watching { "watching" } else { "planning" }),
     };
     let eta = match tally.total {
         Some(total) if rate > 0.0 => {

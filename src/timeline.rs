@@ -2,9 +2,9 @@
 //! send a colleague. Every attempt is a box on its worker's lane, coloured by outcome, on a
 //! time axis in seconds; cold starts and backup attempts are marked; a legend says what the
 //! colours and marks mean; under the lanes, a panel shows how many attempts ran at each
-//! moment (Lithops' concurrency plot). Past a few thousand attempts, ok boxes are sampled
-//! and workers share lanes, and the plot says so. Owns only the drawing; the records come
-//! from the manifest.
+//! moment (Lithops' concurrency plot). Reduce invocations, after the map, get a lane per
+//! level. Past a few thousand attempts, ok boxes are sampled and workers share lanes, and
+//! the plot says so. Owns only the drawing; the records come from the manifest.
 
 use crate::manifest::{AttemptSpan, ShardRecord};
 use crate::runtime::OutcomeKind;
@@ -29,6 +29,8 @@ const MAX_BOXES: usize = 4000;
 /// One attempt to draw.
 struct Attempt<'a> {
     shard: u64,
+    /// The reduce level of a reduce invocation (whose `shard` is its index in the level).
+    reduce_level: Option<u32>,
     attempt: u32,
     outcome: OutcomeKind,
     worker: Option<u32>,
@@ -66,24 +68,37 @@ fn seconds_since(t0: SystemTime, text: &str) -> Option<f64> {
     Some(t.duration_since(t0).unwrap_or_default().as_secs_f64())
 }
 
-/// Every attempt the records know of, in seconds from the first start.
-fn attempts(records: &BTreeMap<u64, ShardRecord>) -> Vec<Attempt<'_>> {
-    let starts = records
-        .values()
-        .flat_map(|r| std::iter::once(r.started.as_str()).chain(r.earlier.iter().map(|e| e.started.as_str())));
+/// Every attempt the records know of (map shards, then reduce invocations with their
+/// level), in seconds from the first start.
+fn attempts<'a>(records: &'a BTreeMap<u64, ShardRecord>, reduce: &[(u32, &'a ShardRecord)]) -> Vec<Attempt<'a>> {
+    let all_records = || records.values().map(|r| (None, r)).chain(reduce.iter().map(|(level, r)| (Some(*level), *r)));
+    let starts = all_records()
+        .flat_map(|(_, r)| std::iter::once(r.started.as_str()).chain(r.earlier.iter().map(|e| e.started.as_str())));
     let Some(t0) = starts.filter_map(|t| humantime::parse_rfc3339(t).ok()).min() else { return Vec::new() };
     let mut all = Vec::new();
-    for record in records.values() {
+    for (reduce_level, record) in all_records() {
         for span in &record.earlier {
             let AttemptSpan { attempt, outcome, worker, cold_start, backup, .. } = *span;
             if let (Some(start), Some(end)) = (seconds_since(t0, &span.started), seconds_since(t0, &span.finished)) {
                 let shard = record.shard;
-                all.push(Attempt { shard, attempt, outcome, worker, start, end, cold_start, backup, error: None });
+                all.push(Attempt {
+                    shard,
+                    reduce_level,
+                    attempt,
+                    outcome,
+                    worker,
+                    start,
+                    end,
+                    cold_start,
+                    backup,
+                    error: None,
+                });
             }
         }
         if let (Some(start), Some(end)) = (seconds_since(t0, &record.started), seconds_since(t0, &record.finished)) {
             all.push(Attempt {
                 shard: record.shard,
+                reduce_level,
                 attempt: record.attempts,
                 outcome: record.outcome,
                 worker: record.worker,
@@ -98,49 +113,57 @@ fn attempts(records: &BTreeMap<u64, ShardRecord>) -> Vec<Attempt<'_>> {
     all
 }
 
-/// The lanes: each a run of workers (one worker each unless there are too many).
+/// The lanes: each a run of map workers (one worker each unless there are too many), then
+/// one for map attempts that never reached a worker, then one per reduce level.
 struct Lanes {
     /// The first and last worker of each lane, in order.
     ranges: Vec<(u32, u32)>,
     /// Workers in all.
     workers: usize,
-    /// Attempts that never reached a worker get a lane of their own at the end.
+    /// Map attempts that never reached a worker get a lane of their own after the workers.
     unassigned: bool,
+    /// Reduce levels, 1 up to this.
+    reduce_levels: u32,
 }
 
 impl Lanes {
     fn of(attempts: &[Attempt]) -> Lanes {
-        let mut workers: Vec<u32> = attempts.iter().filter_map(|a| a.worker).collect();
+        let map = || attempts.iter().filter(|a| a.reduce_level.is_none());
+        let mut workers: Vec<u32> = map().filter_map(|a| a.worker).collect();
         workers.sort_unstable();
         workers.dedup();
         let per_lane = workers.len().div_ceil(MAX_LANES).max(1);
         let ranges = workers.chunks(per_lane).map(|c| (c[0], c[c.len() - 1])).collect();
-        Lanes { ranges, workers: workers.len(), unassigned: attempts.iter().any(|a| a.worker.is_none()) }
+        Lanes {
+            ranges,
+            workers: workers.len(),
+            unassigned: map().any(|a| a.worker.is_none()),
+            reduce_levels: attempts.iter().filter_map(|a| a.reduce_level).max().unwrap_or(0),
+        }
     }
 
     fn count(&self) -> usize {
-        self.ranges.len() + usize::from(self.unassigned)
+        self.ranges.len() + usize::from(self.unassigned) + self.reduce_levels as usize
     }
 
-    fn index(&self, worker: Option<u32>) -> usize {
-        match worker {
-            Some(w) => self.ranges.partition_point(|&(_, last)| last < w),
-            None => self.ranges.len(),
+    fn index(&self, attempt: &Attempt) -> usize {
+        match (attempt.reduce_level, attempt.worker) {
+            (Some(level), _) => self.ranges.len() + usize::from(self.unassigned) + level as usize - 1,
+            (None, Some(w)) => self.ranges.partition_point(|&(_, last)| last < w),
+            (None, None) => self.ranges.len(),
         }
     }
 
-    fn label(&self, lane: usize) -> String {
+    /// What lane `lane` holds, for its label and its `data-workers` attribute.
+    fn holds(&self, lane: usize) -> (String, String) {
         match self.ranges.get(lane) {
-            Some((first, last)) if first == last => format!("worker {first}"),
-            Some((first, last)) => format!("workers {first}-{last}"),
-            None => "not started".to_string(),
-        }
-    }
-
-    fn workers_attribute(&self, lane: usize) -> String {
-        match self.ranges.get(lane) {
-            Some((first, last)) => format!("{first}-{last}"),
-            None => "none".to_string(),
+            Some((first, last)) if first == last => (format!("worker {first}"), format!("{first}-{last}")),
+            Some((first, last)) => (format!("workers {first}-{last}"), format!("{first}-{last}")),
+            None if lane == self.ranges.len() && self.unassigned => ("not started".to_string(), "none".to_string()),
+            None => {
+                let level = lane - self.ranges.len() - usize::from(self.unassigned) + 1;
+                (format!("reduce level {level}"), format!("reduce-L{level}"))
+            }
         }
     }
 }
@@ -218,8 +241,12 @@ struct Plot<'a> {
 }
 
 /// Renders the records of a job as an SVG document.
-pub fn svg(records: &BTreeMap<u64, ShardRecord>, title: &str) -> anyhow::Result<String> {
-    let attempts = attempts(records);
+pub fn svg(
+    records: &BTreeMap<u64, ShardRecord>,
+    reduce: &[(u32, &ShardRecord)],
+    title: &str,
+) -> anyhow::Result<String> {
+    let attempts = attempts(records, reduce);
     if attempts.is_empty() {
         anyhow::bail!("no shard has run yet: nothing to plot");
     }
@@ -236,7 +263,7 @@ pub fn svg(records: &BTreeMap<u64, ShardRecord>, title: &str) -> anyhow::Result<
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height:.0}" font-family="sans-serif" font-size="11">"#
     )?;
     writeln!(out, r##"<rect width="100%" height="100%" fill="#ffffff"/>"##)?;
-    plot.header(&mut out, title, records.len())?;
+    plot.header(&mut out, title, records.len(), reduce.len())?;
     plot.axis(&mut out, lanes_bottom)?;
     plot.lanes(&mut out)?;
     // Successes first, then everything else on top of them, then the cold-start marks: a
@@ -261,14 +288,15 @@ impl Plot<'_> {
     }
 
     /// The title, a line of totals, the legend, and what was sampled or aggregated.
-    fn header(&self, out: &mut String, title: &str, shards: usize) -> std::fmt::Result {
+    fn header(&self, out: &mut String, title: &str, shards: usize, reduce: usize) -> std::fmt::Result {
         let attempts = &self.attempts;
         let retries = attempts.iter().filter(|a| a.attempt > 1 && !a.backup).count();
         let backups = attempts.iter().filter(|a| a.backup).count();
         let cold = attempts.iter().filter(|a| a.cold_start).count();
+        let reduce = if reduce > 0 { format!(" and {reduce} reduce invocations") } else { String::new() };
         writeln!(
             out,
-            r#"<text x="10" y="18" font-size="14" font-weight="bold">{} — {shards} shards, {} attempts ({retries} retries, {backups} backups, {cold} cold starts) in {:.2}s</text>"#,
+            r#"<text x="10" y="18" font-size="14" font-weight="bold">{} — {shards} shards{reduce}, {} attempts ({retries} retries, {backups} backups, {cold} cold starts) in {:.2}s</text>"#,
             escape(title),
             attempts.len(),
             self.span
@@ -339,14 +367,13 @@ impl Plot<'_> {
         for lane in 0..self.lanes.count() {
             let y = TOP + LANE * lane as f64;
             let fill = if lane % 2 == 0 { "#f4f6f7" } else { "#ffffff" };
+            let (label, workers) = self.lanes.holds(lane);
             writeln!(
                 out,
-                r#"<rect class="lane" data-lane="{lane}" data-workers="{}" x="{LEFT}" y="{y:.1}" width="{:.1}" height="{LANE}" fill="{fill}"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
-                self.lanes.workers_attribute(lane),
+                r#"<rect class="lane" data-lane="{lane}" data-workers="{workers}" x="{LEFT}" y="{y:.1}" width="{:.1}" height="{LANE}" fill="{fill}"/><text x="{:.1}" y="{:.1}" text-anchor="end">{label}</text>"#,
                 WIDTH - LEFT - RIGHT,
                 LEFT - 6.0,
                 y + 11.5,
-                self.lanes.label(lane)
             )?;
         }
         Ok(())
@@ -354,7 +381,7 @@ impl Plot<'_> {
 
     /// The top left corner of an attempt's box.
     fn box_corner(&self, a: &Attempt) -> (f64, f64) {
-        (self.x(a.start), TOP + LANE * self.lanes.index(a.worker) as f64 + (LANE - BOX) / 2.0)
+        (self.x(a.start), TOP + LANE * self.lanes.index(a) as f64 + (LANE - BOX) / 2.0)
     }
 
     fn draw_attempt(&self, out: &mut String, a: &Attempt) -> std::fmt::Result {
@@ -369,15 +396,20 @@ impl Plot<'_> {
             (false, false) => "",
         };
         let worker = a.worker.map_or_else(|| "none".to_string(), |w| w.to_string());
+        // A reduce invocation is named as report.csv names it.
+        let (shard, stage) = match a.reduce_level {
+            Some(level) => (format!("L{level}-{:05}", a.shard), "reduce"),
+            None => (a.shard.to_string(), "map"),
+        };
+        let what = if stage == "map" { "shard" } else { "reduce" };
         let mut tip =
-            format!("shard {} attempt {}: {} ({:.0} ms)", a.shard, a.attempt, a.outcome, (a.end - a.start) * 1000.0);
+            format!("{what} {shard} attempt {}: {} ({:.0} ms)", a.attempt, a.outcome, (a.end - a.start) * 1000.0);
         if let Some(error) = a.error {
             tip.push_str(&format!(": {error}"));
         }
         writeln!(
             out,
-            r#"<rect class="attempt" data-shard="{}" data-attempt="{}" data-worker="{worker}" data-outcome="{}" x="{left:.2}" y="{y:.1}" width="{width:.2}" height="{BOX}" fill="{}"{stroke}><title>{}</title></rect>"#,
-            a.shard,
+            r#"<rect class="attempt" data-stage="{stage}" data-shard="{shard}" data-attempt="{}" data-worker="{worker}" data-outcome="{}" x="{left:.2}" y="{y:.1}" width="{width:.2}" height="{BOX}" fill="{}"{stroke}><title>{}</title></rect>"#,
             a.attempt,
             a.outcome,
             colour(a.outcome),
@@ -443,6 +475,7 @@ mod tests {
             run: 0,
             backup: false,
             earlier: Vec::new(),
+            supersedes: Vec::new(),
         }
     }
 
@@ -468,7 +501,7 @@ mod tests {
             backup: false,
         });
         records.insert(10, failed);
-        let svg = svg(&records, "job").unwrap();
+        let svg = svg(&records, &[], "job").unwrap();
         assert_eq!(count(&svg, "attempt"), 12);
         assert_eq!(count(&svg, "lane"), 3);
         assert_eq!(count(&svg, "note"), 0, "nothing is sampled or shared");
@@ -484,7 +517,7 @@ mod tests {
             let outcome = if shard % 1000 == 7 { OutcomeKind::Timeout } else { OutcomeKind::Ok };
             records.insert(shard, record(shard, (shard % 500) as u32, shard / 10, 40, outcome));
         }
-        let svg = svg(&records, "big").unwrap();
+        let svg = svg(&records, &[], "big").unwrap();
         let drawn = count(&svg, "attempt");
         assert!(drawn <= MAX_BOXES + 100, "{drawn} boxes");
         assert_eq!(svg.matches(r#"data-outcome="timeout""#).count(), 100, "every failure is drawn");
@@ -494,6 +527,30 @@ mod tests {
         assert_eq!(count(&svg, "lane"), 63);
         assert!(svg.contains("500 workers share 63 lanes"));
         assert!(svg.len() < 2 << 20, "{} bytes", svg.len());
+    }
+
+    #[test]
+    fn reduce_invocations_get_a_lane_per_level_after_the_map() {
+        let mut records = BTreeMap::new();
+        for shard in 0..4 {
+            records.insert(shard, record(shard, (shard % 2) as u32, shard * 100, 150, OutcomeKind::Ok));
+        }
+        let level_1: Vec<ShardRecord> = (0..2).map(|i| record(i, 0, 600 + i * 50, 40, OutcomeKind::Ok)).collect();
+        let mut root = record(0, 0, 700, 30, OutcomeKind::Exit);
+        root.worker = None;
+        let reduce: Vec<(u32, &ShardRecord)> =
+            level_1.iter().map(|r| (1, r)).chain(std::iter::once((2, &root))).collect();
+        let svg = svg(&records, &reduce, "job").unwrap();
+        assert_eq!(count(&svg, "attempt"), 7);
+        assert_eq!(count(&svg, "lane"), 4, "two workers, then reduce levels 1 and 2");
+        assert!(svg.contains(">reduce level 2</text>"));
+        assert_eq!(svg.matches(r#"data-stage="reduce""#).count(), 3);
+        assert!(svg.contains(r#"data-stage="reduce" data-shard="L2-00000""#));
+        // The root sits on the fourth lane.
+        let root_box = svg.split("\n").find(|line| line.contains(r#"data-shard="L2-00000""#)).unwrap();
+        let lane_y = TOP + LANE * 3.0 + (LANE - BOX) / 2.0;
+        assert!(root_box.contains(&format!(r#"y="{lane_y:.1}""#)), "{root_box}");
+        assert!(svg.contains("4 shards and 3 reduce invocations"));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use super::args::{PlanArgs, ReportArgs, StatusArgs};
 use super::common::{open_job, plan_failure, redrive_command};
 use super::exit::{failed, usage, Failure, EXIT_OK};
 use crate::events::EventSink;
-use crate::manifest::{Counts, JobDocument, Journal, Manifest, ShardStatus};
+use crate::manifest::{self, Counts, JobDocument, Journal, Manifest, ShardStatus};
 use crate::plan::{self, Planned};
 use crate::report;
 use anyhow::anyhow;
@@ -73,9 +73,15 @@ impl StatusArgs {
             open_job(&self.target.dest, self.target.job_id.as_deref(), &self.storage.options()).await?;
         let manifest = Manifest::new(storage.clone(), &document.job_id);
         let state = read_state(&manifest, &document).await?;
-        let Counts { ok, failed: failed_count } = state.counts;
-        let pending = state.total.saturating_sub(ok + failed_count);
-        let failures: Vec<_> = state.journal.latest.values().filter(|r| r.status == ShardStatus::Failed).collect();
+        let Counts { ok, failed: failed_count, superseded } = state.counts;
+        let pending = state.total.saturating_sub(ok + failed_count + superseded);
+        let replaced = manifest::superseded_failures(state.journal.latest.values());
+        let failures: Vec<_> = state
+            .journal
+            .latest
+            .values()
+            .filter(|r| r.status == ShardStatus::Failed && !replaced.contains(&r.shard))
+            .collect();
         let log_of = |shard: u64| storage.root().join(&manifest.log_key(shard)).to_string();
         if self.output.json {
             let json = serde_json::json!({
@@ -83,7 +89,9 @@ impl StatusArgs {
                 "name": document.job.name,
                 "created": document.created,
                 "plan_complete": state.plan_complete,
-                "shards": { "total": state.total, "ok": ok, "failed": failed_count, "pending": pending },
+                "shards": {
+                    "total": state.total, "ok": ok, "failed": failed_count, "superseded": superseded, "pending": pending
+                },
                 "failed": failures.iter().map(|r| serde_json::json!({
                     "shard": r.shard,
                     "outcome": r.outcome,
@@ -134,7 +142,9 @@ impl ReportArgs {
             return Ok(EXIT_OK);
         }
         if let Some(path) = self.plot {
-            let svg = crate::timeline::svg(&state.journal.latest, &document.job_id).map_err(failed)?;
+            let reduce = crate::reduce::read_records(&manifest).await.map_err(failed)?;
+            let reduce: Vec<(u32, &_)> = reduce.iter().map(|r| (r.level, &r.record)).collect();
+            let svg = crate::timeline::svg(&state.journal.latest, &reduce, &document.job_id).map_err(failed)?;
             std::fs::write(&path, svg).map_err(|e| failed(anyhow!("{}: {e}", path.display())))?;
             println!("wrote {} ({} shards)", path.display(), state.journal.latest.len());
             return Ok(EXIT_OK);

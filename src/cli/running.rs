@@ -324,7 +324,7 @@ impl Launch {
 
 /// The job's reduce step over the map's committed outputs.
 #[allow(clippy::too_many_arguments)]
-async fn run_reduce(
+pub(super) async fn run_reduce(
     job: &Job,
     manifest: &Manifest,
     dest: &DynStorage,

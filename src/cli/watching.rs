@@ -7,19 +7,21 @@ use super::args::WatchArgs;
 use super::common::plan_failure;
 use super::exit::{failed, usage, Failure, EXIT_JOB_FAILED, EXIT_OK};
 use super::running::{
-    check_compatible, executor_for, grace_of, new_document, open_everything, print_outcome, staging_root,
+    check_compatible, executor_for, grace_of, new_document, open_everything, print_outcome, run_reduce, staging_root,
     watch_signals, write_reports, Opened,
 };
 use crate::events::{Event, EventSink};
 use crate::job::{self, Job};
 use crate::manifest::{self, JobDocument, Journal, Manifest};
-use crate::report::{self, ProgressMode};
+use crate::reduce::{self, ReduceRecord, ReduceSummary};
+use crate::report::{self, ProgressMode, Summary};
 use crate::run::{self, RunResult, RunSetup, RunSpec, Shutdown, WatchRun};
 use crate::runtime::LoadReport;
-use crate::storage::DynStorage;
+use crate::storage::{DynStorage, StorageOptions};
 use crate::units;
 use crate::watch::{self, WatchSpec};
 use anyhow::anyhow;
+use std::path::PathBuf;
 use std::time::SystemTime;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -74,8 +76,20 @@ impl WatchArgs {
             events: events.clone(),
         });
         let (snapshots, snapshot_rx) = mpsc::unbounded_channel();
-        let reporter =
-            tokio::spawn(keep_reports(snapshot_rx, manifest.clone(), job.clone(), started.clone(), load.clone()));
+        let reporter = Reporter {
+            manifest: manifest.clone(),
+            job: job.clone(),
+            started,
+            load: load.clone(),
+            dest: dest.clone(),
+            options,
+            staging: staging_root.clone(),
+            quiet,
+            cancel: shutdown.hard.clone(),
+            reduced_over: None,
+            reduced: None,
+        };
+        let reporter = tokio::spawn(reporter.keep_up(snapshot_rx));
         let executor = executor_for(&job, &job_id, &dest, runtime, &load, lambda, &events);
         let setup = RunSetup {
             job: job.clone(),
@@ -99,7 +113,7 @@ impl WatchArgs {
         let result = run::execute(RunSpec { setup, shards }).await;
         progress_done.cancel();
         let _ = progress.await;
-        let _ = reporter.await;
+        let mut reporter = reporter.await.map_err(failed)?;
         let result = result.map_err(failed)?;
         if let Some(error) = &result.plan_failure {
             // The source could not be watched (or, with --once, listed): nothing more can come.
@@ -109,23 +123,35 @@ impl WatchArgs {
             }
             eprintln!("fanout: watching stopped: {error}");
         }
-        let summary = write_reports(&manifest, &job, &started, &result, &load, None).await?;
+        let summary = reporter.update(&result).await?;
         print_outcome(&summary, &manifest, &job, self.output);
         let failed_shards = summary.shards.failed;
-        Ok(if job.retry.tolerated.allows(failed_shards, summary.shards.total) { EXIT_OK } else { EXIT_JOB_FAILED })
+        let reduce_ok = summary.reduce.as_ref().is_none_or(|reduce| reduce.succeeded);
+        let map_ok = job.retry.tolerated.allows(failed_shards, summary.shards.total);
+        Ok(if map_ok && reduce_ok { EXIT_OK } else { EXIT_JOB_FAILED })
     }
 }
 
 /// A watch takes whole objects: a record rule (rows, chunks) cuts objects that keep growing.
+/// With a reduce, one object a shard: a newer version of an object must replace that
+/// object's map output alone, not a shard's worth of other objects too.
 fn refuse_record_rules(job: &Job, origins: &job::Origins) -> Result<(), Failure> {
-    if !job.input.shard.is_record_rule() {
-        return Ok(());
+    if job.input.shard.is_record_rule() {
+        return Err(usage(anyhow!(
+            "{}input.shard: a watch takes whole objects (object, objects=N, bytes=SIZE), not {}",
+            origins.prefix("input.shard"),
+            job.input.shard
+        )));
     }
-    Err(usage(anyhow!(
-        "{}input.shard: a watch takes whole objects (object, objects=N, bytes=SIZE), not {}",
-        origins.prefix("input.shard"),
-        job.input.shard
-    )))
+    if job.reduce.is_some() && job.input.shard != job::ShardRule::Object {
+        return Err(usage(anyhow!(
+            "{}input.shard: a watch with [reduce] takes one object a shard (--shard object), not {}: \
+             a newer version of an object replaces its own map output, and only that",
+            origins.prefix("input.shard"),
+            job.input.shard
+        )));
+    }
+    Ok(())
 }
 
 /// Says what is watched and how. A continued watch says so; a new one stores its job.json
@@ -140,6 +166,7 @@ async fn announce(job: &Job, continued: &Continued, manifest: &Manifest, events:
         "by file-system notifications".to_string()
     };
     events.emit(Event::Note(format!("watching {} ({how}); Ctrl-C or SIGTERM stops", job.input.source)));
+    events.emit(Event::Watching);
     if continued.prior.next_run == 0 {
         return manifest.write_job(&continued.document).await.map_err(failed);
     }
@@ -152,21 +179,53 @@ async fn announce(job: &Job, continued: &Continued, manifest: &Manifest, events:
     Ok(())
 }
 
-/// Rewrites report.csv and summary.json from each snapshot the run sends (the latest
-/// only, when several wait), until the run ends.
-async fn keep_reports(
-    mut snapshots: mpsc::UnboundedReceiver<RunResult>,
+/// A watch's reports, and its reduce: run again whenever the map has caught up with every
+/// object seen and its outputs changed since the last one. Invocations whose inputs did
+/// not change are skipped (their records match), so a new object reruns one path of the
+/// tree, not all of it.
+struct Reporter {
     manifest: Manifest,
     job: Job,
     started: String,
     load: LoadReport,
-) {
-    while let Some(mut snapshot) = snapshots.recv().await {
-        while let Ok(newer) = snapshots.try_recv() {
-            snapshot = newer;
+    dest: DynStorage,
+    options: StorageOptions,
+    staging: PathBuf,
+    quiet: bool,
+    cancel: CancellationToken,
+    /// The map outputs (shard and finish time of each) the last reduce read.
+    reduced_over: Option<Vec<String>>,
+    reduced: Option<(ReduceSummary, Vec<ReduceRecord>)>,
+}
+
+impl Reporter {
+    /// Rewrites report.csv and summary.json from each snapshot the run sends (the latest
+    /// only, when several wait), until the run ends; then hands itself back for the last.
+    async fn keep_up(mut self, mut snapshots: mpsc::UnboundedReceiver<RunResult>) -> Reporter {
+        while let Some(mut snapshot) = snapshots.recv().await {
+            while let Ok(newer) = snapshots.try_recv() {
+                snapshot = newer;
+            }
+            // A report that cannot be written now is written again with the next snapshot.
+            let _ = self.update(&snapshot).await;
         }
-        // A report that cannot be written now is written again with the next snapshot.
-        let _ = write_reports(&manifest, &job, &started, &snapshot, &load, None).await;
+        self
+    }
+
+    async fn update(&mut self, result: &RunResult) -> Result<Summary, Failure> {
+        let caught_up = result.stats.shards_pending == 0 && result.succeeded;
+        if self.job.reduce.is_some() && caught_up && !self.cancel.is_cancelled() {
+            let stamps: Vec<String> = reduce::map_outputs(&result.records).into_iter().map(|i| i.stamp).collect();
+            if !stamps.is_empty() && self.reduced_over.as_ref() != Some(&stamps) {
+                let (job, manifest, dest) = (&self.job, &self.manifest, &self.dest);
+                let reduced =
+                    run_reduce(job, manifest, dest, &self.options, &self.staging, self.quiet, result, &self.cancel)
+                        .await?;
+                self.reduced = Some(reduced);
+                self.reduced_over = Some(stamps);
+            }
+        }
+        write_reports(&self.manifest, &self.job, &self.started, result, &self.load, self.reduced.as_ref()).await
     }
 }
 

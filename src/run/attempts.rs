@@ -195,7 +195,8 @@ impl Coordinator {
         }
         let stdout_object = stdout_key.map(|key| (key, info.stdout.clone()));
         flight.history.push(info);
-        let record = record::build_record(flight, true, self.run, &self.job.function);
+        let mut record = record::build_record(flight, true, self.run, &self.job.function);
+        record.supersedes = self.supersedes.get(&shard).cloned().unwrap_or_default();
         let backup_dir = running.backup.then(|| running.out_dir.clone());
         let staged = flight.staged.clone().unwrap_or_default();
         if files.is_empty() && stdout_object.is_none() && !record::needs_log(flight, true) {
@@ -331,7 +332,8 @@ impl Coordinator {
     /// The shard failed for good: store its log, empty its slot, record the failure.
     pub(super) fn finalize_failed(&mut self, shard: u64) {
         let Some(flight) = self.in_flight.get(&shard) else { return };
-        let record = record::build_record(flight, false, self.run, &self.job.function);
+        let mut record = record::build_record(flight, false, self.run, &self.job.function);
+        record.supersedes = self.supersedes.get(&shard).cloned().unwrap_or_default();
         let log = record::compose_log(flight);
         let (manifest, tx) = (self.manifest.clone(), self.msg_tx.clone());
         let slot =

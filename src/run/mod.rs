@@ -365,9 +365,9 @@ impl Coordinator {
             records.entry(*shard).or_insert_with(|| record.clone());
         }
         let mut stats = self.stats.clone();
-        let Counts { ok, failed } = Counts::of(records.values());
+        let Counts { ok, failed, superseded } = Counts::of(records.values());
         stats.shards_total = self.shards_known(&records);
-        stats.shards_pending = stats.shards_total.saturating_sub(ok + failed);
+        stats.shards_pending = stats.shards_total.saturating_sub(ok + failed + superseded);
         stats.workers_peak = self.executor.peak();
         stats.workers_at_end = self.executor.live();
         stats.wall_ms = self.started.elapsed().as_millis() as u64;
@@ -753,9 +753,9 @@ impl Coordinator {
             Some(_) => self.shards_known(&self.records),
             None => self.plan_totals.as_ref().map(|t| t.shards).unwrap_or(self.planned.max(self.records.len() as u64)),
         };
-        let Counts { ok, failed } = Counts::of(self.records.values());
+        let Counts { ok, failed, superseded } = Counts::of(self.records.values());
         self.stats.shards_total = total;
-        self.stats.shards_pending = total.saturating_sub(ok + failed);
+        self.stats.shards_pending = total.saturating_sub(ok + failed + superseded);
         let succeeded = self.plan_totals.is_some()
             && self.stats.plan_error.is_none()
             && self.stats.shards_pending == 0

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use crate::stage::LOG_CAP;
 
 /// The commit record of a shard whose final attempt is the last in its history; outputs
-/// and bytes out are filled in once they are stored.
+/// and bytes out are filled in once they are stored, and in a watch the shards it supersedes.
 pub(super) fn build_record(flight: &InFlight, ok: bool, run: u32, function: &Function) -> ShardRecord {
     let last = flight.history.last().expect("a finished shard had an attempt");
     ShardRecord {
@@ -36,6 +36,7 @@ pub(super) fn build_record(flight: &InFlight, ok: bool, run: u32, function: &Fun
         run,
         backup: last.backup,
         earlier: flight.history[..flight.history.len() - 1].iter().map(span_of).collect(),
+        supersedes: Vec::new(),
     }
 }
 

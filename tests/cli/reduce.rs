@@ -6,7 +6,7 @@ use std::path::Path;
 
 /// A corpus of `files` text files with words that need care: commas, quotes, bytes that
 /// are not UTF-8, tabs and CRs between words, a file without a final newline.
-fn corpus(dir: &Path, files: usize) {
+pub fn corpus(dir: &Path, files: usize) {
     let words: [&[u8]; 12] = [
         b"alpha",
         b"beta",
@@ -41,17 +41,22 @@ fn corpus(dir: &Path, files: usize) {
     }
 }
 
-fn check_words(mode: &str, corpus: &Path, result: &Path) {
+pub fn check_words(mode: &str, corpus: &Path, result: &Path) {
+    if let Err(difference) = words_agree(mode, corpus, result) {
+        panic!("check-words {mode}: {difference}");
+    }
+}
+
+/// scripts/check-words on `result`: Ok, or what differs.
+pub fn words_agree(mode: &str, corpus: &Path, result: &Path) -> Result<(), String> {
     let output = std::process::Command::new(repo().join("scripts/check-words"))
         .args([mode, corpus.to_str().unwrap(), result.to_str().unwrap()])
         .output()
         .expect("python3");
-    assert!(
-        output.status.success(),
-        "check-words {mode}: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    match output.status.success() {
+        true => Ok(()),
+        false => Err(format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))),
+    }
 }
 
 #[test]
@@ -88,6 +93,15 @@ fn word_frequencies_reduce_in_a_tree_and_agree_with_python() {
     assert_eq!(reduce_rows.len(), 17);
     assert!(reduce_rows.iter().all(|r| r["status"] == "ok"));
     assert_eq!(rows.iter().filter(|r| r["stage"] == "map").count(), 30);
+    // The timeline draws the reduce invocations on a lane per level, after the map.
+    let svg_path = dir.path().join("timeline.svg");
+    run_in(&repo(), &["report", dest.to_str().unwrap(), "--plot", svg_path.to_str().unwrap()]).assert_code(0);
+    let text = std::fs::read_to_string(&svg_path).unwrap();
+    let svg = roxmltree::Document::parse(&text).expect("the plot is well-formed XML");
+    let reduce_boxes = svg.descendants().filter(|n| n.attribute("data-stage") == Some("reduce")).count();
+    assert_eq!(reduce_boxes, 17);
+    let lanes: Vec<&str> = svg.descendants().filter_map(|n| n.attribute("data-workers")).collect();
+    assert_eq!(lanes.iter().filter(|w| w.starts_with("reduce-L")).count(), 4, "{lanes:?}");
 
     // Resumed: every map shard and every reduce invocation is already done.
     let mut resumed = args.to_vec();

@@ -212,6 +212,13 @@ fn a_watch_refuses_what_it_cannot_watch() {
     );
     ran.assert_code(2);
     assert!(ran.stderr.contains("nowhere"), "{}", ran.stderr);
+    // With a reduce, a newer version must replace one object's output: one object a shard.
+    let job = repo().join("jobs/wordfreq.toml");
+    write_files(dir.path(), &[("in/a.txt", "words\n")]);
+    let ran = run_in(dir.path(), &["watch", job.to_str().unwrap(), "--input", "in", "--output", "out", "--once"]);
+    ran.assert_code(2);
+    assert!(ran.stderr.contains("input.shard: a watch with [reduce] takes one object a shard"), "{}", ran.stderr);
+    assert!(!dir.path().join("out").exists(), "nothing written");
 }
 
 /// Puts objects into S3 with boto3 (not fanout's client) and returns each key's put time.
@@ -347,4 +354,99 @@ fn an_s3_prefix_is_watched_every_version_once_through_a_kill_and_restart() {
             serde_json::from_slice(&std::fs::read(back.path().join(format!("{key}.json"))).unwrap()).unwrap();
         assert_eq!(output["words"], text.split_ascii_whitespace().count(), "{key}");
     }
+}
+
+#[test]
+fn a_watch_with_a_reduce_keeps_the_result_up_to_date() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, dest) = (dir.path().join("in"), dir.path().join("out"));
+    std::fs::create_dir(&input).unwrap();
+    let log = std::fs::File::create(dir.path().join("watch.log")).unwrap();
+    let mut watcher = Watcher {
+        child: fanout()
+            .current_dir(repo())
+            .args(["watch", "jobs/wordfreq.toml", "--input", input.to_str().unwrap()])
+            .args(["--output", dest.to_str().unwrap(), "--shard", "object", "--fan-in", "3", "--idle", "300ms"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    };
+    let table = dest.join("frequencies.csv");
+    let log_text = || std::fs::read_to_string(dir.path().join("watch.log")).unwrap();
+    // A first burst: the table appears once the map has caught up, and agrees with Python.
+    let corpus = tempfile::tempdir().unwrap();
+    crate::reduce::corpus(corpus.path(), 15);
+    let copy = |range: std::ops::Range<usize>| {
+        for i in range {
+            let name = format!("doc{i:03}.txt");
+            std::fs::copy(corpus.path().join(&name), input.join(&name)).unwrap();
+        }
+    };
+    copy(0..10);
+    wait_for("the first table", Duration::from_secs(60), || crate::reduce::words_agree("freq", &input, &table).is_ok());
+    // More objects and an overwritten one: the table follows, counting the new version only.
+    copy(10..15);
+    std::fs::write(input.join("doc002.txt"), "brand new words, brand new\n").unwrap();
+    wait_for("the table after the second burst", Duration::from_secs(60), || {
+        crate::reduce::words_agree("freq", &input, &table).is_ok()
+    });
+    watcher.signal("-TERM");
+    let status = watcher.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{}", log_text());
+    crate::reduce::check_words("freq", &input, &table);
+    let job = job_dir(&dest);
+    let summary = summary(&job);
+    assert_eq!(summary["reduce"]["succeeded"], true, "{summary}");
+    // 16 map shards (15 files, one of them twice over) whose 15 outputs (the overwritten
+    // one read once) reduce in a tree of fan_in 3: 5, 2, 1.
+    let rows = report(&job);
+    assert_eq!(rows.iter().filter(|r| r["stage"] == "map").count(), 16);
+    let level_1 = rows.iter().filter(|r| r["stage"] == "reduce" && r["shard"].starts_with("L1-")).count();
+    assert_eq!(level_1, 5, "{rows:?}");
+    assert!(rows.iter().any(|r| r["stage"] == "reduce" && r["shard"] == "L3-00000"), "{rows:?}");
+}
+
+#[test]
+fn a_failure_stops_counting_once_a_newer_version_of_its_object_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, dest) = (dir.path().join("in"), dir.path().join("out"));
+    write_files(&input, &[("fine.txt", "ok"), ("bad.txt", "trap")]);
+    let wasm = function("misbehave");
+    let once = || {
+        run_in(
+            dir.path(),
+            &["watch", "--input", "in", "--output", "out", "--function", wasm.to_str().unwrap()]
+                .into_iter()
+                .chain(["--once", "--attempts", "1", "--json"])
+                .collect::<Vec<_>>(),
+        )
+    };
+    let ran = once();
+    ran.assert_code(1);
+    let summary: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    assert_eq!(
+        (summary["shards"]["ok"].as_u64(), summary["shards"]["failed"].as_u64()),
+        (Some(1), Some(1)),
+        "{summary}"
+    );
+    // The user mends the object: its new version commits, and the old failure is history.
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(input.join("bad.txt"), "ok").unwrap();
+    let ran = once();
+    ran.assert_code(0);
+    let summary: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    assert_eq!(summary["shards"]["failed"], 0, "{summary}");
+    assert_eq!(summary["shards"]["superseded"], 1, "{summary}");
+    assert_eq!(summary["shards"]["ok"], 2, "{summary}");
+    assert_eq!(summary["shards"]["pending"], 0, "{summary}");
+    assert_eq!(std::fs::read_to_string(dest.join("bad.txt.ok")).unwrap(), "fine\n");
+    let status = run_in(dir.path(), &["status", "out", "--json"]);
+    status.assert_code(0);
+    let status: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(status["shards"]["failed"], 0, "{status}");
+    assert_eq!(status["failed"].as_array().unwrap().len(), 0, "{status}");
+    // report.csv still tells what happened to the old version.
+    let rows = report(&job_dir(&dest));
+    assert_eq!(rows.iter().filter(|r| r["status"] == "failed").count(), 1);
 }
