@@ -3,7 +3,7 @@
 //! watcher finds objects, rewriting the report and summary as they commit, until Ctrl-C
 //! or SIGTERM (or, with `--once`, until what was new at the start is done).
 
-use super::args::WatchArgs;
+use super::args::{OutputFlags, WatchArgs};
 use super::common::plan_failure;
 use super::exit::{failed, usage, Failure, EXIT_JOB_FAILED, EXIT_OK};
 use super::running::{
@@ -113,23 +113,31 @@ impl WatchArgs {
         let result = run::execute(RunSpec { setup, shards }).await;
         progress_done.cancel();
         let _ = progress.await;
-        let mut reporter = reporter.await.map_err(failed)?;
-        let result = result.map_err(failed)?;
-        if let Some(error) = &result.plan_failure {
-            // The source could not be watched (or, with --once, listed): nothing more can come.
-            if result.records.is_empty() {
-                let error = result.plan_failure.expect("checked above");
-                return Err(plan_failure(error, &origins));
-            }
-            eprintln!("fanout: watching stopped: {error}");
-        }
-        let summary = reporter.update(&result).await?;
-        print_outcome(&summary, &manifest, &job, self.output);
-        let failed_shards = summary.shards.failed;
-        let reduce_ok = summary.reduce.as_ref().is_none_or(|reduce| reduce.succeeded);
-        let map_ok = job.retry.tolerated.allows(failed_shards, summary.shards.total);
-        Ok(if map_ok && reduce_ok { EXIT_OK } else { EXIT_JOB_FAILED })
+        let reporter = reporter.await.map_err(failed)?;
+        finish(result.map_err(failed)?, reporter, &origins, self.output).await
     }
+}
+
+/// The last reports (and reduce), the summary line, and the exit code.
+async fn finish(
+    result: RunResult,
+    mut reporter: Reporter,
+    origins: &job::Origins,
+    output: OutputFlags,
+) -> Result<u8, Failure> {
+    if let Some(error) = &result.plan_failure {
+        // The source could not be watched (or, with --once, listed): nothing more can come.
+        if result.records.is_empty() {
+            let error = result.plan_failure.expect("checked above");
+            return Err(plan_failure(error, origins));
+        }
+        eprintln!("fanout: watching stopped: {error}");
+    }
+    let summary = reporter.update(&result).await?;
+    print_outcome(&summary, &reporter.manifest, &reporter.job, output);
+    let reduce_ok = summary.reduce.as_ref().is_none_or(|reduce| reduce.succeeded);
+    let map_ok = reporter.job.retry.tolerated.allows(summary.shards.failed, summary.shards.total);
+    Ok(if map_ok && reduce_ok { EXIT_OK } else { EXIT_JOB_FAILED })
 }
 
 /// A watch takes whole objects: a record rule (rows, chunks) cuts objects that keep growing.
