@@ -33,6 +33,18 @@ pub(super) enum Command {
     Watch(WatchArgs),
     /// Run jobs on AWS Lambda: deploy the worker function, or serve as it.
     Lambda(LambdaArgs),
+    /// Run one share of a job's attempts as a batch engine's task (a Slurm array task, a
+    /// Kubernetes pod): read the share's request, store the answer beside it.
+    Worker(WorkerArgs),
+}
+
+#[derive(Args, Debug)]
+pub(super) struct WorkerArgs {
+    /// Where the coordinator stored the shares' requests: a folder or an s3:// prefix.
+    pub(super) requests: String,
+    /// Which share (default: $SLURM_ARRAY_TASK_ID, or Kubernetes' $JOB_COMPLETION_INDEX).
+    #[arg(long, value_name = "N")]
+    pub(super) index: Option<usize>,
 }
 
 #[derive(Args, Debug)]

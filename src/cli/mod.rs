@@ -1,7 +1,7 @@
 //! The command line: parsing (clap, `args`), the exit-code contract (`exit`) and the
 //! translation of every error into one clear line. Each subcommand is a struct with an
-//! `execute`, beside the work it does: `running` (run, redrive), `watching` (watch) and `inspect` (plan,
-//! status, report); `common` holds what they share. This is the only place that
+//! `execute`, beside the work it does: `running` (run, redrive), `watching` (watch), `inspect` (plan,
+//! status, report), `lambda` and `worker` (the engines' side); `common` holds what they share. This is the only place that
 //! prints errors; the work itself lives in the library modules.
 
 mod args;
@@ -11,6 +11,7 @@ mod inspect;
 mod lambda;
 mod running;
 mod watching;
+mod worker;
 
 use args::{Cli, Command};
 use clap::Parser;
@@ -40,6 +41,7 @@ pub fn main() -> ExitCode {
             Command::Report(args) => args.execute().await,
             Command::Watch(args) => args.execute().await,
             Command::Lambda(args) => args.execute().await,
+            Command::Worker(args) => args.execute().await,
         }
     });
     // Worker threads may still be waiting out their idle time; nothing they hold matters now.

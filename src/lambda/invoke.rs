@@ -207,6 +207,35 @@ pub struct JobBase {
     pub function_sha256: String,
 }
 
+impl JobBase {
+    /// A request for `batch`: each attempt with a staging prefix no other attempt uses.
+    pub(crate) fn request(&self, batch: &[Task], nonce: &AtomicU64) -> Request {
+        let orders = batch
+            .iter()
+            .map(|task| Order {
+                shard: task.shard.clone(),
+                attempt: task.attempt,
+                argv: task.invocation.argv.clone(),
+                env: task.invocation.env.clone(),
+                staging_prefix: protocol::staging_prefix(
+                    &self.job_id,
+                    task.shard.id,
+                    task.attempt,
+                    nonce.fetch_add(1, Ordering::Relaxed),
+                ),
+            })
+            .collect();
+        Request {
+            protocol: protocol::PROTOCOL,
+            job_id: self.job_id.clone(),
+            job: self.job.clone(),
+            function_key: self.function_key.clone(),
+            function_sha256: self.function_sha256.clone(),
+            orders,
+        }
+    }
+}
+
 /// Decaying sums of invocation time and attempts carried: their ratio is what an attempt
 /// costs an invocation, recent answers counting most.
 #[derive(Default)]
@@ -327,7 +356,7 @@ fn order_bytes(task: &Task) -> usize {
         + task.invocation.env.iter().map(|(k, v)| k.len() + v.len() + 8).sum::<usize>()
 }
 
-fn not_run(task: &Task) -> AttemptDone {
+pub(crate) fn not_run(task: &Task) -> AttemptDone {
     let now = SystemTime::now();
     AttemptDone {
         shard: task.shard.id,
@@ -342,7 +371,7 @@ fn not_run(task: &Task) -> AttemptDone {
     }
 }
 
-fn failed(task: &Task, started: SystemTime, message: String) -> AttemptDone {
+pub(crate) fn failed(task: &Task, started: SystemTime, message: String) -> AttemptDone {
     AttemptDone {
         report: InvocationReport { elapsed: Duration::ZERO, ..InvocationReport::not_run(Outcome::Error(message)) },
         started,
@@ -421,29 +450,7 @@ impl Inner {
     }
 
     fn request_for(&self, batch: &[Task]) -> Payload {
-        let orders = batch
-            .iter()
-            .map(|task| Order {
-                shard: task.shard.clone(),
-                attempt: task.attempt,
-                argv: task.invocation.argv.clone(),
-                env: task.invocation.env.clone(),
-                staging_prefix: protocol::staging_prefix(
-                    &self.base.job_id,
-                    task.shard.id,
-                    task.attempt,
-                    self.nonce.fetch_add(1, Ordering::Relaxed),
-                ),
-            })
-            .collect();
-        Payload::Work(Box::new(Request {
-            protocol: protocol::PROTOCOL,
-            job_id: self.base.job_id.clone(),
-            job: self.base.job.clone(),
-            function_key: self.base.function_key.clone(),
-            function_sha256: self.base.function_sha256.clone(),
-            orders,
-        }))
+        Payload::Work(Box::new(self.base.request(batch, &self.nonce)))
     }
 
     /// One invocation: its attempts come back answered, failed, cancelled, or queued again.
@@ -664,7 +671,7 @@ fn captured(text: String, truncated: bool) -> Captured {
 }
 
 /// A worker's result as the coordinator takes results from any executor.
-fn attempt_done(result: ShardResult, lane: u32, environment: &str) -> AttemptDone {
+pub(crate) fn attempt_done(result: ShardResult, lane: u32, environment: &str) -> AttemptDone {
     let outputs = result.outputs.map(|listed| {
         listed.map(|staged| {
             staged

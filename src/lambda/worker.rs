@@ -46,6 +46,8 @@ pub enum WorkerError {
 struct Warm {
     environment: String,
     memory_mb: u64,
+    /// Guests run side by side: the cores Lambda (or the batch engine) gave the worker.
+    parallel: usize,
     scratch: PathBuf,
     /// Compiled functions by SHA-256 and limits.
     runtimes: tokio::sync::Mutex<HashMap<String, Arc<Runtime>>>,
@@ -73,6 +75,7 @@ pub async fn serve() -> Result<(), WorkerError> {
         scratch: std::env::temp_dir().join(format!("fanout-worker-{}", std::process::id())),
         environment,
         memory_mb,
+        parallel: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         runtimes: Default::default(),
         storages: Default::default(),
         requests: AtomicU64::new(0),
@@ -84,6 +87,33 @@ pub async fn serve() -> Result<(), WorkerError> {
     }))
     .await
     .map_err(|e| WorkerError::Runtime { api, message: e.to_string() })
+}
+
+/// Answers one request outside Lambda: `fanout worker`, started by a batch engine (a Slurm
+/// array task, a Kubernetes pod) with `parallel` cores. The same staging, sandbox and
+/// staged outputs as an invocation; the caller stores the answer where the coordinator
+/// looks for it.
+pub async fn answer(request: &Request, environment: String, parallel: usize) -> Answer {
+    let started = Instant::now();
+    let warm = Warm {
+        scratch: std::env::temp_dir().join(format!("fanout-worker-{}", std::process::id())),
+        environment,
+        memory_mb: 0,
+        parallel: parallel.max(1),
+        runtimes: Default::default(),
+        storages: Default::default(),
+        requests: AtomicU64::new(0),
+    };
+    let results = warm.work(request).await;
+    let _ = tokio::fs::remove_dir_all(&warm.scratch).await;
+    Answer {
+        protocol: protocol::PROTOCOL,
+        environment: warm.environment,
+        memory_mb: 0,
+        duration_ms: started.elapsed().as_millis() as u64,
+        results,
+        results_key: None,
+    }
 }
 
 fn unix_ms(time: SystemTime) -> u64 {
@@ -158,7 +188,7 @@ impl Warm {
             Ok(loaded) => loaded,
             Err(e) => return fail_all(format!("worker {}: {e}", self.environment)),
         };
-        let parallel = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let parallel = self.parallel;
         let dir = self.scratch.join(format!("r{}", self.requests.load(Ordering::Relaxed)));
         // Staging waits on S3: more attempts stage at once than run (the pool runs as many
         // guests as there are cores), so that guests never wait for their inputs.
@@ -216,8 +246,8 @@ impl Warm {
                 request.function_key, request.function_sha256
             ));
         }
-        let parallel = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        let limits = Limits { timeout: function.timeout(), memory_bytes: function.memory_bytes, concurrency: parallel };
+        let limits =
+            Limits { timeout: function.timeout(), memory_bytes: function.memory_bytes, concurrency: self.parallel };
         let name = request.job.name.clone();
         let (runtime, _) = tokio::task::spawn_blocking(move || Runtime::load(&name, &wasm, limits))
             .await
