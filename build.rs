@@ -1,10 +1,12 @@
-//! Tells the integration tests whether an S3 test server (and a Lambda emulator) is
-//! configured (`scripts/test` starts them and sets these variables). Without one, the S3 tests are compiled as
+//! Tells the integration tests whether an S3 test server (and a Lambda emulator, and a
+//! Slurm cluster) is configured (`scripts/test` starts them and sets these variables). Without one, the S3 tests are compiled as
 //! ignored, so the test runner counts them as skipped instead of passing them unrun.
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(fanout_s3_server)");
     println!("cargo::rustc-check-cfg=cfg(fanout_lambda_server)");
+    println!("cargo::rustc-check-cfg=cfg(fanout_slurm_cluster)");
+    println!("cargo::rerun-if-env-changed=FANOUT_TEST_SLURM_DIR");
     println!("cargo::rerun-if-env-changed=FANOUT_TEST_LAMBDA_ENDPOINT");
     println!("cargo::rerun-if-env-changed=FANOUT_TEST_BUCKET");
     println!("cargo::rerun-if-env-changed=AWS_ENDPOINT_URL");
@@ -14,6 +16,10 @@ fn main() {
         // The Lambda tests need both: the emulator (`scripts/test-lambda`) and S3.
         if std::env::var_os("FANOUT_TEST_LAMBDA_ENDPOINT").is_some() {
             println!("cargo::rustc-cfg=fanout_lambda_server");
+        }
+        // The Slurm tests need both: the cluster (`scripts/test-slurm`) and S3.
+        if std::env::var_os("FANOUT_TEST_SLURM_DIR").is_some() {
+            println!("cargo::rustc-cfg=fanout_slurm_cluster");
         }
     }
 }

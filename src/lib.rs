@@ -19,6 +19,7 @@
 //! - [`executor`]: the trait every executor implements (attempts in, outcomes out).
 //! - [`pool`]: worker threads that scale with the backlog and exit when idle.
 //! - [`lambda`]: AWS Lambda: the executor that invokes it, the worker it invokes, deploy.
+//! - [`slurm`]: Slurm: job arrays of `fanout worker` tasks, followed until they answer.
 //! - [`run`]: the coordinator of one run: staging, dispatch, retries, publishing, commits.
 //! - [`reduce`]: the step after the map: a tree of reduce invocations, or a concatenation.
 //! - [`report`]: progress, report.csv, summary.json.
@@ -41,6 +42,7 @@ pub(crate) mod reduce;
 pub(crate) mod report;
 pub(crate) mod run;
 pub(crate) mod runtime;
+pub(crate) mod slurm;
 pub(crate) mod stage;
 pub mod storage;
 pub(crate) mod timeline;

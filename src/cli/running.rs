@@ -17,6 +17,7 @@ use crate::reduce::{self, ReduceRecord, ReduceRun, ReduceSummary};
 use crate::report::{self, ProgressMode, Summary};
 use crate::run::{self, ExecutorFactory, RunResult, RunSetup, RunSpec, Shutdown};
 use crate::runtime::{Limits, LoadReport, Runtime};
+use crate::slurm::{self, SlurmExecutor, SlurmSettings};
 use crate::storage::{self, DynStorage, StorageOptions};
 use anyhow::{anyhow, Context};
 use bytes::Bytes;
@@ -35,8 +36,17 @@ pub(super) struct Opened {
     pub(super) source: plan::Source,
     pub(super) runtime: Arc<Runtime>,
     pub(super) load: LoadReport,
-    /// A lambda job's function, answering as a fanout worker, and the function's key in DEST.
-    pub(super) lambda: Option<(LambdaFunction, String)>,
+    /// Where a remote executor's workers are, and where they fetch the function.
+    pub(super) workers: Workers,
+}
+
+/// The workers of a job that does not run on this machine's pool.
+pub(super) enum Workers {
+    Here,
+    /// The Lambda function, answering as a fanout worker, and the function's key in DEST.
+    Lambda(LambdaFunction, String),
+    /// Slurm's commands and controller answer; the function's key in DEST.
+    Slurm(String),
 }
 
 pub(super) async fn open_everything(
@@ -65,29 +75,43 @@ pub(super) async fn open_everything(
         .await
         .expect("loading the function does not panic")
         .map_err(|e| usage(anyhow!("{at_function}function.wasm: {e}")))?;
-    let lambda = match &job.executor {
-        Executor::Local => None,
-        Executor::Lambda { function, .. } => Some(open_lambda(function, &dest, &load, bytes).await?),
+    let workers = match &job.executor {
+        Executor::Local => Workers::Here,
+        Executor::Lambda { function, .. } => {
+            // Proven a fanout worker before anything is written.
+            let lambda = LambdaFunction::connect(function).await;
+            lambda.ping().await.map_err(|e| usage(anyhow!("executor.function: {e}")))?;
+            Workers::Lambda(lambda, store_function(&dest, &load, bytes).await?)
+        }
+        Executor::Slurm { .. } => {
+            slurm::check().await.map_err(|e| usage(anyhow!("executor.kind: {e}")))?;
+            warn_if_local(job, quiet);
+            Workers::Slurm(store_function(&dest, &load, bytes).await?)
+        }
     };
-    Ok(Opened { dest, source, runtime: Arc::new(runtime), load, lambda })
+    Ok(Opened { dest, source, runtime: Arc::new(runtime), load, workers })
 }
 
-/// Proves the Lambda function is a fanout worker (before anything is written), then stores
-/// the job's function where the workers fetch it: content-addressed under DEST, once.
-async fn open_lambda(
-    function: &str,
-    dest: &DynStorage,
-    load: &LoadReport,
-    wasm: Bytes,
-) -> Result<(LambdaFunction, String), Failure> {
-    let lambda = LambdaFunction::connect(function).await;
-    lambda.ping().await.map_err(|e| usage(anyhow!("executor.function: {e}")))?;
+/// Stores the job's function where remote workers fetch it: content-addressed under DEST, once.
+async fn store_function(dest: &DynStorage, load: &LoadReport, wasm: Bytes) -> Result<String, Failure> {
     let key = protocol::function_key(&load.sha256);
     let stored = dest.head(&key).await.map_err(|e| usage(anyhow!("output.dest: {e}")))?;
     if stored.is_none_or(|meta| meta.size != wasm.len() as u64) {
         dest.put(&key, wasm).await.map_err(|e| usage(anyhow!("output.dest: storing the function: {e}")))?;
     }
-    Ok((lambda, key))
+    Ok(key)
+}
+
+/// A cluster job may read and write a local path only if every node sees it there.
+fn warn_if_local(job: &Job, quiet: bool) {
+    for (field, location) in [("input.source", &job.input.source), ("output.dest", &job.output.dest)] {
+        if !location.is_s3() && !quiet {
+            eprintln!(
+                "fanout: warning: {field}: {location} is a local path: every Slurm node must see it at this path \
+                 (a shared file system); fanout cannot check that"
+            );
+        }
+    }
 }
 
 pub(super) fn grace_of(text: &str) -> Result<Duration, Failure> {
@@ -258,7 +282,7 @@ impl Launch {
     async fn run(self) -> Result<u8, Failure> {
         let started = manifest::timestamp(SystemTime::now());
         let Launch { job, origins, opened, continuing, staging, grace, output, options } = self;
-        let Opened { dest, source, runtime, load, lambda } = opened;
+        let Opened { dest, source, runtime, load, workers } = opened;
         let source_storage = source.storage.clone();
         let quiet = output.quiet || output.json;
         let (events, event_rx) = EventSink::channel();
@@ -277,7 +301,7 @@ impl Launch {
         watch_signals(shutdown.clone(), grace);
         let (dest_for_reduce, staging_for_reduce, hard) = (dest.clone(), staging_root.clone(), shutdown.hard.clone());
         let new_job = start.new_job;
-        let executor = executor_for(&job, &job_id, &dest, runtime, &load, lambda, &events);
+        let executor = executor_for(&job, &job_id, &dest, runtime, &load, workers, &events);
         let setup = RunSetup {
             job: job.clone(),
             document: start.document,
@@ -355,21 +379,29 @@ pub(super) fn executor_for(
     dest: &DynStorage,
     runtime: Arc<Runtime>,
     load: &LoadReport,
-    lambda: Option<(LambdaFunction, String)>,
+    workers: Workers,
     events: &EventSink,
 ) -> ExecutorFactory {
-    match (&job.executor, lambda) {
-        (Executor::Lambda { concurrency, batch, .. }, Some((lambda, function_key))) => {
-            let base = JobBase {
-                job_id: job_id.to_string(),
-                dest: dest.clone(),
-                job: job.clone(),
-                function_key,
-                function_sha256: load.sha256.clone(),
-            };
+    let base = |function_key| JobBase {
+        job_id: job_id.to_string(),
+        dest: dest.clone(),
+        job: job.clone(),
+        function_key,
+        function_sha256: load.sha256.clone(),
+    };
+    match (&job.executor, workers) {
+        (Executor::Lambda { concurrency, batch, .. }, Workers::Lambda(lambda, function_key)) => {
+            let base = base(function_key);
             let capacity = Capacity { concurrency: *concurrency, max_batch: batch.unwrap_or(MAX_BATCH) };
             let events = events.clone();
             Box::new(move |results| Box::new(LambdaExecutor::new(lambda, capacity, base, results, events)))
+        }
+        (Executor::Slurm { concurrency, args }, Workers::Slurm(function_key)) => {
+            let base = base(function_key);
+            let worker = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("fanout"));
+            let settings = SlurmSettings { concurrency: *concurrency, args: args.clone(), worker };
+            let events = events.clone();
+            Box::new(move |results| Box::new(SlurmExecutor::new(base, settings, results, events)))
         }
         _ => {
             let (max, idle, events) = (job.workers.max, job.workers.idle(), events.clone());

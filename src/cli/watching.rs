@@ -52,7 +52,7 @@ impl WatchArgs {
         }
         let continued = continue_or_begin(&job, &opened.dest, &opened.load).await?;
         let started = manifest::timestamp(SystemTime::now());
-        let Opened { dest, source, runtime, load, lambda } = opened;
+        let Opened { dest, source, runtime, load, workers } = opened;
         let source_storage = source.storage.clone();
         let job_id = continued.document.job_id.clone();
         let manifest = Manifest::new(dest.clone(), &job_id);
@@ -90,7 +90,7 @@ impl WatchArgs {
             reduced: None,
         };
         let reporter = tokio::spawn(reporter.keep_up(snapshot_rx));
-        let executor = executor_for(&job, &job_id, &dest, runtime, &load, lambda, &events);
+        let executor = executor_for(&job, &job_id, &dest, runtime, &load, workers, &events);
         let setup = RunSetup {
             job: job.clone(),
             document: continued.document,

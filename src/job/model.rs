@@ -234,6 +234,13 @@ pub(crate) enum Executor {
         #[serde(default)]
         batch: Option<usize>,
     },
+    /// A Slurm cluster: job arrays of `fanout worker` tasks, at most `concurrency` running
+    /// at once, submitted with the extra `sbatch` arguments `args`.
+    Slurm {
+        concurrency: usize,
+        #[serde(default)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -350,7 +350,11 @@ fn resolve_executor(
             };
             Ok(Executor::Lambda { function: function.value, concurrency, batch })
         }
-        other => Err(kind.error(format!("\"{other}\" is not an executor (use local or lambda)"))),
+        "slurm" => {
+            let args = table.slurm_args.into_iter().map(|given| given.value).collect();
+            Ok(Executor::Slurm { concurrency, args })
+        }
+        other => Err(kind.error(format!("\"{other}\" is not an executor (use local, lambda or slurm)"))),
     }
 }
 

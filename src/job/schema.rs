@@ -373,21 +373,25 @@ job_table! {
 }
 
 job_table! {
-    /// `[executor]`: where attempts run: this machine's pool, or AWS Lambda.
+    /// `[executor]`: where attempts run: this machine's pool, AWS Lambda, or Slurm.
     #[command(next_help_heading = "Executor ([executor])")]
     struct ExecutorTable in "executor" {
-        /// Where shards run: local (this machine's pool) or lambda.
+        /// Where shards run: local (this machine's pool), lambda or slurm.
         #[arg(long = "executor", value_name = "KIND")]
         kind: Option<Given<String>>,
         /// The Lambda function running `fanout lambda worker` (a name or an ARN).
         #[arg(long = "lambda-function", value_name = "NAME")]
         function: Option<Given<String>>,
-        /// Invocations in flight at most (lambda).
+        /// Invocations in flight (lambda) or array tasks running (slurm) at most.
         #[arg(long, value_name = "N")]
         concurrency: Option<Given<i64>>,
         /// Shards per invocation at most (lambda; default: about a second of work each).
         #[arg(long = "lambda-batch", value_name = "N")]
         batch: Option<Given<i64>>,
+        /// An extra sbatch argument (slurm; repeatable), e.g. --slurm-arg=--partition=cpu.
+        #[arg(long = "slurm-arg", value_name = "ARG", allow_hyphen_values = true)]
+        #[serde(default, deserialize_with = "one_or_many")]
+        slurm_args: Vec<Given<String>>,
     }
 }
 

@@ -15,6 +15,7 @@ mod report;
 mod resume;
 mod s3;
 mod sandbox;
+mod slurm;
 mod storage;
 mod tail;
 mod watch;

@@ -1,0 +1,494 @@
+//! Slurm as an executor: the attempts the coordinator hands over are gathered into waves;
+//! each wave is one job array (`sbatch --array=0-(K-1)%concurrency`) whose tasks each run
+//! `fanout worker` on a share of the wave's attempts. A share is a request stored in DEST
+//! (`_fanout/<job>/slurm/<wave>/<task>.json`), in the Lambda worker's protocol; the task
+//! stores its answer beside it. The executor follows the array (`squeue`) and the answers,
+//! and sends one [`AttemptDone`] per attempt: from the answer, or a failure when a task
+//! ended without answering (cancelled, killed, its node lost), which the coordinator
+//! retries in a later wave. Publishing and commits stay in the coordinator. Owns the
+//! conversation with Slurm's commands and nothing of the run's state.
+//!
+//! [`AttemptDone`]: crate::executor::AttemptDone
+
+use crate::events::{Event, EventSink};
+use crate::executor::{AttemptDone, Executor, Task};
+use crate::lambda::invoke::{self, JobBase};
+use crate::lambda::protocol::{Answer, Request};
+use bytes::Bytes;
+use futures::StreamExt;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::process::Command;
+use tokio::sync::mpsc::UnboundedSender;
+
+/// Attempts handed over within this long of each other share a wave (one array).
+const GATHER: Duration = Duration::from_millis(200);
+/// How often a wave's answers and its array's tasks are looked at.
+const FOLLOW_EVERY: Duration = Duration::from_millis(400);
+/// A Slurm command that does not answer within this long counts as failed.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
+/// The controller may be unreachable this long before a wave's attempts are given up on.
+const CONTROLLER_PATIENCE: Duration = Duration::from_secs(120);
+/// What `fanout worker` needs beside its guests: the runtime, staging, a storage client.
+const WORKER_OVERHEAD_MB: u64 = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SlurmError {
+    #[error(
+        "`{command}` is not on the PATH: the slurm executor needs Slurm's client commands (sbatch, squeue, scancel)"
+    )]
+    NoCommand { command: String },
+    #[error("the Slurm controller does not answer (`squeue` {0})")]
+    Controller(String),
+}
+
+/// How the job's arrays are submitted.
+#[derive(Debug, Clone)]
+pub struct SlurmSettings {
+    /// Array tasks running at once at most (`%N`).
+    pub concurrency: usize,
+    /// Extra `sbatch` arguments (partition, account, time...).
+    pub args: Vec<String>,
+    /// The fanout binary the tasks run: this one, which the nodes must see at this path.
+    pub worker: PathBuf,
+}
+
+/// Runs a Slurm command with a deadline; its stdout, or what went wrong.
+async fn slurm_command(program: &str, args: &[String]) -> Result<String, String> {
+    let mut command = Command::new(program);
+    command.args(args).stdin(Stdio::null()).kill_on_drop(true);
+    let output = tokio::time::timeout(COMMAND_TIMEOUT, command.output())
+        .await
+        .map_err(|_| format!("did not answer in {}s", COMMAND_TIMEOUT.as_secs()))?
+        .map_err(|e| e.to_string())?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        return Err(stderr.lines().next().unwrap_or("failed without a word").trim().to_string());
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Before anything is written: Slurm's commands are here and the controller answers.
+pub async fn check() -> Result<(), SlurmError> {
+    for command in ["sbatch", "squeue", "scancel"] {
+        if which(command).is_none() {
+            return Err(SlurmError::NoCommand { command: command.to_string() });
+        }
+    }
+    slurm_command("squeue", &["-h".into(), "-o".into(), "%i".into()]).await.map_err(SlurmError::Controller)?;
+    Ok(())
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|candidate| candidate.is_file())
+}
+
+/// A shell word: quoted unless it is plainly safe.
+fn shell_quote(word: &str) -> String {
+    if !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || "/._-:=@%+,".contains(c)) {
+        return word.to_string();
+    }
+    format!("'{}'", word.replace('\'', r"'\''"))
+}
+
+/// Splits `tasks` into `shares` runs of nearly equal length, in order.
+fn shares<T>(mut tasks: Vec<T>, shares: usize) -> Vec<Vec<T>> {
+    let shares = shares.clamp(1, tasks.len().max(1));
+    let mut out = Vec::with_capacity(shares);
+    for share in (0..shares).rev() {
+        let take = tasks.len().div_ceil(share + 1);
+        let rest = tasks.split_off(take);
+        out.push(std::mem::replace(&mut tasks, rest));
+    }
+    out
+}
+
+#[derive(Default, serde::Serialize)]
+struct SlurmStats {
+    kind: &'static str,
+    arrays: Vec<String>,
+    array_tasks: u64,
+    /// Array tasks that ended without answering (their attempts were failed and retried).
+    tasks_lost: u64,
+}
+
+struct State {
+    queue: Vec<Task>,
+    gathering: bool,
+    stopping: bool,
+    waves: u64,
+    /// Array tasks running now, by array.
+    running: HashMap<String, usize>,
+    peak: usize,
+    /// Lanes of the timeline: one per array task that answered.
+    lanes: HashMap<String, u32>,
+    stats: SlurmStats,
+}
+
+struct Inner {
+    base: JobBase,
+    settings: SlurmSettings,
+    events: EventSink,
+    results: UnboundedSender<AttemptDone>,
+    state: Mutex<State>,
+    nonce: AtomicU64,
+}
+
+/// The executor; cheap to clone.
+#[derive(Clone)]
+pub struct SlurmExecutor(Arc<Inner>);
+
+impl SlurmExecutor {
+    pub fn new(
+        base: JobBase,
+        settings: SlurmSettings,
+        results: UnboundedSender<AttemptDone>,
+        events: EventSink,
+    ) -> SlurmExecutor {
+        let seed = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+        let state = State {
+            queue: Vec::new(),
+            gathering: false,
+            stopping: false,
+            waves: 0,
+            running: HashMap::new(),
+            peak: 0,
+            lanes: HashMap::new(),
+            stats: SlurmStats { kind: "slurm", ..Default::default() },
+        };
+        SlurmExecutor(Arc::new(Inner {
+            base,
+            settings,
+            events,
+            results,
+            state: Mutex::new(state),
+            nonce: AtomicU64::new(seed ^ ((std::process::id() as u64) << 32)),
+        }))
+    }
+}
+
+/// One array: its shares, who is still owed an answer, and where the requests are.
+struct Wave {
+    /// Under DEST: `<task>.json` requests, `<task>.answer-<worker>.json` answers.
+    prefix: String,
+    array: String,
+    /// Each array task's tasks not yet answered for, by (shard, attempt).
+    owed: Vec<HashMap<(u64, u32), Task>>,
+    answers_seen: HashSet<String>,
+}
+
+impl Inner {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("slurm state")
+    }
+
+    /// Takes what gathered during `GATHER` as one wave.
+    async fn gather_then_submit(self: Arc<Self>) {
+        tokio::time::sleep(GATHER).await;
+        let (tasks, wave) = {
+            let mut state = self.state();
+            state.gathering = false;
+            state.waves += 1;
+            (std::mem::take(&mut state.queue), state.waves)
+        };
+        if tasks.is_empty() {
+            return;
+        }
+        if self.state().stopping {
+            for task in tasks {
+                let _ = self.results.send(invoke::not_run(&task));
+            }
+            return;
+        }
+        let prefix = format!(
+            "{}/{}/slurm/w{wave:04}-{:08x}/",
+            crate::storage::FANOUT_DIR,
+            self.base.job_id,
+            self.nonce.fetch_add(1, Ordering::Relaxed) as u32
+        );
+        let submitted = SystemTime::now();
+        match self.submit_wave(&prefix, tasks).await {
+            Ok(wave) => self.follow(wave).await,
+            Err((tasks, message)) => {
+                for task in tasks {
+                    let _ = self.results.send(invoke::failed(&task, submitted, message.clone()));
+                }
+            }
+        }
+    }
+
+    /// Stores each array task's request, then submits the array.
+    async fn submit_wave(&self, prefix: &str, tasks: Vec<Task>) -> Result<Wave, (Vec<Task>, String)> {
+        let count = tasks.len().min(self.settings.concurrency.max(1));
+        let shares = shares(tasks, count);
+        for (index, share) in shares.iter().enumerate() {
+            let request: Request = self.base.request(share, &self.nonce);
+            let body = Bytes::from(serde_json::to_vec(&request).expect("a request serializes"));
+            if let Err(e) = self.base.dest.put(&format!("{prefix}{index}.json"), body).await {
+                return Err((shares.into_iter().flatten().collect(), format!("storing the array's requests: {e}")));
+            }
+        }
+        let requests = self.base.dest.root().join(prefix).to_string();
+        let memory_mb = self.base.job.function.memory_bytes.div_ceil(1 << 20) + WORKER_OVERHEAD_MB;
+        let mut args = vec![
+            "--parsable".to_string(),
+            format!("--array=0-{}%{}", shares.len() - 1, self.settings.concurrency.max(1)),
+            format!("--job-name=fanout-{}", self.base.job_id),
+            "--output=/dev/null".into(),
+            "--cpus-per-task=1".into(),
+            format!("--mem={memory_mb}M"),
+        ];
+        args.extend(self.settings.args.iter().cloned());
+        let worker = shell_quote(&self.settings.worker.to_string_lossy());
+        args.push(format!("--wrap=exec {worker} worker {}", shell_quote(&requests)));
+        let array = match slurm_command("sbatch", &args).await {
+            Ok(out) => out.trim().split(';').next().unwrap_or_default().to_string(),
+            Err(e) => return Err((shares.into_iter().flatten().collect(), format!("sbatch: {e}"))),
+        };
+        {
+            let mut state = self.state();
+            state.stats.arrays.push(array.clone());
+            state.stats.array_tasks += shares.len() as u64;
+        }
+        self.events.emit(Event::Note(format!("submitted array {array}: {} tasks", shares.len())));
+        let owed = shares
+            .into_iter()
+            .map(|share| {
+                share
+                    .into_iter()
+                    .map(|task| {
+                        let _ = task.started.set(std::time::Instant::now());
+                        ((task.shard.id, task.attempt), task)
+                    })
+                    .collect()
+            })
+            .collect();
+        Ok(Wave { prefix: prefix.to_string(), array, owed, answers_seen: HashSet::new() })
+    }
+
+    /// Follows a wave until every attempt of it has been answered for.
+    async fn follow(&self, mut wave: Wave) {
+        let mut controller_lost_since: Option<std::time::Instant> = None;
+        // Array tasks that had ended (by squeue) at the previous look without an answer.
+        let mut ended_before: HashMap<usize, String> = HashMap::new();
+        while wave.owed.iter().any(|owed| !owed.is_empty()) {
+            tokio::time::sleep(FOLLOW_EVERY).await;
+            self.read_answers(&mut wave).await;
+            self.cancel_if_abandoned(&mut wave).await;
+            let states = match self.task_states(&wave.array).await {
+                Ok(states) => {
+                    controller_lost_since = None;
+                    states
+                }
+                Err(message) => {
+                    let since = *controller_lost_since.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() > CONTROLLER_PATIENCE {
+                        self.fail_all(&mut wave, &format!("the Slurm controller stopped answering: {message}"));
+                    }
+                    continue;
+                }
+            };
+            let running = states.values().filter(|state| state.as_str() == "RUNNING").count();
+            self.set_running(&wave.array, running);
+            // A task gone from squeue, or in a final state, answered before it ended; one
+            // more look at the answers first, then what it still owes has failed.
+            for (index, owed) in wave.owed.iter_mut().enumerate() {
+                if owed.is_empty() {
+                    continue;
+                }
+                let ended = match states.get(&index) {
+                    None => Some("ENDED".to_string()),
+                    Some(state) if is_final(state) => Some(state.clone()),
+                    Some(_) => None,
+                };
+                let Some(ended) = ended else { continue };
+                if let Some(state) = ended_before.get(&index) {
+                    let stopping = self.state().stopping;
+                    self.state().stats.tasks_lost += 1;
+                    for (_, task) in owed.drain() {
+                        let done = match stopping || task.cancel.is_cancelled() {
+                            true => invoke::not_run(&task),
+                            false => invoke::failed(
+                                &task,
+                                SystemTime::now(),
+                                format!("slurm array task {}_{index} ended {state} without answering", wave.array),
+                            ),
+                        };
+                        let _ = self.results.send(done);
+                    }
+                } else {
+                    ended_before.insert(index, ended);
+                }
+            }
+        }
+        self.set_running(&wave.array, 0);
+    }
+
+    /// Answers stored since the last look: each owed attempt answered once.
+    async fn read_answers(&self, wave: &mut Wave) {
+        let mut listing = self.base.dest.list(&wave.prefix);
+        let mut new = Vec::new();
+        while let Some(Ok(object)) = listing.next().await {
+            let name = object.key.rsplit('/').next().unwrap_or_default().to_string();
+            if name.contains(".answer-") && !wave.answers_seen.contains(&object.key) {
+                new.push((object.key, name));
+            }
+        }
+        for (key, name) in new {
+            let Ok(bytes) = self.base.dest.get(&key).await else { continue };
+            let Ok(answer) = serde_json::from_slice::<Answer>(&bytes) else { continue };
+            wave.answers_seen.insert(key);
+            let Some(index) = name.split('.').next().and_then(|i| i.parse::<usize>().ok()) else { continue };
+            let Some(owed) = wave.owed.get_mut(index) else { continue };
+            let lane = {
+                let mut state = self.state();
+                let next = state.lanes.len() as u32;
+                *state.lanes.entry(answer.environment.clone()).or_insert(next)
+            };
+            for result in answer.results {
+                // A second worker on the same share answers too: only the first counts.
+                if owed.remove(&(result.shard, result.attempt)).is_some() {
+                    let _ = self.results.send(invoke::attempt_done(result, lane, &answer.environment));
+                }
+            }
+        }
+    }
+
+    /// Every owed attempt cancelled (a hard stop): the array goes, its attempts come back unrun.
+    async fn cancel_if_abandoned(&self, wave: &mut Wave) {
+        let owed: Vec<&Task> = wave.owed.iter().flat_map(|owed| owed.values()).collect();
+        if owed.is_empty() || !owed.iter().all(|task| task.cancel.is_cancelled()) {
+            return;
+        }
+        let _ = slurm_command("scancel", std::slice::from_ref(&wave.array)).await;
+        for owed in &mut wave.owed {
+            for (_, task) in owed.drain() {
+                let _ = self.results.send(invoke::not_run(&task));
+            }
+        }
+    }
+
+    fn fail_all(&self, wave: &mut Wave, message: &str) {
+        for owed in &mut wave.owed {
+            for (_, task) in owed.drain() {
+                let _ = self.results.send(invoke::failed(&task, SystemTime::now(), message.to_string()));
+            }
+        }
+    }
+
+    /// Each array task's state, by index (`squeue -r` lists one line a task).
+    async fn task_states(&self, array: &str) -> Result<BTreeMap<usize, String>, String> {
+        let args = ["-h", "-r", "-t", "all", "-j", array, "-o", "%i %T"].map(String::from);
+        let listed = slurm_command("squeue", &args).await;
+        // A job the controller has forgotten is an error to squeue: every task has ended.
+        let listed = match listed {
+            Err(e) if e.contains("Invalid job id") => return Ok(BTreeMap::new()),
+            other => other?,
+        };
+        Ok(listed
+            .lines()
+            .filter_map(|line| {
+                let (id, state) = line.trim().split_once(' ')?;
+                let index = id.rsplit_once('_')?.1.parse().ok()?;
+                Some((index, state.trim().to_string()))
+            })
+            .collect())
+    }
+
+    fn set_running(&self, array: &str, running: usize) {
+        let mut state = self.state();
+        state.running.insert(array.to_string(), running);
+        let live: usize = state.running.values().sum();
+        state.peak = state.peak.max(live);
+        self.events.emit(Event::Workers { live });
+    }
+}
+
+fn is_final(state: &str) -> bool {
+    matches!(
+        state,
+        "COMPLETED"
+            | "FAILED"
+            | "CANCELLED"
+            | "TIMEOUT"
+            | "NODE_FAIL"
+            | "OUT_OF_MEMORY"
+            | "PREEMPTED"
+            | "BOOT_FAIL"
+            | "DEADLINE"
+            | "REVOKED"
+    )
+}
+
+impl Executor for SlurmExecutor {
+    fn submit(&self, task: Task) {
+        let mut state = self.0.state();
+        state.queue.push(task);
+        if !state.gathering {
+            state.gathering = true;
+            tokio::spawn(self.0.clone().gather_then_submit());
+        }
+    }
+
+    fn stop_starting(&self) {
+        let arrays = {
+            let mut state = self.0.state();
+            state.stopping = true;
+            for task in std::mem::take(&mut state.queue) {
+                let _ = self.0.results.send(invoke::not_run(&task));
+            }
+            state.stats.arrays.clone()
+        };
+        // Tasks not started yet never will be; running ones finish and answer.
+        tokio::spawn(async move {
+            for array in arrays {
+                let _ = slurm_command("scancel", &["--state=PENDING".to_string(), array]).await;
+            }
+        });
+    }
+
+    fn can_start_now(&self) -> bool {
+        !self.0.state().stopping
+    }
+
+    fn live(&self) -> usize {
+        self.0.state().running.values().sum()
+    }
+
+    fn peak(&self) -> usize {
+        self.0.state().peak
+    }
+
+    fn summary(&self) -> Option<serde_json::Value> {
+        serde_json::to_value(&self.0.state().stats).ok()
+    }
+
+    fn stages_locally(&self) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_are_contiguous_and_nearly_equal() {
+        let split = shares((0..10).collect(), 3);
+        assert_eq!(split, vec![vec![0, 1, 2, 3], vec![4, 5, 6], vec![7, 8, 9]]);
+        assert_eq!(shares((0..2).collect::<Vec<u32>>(), 8).len(), 2, "never an empty share");
+        assert_eq!(shares(Vec::<u32>::new(), 4).len(), 1);
+    }
+
+    #[test]
+    fn odd_words_are_quoted_for_the_shell() {
+        assert_eq!(shell_quote("/usr/bin/fanout"), "/usr/bin/fanout");
+        assert_eq!(shell_quote("s3://b/a b/"), "'s3://b/a b/'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+}

@@ -1,0 +1,162 @@
+//! The Slurm executor on a real one-machine cluster (`scripts/test-slurm`: a controller and
+//! three emulated nodes) with Garage as the store: the same outputs and outcomes as the
+//! local executor, array tasks spread over nodes, a task cancelled in the middle whose
+//! shards are retried, and the errors a user meets before anything is written.
+
+use crate::common::*;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn s3_url(prefix: &str) -> String {
+    format!("s3://{}/{prefix}", s3().bucket)
+}
+
+/// A Slurm command's stdout.
+fn slurm(program: &str, args: &[&str]) -> String {
+    let output = std::process::Command::new(program).args(args).output().expect(program);
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// DEST read back with boto3: report.csv's rows, the job's folder, and the copy.
+fn s3_report(prefix: &str) -> (Vec<BTreeMap<String, String>>, std::path::PathBuf, tempfile::TempDir) {
+    let back = tempfile::tempdir().unwrap();
+    boto3_download(prefix, back.path());
+    // The functions' store (remote workers fetch the function from DEST) is not a job.
+    let job = std::fs::read_dir(back.path().join("_fanout"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| !p.ends_with("functions"))
+        .expect("a job folder");
+    (report(&job), job, back)
+}
+
+#[test]
+#[cfg_attr(not(fanout_slurm_cluster), ignore = "needs the Slurm test cluster and S3: run scripts/test")]
+fn thumbnails_on_slurm_match_the_local_executor_byte_for_byte() {
+    let prefix = unique_prefix("slurm-thumbs");
+    boto3_upload(&repo().join("examples/data/images"), &format!("{prefix}raw/"));
+    let input = s3_url(&format!("{prefix}raw/"));
+    let run = |dest: &str, more: &[&str]| {
+        let mut args = vec!["run", "jobs/thumbnails.toml", "--input", &input, "--output", dest, "--json"];
+        args.extend(more);
+        run_in(&repo(), &args)
+    };
+    let local_dest = s3_url(&format!("{prefix}local/"));
+    run(&local_dest, &[]).assert_code(0);
+    let slurm_dest = s3_url(&format!("{prefix}slurm/"));
+    let ran = run(&slurm_dest, &["--executor", "slurm", "--concurrency", "4"]);
+    ran.assert_code(0);
+    let summary: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    assert_eq!(summary["shards"]["ok"], 4, "{summary}");
+    assert_eq!(summary["executor"]["kind"], "slurm", "{summary}");
+    assert_eq!(summary["executor"]["array_tasks"], 4, "{summary}");
+
+    let (local_rows, _, local) = s3_report(&format!("{prefix}local/"));
+    let (slurm_rows, _, slurm_back) = s3_report(&format!("{prefix}slurm/"));
+    assert_eq!(tree(local.path()), tree(slurm_back.path()), "the outputs differ");
+    let outcomes = |rows: &[BTreeMap<String, String>]| {
+        rows.iter().map(|r| (r["shard"].clone(), r["status"].clone(), r["outcome"].clone())).collect::<Vec<_>>()
+    };
+    assert_eq!(outcomes(&local_rows), outcomes(&slurm_rows));
+    // Each shard ran in an array task, and the tasks spread over more than one node.
+    let nodes: std::collections::BTreeSet<&str> =
+        slurm_rows.iter().map(|r| r["worker"].rsplit(" on ").next().unwrap()).collect();
+    assert!(slurm_rows.iter().all(|r| r["worker"].starts_with("slurm ")), "{slurm_rows:?}");
+    assert!(nodes.len() >= 2, "every task ran on {nodes:?}");
+}
+
+/// Waits for `file` to hold a line starting with `start`, and returns the rest of it.
+fn line_in(file: &Path, start: &str, limit: Duration) -> String {
+    let began = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        if let Some(line) = text.lines().find_map(|l| l.strip_prefix(start)) {
+            return line.to_string();
+        }
+        assert!(began.elapsed() < limit, "no {start:?} in {}:\n{text}", file.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+#[cfg_attr(not(fanout_slurm_cluster), ignore = "needs the Slurm test cluster and S3: run scripts/test")]
+fn an_array_task_cancelled_in_the_middle_has_its_shards_retried() {
+    let prefix = unique_prefix("slurm-cancel");
+    let dir = tempfile::tempdir().unwrap();
+    write_commands(&dir.path().join("in"), "nap-", 6, "nap 2000");
+    boto3_upload(&dir.path().join("in"), &format!("{prefix}in/"));
+    let log = dir.path().join("fanout.log");
+    let mut child = fanout()
+        .current_dir(dir.path())
+        .args(["run", "--input", &s3_url(&format!("{prefix}in/")), "--output", &s3_url(&format!("{prefix}out/"))])
+        .args(["--function", function("misbehave").to_str().unwrap(), "--executor", "slurm", "--concurrency", "3"])
+        .args(["--backoff", "10ms"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let array = line_in(&log, "fanout: submitted array ", Duration::from_secs(60));
+    let array = array.split(':').next().unwrap().to_string();
+    // Task 1 runs its first shard (2 s each, one after the other): cancel it now.
+    let task = format!("{array}_1");
+    let began = Instant::now();
+    while !slurm("squeue", &["-h", "-j", &task, "-o", "%T"]).contains("RUNNING") {
+        assert!(began.elapsed() < Duration::from_secs(60), "task {task} never ran");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(std::process::Command::new("scancel").arg(&task).status().unwrap().success());
+    let status = child.wait().unwrap();
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let (rows, job, back) = s3_report(&format!("{prefix}out/"));
+    let summary = summary(&job);
+    assert_eq!(summary["shards"]["ok"], 6, "{summary}");
+    assert!(summary["executor"]["tasks_lost"].as_u64().unwrap() >= 1, "{summary}");
+    assert!(summary["executor"]["arrays"].as_array().unwrap().len() >= 2, "a further array: {summary}");
+    // The cancelled task's two shards ran again; each shard is committed once.
+    let retried: Vec<_> = rows.iter().filter(|r| r["attempts"] != "1").collect();
+    assert_eq!(retried.len(), 2, "{rows:?}");
+    assert_eq!(rows.len(), 6);
+    let journal = journal(&job);
+    assert_eq!(journal.len(), 6, "one commit record a shard");
+    for i in 0..6 {
+        let slept = std::fs::read_to_string(back.path().join(format!("nap-{i:03}.slept"))).unwrap();
+        assert!(slept.trim().parse::<u64>().unwrap() >= 2000, "{slept}");
+    }
+}
+
+#[test]
+#[cfg_attr(not(fanout_slurm_cluster), ignore = "needs the Slurm test cluster and S3: run scripts/test")]
+fn without_slurm_a_slurm_job_stops_before_writing_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    write_files(dir.path(), &[("in/a.txt", "ok")]);
+    let wasm = function("misbehave");
+    let args = ["run", "--input", "in", "--output", "out", "--function", wasm.to_str().unwrap(), "--executor", "slurm"];
+    // No sbatch on the PATH.
+    let ran: Ran = fanout().current_dir(dir.path()).args(args).env("PATH", "/nonexistent").output().unwrap().into();
+    ran.assert_code(2);
+    assert!(ran.stderr.contains("`sbatch` is not on the PATH"), "{}", ran.stderr);
+    assert_eq!(ran.stderr.trim().lines().count(), 1, "one line: {}", ran.stderr);
+    assert!(!dir.path().join("out").exists(), "nothing written");
+    // A controller that does not answer.
+    let conf = std::fs::read_to_string(std::env::var("SLURM_CONF").unwrap()).unwrap();
+    let dead: String = conf
+        .lines()
+        .map(|line| if line.starts_with("SlurmctldPort=") { "SlurmctldPort=1".to_string() } else { line.to_string() })
+        .map(|line| line + "\n")
+        .collect();
+    std::fs::write(dir.path().join("dead.conf"), dead).unwrap();
+    let ran: Ran = fanout()
+        .current_dir(dir.path())
+        .args(args)
+        .env("SLURM_CONF", dir.path().join("dead.conf"))
+        .output()
+        .unwrap()
+        .into();
+    ran.assert_code(2);
+    assert!(ran.stderr.contains("the Slurm controller does not answer"), "{}", ran.stderr);
+    assert_eq!(ran.stderr.trim().lines().count(), 1, "one line: {}", ran.stderr);
+    assert!(!dir.path().join("out").exists(), "nothing written");
+}
