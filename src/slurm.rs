@@ -13,7 +13,7 @@
 use crate::events::{Event, EventSink};
 use crate::executor::{AttemptDone, Executor, Task};
 use crate::lambda::invoke::{self, JobBase};
-use crate::lambda::protocol::{Answer, Request};
+use crate::lambda::protocol::{Answer, Request, ShardResult};
 use bytes::Bytes;
 use futures::StreamExt;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -35,6 +35,8 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
 const CONTROLLER_PATIENCE: Duration = Duration::from_secs(120);
 /// What `fanout worker` needs beside its guests: the runtime, staging, a storage client.
 const WORKER_OVERHEAD_MB: u64 = 256;
+/// Beside a wave's requests: the id of the array that runs them.
+const ARRAY_ID: &str = "array-id";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SlurmError {
@@ -117,8 +119,22 @@ struct SlurmStats {
     tasks_lost: u64,
 }
 
+/// What earlier runs of the job left with Slurm, found when a resumed job submits its first
+/// attempts: successful answers, and array tasks still running, so that the job takes them
+/// instead of running their shards again.
+#[derive(Default)]
+struct Recovered {
+    /// A successful answer for a shard, and the worker that gave it.
+    answered: HashMap<u64, (ShardResult, String)>,
+    /// Shards in the share of an array task that has not ended: (wave, share).
+    running: HashMap<u64, (usize, usize)>,
+    /// Earlier waves with a live array task: prefix, array, shares.
+    waves: Vec<(String, String, usize)>,
+}
+
 struct State {
     queue: Vec<Task>,
+    recovered: Option<Recovered>,
     gathering: bool,
     stopping: bool,
     waves: u64,
@@ -153,6 +169,7 @@ impl SlurmExecutor {
         let seed = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
         let state = State {
             queue: Vec::new(),
+            recovered: None,
             gathering: false,
             stopping: false,
             waves: 0,
@@ -177,8 +194,9 @@ struct Wave {
     /// Under DEST: `<task>.json` requests, `<task>.answer-<worker>.json` answers.
     prefix: String,
     array: String,
-    /// Each array task's tasks not yet answered for, by (shard, attempt).
-    owed: Vec<HashMap<(u64, u32), Task>>,
+    /// Each array task's tasks not yet answered for, by shard (a wave holds a shard once;
+    /// an adopted wave answers for an attempt of an earlier run, under its own number).
+    owed: Vec<HashMap<u64, Task>>,
     answers_seen: HashSet<String>,
 }
 
@@ -196,6 +214,14 @@ impl Inner {
             state.waves += 1;
             (std::mem::take(&mut state.queue), state.waves)
         };
+        if tasks.is_empty() {
+            return;
+        }
+        if self.state().recovered.is_none() {
+            let recovered = self.recover().await;
+            self.state().recovered = Some(recovered);
+        }
+        let tasks = self.take_recovered(tasks);
         if tasks.is_empty() {
             return;
         }
@@ -220,6 +246,89 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// Earlier arrays of this job (a coordinator killed and resumed): their successful
+    /// answers, and which shards their still-running tasks hold.
+    async fn recover(&self) -> Recovered {
+        let mut recovered = Recovered::default();
+        let root = format!("{}/{}/slurm/", crate::storage::FANOUT_DIR, self.base.job_id);
+        let mut waves: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut listing = self.base.dest.list(&root);
+        while let Some(Ok(object)) = listing.next().await {
+            if let Some((prefix, name)) = object.key.rsplit_once('/') {
+                waves.entry(format!("{prefix}/")).or_default().push(name.to_string());
+            }
+        }
+        if waves.is_empty() {
+            return recovered;
+        }
+        let name = format!("fanout-{}", self.base.job_id);
+        let args = ["-h", "-r", "-t", "all", "-n", &name, "-o", "%i %T"].map(String::from);
+        let live: HashSet<String> = slurm_command("squeue", &args)
+            .await
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| line.trim().split_once(' '))
+            .filter(|(_, state)| !is_final(state.trim()))
+            .map(|(id, _)| id.to_string())
+            .collect();
+        for (prefix, names) in waves {
+            for name in names.iter().filter(|n| n.contains(".answer-")) {
+                let Ok(bytes) = self.base.dest.get(&format!("{prefix}{name}")).await else { continue };
+                let Ok(answer) = serde_json::from_slice::<Answer>(&bytes) else { continue };
+                for result in answer.results {
+                    if result.outcome.is_ok() && matches!(result.outputs, Some(Ok(_))) {
+                        recovered.answered.insert(result.shard, (result, answer.environment.clone()));
+                    }
+                }
+            }
+            let Ok(array) = self.base.dest.get(&format!("{prefix}{ARRAY_ID}")).await else { continue };
+            let array = String::from_utf8_lossy(&array).trim().to_string();
+            let shares = names.iter().filter(|n| n.ends_with(".json") && !n.contains(".answer-")).count();
+            let wave = recovered.waves.len();
+            for share in (0..shares).filter(|share| live.contains(&format!("{array}_{share}"))) {
+                let Ok(bytes) = self.base.dest.get(&format!("{prefix}{share}.json")).await else { continue };
+                let Ok(request) = serde_json::from_slice::<Request>(&bytes) else { continue };
+                for order in request.orders {
+                    recovered.running.insert(order.shard.id, (wave, share));
+                }
+            }
+            recovered.waves.push((prefix, array, shares));
+        }
+        recovered
+    }
+
+    /// Attempts an earlier array answered for are answered now; those a live earlier array
+    /// task holds are followed there; the rest are returned, for a new wave.
+    fn take_recovered(self: &Arc<Self>, tasks: Vec<Task>) -> Vec<Task> {
+        let mut fresh = Vec::new();
+        let mut adopted: BTreeMap<usize, Vec<HashMap<u64, Task>>> = BTreeMap::new();
+        let mut state = self.state();
+        let State { recovered, lanes, .. } = &mut *state;
+        let recovered = recovered.as_mut().expect("recovered first");
+        for task in tasks {
+            if let Some((result, environment)) = recovered.answered.remove(&task.shard.id) {
+                let result = ShardResult { attempt: task.attempt, ..result };
+                let next = lanes.len() as u32;
+                let lane = *lanes.entry(environment.clone()).or_insert(next);
+                let _ = self.results.send(invoke::attempt_done(result, lane, &environment));
+            } else if let Some((wave, share)) = recovered.running.remove(&task.shard.id) {
+                let shares = recovered.waves[wave].2;
+                let owed = adopted.entry(wave).or_insert_with(|| (0..shares).map(|_| HashMap::new()).collect());
+                owed[share].insert(task.shard.id, task);
+            } else {
+                fresh.push(task);
+            }
+        }
+        for (wave, owed) in adopted {
+            let (prefix, array, _) = recovered.waves[wave].clone();
+            self.events.emit(Event::Note(format!("following array {array}, submitted before the restart")));
+            let wave = Wave { prefix, array, owed, answers_seen: HashSet::new() };
+            let inner = self.clone();
+            tokio::spawn(async move { inner.follow(wave).await });
+        }
+        fresh
     }
 
     /// Stores each array task's request, then submits the array.
@@ -255,6 +364,8 @@ impl Inner {
             state.stats.arrays.push(array.clone());
             state.stats.array_tasks += shares.len() as u64;
         }
+        // A coordinator that resumes this job finds the array by it (see `recover`).
+        let _ = self.base.dest.put(&format!("{prefix}{ARRAY_ID}"), Bytes::from(array.clone())).await;
         self.events.emit(Event::Note(format!("submitted array {array}: {} tasks", shares.len())));
         let owed = shares
             .into_iter()
@@ -263,7 +374,7 @@ impl Inner {
                     .into_iter()
                     .map(|task| {
                         let _ = task.started.set(std::time::Instant::now());
-                        ((task.shard.id, task.attempt), task)
+                        (task.shard.id, task)
                     })
                     .collect()
             })
@@ -352,7 +463,8 @@ impl Inner {
             };
             for result in answer.results {
                 // A second worker on the same share answers too: only the first counts.
-                if owed.remove(&(result.shard, result.attempt)).is_some() {
+                if let Some(task) = owed.remove(&result.shard) {
+                    let result = ShardResult { attempt: task.attempt, ..result };
                     let _ = self.results.send(invoke::attempt_done(result, lane, &answer.environment));
                 }
             }

@@ -160,3 +160,53 @@ fn without_slurm_a_slurm_job_stops_before_writing_anything() {
     assert_eq!(ran.stderr.trim().lines().count(), 1, "one line: {}", ran.stderr);
     assert!(!dir.path().join("out").exists(), "nothing written");
 }
+
+#[test]
+#[cfg_attr(not(fanout_slurm_cluster), ignore = "needs the Slurm test cluster and S3: run scripts/test")]
+fn a_coordinator_killed_while_its_array_runs_resumes_by_following_that_array() {
+    let prefix = unique_prefix("slurm-kill");
+    let dir = tempfile::tempdir().unwrap();
+    write_commands(&dir.path().join("in"), "nap-", 6, "nap 2000");
+    boto3_upload(&dir.path().join("in"), &format!("{prefix}in/"));
+    let (input, output) = (s3_url(&format!("{prefix}in/")), s3_url(&format!("{prefix}out/")));
+    let wasm = function("misbehave");
+    let args = ["run", "--input", &input, "--output", &output, "--function", wasm.to_str().unwrap()]
+        .into_iter()
+        .chain(["--executor", "slurm", "--concurrency", "3", "--name", "killed"])
+        .collect::<Vec<_>>();
+    let log = dir.path().join("fanout.log");
+    let mut child = fanout()
+        .current_dir(dir.path())
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let array = line_in(&log, "fanout: submitted array ", Duration::from_secs(60));
+    let array = array.split(':').next().unwrap().to_string();
+    let began = Instant::now();
+    while !slurm("squeue", &["-h", "-j", &array, "-t", "RUNNING", "-o", "%i"]).contains('_') {
+        assert!(began.elapsed() < Duration::from_secs(60), "array {array} never ran");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let mut resumed = args.clone();
+    resumed.insert(1, "--resume");
+    let ran = run_in(dir.path(), &resumed);
+    ran.assert_code(0);
+    assert!(ran.stderr.contains(&format!("following array {array}")), "{}", ran.stderr);
+    let (rows, job, back) = s3_report(&format!("{prefix}out/"));
+    let summary = summary(&job);
+    assert_eq!(summary["shards"]["ok"], 6, "{summary}");
+    // Nothing ran twice: no further array, one attempt a shard, one commit record a shard.
+    assert_eq!(summary["executor"]["arrays"].as_array().unwrap().len(), 0, "{summary}");
+    assert!(rows.iter().all(|r| r["attempts"] == "1"), "{rows:?}");
+    assert_eq!(journal(&job).len(), 6);
+    let waves = std::fs::read_dir(job.join("slurm")).unwrap().count();
+    assert_eq!(waves, 1, "one array in all");
+    for i in 0..6 {
+        assert!(back.path().join(format!("nap-{i:03}.slept")).is_file(), "nap-{i:03} has no output");
+    }
+}
