@@ -396,9 +396,10 @@ pub(super) fn executor_for(
             let events = events.clone();
             Box::new(move |results| Box::new(LambdaExecutor::new(lambda, capacity, base, results, events)))
         }
-        (Executor::Slurm { concurrency, args }, Workers::Slurm(function_key)) => {
+        (Executor::Slurm { concurrency, args, worker }, Workers::Slurm(function_key)) => {
             let base = base(function_key);
-            let worker = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("fanout"));
+            let here = || std::env::current_exe().unwrap_or_else(|_| PathBuf::from("fanout"));
+            let worker = worker.as_ref().map_or_else(here, PathBuf::from);
             let settings = SlurmSettings { concurrency: *concurrency, args: args.clone(), worker };
             let events = events.clone();
             Box::new(move |results| Box::new(SlurmExecutor::new(base, settings, results, events)))

@@ -235,11 +235,14 @@ pub(crate) enum Executor {
         batch: Option<usize>,
     },
     /// A Slurm cluster: job arrays of `fanout worker` tasks, at most `concurrency` running
-    /// at once, submitted with the extra `sbatch` arguments `args`.
+    /// at once, submitted with the extra `sbatch` arguments `args`; the tasks run `worker`
+    /// (`None`: this fanout binary, at its path here).
     Slurm {
         concurrency: usize,
         #[serde(default)]
         args: Vec<String>,
+        #[serde(default)]
+        worker: Option<String>,
     },
 }
 

@@ -352,7 +352,11 @@ fn resolve_executor(
         }
         "slurm" => {
             let args = table.slurm_args.into_iter().map(|given| given.value).collect();
-            Ok(Executor::Slurm { concurrency, args })
+            let worker = match table.worker {
+                Some(given) if given.value.trim().is_empty() => return Err(given.error("the worker's path is empty")),
+                given => given.map(|g| g.value),
+            };
+            Ok(Executor::Slurm { concurrency, args, worker })
         }
         other => Err(kind.error(format!("\"{other}\" is not an executor (use local, lambda or slurm)"))),
     }

@@ -392,6 +392,9 @@ job_table! {
         #[arg(long = "slurm-arg", value_name = "ARG", allow_hyphen_values = true)]
         #[serde(default, deserialize_with = "one_or_many")]
         slurm_args: Vec<Given<String>>,
+        /// The fanout binary Slurm's tasks run, as the nodes see it (default: this one's path).
+        #[arg(long = "slurm-worker", value_name = "PATH")]
+        worker: Option<Given<String>>,
     }
 }
 

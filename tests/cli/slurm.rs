@@ -210,3 +210,38 @@ fn a_coordinator_killed_while_its_array_runs_resumes_by_following_that_array() {
         assert!(back.path().join(format!("nap-{i:03}.slept")).is_file(), "nap-{i:03} has no output");
     }
 }
+
+#[test]
+#[cfg_attr(not(fanout_slurm_cluster), ignore = "needs the Slurm test cluster and S3: run scripts/test")]
+fn two_workers_on_every_share_at_once_commit_each_shard_once() {
+    let prefix = unique_prefix("slurm-twice");
+    boto3_upload(&repo().join("examples/data/images"), &format!("{prefix}raw/"));
+    // What an engine's retry does at worst: every array task starts two workers on its share.
+    let dir = tempfile::tempdir().unwrap();
+    let twice = dir.path().join("fanout-twice");
+    std::fs::write(&twice, format!("#!/bin/sh\n'{0}' \"$@\" & '{0}' \"$@\"\nwait\n", env!("CARGO_BIN_EXE_fanout")))
+        .unwrap();
+    std::fs::set_permissions(&twice, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let input = s3_url(&format!("{prefix}raw/"));
+    let run = |dest: &str, more: &[&str]| {
+        let mut args = vec!["run", "jobs/thumbnails.toml", "--input", &input, "--output", dest, "-q"];
+        args.extend(more);
+        run_in(&repo(), &args)
+    };
+    run(&s3_url(&format!("{prefix}clean/")), &[]).assert_code(0);
+    let twice_dest = s3_url(&format!("{prefix}twice/"));
+    run(&twice_dest, &["--executor", "slurm", "--concurrency", "2", "--slurm-worker", twice.to_str().unwrap()])
+        .assert_code(0);
+    let (_, _, clean) = s3_report(&format!("{prefix}clean/"));
+    let (rows, job, doubled) = s3_report(&format!("{prefix}twice/"));
+    assert_eq!(tree(clean.path()), tree(doubled.path()), "the outputs differ from a clean run");
+    assert_eq!(journal(&job).len(), 4, "one commit record a shard");
+    assert!(rows.iter().all(|r| r["status"] == "ok" && r["attempts"] == "1"), "{rows:?}");
+    // Both workers of each share answered; one answer a shard was taken.
+    let wave = std::fs::read_dir(job.join("slurm")).unwrap().next().unwrap().unwrap().path();
+    let answers = std::fs::read_dir(&wave)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains(".answer-"))
+        .count();
+    assert_eq!(answers, 4, "two shares, two workers each");
+}
