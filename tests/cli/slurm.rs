@@ -245,3 +245,63 @@ fn two_workers_on_every_share_at_once_commit_each_shard_once() {
         .count();
     assert_eq!(answers, 4, "two shares, two workers each");
 }
+
+#[test]
+#[cfg_attr(not(fanout_slurm_cluster), ignore = "needs the Slurm test cluster and S3: run scripts/test")]
+fn ctrl_c_twice_cancels_the_array_and_resume_finishes_the_job() {
+    let prefix = unique_prefix("slurm-ctrl-c");
+    let dir = tempfile::tempdir().unwrap();
+    write_commands(&dir.path().join("in"), "nap-", 6, "nap 3000");
+    boto3_upload(&dir.path().join("in"), &format!("{prefix}in/"));
+    let (input, output) = (s3_url(&format!("{prefix}in/")), s3_url(&format!("{prefix}out/")));
+    let wasm = function("misbehave");
+    let args = ["run", "--input", &input, "--output", &output, "--function", wasm.to_str().unwrap()]
+        .into_iter()
+        .chain(["--executor", "slurm", "--concurrency", "3", "--name", "interrupted"])
+        .collect::<Vec<_>>();
+    let log = dir.path().join("fanout.log");
+    let mut child = fanout()
+        .current_dir(dir.path())
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let array = line_in(&log, "fanout: submitted array ", Duration::from_secs(60));
+    let array = array.split(':').next().unwrap().to_string();
+    let began = Instant::now();
+    while !slurm("squeue", &["-h", "-j", &array, "-t", "RUNNING", "-o", "%i"]).contains('_') {
+        assert!(began.elapsed() < Duration::from_secs(60), "array {array} never ran");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let signal = || std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    signal();
+    std::thread::sleep(Duration::from_millis(300));
+    signal();
+    let status = child.wait().unwrap();
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("stopping now"), "{stderr}");
+    // The array is cancelled: none of its tasks is pending or running any more.
+    let began = Instant::now();
+    loop {
+        let left = slurm("squeue", &["-h", "-r", "-j", &array, "-t", "PENDING,RUNNING", "-o", "%i"]);
+        if left.trim().is_empty() {
+            break;
+        }
+        assert!(began.elapsed() < Duration::from_secs(30), "the array still runs: {left}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut resumed = args.clone();
+    resumed.insert(1, "--resume");
+    resumed.push("--json");
+    let ran = run_in(dir.path(), &resumed);
+    ran.assert_code(0);
+    let summary: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    assert_eq!(summary["shards"]["ok"], 6, "{summary}");
+    let (_, job, back) = s3_report(&format!("{prefix}out/"));
+    assert_eq!(journal(&job).len(), 6, "one commit record a shard");
+    for i in 0..6 {
+        assert!(back.path().join(format!("nap-{i:03}.slept")).is_file(), "nap-{i:03} has no output");
+    }
+}
