@@ -135,6 +135,8 @@ struct Recovered {
 struct State {
     queue: Vec<Task>,
     recovered: Option<Recovered>,
+    /// The partition's CPUs (`sinfo`), once asked; `None` when Slurm would not say.
+    partition_cpus: Option<Option<usize>>,
     gathering: bool,
     stopping: bool,
     waves: u64,
@@ -143,6 +145,9 @@ struct State {
     peak: usize,
     /// Lanes of the timeline: one per array task that answered.
     lanes: HashMap<String, u32>,
+    /// When each answering worker ran its guests (Unix ms): tasks too quick for `squeue`
+    /// to see running still count towards the peak.
+    spans: Vec<(u64, u64)>,
     stats: SlurmStats,
 }
 
@@ -170,12 +175,14 @@ impl SlurmExecutor {
         let state = State {
             queue: Vec::new(),
             recovered: None,
+            partition_cpus: None,
             gathering: false,
             stopping: false,
             waves: 0,
             running: HashMap::new(),
             peak: 0,
             lanes: HashMap::new(),
+            spans: Vec::new(),
             stats: SlurmStats { kind: "slurm", ..Default::default() },
         };
         SlurmExecutor(Arc::new(Inner {
@@ -331,9 +338,34 @@ impl Inner {
         fresh
     }
 
+    /// The CPUs of the partition the arrays go to: more array tasks than that wait for
+    /// later scheduling passes (about a second each), so a wave has no more shares.
+    async fn partition_cpus(&self) -> Option<usize> {
+        if let Some(known) = self.state().partition_cpus {
+            return known;
+        }
+        let mut args = vec!["-h".to_string(), "-o".into(), "%C".into()];
+        let mut given = self.settings.args.iter();
+        while let Some(arg) = given.next() {
+            match arg.strip_prefix("--partition=") {
+                Some(partition) => args.extend(["-p".into(), partition.to_string()]),
+                None if arg == "-p" || arg == "--partition" => args.extend(["-p".into(), given.next()?.clone()]),
+                None => {}
+            }
+        }
+        // "allocated/idle/other/total", a line per partition listed.
+        let cpus = slurm_command("sinfo", &args).await.ok().and_then(|out| {
+            let totals = out.lines().filter_map(|line| line.trim().rsplit('/').next()?.parse::<usize>().ok());
+            totals.max().filter(|&cpus| cpus > 0)
+        });
+        self.state().partition_cpus = Some(cpus);
+        cpus
+    }
+
     /// Stores each array task's request, then submits the array.
     async fn submit_wave(&self, prefix: &str, tasks: Vec<Task>) -> Result<Wave, (Vec<Task>, String)> {
-        let count = tasks.len().min(self.settings.concurrency.max(1));
+        let cpus = self.partition_cpus().await.unwrap_or(usize::MAX);
+        let count = tasks.len().min(self.settings.concurrency.max(1)).min(cpus);
         let shares = shares(tasks, count);
         for (index, share) in shares.iter().enumerate() {
             let request: Request = self.base.request(share, &self.nonce);
@@ -370,13 +402,10 @@ impl Inner {
         let owed = shares
             .into_iter()
             .map(|share| {
-                share
-                    .into_iter()
-                    .map(|task| {
-                        let _ = task.started.set(std::time::Instant::now());
-                        (task.shard.id, task)
-                    })
-                    .collect()
+                // `started` stays unset: when a task's attempt starts within its share is
+                // the worker's to know, so the coordinator's straggler backups and relative
+                // timeouts leave it alone (a guest's own timeout still holds).
+                share.into_iter().map(|task| (task.shard.id, task)).collect()
             })
             .collect();
         Ok(Wave { prefix: prefix.to_string(), array, owed, answers_seen: HashSet::new() })
@@ -459,7 +488,14 @@ impl Inner {
             let lane = {
                 let mut state = self.state();
                 let next = state.lanes.len() as u32;
-                *state.lanes.entry(answer.environment.clone()).or_insert(next)
+                let lane = *state.lanes.entry(answer.environment.clone()).or_insert(next);
+                let first = answer.results.iter().map(|r| r.started_ms).min();
+                let last = answer.results.iter().map(|r| r.finished_ms).max();
+                if let (Some(first), Some(last)) = (first, last) {
+                    state.spans.push((first, last));
+                    state.peak = state.peak.max(most_at_once(&state.spans));
+                }
+                lane
             };
             for result in answer.results {
                 // A second worker on the same share answers too: only the first counts.
@@ -519,6 +555,19 @@ impl Inner {
         state.peak = state.peak.max(live);
         self.events.emit(Event::Workers { live });
     }
+}
+
+/// The most spans that overlap at one moment.
+fn most_at_once(spans: &[(u64, u64)]) -> usize {
+    let mut edges: Vec<(u64, i32)> = spans.iter().flat_map(|&(start, end)| [(start, 1), (end, -1)]).collect();
+    // At a shared instant an end comes before a start: back-to-back spans do not overlap.
+    edges.sort_unstable();
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, step) in edges {
+        now += step;
+        most = most.max(now);
+    }
+    most as usize
 }
 
 fn is_final(state: &str) -> bool {
@@ -595,6 +644,13 @@ mod tests {
         assert_eq!(split, vec![vec![0, 1, 2, 3], vec![4, 5, 6], vec![7, 8, 9]]);
         assert_eq!(shares((0..2).collect::<Vec<u32>>(), 8).len(), 2, "never an empty share");
         assert_eq!(shares(Vec::<u32>::new(), 4).len(), 1);
+    }
+
+    #[test]
+    fn the_peak_counts_overlapping_spans_only() {
+        assert_eq!(most_at_once(&[(0, 10), (5, 15), (10, 20), (30, 40)]), 2);
+        assert_eq!(most_at_once(&[(0, 10), (10, 20)]), 1, "back to back");
+        assert_eq!(most_at_once(&[]), 0);
     }
 
     #[test]

@@ -259,9 +259,9 @@ fn process_cpu_time() -> Duration {
 /// stage and publish; for a remote executor, enough to fill every invocation's batch.
 fn shards_in_flight(job: &Job, stages_locally: bool) -> usize {
     match (&job.executor, stages_locally) {
-        (crate::job::Executor::Lambda { concurrency, .. } | crate::job::Executor::Slurm { concurrency, .. }, false) => {
-            (concurrency * 32).clamp(256, 65_536)
-        }
+        (crate::job::Executor::Lambda { concurrency, .. }, false) => (concurrency * 32).clamp(256, 65_536),
+        // An array costs a second or more of scheduling: as many shards a wave as can wait.
+        (crate::job::Executor::Slurm { .. }, false) => 65_536,
         _ => (job.workers.max * 4).max(16),
     }
 }
