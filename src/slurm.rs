@@ -205,6 +205,8 @@ struct Wave {
     /// an adopted wave answers for an attempt of an earlier run, under its own number).
     owed: Vec<HashMap<u64, Task>>,
     answers_seen: HashSet<String>,
+    /// What a worker that could not answer said (`<task>.error-<worker>.txt`), by task.
+    errors: HashMap<usize, String>,
 }
 
 impl Inner {
@@ -331,7 +333,7 @@ impl Inner {
         for (wave, owed) in adopted {
             let (prefix, array, _) = recovered.waves[wave].clone();
             self.events.emit(Event::Note(format!("following array {array}, submitted before the restart")));
-            let wave = Wave { prefix, array, owed, answers_seen: HashSet::new() };
+            let wave = Wave { prefix, array, owed, answers_seen: HashSet::new(), errors: HashMap::new() };
             let inner = self.clone();
             tokio::spawn(async move { inner.follow(wave).await });
         }
@@ -408,7 +410,7 @@ impl Inner {
                 share.into_iter().map(|task| (task.shard.id, task)).collect()
             })
             .collect();
-        Ok(Wave { prefix: prefix.to_string(), array, owed, answers_seen: HashSet::new() })
+        Ok(Wave { prefix: prefix.to_string(), array, owed, answers_seen: HashSet::new(), errors: HashMap::new() })
     }
 
     /// Follows a wave until every attempt of it has been answered for.
@@ -456,7 +458,16 @@ impl Inner {
                             false => invoke::failed(
                                 &task,
                                 SystemTime::now(),
-                                format!("slurm array task {}_{index} ended {state} without answering", wave.array),
+                                match wave.errors.get(&index) {
+                                    Some(said) => format!(
+                                        "slurm array task {}_{index} ended {state} without answering: {said}",
+                                        wave.array
+                                    ),
+                                    None => format!(
+                                        "slurm array task {}_{index} ended {state} without answering",
+                                        wave.array
+                                    ),
+                                },
                             ),
                         };
                         let _ = self.results.send(done);
@@ -477,6 +488,13 @@ impl Inner {
             let name = object.key.rsplit('/').next().unwrap_or_default().to_string();
             if name.contains(".answer-") && !wave.answers_seen.contains(&object.key) {
                 new.push((object.key, name));
+            } else if let Some(index) = name.split_once(".error-").and_then(|(i, _)| i.parse::<usize>().ok()) {
+                if wave.errors.contains_key(&index) {
+                    continue;
+                }
+                if let Ok(text) = self.base.dest.get(&object.key).await {
+                    wave.errors.insert(index, String::from_utf8_lossy(&text).trim().to_string());
+                }
             }
         }
         for (key, name) in new {

@@ -10,7 +10,7 @@ use super::exit::{failed, usage, Failure, EXIT_OK};
 use crate::lambda::protocol::{self, Request};
 use crate::lambda::worker;
 use crate::location::Location;
-use crate::storage::{self, StorageOptions};
+use crate::storage::{self, DynStorage, StorageOptions};
 use anyhow::anyhow;
 use bytes::Bytes;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -53,30 +53,42 @@ impl WorkerArgs {
         let requests = storage::open(&location, &StorageOptions::default())
             .await
             .map_err(|e| failed(anyhow!("{}: {e}", self.requests)))?;
-        let key = format!("{index}.json");
-        let body = requests.get(&key).await.map_err(|e| failed(anyhow!("reading share {index}: {e}")))?;
-        let mut request: Request = serde_json::from_slice(&body)
-            .map_err(|e| failed(anyhow!("{}: not a fanout request: {e}", location.join(&key))))?;
-        if request.protocol != protocol::PROTOCOL {
-            return Err(failed(anyhow!(
-                "share {index} was written for protocol {}, this worker speaks {}: run the coordinator's fanout",
-                request.protocol,
-                protocol::PROTOCOL
-            )));
-        }
-        // Staged outputs under a prefix of this worker's own: another worker on the same
-        // share never writes where this one did.
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let tag = format!("{:x}-{nanos:x}", std::process::id());
-        for order in &mut request.orders {
-            order.staging_prefix.push_str(&format!("w-{tag}/"));
+        let answered = answer_share(&requests, &location, index, &tag).await;
+        if let Err(failure) = &answered {
+            // Beside the answers, where the coordinator looks: an engine's task log may be
+            // nowhere it can read.
+            let text = format!("{:#}\n", failure.error());
+            let _ = requests.put(&format!("{index}.error-{tag}.txt"), Bytes::from(text)).await;
         }
-        let answer = worker::answer(&request, worker_name(index), cores()).await;
-        let body = Bytes::from(serde_json::to_vec(&answer).expect("an answer serializes"));
-        requests
-            .put(&format!("{index}.answer-{tag}.json"), body)
-            .await
-            .map_err(|e| failed(anyhow!("storing share {index}'s answer: {e}")))?;
-        Ok(EXIT_OK)
+        answered
     }
+}
+
+/// Reads share `index`'s request, runs it, and stores the answer beside it.
+async fn answer_share(requests: &DynStorage, location: &Location, index: usize, tag: &str) -> Result<u8, Failure> {
+    let key = format!("{index}.json");
+    let body = requests.get(&key).await.map_err(|e| failed(anyhow!("reading share {index}: {e}")))?;
+    let mut request: Request = serde_json::from_slice(&body)
+        .map_err(|e| failed(anyhow!("{}: not a fanout request: {e}", location.join(&key))))?;
+    if request.protocol != protocol::PROTOCOL {
+        return Err(failed(anyhow!(
+            "share {index} was written for protocol {}, this worker speaks {}: run the coordinator's fanout",
+            request.protocol,
+            protocol::PROTOCOL
+        )));
+    }
+    // Staged outputs under a prefix of this worker's own: another worker on the same
+    // share never writes where this one did.
+    for order in &mut request.orders {
+        order.staging_prefix.push_str(&format!("w-{tag}/"));
+    }
+    let answer = worker::answer(&request, worker_name(index), cores()).await;
+    let body = Bytes::from(serde_json::to_vec(&answer).expect("an answer serializes"));
+    requests
+        .put(&format!("{index}.answer-{tag}.json"), body)
+        .await
+        .map_err(|e| failed(anyhow!("storing share {index}'s answer: {e}")))?;
+    Ok(EXIT_OK)
 }

@@ -305,3 +305,44 @@ fn ctrl_c_twice_cancels_the_array_and_resume_finishes_the_job() {
         assert!(back.path().join(format!("nap-{i:03}.slept")).is_file(), "nap-{i:03} has no output");
     }
 }
+
+#[test]
+#[cfg_attr(not(fanout_slurm_cluster), ignore = "needs the Slurm test cluster and S3: run scripts/test")]
+fn a_worker_that_cannot_answer_says_why_in_the_report() {
+    // A shared file system (this machine) instead of S3; a worker whose request is damaged.
+    let dir = tempfile::tempdir().unwrap();
+    write_files(dir.path(), &[("in/a.txt", "ok"), ("in/b.txt", "ok")]);
+    let damaging = dir.path().join("damaging-worker");
+    std::fs::write(
+        &damaging,
+        format!("#!/bin/sh\n: > \"$2/$SLURM_ARRAY_TASK_ID.json\"\nexec '{}' \"$@\"\n", env!("CARGO_BIN_EXE_fanout")),
+    )
+    .unwrap();
+    std::fs::set_permissions(&damaging, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let wasm = function("misbehave");
+    let ran = run_in(
+        dir.path(),
+        &["run", "--input", "in", "--output", "out", "--function", wasm.to_str().unwrap()]
+            .into_iter()
+            .chain(["--executor", "slurm", "--slurm-worker", damaging.to_str().unwrap(), "--attempts", "2"])
+            .chain(["--backoff", "10ms"])
+            .collect::<Vec<_>>(),
+    );
+    ran.assert_code(1);
+    assert!(ran.stderr.contains("every Slurm node must see it"), "the local paths are warned of: {}", ran.stderr);
+    let rows = report(
+        &dir.path()
+            .join("out/_fanout")
+            .read_dir()
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| !p.ends_with("functions"))
+            .unwrap(),
+    );
+    assert_eq!(rows.len(), 2);
+    for row in &rows {
+        assert_eq!(row["status"], "failed", "{row:?}");
+        assert_eq!(row["attempts"], "2", "{row:?}");
+        assert!(row["error"].contains("without answering") && row["error"].contains("not a fanout request"), "{row:?}");
+    }
+}
