@@ -99,10 +99,15 @@ pub fn summary(job_dir: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(job_dir.join("summary.json")).expect("summary.json")).unwrap()
 }
 
-/// Every commit record in the journal, in write order.
+/// Every commit record in the journal, in write order. A segment being written is a
+/// temporary file until it is renamed into place: it is not part of the journal yet (as
+/// fanout's own listing skips it), and may be gone by the time it would be read.
 pub fn journal(job_dir: &Path) -> Vec<serde_json::Value> {
-    let mut segments: Vec<PathBuf> =
-        std::fs::read_dir(job_dir.join("shards")).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(job_dir.join("shards"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|path| !path.file_name().unwrap().to_string_lossy().starts_with(".fanout-tmp-"))
+        .collect();
     segments.sort();
     segments
         .iter()

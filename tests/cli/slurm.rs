@@ -79,39 +79,77 @@ fn line_in(file: &Path, start: &str, limit: Duration) -> String {
     }
 }
 
+/// A job of six shards that each nap `ms` on Slurm, three array tasks of two shards each,
+/// started in the background and followed until its array is submitted.
+struct NapJob {
+    prefix: String,
+    dir: tempfile::TempDir,
+    args: Vec<String>,
+    log: std::path::PathBuf,
+    child: std::process::Child,
+    array: String,
+}
+
+impl NapJob {
+    fn start(test: &str, ms: u64, more: &[&str]) -> NapJob {
+        let prefix = unique_prefix(test);
+        let dir = tempfile::tempdir().unwrap();
+        write_commands(&dir.path().join("in"), "nap-", 6, &format!("nap {ms}"));
+        boto3_upload(&dir.path().join("in"), &format!("{prefix}in/"));
+        let (input, output) = (s3_url(&format!("{prefix}in/")), s3_url(&format!("{prefix}out/")));
+        let wasm = function("misbehave");
+        let args: Vec<String> = ["run", "--input", &input, "--output", &output, "--function", wasm.to_str().unwrap()]
+            .into_iter()
+            .chain(["--executor", "slurm", "--concurrency", "3"])
+            .chain(more.iter().copied())
+            .map(String::from)
+            .collect();
+        let log = dir.path().join("fanout.log");
+        let child = fanout()
+            .current_dir(dir.path())
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let array = line_in(&log, "fanout: submitted array ", Duration::from_secs(60));
+        let array = array.split(':').next().unwrap().to_string();
+        NapJob { prefix, dir, args, log, child, array }
+    }
+
+    /// The same command with `--resume` (and `more`), run to its end.
+    fn resume(&self, more: &[&str]) -> Ran {
+        let mut args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        args.insert(1, "--resume");
+        args.extend(more);
+        run_in(self.dir.path(), &args)
+    }
+}
+
+/// Waits until the Slurm job or array task `id` has a task running.
+fn wait_running(id: &str) {
+    let began = Instant::now();
+    while !slurm("squeue", &["-h", "-r", "-j", id, "-t", "RUNNING", "-o", "%i"]).contains('_') {
+        assert!(began.elapsed() < Duration::from_secs(60), "{id} never ran");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 #[cfg_attr(not(fanout_slurm_cluster), ignore = "needs the Slurm test cluster and S3: run scripts/test")]
 fn an_array_task_cancelled_in_the_middle_has_its_shards_retried() {
-    let prefix = unique_prefix("slurm-cancel");
-    let dir = tempfile::tempdir().unwrap();
-    write_commands(&dir.path().join("in"), "nap-", 6, "nap 2000");
-    boto3_upload(&dir.path().join("in"), &format!("{prefix}in/"));
-    let log = dir.path().join("fanout.log");
-    let mut child = fanout()
-        .current_dir(dir.path())
-        .args(["run", "--input", &s3_url(&format!("{prefix}in/")), "--output", &s3_url(&format!("{prefix}out/"))])
-        .args(["--function", function("misbehave").to_str().unwrap(), "--executor", "slurm", "--concurrency", "3"])
-        .args(["--backoff", "10ms"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let array = line_in(&log, "fanout: submitted array ", Duration::from_secs(60));
-    let array = array.split(':').next().unwrap().to_string();
+    let mut job = NapJob::start("slurm-cancel", 2000, &["--backoff", "10ms"]);
     // Task 1 runs its first shard (2 s each, one after the other): cancel it now.
-    let task = format!("{array}_1");
-    let began = Instant::now();
-    while !slurm("squeue", &["-h", "-j", &task, "-o", "%T"]).contains("RUNNING") {
-        assert!(began.elapsed() < Duration::from_secs(60), "task {task} never ran");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let task = format!("{}_1", job.array);
+    wait_running(&task);
     std::thread::sleep(Duration::from_millis(500));
     assert!(std::process::Command::new("scancel").arg(&task).status().unwrap().success());
-    let status = child.wait().unwrap();
-    let stderr = std::fs::read_to_string(&log).unwrap();
+    let status = job.child.wait().unwrap();
+    let stderr = std::fs::read_to_string(&job.log).unwrap();
     assert_eq!(status.code(), Some(0), "{stderr}");
-    let (rows, job, back) = s3_report(&format!("{prefix}out/"));
-    let summary = summary(&job);
+    let prefix = &job.prefix;
+    let (rows, manifest, back) = s3_report(&format!("{prefix}out/"));
+    let summary = summary(&manifest);
     assert_eq!(summary["shards"]["ok"], 6, "{summary}");
     assert!(summary["executor"]["tasks_lost"].as_u64().unwrap() >= 1, "{summary}");
     assert!(summary["executor"]["arrays"].as_array().unwrap().len() >= 2, "a further array: {summary}");
@@ -119,7 +157,7 @@ fn an_array_task_cancelled_in_the_middle_has_its_shards_retried() {
     let retried: Vec<_> = rows.iter().filter(|r| r["attempts"] != "1").collect();
     assert_eq!(retried.len(), 2, "{rows:?}");
     assert_eq!(rows.len(), 6);
-    let journal = journal(&job);
+    let journal = journal(&manifest);
     assert_eq!(journal.len(), 6, "one commit record a shard");
     for i in 0..6 {
         let slept = std::fs::read_to_string(back.path().join(format!("nap-{i:03}.slept"))).unwrap();
@@ -164,47 +202,23 @@ fn without_slurm_a_slurm_job_stops_before_writing_anything() {
 #[test]
 #[cfg_attr(not(fanout_slurm_cluster), ignore = "needs the Slurm test cluster and S3: run scripts/test")]
 fn a_coordinator_killed_while_its_array_runs_resumes_by_following_that_array() {
-    let prefix = unique_prefix("slurm-kill");
-    let dir = tempfile::tempdir().unwrap();
-    write_commands(&dir.path().join("in"), "nap-", 6, "nap 2000");
-    boto3_upload(&dir.path().join("in"), &format!("{prefix}in/"));
-    let (input, output) = (s3_url(&format!("{prefix}in/")), s3_url(&format!("{prefix}out/")));
-    let wasm = function("misbehave");
-    let args = ["run", "--input", &input, "--output", &output, "--function", wasm.to_str().unwrap()]
-        .into_iter()
-        .chain(["--executor", "slurm", "--concurrency", "3", "--name", "killed"])
-        .collect::<Vec<_>>();
-    let log = dir.path().join("fanout.log");
-    let mut child = fanout()
-        .current_dir(dir.path())
-        .args(&args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let array = line_in(&log, "fanout: submitted array ", Duration::from_secs(60));
-    let array = array.split(':').next().unwrap().to_string();
-    let began = Instant::now();
-    while !slurm("squeue", &["-h", "-j", &array, "-t", "RUNNING", "-o", "%i"]).contains('_') {
-        assert!(began.elapsed() < Duration::from_secs(60), "array {array} never ran");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let mut job = NapJob::start("slurm-kill", 2000, &["--name", "killed"]);
+    wait_running(&job.array);
+    job.child.kill().unwrap();
+    job.child.wait().unwrap();
 
-    let mut resumed = args.clone();
-    resumed.insert(1, "--resume");
-    let ran = run_in(dir.path(), &resumed);
+    let ran = job.resume(&[]);
     ran.assert_code(0);
+    let (prefix, array) = (&job.prefix, &job.array);
     assert!(ran.stderr.contains(&format!("following array {array}")), "{}", ran.stderr);
-    let (rows, job, back) = s3_report(&format!("{prefix}out/"));
-    let summary = summary(&job);
+    let (rows, manifest, back) = s3_report(&format!("{prefix}out/"));
+    let summary = summary(&manifest);
     assert_eq!(summary["shards"]["ok"], 6, "{summary}");
     // Nothing ran twice: no further array, one attempt a shard, one commit record a shard.
     assert_eq!(summary["executor"]["arrays"].as_array().unwrap().len(), 0, "{summary}");
     assert!(rows.iter().all(|r| r["attempts"] == "1"), "{rows:?}");
-    assert_eq!(journal(&job).len(), 6);
-    let waves = std::fs::read_dir(job.join("slurm")).unwrap().count();
+    assert_eq!(journal(&manifest).len(), 6);
+    let waves = std::fs::read_dir(manifest.join("slurm")).unwrap().count();
     assert_eq!(waves, 1, "one array in all");
     for i in 0..6 {
         assert!(back.path().join(format!("nap-{i:03}.slept")).is_file(), "nap-{i:03} has no output");
@@ -249,58 +263,34 @@ fn two_workers_on_every_share_at_once_commit_each_shard_once() {
 #[test]
 #[cfg_attr(not(fanout_slurm_cluster), ignore = "needs the Slurm test cluster and S3: run scripts/test")]
 fn ctrl_c_twice_cancels_the_array_and_resume_finishes_the_job() {
-    let prefix = unique_prefix("slurm-ctrl-c");
-    let dir = tempfile::tempdir().unwrap();
-    write_commands(&dir.path().join("in"), "nap-", 6, "nap 3000");
-    boto3_upload(&dir.path().join("in"), &format!("{prefix}in/"));
-    let (input, output) = (s3_url(&format!("{prefix}in/")), s3_url(&format!("{prefix}out/")));
-    let wasm = function("misbehave");
-    let args = ["run", "--input", &input, "--output", &output, "--function", wasm.to_str().unwrap()]
-        .into_iter()
-        .chain(["--executor", "slurm", "--concurrency", "3", "--name", "interrupted"])
-        .collect::<Vec<_>>();
-    let log = dir.path().join("fanout.log");
-    let mut child = fanout()
-        .current_dir(dir.path())
-        .args(&args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let array = line_in(&log, "fanout: submitted array ", Duration::from_secs(60));
-    let array = array.split(':').next().unwrap().to_string();
-    let began = Instant::now();
-    while !slurm("squeue", &["-h", "-j", &array, "-t", "RUNNING", "-o", "%i"]).contains('_') {
-        assert!(began.elapsed() < Duration::from_secs(60), "array {array} never ran");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let signal = || std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let mut job = NapJob::start("slurm-ctrl-c", 3000, &["--name", "interrupted"]);
+    wait_running(&job.array);
+    let pid = job.child.id().to_string();
+    let signal = || std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap();
     signal();
     std::thread::sleep(Duration::from_millis(300));
     signal();
-    let status = child.wait().unwrap();
-    let stderr = std::fs::read_to_string(&log).unwrap();
+    let status = job.child.wait().unwrap();
+    let stderr = std::fs::read_to_string(&job.log).unwrap();
+    let (prefix, array) = (&job.prefix, &job.array);
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("stopping now"), "{stderr}");
     // The array is cancelled: none of its tasks is pending or running any more.
     let began = Instant::now();
     loop {
-        let left = slurm("squeue", &["-h", "-r", "-j", &array, "-t", "PENDING,RUNNING", "-o", "%i"]);
+        let left = slurm("squeue", &["-h", "-r", "-j", array, "-t", "PENDING,RUNNING", "-o", "%i"]);
         if left.trim().is_empty() {
             break;
         }
         assert!(began.elapsed() < Duration::from_secs(30), "the array still runs: {left}");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let mut resumed = args.clone();
-    resumed.insert(1, "--resume");
-    resumed.push("--json");
-    let ran = run_in(dir.path(), &resumed);
+    let ran = job.resume(&["--json"]);
     ran.assert_code(0);
     let summary: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
     assert_eq!(summary["shards"]["ok"], 6, "{summary}");
-    let (_, job, back) = s3_report(&format!("{prefix}out/"));
-    assert_eq!(journal(&job).len(), 6, "one commit record a shard");
+    let (_, manifest, back) = s3_report(&format!("{prefix}out/"));
+    assert_eq!(journal(&manifest).len(), 6, "one commit record a shard");
     for i in 0..6 {
         assert!(back.path().join(format!("nap-{i:03}.slept")).is_file(), "nap-{i:03} has no output");
     }
