@@ -268,7 +268,7 @@ fn several_workers_share_a_job_in_batches() {
 fn a_worker_killed_mid_job_costs_a_retry_and_nothing_else() {
     let prefix = unique_prefix("lambda-kill");
     let input = tempfile::tempdir().unwrap();
-    write_commands(input.path(), "k", 24, "work 400");
+    write_commands(input.path(), "k", 24, "work 900");
     boto3_upload(input.path(), &format!("{prefix}in/"));
     let mut workers = Workers::start("fanout-kill", 2);
     let out = s3_url(&format!("{prefix}out/"));
@@ -417,7 +417,7 @@ fn hostile_guests_fail_alone_with_the_outcomes_they_get_locally() {
 fn ctrl_c_stops_a_lambda_job_and_resume_finishes_it() {
     let prefix = unique_prefix("lambda-stop");
     let input = tempfile::tempdir().unwrap();
-    write_commands(input.path(), "s", 30, "work 250");
+    write_commands(input.path(), "s", 30, "work 600");
     boto3_upload(input.path(), &format!("{prefix}in/"));
     let _workers = Workers::start("fanout-stop", 2);
     let args = misbehave_args(&prefix, "fanout-stop", "2", &["--name", "stoppable"]);
