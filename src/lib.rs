@@ -20,6 +20,7 @@
 //! - [`pool`]: worker threads that scale with the backlog and exit when idle.
 //! - [`lambda`]: AWS Lambda: the executor that invokes it, the worker it invokes, deploy.
 //! - [`slurm`]: Slurm: job arrays of `fanout worker` tasks, followed until they answer.
+//! - [`kubernetes`]: the Indexed Job `fanout k8s` prints, and the committer that follows it.
 //! - [`run`]: the coordinator of one run: staging, dispatch, retries, publishing, commits.
 //! - [`reduce`]: the step after the map: a tree of reduce invocations, or a concatenation.
 //! - [`report`]: progress, report.csv, summary.json.
@@ -33,6 +34,7 @@ pub(crate) mod events;
 pub(crate) mod executor;
 pub mod function;
 pub(crate) mod job;
+pub(crate) mod kubernetes;
 pub(crate) mod lambda;
 pub mod location;
 pub(crate) mod manifest;

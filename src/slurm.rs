@@ -576,7 +576,7 @@ impl Inner {
 }
 
 /// The most spans that overlap at one moment.
-fn most_at_once(spans: &[(u64, u64)]) -> usize {
+pub(crate) fn most_at_once(spans: &[(u64, u64)]) -> usize {
     let mut edges: Vec<(u64, i32)> = spans.iter().flat_map(|&(start, end)| [(start, 1), (end, -1)]).collect();
     // At a shared instant an end comes before a start: back-to-back spans do not overlap.
     edges.sort_unstable();

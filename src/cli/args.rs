@@ -33,6 +33,9 @@ pub(super) enum Command {
     Watch(WatchArgs),
     /// Run jobs on AWS Lambda: deploy the worker function, or serve as it.
     Lambda(LambdaArgs),
+    /// Store a job's plan and shares in DEST and print a Kubernetes Indexed Job that runs
+    /// them (`kubectl apply -f`); `fanout status DEST --follow` then commits what it does.
+    K8s(K8sArgs),
     /// Run one share of a job's attempts as a batch engine's task (a Slurm array task, a
     /// Kubernetes pod): read the share's request, store the answer beside it.
     Worker(WorkerArgs),
@@ -45,6 +48,32 @@ pub(super) struct WorkerArgs {
     /// Which share (default: $SLURM_ARRAY_TASK_ID, or Kubernetes' $JOB_COMPLETION_INDEX).
     #[arg(long, value_name = "N")]
     pub(super) index: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct K8sArgs {
+    #[command(flatten)]
+    pub(super) job: JobArgs,
+    /// Shares of the shards, one pod each: the Job's completions (default: --concurrency,
+    /// at most one per shard).
+    #[arg(long, value_name = "N", help_heading = "Kubernetes")]
+    pub(super) shares: Option<usize>,
+    /// Times a share's pod is started again after it fails (the Job's backoffLimitPerIndex).
+    #[arg(long, value_name = "N", default_value_t = 3, help_heading = "Kubernetes")]
+    pub(super) backoff_limit_per_index: u32,
+    /// CPUs of each pod: the guests it runs side by side (memory follows: function.memory each).
+    #[arg(long, value_name = "N", default_value_t = 1, help_heading = "Kubernetes")]
+    pub(super) cpus: u32,
+    /// The namespace the Job goes to (default: kubectl's).
+    #[arg(long, value_name = "NAME", help_heading = "Kubernetes")]
+    pub(super) namespace: Option<String>,
+    /// The Job's name (default: fanout-<job id>).
+    #[arg(long = "job-name", value_name = "NAME", help_heading = "Kubernetes")]
+    pub(super) job_name: Option<String>,
+    #[command(flatten)]
+    pub(super) storage: StorageFlags,
+    #[command(flatten)]
+    pub(super) output: OutputFlags,
 }
 
 #[derive(Args, Debug)]
@@ -183,6 +212,10 @@ pub(super) struct RunControl {
 pub(super) struct StatusArgs {
     #[command(flatten)]
     pub(super) target: JobInDest,
+    /// Commit what a Kubernetes job's pods answer, as they answer, until every shard is
+    /// done or failed; then write the report (one follower at a time).
+    #[arg(long)]
+    pub(super) follow: bool,
     #[command(flatten)]
     pub(super) storage: StorageFlags,
     #[command(flatten)]

@@ -38,6 +38,11 @@ pub(super) fn redrive_command(dest: &str, job_id: &str) -> String {
     format!("fanout redrive {} --job {}", shell_quote(dest), shell_quote(job_id))
 }
 
+/// The command that commits what a Kubernetes job's pods do, ready to paste into a shell.
+pub(super) fn follow_command(dest: &str, job_id: &str) -> String {
+    format!("fanout status {} --job {} --follow", shell_quote(dest), shell_quote(job_id))
+}
+
 /// `text` as one shell word: as it is when that is safe, else in single quotes.
 fn shell_quote(text: &str) -> String {
     let safe = |c: char| c.is_ascii_alphanumeric() || "_-./:@%+=,".contains(c);

@@ -2,13 +2,16 @@
 //! manifest and print; none of them runs a function or writes to DEST.
 
 use super::args::{PlanArgs, ReportArgs, StatusArgs};
-use super::common::{open_job, plan_failure, redrive_command};
+use super::common::{follow_command, open_job, plan_failure, redrive_command};
 use super::exit::{failed, usage, Failure, EXIT_OK};
 use crate::events::EventSink;
+use crate::job::Executor;
+use crate::kubernetes;
 use crate::manifest::{self, Counts, JobDocument, Journal, Manifest, ShardStatus};
 use crate::plan::{self, Planned};
 use crate::report;
 use anyhow::anyhow;
+use std::collections::HashSet;
 use std::io::Write;
 
 impl PlanArgs {
@@ -69,6 +72,9 @@ async fn read_state(manifest: &Manifest, document: &JobDocument) -> Result<State
 
 impl StatusArgs {
     pub(super) async fn execute(self) -> Result<u8, Failure> {
+        if self.follow {
+            return super::kubernetes::follow(self).await;
+        }
         let (storage, document) =
             open_job(&self.target.dest, self.target.job_id.as_deref(), &self.storage.options()).await?;
         let manifest = Manifest::new(storage.clone(), &document.job_id);
@@ -114,7 +120,13 @@ impl StatusArgs {
             let attempts = report::attempts_phrase(record.attempts);
             println!("  failed {:05} after {attempts}: {error} (log: {})", record.shard, log_of(record.shard));
         }
-        if failed_count + pending > 0 {
+        let on_kubernetes = matches!(document.job.executor, Executor::Kubernetes { .. });
+        if on_kubernetes && pending > 0 {
+            let committed: HashSet<u64> = state.journal.latest.keys().copied().collect();
+            let waiting = kubernetes::answered(&storage, &document.job_id).await.difference(&committed).count();
+            println!("  {waiting} pending shards answered by the Kubernetes Job's pods, not committed yet");
+            println!("  commit what the pods do with: {}", follow_command(&self.target.dest, &document.job_id));
+        } else if !on_kubernetes && failed_count + pending > 0 {
             println!("  run them again with: {}", redrive_command(&self.target.dest, &document.job_id));
         }
         Ok(EXIT_OK)

@@ -1,13 +1,14 @@
 //! The command line: parsing (clap, `args`), the exit-code contract (`exit`) and the
 //! translation of every error into one clear line. Each subcommand is a struct with an
 //! `execute`, beside the work it does: `running` (run, redrive), `watching` (watch), `inspect` (plan,
-//! status, report), `lambda` and `worker` (the engines' side); `common` holds what they share. This is the only place that
+//! status, report), `lambda`, `kubernetes` (k8s, status --follow) and `worker` (the engines' side); `common` holds what they share. This is the only place that
 //! prints errors; the work itself lives in the library modules.
 
 mod args;
 mod common;
 mod exit;
 mod inspect;
+mod kubernetes;
 mod lambda;
 mod running;
 mod watching;
@@ -41,6 +42,7 @@ pub fn main() -> ExitCode {
             Command::Report(args) => args.execute().await,
             Command::Watch(args) => args.execute().await,
             Command::Lambda(args) => args.execute().await,
+            Command::K8s(args) => args.execute().await,
             Command::Worker(args) => args.execute().await,
         }
     });

@@ -3,10 +3,11 @@
 //! job, draw progress, and write the report and summary at the end.
 
 use super::args::{OutputFlags, RedriveArgs, RunArgs};
-use super::common::{open_job, plan_failure, redrive_command};
+use super::common::{follow_command, open_job, plan_failure, redrive_command};
 use super::exit::{failed, usage, Failure, EXIT_JOB_FAILED, EXIT_OK};
 use crate::events::{Event, EventSink};
 use crate::job::{self, Executor, Job, Origins};
+use crate::kubernetes::Follower;
 use crate::lambda::invoke::{Capacity, JobBase, LambdaExecutor, LambdaFunction, MAX_BATCH};
 use crate::lambda::protocol;
 use crate::location::Location;
@@ -47,6 +48,8 @@ pub(super) enum Workers {
     Lambda(LambdaFunction, String),
     /// Slurm's commands and controller answer; the function's key in DEST.
     Slurm(String),
+    /// Pods of a Kubernetes Job answer, and this process only commits; the function's key.
+    Kubernetes(String),
 }
 
 pub(super) async fn open_everything(
@@ -88,6 +91,7 @@ pub(super) async fn open_everything(
             warn_if_local(job, quiet);
             Workers::Slurm(store_function(&dest, &load, bytes).await?)
         }
+        Executor::Kubernetes { .. } => Workers::Kubernetes(store_function(&dest, &load, bytes).await?),
     };
     Ok(Opened { dest, source, runtime: Arc::new(runtime), load, workers })
 }
@@ -114,6 +118,18 @@ fn warn_if_local(job: &Job, quiet: bool) {
     }
 }
 
+/// Kubernetes starts a Kubernetes job's pods (kubectl applies what `fanout k8s` prints);
+/// fanout only commits what they do.
+pub(super) fn refuse_kubernetes(job: &Job) -> Result<(), Failure> {
+    match job.executor {
+        Executor::Kubernetes { .. } => Err(usage(anyhow!(
+            "executor.kind: fanout does not start Kubernetes pods itself: run `fanout k8s JOB.toml --image IMAGE > job.yaml`, \
+             `kubectl apply -f job.yaml`, then `fanout status DEST --follow` commits what the pods do"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 pub(super) fn grace_of(text: &str) -> Result<Duration, Failure> {
     crate::units::parse_duration(text).map_err(|m| usage(anyhow!("--grace: {m}")))
 }
@@ -122,6 +138,7 @@ impl RunArgs {
     pub(super) async fn execute(self) -> Result<u8, Failure> {
         let quiet = self.output.quiet || self.output.json;
         let (job, origins) = job::resolve(&self.job).map_err(usage)?;
+        refuse_kubernetes(&job)?;
         if self.job_id.is_some() && !self.resume {
             return Err(usage(anyhow!("--job goes with --resume (or use `fanout redrive DEST --job ID`)")));
         }
@@ -156,6 +173,7 @@ impl RedriveArgs {
         let options = self.storage.options();
         let (_, document) = open_job(&self.target.dest, self.target.job_id.as_deref(), &options).await?;
         let job = document.job.clone();
+        refuse_kubernetes(&job)?;
         let opened = open_everything(&job, &Origins::default(), &options, quiet).await?;
         if opened.load.sha256 != document.function.sha256 {
             return Err(usage(anyhow!(
@@ -267,19 +285,19 @@ struct Start {
 }
 
 /// A job about to run: resolved, opened, and new or continued.
-struct Launch {
-    job: Job,
-    origins: Origins,
-    opened: Opened,
-    continuing: Option<JobDocument>,
-    staging: Option<PathBuf>,
-    grace: Duration,
-    output: OutputFlags,
-    options: StorageOptions,
+pub(super) struct Launch {
+    pub(super) job: Job,
+    pub(super) origins: Origins,
+    pub(super) opened: Opened,
+    pub(super) continuing: Option<JobDocument>,
+    pub(super) staging: Option<PathBuf>,
+    pub(super) grace: Duration,
+    pub(super) output: OutputFlags,
+    pub(super) options: StorageOptions,
 }
 
 impl Launch {
-    async fn run(self) -> Result<u8, Failure> {
+    pub(super) async fn run(self) -> Result<u8, Failure> {
         let started = manifest::timestamp(SystemTime::now());
         let Launch { job, origins, opened, continuing, staging, grace, output, options } = self;
         let Opened { dest, source, runtime, load, workers } = opened;
@@ -339,7 +357,14 @@ impl Launch {
         let summary = write_reports(&manifest, &job, &started, &result, &load, reduced.as_ref()).await?;
         print_outcome(&summary, &manifest, &job, output);
         if result.stats.stopped_early || summary.shards.pending > 0 {
-            eprintln!("fanout: to finish this job, run: {}", redrive_command(&job.output.dest.to_string(), &job_id));
+            let dest = job.output.dest.to_string();
+            match job.executor {
+                Executor::Kubernetes { .. } => eprintln!(
+                    "fanout: stopped following; the Kubernetes Job goes on. To commit what it does, run: {}",
+                    follow_command(&dest, &job_id)
+                ),
+                _ => eprintln!("fanout: to finish this job, run: {}", redrive_command(&dest, &job_id)),
+            }
         }
         let reduce_ok = reduced.as_ref().is_none_or(|(summary, _)| summary.succeeded);
         Ok(if result.succeeded && reduce_ok { EXIT_OK } else { EXIT_JOB_FAILED })
@@ -403,6 +428,10 @@ pub(super) fn executor_for(
             let settings = SlurmSettings { concurrency: *concurrency, args: args.clone(), worker };
             let events = events.clone();
             Box::new(move |results| Box::new(SlurmExecutor::new(base, settings, results, events)))
+        }
+        (Executor::Kubernetes { .. }, Workers::Kubernetes(function_key)) => {
+            let (base, events) = (base(function_key), events.clone());
+            Box::new(move |results| Box::new(Follower::new(base, results, events)))
         }
         _ => {
             let (max, idle, events) = (job.workers.max, job.workers.idle(), events.clone());

@@ -7,8 +7,8 @@ use super::args::{OutputFlags, WatchArgs};
 use super::common::plan_failure;
 use super::exit::{failed, usage, Failure, EXIT_JOB_FAILED, EXIT_OK};
 use super::running::{
-    check_compatible, executor_for, grace_of, new_document, open_everything, print_outcome, run_reduce, staging_root,
-    watch_signals, write_reports, Opened,
+    check_compatible, executor_for, grace_of, new_document, open_everything, print_outcome, refuse_kubernetes,
+    run_reduce, staging_root, watch_signals, write_reports, Opened,
 };
 use crate::events::{Event, EventSink};
 use crate::job::{self, Job};
@@ -40,6 +40,7 @@ impl WatchArgs {
         let quiet = self.output.quiet || self.output.json;
         let (job, origins) = job::resolve(&self.job).map_err(usage)?;
         refuse_record_rules(&job, &origins)?;
+        refuse_kubernetes(&job)?;
         let grace = grace_of(&self.control.grace)?;
         let options = self.storage.options();
         let opened = open_everything(&job, &origins, &options, quiet).await?;

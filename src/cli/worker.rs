@@ -1,19 +1,28 @@
 //! `fanout worker REQUESTS`: one share of a job's attempts, run by a batch engine's task (a
 //! Slurm array task, a Kubernetes pod). It reads its share's request from REQUESTS, runs it
 //! as a Lambda worker runs an invocation (the same staging, sandbox and staged outputs),
-//! and stores the answer beside the request. It never publishes or commits: the
-//! coordinator does. Two workers given the same share (an engine's retry) stage under
-//! prefixes of their own and store answers of their own; the coordinator takes one.
+//! and stores its answers beside the request as they come (every few seconds), then a
+//! marker saying it is done. It never publishes or commits: the committer does (the
+//! coordinator, or `fanout status --follow`). A worker skips the shards an earlier worker
+//! of its share already answered for successfully, so an engine's retry (a pod started
+//! again) redoes only what was lost; two workers on the same share at once stage under
+//! prefixes of their own and store answers of their own, and the committer takes one.
 
 use super::args::WorkerArgs;
 use super::exit::{failed, usage, Failure, EXIT_OK};
-use crate::lambda::protocol::{self, Request};
+use crate::lambda::protocol::{self, Answer, Request, ShardResult};
 use crate::lambda::worker;
 use crate::location::Location;
 use crate::storage::{self, DynStorage, StorageOptions};
 use anyhow::anyhow;
 use bytes::Bytes;
-use std::time::{SystemTime, UNIX_EPOCH};
+use futures::StreamExt;
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+
+/// Results are stored at least this often while a share runs (and when it ends).
+const ANSWER_EVERY: Duration = Duration::from_secs(2);
 
 /// The share the engine gave this task, from the flag or the engine's own variable.
 fn share_index(flag: Option<usize>) -> Result<usize, Failure> {
@@ -34,15 +43,19 @@ fn worker_name(index: usize) -> String {
     let host = var("SLURMD_NODENAME")
         .or_else(|| var("HOSTNAME"))
         .unwrap_or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().into());
-    match var("SLURM_ARRAY_JOB_ID") {
-        Some(array) => format!("slurm {array}_{index} on {host}"),
-        None => format!("worker {index} on {host}"),
+    match (var("SLURM_ARRAY_JOB_ID"), var("JOB_COMPLETION_INDEX")) {
+        (Some(array), _) => format!("slurm {array}_{index} on {host}"),
+        // A pod's hostname is the pod's name.
+        (None, Some(_)) => format!("pod {host} (index {index})"),
+        (None, None) => format!("worker {index} on {host}"),
     }
 }
 
 /// Guests side by side: the cores the engine gave the task.
 fn cores() -> usize {
-    let given = std::env::var("SLURM_CPUS_PER_TASK").ok().and_then(|v| v.parse().ok());
+    let given = ["FANOUT_WORKER_CORES", "SLURM_CPUS_PER_TASK"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok().and_then(|v| v.trim().parse().ok()).filter(|&n: &usize| n > 0));
     given.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
 }
 
@@ -66,7 +79,8 @@ impl WorkerArgs {
     }
 }
 
-/// Reads share `index`'s request, runs it, and stores the answer beside it.
+/// Reads share `index`'s request, runs what earlier workers left undone, and stores the
+/// answers beside it.
 async fn answer_share(requests: &DynStorage, location: &Location, index: usize, tag: &str) -> Result<u8, Failure> {
     let key = format!("{index}.json");
     let body = requests.get(&key).await.map_err(|e| failed(anyhow!("reading share {index}: {e}")))?;
@@ -79,16 +93,124 @@ async fn answer_share(requests: &DynStorage, location: &Location, index: usize, 
             protocol::PROTOCOL
         )));
     }
+    let earlier = earlier_answers(requests, index).await.map_err(failed)?;
+    request.orders = still_to_do(std::mem::take(&mut request.orders), &earlier, request.retry_up_to);
     // Staged outputs under a prefix of this worker's own: another worker on the same
     // share never writes where this one did.
     for order in &mut request.orders {
         order.staging_prefix.push_str(&format!("w-{tag}/"));
     }
-    let answer = worker::answer(&request, worker_name(index), cores()).await;
-    let body = Bytes::from(serde_json::to_vec(&answer).expect("an answer serializes"));
+    let name = worker_name(index);
+    let (results_tx, results_rx) = mpsc::unbounded_channel();
+    let storing =
+        tokio::spawn(store_answers(requests.clone(), format!("{index}.answer-{tag}"), name.clone(), results_rx));
+    worker::answer(&request, name, cores(), &results_tx).await;
+    drop(results_tx);
+    let stored = storing.await.expect("storing answers does not panic");
+    let answered = stored.map_err(|e| failed(anyhow!("storing share {index}'s answers: {e}")))?;
+    let done = format!("{{\"results\":{answered}}}\n");
     requests
-        .put(&format!("{index}.answer-{tag}.json"), body)
+        .put(&format!("{index}.done-{tag}.txt"), Bytes::from(done))
         .await
-        .map_err(|e| failed(anyhow!("storing share {index}'s answer: {e}")))?;
+        .map_err(|e| failed(anyhow!("storing share {index}'s end: {e}")))?;
     Ok(EXIT_OK)
+}
+
+/// What earlier workers of share `index` answered: each shard's results.
+async fn earlier_answers(requests: &DynStorage, index: usize) -> anyhow::Result<HashMap<u64, Vec<ShardResult>>> {
+    let mine = format!("{index}.answer-");
+    let mut listing = requests.list("");
+    let mut keys = Vec::new();
+    while let Some(object) = listing.next().await {
+        let object = object?;
+        if object.key.starts_with(&mine) {
+            keys.push(object.key);
+        }
+    }
+    let mut earlier: HashMap<u64, Vec<ShardResult>> = HashMap::new();
+    for key in keys {
+        let body = requests.get(&key).await?;
+        // An answer being written as this worker starts may be cut short: what it holds is
+        // done again, never lost.
+        let Ok(answer) = serde_json::from_slice::<Answer>(&body) else { continue };
+        for result in answer.results {
+            earlier.entry(result.shard).or_default().push(result);
+        }
+    }
+    Ok(earlier)
+}
+
+/// The orders no earlier worker succeeded at. Where the worker retries itself
+/// (`retry_up_to`), a shard that failed before goes on from its next attempt, and one
+/// that used up its attempts is left alone.
+fn still_to_do(
+    orders: Vec<protocol::Order>,
+    earlier: &HashMap<u64, Vec<ShardResult>>,
+    retry_up_to: Option<u32>,
+) -> Vec<protocol::Order> {
+    let succeeded = |r: &ShardResult| r.outcome.is_ok() && matches!(r.outputs, Some(Ok(_)));
+    orders
+        .into_iter()
+        .filter_map(|mut order| {
+            let results = earlier.get(&order.shard.id).map(Vec::as_slice).unwrap_or_default();
+            if results.iter().any(succeeded) {
+                return None;
+            }
+            let Some(last) = retry_up_to else { return Some(order) };
+            let next = results.iter().map(|r| r.attempt + 1).max().unwrap_or(order.attempt).max(order.attempt);
+            if next > last {
+                return None;
+            }
+            if next != order.attempt {
+                order.attempt = next;
+                order.staging_prefix.push_str(&format!("r{next}/"));
+                for (name, value) in &mut order.env {
+                    if name == "FANOUT_ATTEMPT" {
+                        *value = next.to_string();
+                    }
+                }
+            }
+            Some(order)
+        })
+        .collect()
+}
+
+/// Stores results as answers named `<stem>-<n>.json`, every [`ANSWER_EVERY`] and at the
+/// end; returns how many results were stored.
+async fn store_answers(
+    requests: DynStorage,
+    stem: String,
+    environment: String,
+    mut results: mpsc::UnboundedReceiver<ShardResult>,
+) -> anyhow::Result<usize> {
+    let (mut pending, mut stored, mut part) = (Vec::new(), 0, 0);
+    let mut since = Instant::now();
+    loop {
+        let next = tokio::time::timeout(ANSWER_EVERY.saturating_sub(since.elapsed()), results.recv()).await;
+        let ended = matches!(next, Ok(None));
+        if let Ok(Some(result)) = next {
+            pending.push(result);
+        }
+        let due = since.elapsed() >= ANSWER_EVERY;
+        if !pending.is_empty() && (due || ended) {
+            let answer = Answer {
+                protocol: protocol::PROTOCOL,
+                environment: environment.clone(),
+                memory_mb: 0,
+                duration_ms: 0,
+                results: std::mem::take(&mut pending),
+                results_key: None,
+            };
+            stored += answer.results.len();
+            let body = Bytes::from(serde_json::to_vec(&answer).expect("an answer serializes"));
+            requests.put(&format!("{stem}-{part:04}.json"), body).await?;
+            part += 1;
+        }
+        if due {
+            since = Instant::now();
+        }
+        if ended {
+            return Ok(stored);
+        }
+    }
 }

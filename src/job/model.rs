@@ -244,6 +244,15 @@ pub(crate) enum Executor {
         #[serde(default)]
         worker: Option<String>,
     },
+    /// A Kubernetes Indexed Job (`fanout k8s` prints it; kubectl applies it): at most
+    /// `concurrency` pods at once, each running `fanout worker` from `image`, with S3
+    /// credentials from the Secret `secret`. `fanout status DEST --follow` commits.
+    Kubernetes {
+        concurrency: usize,
+        image: String,
+        #[serde(default)]
+        secret: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -307,6 +316,15 @@ impl Retry {
     pub(crate) fn backoff(&self) -> Duration {
         Duration::from_millis(self.backoff_ms)
     }
+}
+
+/// Longest wait between retries, whatever the attempt number.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// The delay before attempt `next` (2, 3, ...) of a shard: `backoff`, doubling each time.
+pub(crate) fn backoff_before(next_attempt_of_run: u32, backoff: Duration) -> Duration {
+    let doublings = next_attempt_of_run.saturating_sub(2).min(16);
+    backoff.saturating_mul(1 << doublings).min(MAX_BACKOFF)
 }
 
 /// Backup attempts for slow shards at the end of a job (as in MapReduce's backup tasks).

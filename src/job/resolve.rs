@@ -59,7 +59,7 @@ pub(crate) fn resolve(args: &JobArgs) -> Result<(Job, Origins), JobError> {
     let input = resolve_input(fields.input, &text, &mut origins)?;
     let function = resolve_function(fields.function, &args.args, &text, &mut origins)?;
     let output = resolve_output(fields.output, &input.source, &text, &mut origins)?;
-    let executor = resolve_executor(fields.executor, addresses, &input, &output)?;
+    let executor = resolve_executor(fields.executor, addresses, &input, &output, &text.whole())?;
     let retry = resolve_retry(fields.retry)?;
     let reduce = resolve_reduce(fields.reduce, &function, &retry, &input.shard, &text)?;
     let job = Job {
@@ -307,13 +307,41 @@ const MOST_INVOCATIONS: i64 = 10_000;
 /// this, one slow shard would hold back too many others).
 const MOST_BATCH: i64 = 256;
 
-/// `[executor]`: a lambda job needs a function and its input and output in S3, since its
-/// workers are elsewhere and see neither this machine's files nor its paths.
-fn resolve_executor(
-    table: ExecutorTable,
+/// Workers elsewhere (`who`) see neither this machine's files nor its paths: their job
+/// reads and writes s3:// addresses. The error names the field as the user gave it.
+fn refuse_local_paths(
     (source, dest): (Option<Given<String>>, Option<Given<String>>),
     input: &Input,
     output: &Output,
+    who: &str,
+) -> Result<(), JobError> {
+    for (given, location) in [(source, &input.source), (dest, &output.dest)] {
+        if let Some(given) = given.filter(|_| !location.is_s3()) {
+            return Err(given.error(format!(
+                "{location} is a local path, and {who} cannot reach this machine's files: this job reads and writes s3:// addresses"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A Kubernetes object name (RFC 1123 subdomain): lowercase letters, digits, `-` and `.`.
+fn is_dns_name(name: &str) -> bool {
+    let fits = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
+    (1..=253).contains(&name.len())
+        && name.chars().all(fits)
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+/// `[executor]`: a lambda or kubernetes job needs its input and output in S3, since its
+/// workers are elsewhere and see neither this machine's files nor its paths.
+fn resolve_executor(
+    table: ExecutorTable,
+    addresses: (Option<Given<String>>, Option<Given<String>>),
+    input: &Input,
+    output: &Output,
+    whole: &str,
 ) -> Result<Executor, JobError> {
     let kind = or_default(table.kind, "local", "executor.kind");
     let concurrency = match &table.concurrency {
@@ -332,16 +360,7 @@ fn resolve_executor(
             if function.value.trim().is_empty() {
                 return Err(function.error("the Lambda function's name is empty"));
             }
-            let local = |given: Option<Given<String>>, location: &Location| -> Result<(), JobError> {
-                match given {
-                    Some(given) if !location.is_s3() => Err(given.error(format!(
-                        "{location} is a local path, and Lambda workers cannot reach this machine's files: a lambda job reads and writes s3:// addresses"
-                    ))),
-                    _ => Ok(()),
-                }
-            };
-            local(source, &input.source)?;
-            local(dest, &output.dest)?;
+            refuse_local_paths(addresses, input, output, "Lambda workers")?;
             let batch = match table.batch {
                 Some(given) if !(1..=MOST_BATCH).contains(&given.value) => {
                     return Err(given.error(format!("{} is not between 1 and {MOST_BATCH}", given.value)))
@@ -358,7 +377,25 @@ fn resolve_executor(
             };
             Ok(Executor::Slurm { concurrency, args, worker })
         }
-        other => Err(kind.error(format!("\"{other}\" is not an executor (use local, lambda or slurm)"))),
+        "kubernetes" | "k8s" => {
+            refuse_local_paths(addresses, input, output, "Kubernetes pods")?;
+            let image = table.image.ok_or_else(|| JobError::Missing {
+                whole: whole.to_string(),
+                field: "executor.image".into(),
+                hint: "the pods run fanout from a container image: set executor.image or pass --image IMAGE".into(),
+            })?;
+            if image.value.trim().is_empty() {
+                return Err(image.error("the image is empty"));
+            }
+            let secret = match table.secret {
+                Some(given) if !is_dns_name(&given.value) => {
+                    return Err(given.error(format!("{:?} is not a Kubernetes object name", given.value)))
+                }
+                given => given.map(|g| g.value),
+            };
+            Ok(Executor::Kubernetes { concurrency, image: image.value, secret })
+        }
+        other => Err(kind.error(format!("\"{other}\" is not an executor (use local, lambda, slurm or kubernetes)"))),
     }
 }
 

@@ -373,10 +373,10 @@ job_table! {
 }
 
 job_table! {
-    /// `[executor]`: where attempts run: this machine's pool, AWS Lambda, or Slurm.
+    /// `[executor]`: where attempts run: this machine's pool, AWS Lambda, Slurm or Kubernetes.
     #[command(next_help_heading = "Executor ([executor])")]
     struct ExecutorTable in "executor" {
-        /// Where shards run: local (this machine's pool), lambda or slurm.
+        /// Where shards run: local (this machine's pool), lambda, slurm or kubernetes (`fanout k8s`).
         #[arg(long = "executor", value_name = "KIND")]
         kind: Option<Given<String>>,
         /// The Lambda function running `fanout lambda worker` (a name or an ARN).
@@ -395,6 +395,12 @@ job_table! {
         /// The fanout binary Slurm's tasks run, as the nodes see it (default: this one's path).
         #[arg(long = "slurm-worker", value_name = "PATH")]
         worker: Option<Given<String>>,
+        /// The container image whose entrypoint is fanout (kubernetes), e.g. REGISTRY/fanout:TAG.
+        #[arg(long, value_name = "IMAGE")]
+        image: Option<Given<String>>,
+        /// The Kubernetes Secret whose keys become the pods' environment (S3 credentials).
+        #[arg(long, value_name = "NAME")]
+        secret: Option<Given<String>>,
     }
 }
 

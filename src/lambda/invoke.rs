@@ -232,6 +232,7 @@ impl JobBase {
             function_key: self.function_key.clone(),
             function_sha256: self.function_sha256.clone(),
             orders,
+            retry_up_to: None,
         }
     }
 }

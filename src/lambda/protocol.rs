@@ -41,6 +41,10 @@ pub struct Request {
     pub function_key: String,
     pub function_sha256: String,
     pub orders: Vec<Order>,
+    /// When set, the worker itself retries a failed attempt (after the job's backoff) until
+    /// this attempt number: a Kubernetes pod, whose shares no coordinator hands out again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_up_to: Option<u32>,
 }
 
 /// One attempt at one shard.

@@ -91,10 +91,14 @@ pub async fn serve() -> Result<(), WorkerError> {
 
 /// Answers one request outside Lambda: `fanout worker`, started by a batch engine (a Slurm
 /// array task, a Kubernetes pod) with `parallel` cores. The same staging, sandbox and
-/// staged outputs as an invocation; the caller stores the answer where the coordinator
-/// looks for it.
-pub async fn answer(request: &Request, environment: String, parallel: usize) -> Answer {
-    let started = Instant::now();
+/// staged outputs as an invocation; each attempt's result is sent to `results` as soon as
+/// it is known, for the caller to store where the committer looks for it.
+pub async fn answer(
+    request: &Request,
+    environment: String,
+    parallel: usize,
+    results: &mpsc::UnboundedSender<ShardResult>,
+) {
     let warm = Warm {
         scratch: std::env::temp_dir().join(format!("fanout-worker-{}", std::process::id())),
         environment,
@@ -104,16 +108,8 @@ pub async fn answer(request: &Request, environment: String, parallel: usize) -> 
         storages: Default::default(),
         requests: AtomicU64::new(0),
     };
-    let results = warm.work(request).await;
+    warm.work(request, results).await;
     let _ = tokio::fs::remove_dir_all(&warm.scratch).await;
-    Answer {
-        protocol: protocol::PROTOCOL,
-        environment: warm.environment,
-        memory_mb: 0,
-        duration_ms: started.elapsed().as_millis() as u64,
-        results,
-        results_key: None,
-    }
 }
 
 fn unix_ms(time: SystemTime) -> u64 {
@@ -139,7 +135,14 @@ impl Warm {
             .into());
         }
         let started = Instant::now();
-        let results = self.work(&request).await;
+        let (results_tx, mut results_rx) = mpsc::unbounded_channel();
+        self.work(&request, &results_tx).await;
+        drop(results_tx);
+        let mut results = Vec::with_capacity(request.orders.len());
+        while let Some(result) = results_rx.recv().await {
+            results.push(result);
+        }
+        results.sort_by_key(|r| r.shard);
         self.requests.fetch_add(1, Ordering::Relaxed);
         let mut answer = Answer {
             protocol: protocol::PROTOCOL,
@@ -175,9 +178,12 @@ impl Warm {
         Ok(())
     }
 
-    async fn work(&self, request: &Request) -> Vec<ShardResult> {
+    /// Runs every order of `request`, sending each attempt's result as it ends.
+    async fn work(&self, request: &Request, results: &mpsc::UnboundedSender<ShardResult>) {
         let fail_all = |message: String| {
-            request.orders.iter().map(|order| failed(order, Outcome::Error(message.clone()))).collect::<Vec<_>>()
+            for order in &request.orders {
+                let _ = results.send(failed(order, Outcome::Error(message.clone())));
+            }
         };
         let (dest, source) =
             match (self.storage(&request.job.output.dest).await, self.storage(&request.job.input.source).await) {
@@ -197,9 +203,9 @@ impl Warm {
             Err(e) => return fail_all(format!("worker {}: {e}", self.environment)),
         };
         let in_parallel = slots.len();
-        let (results_tx, results_rx) = mpsc::unbounded_channel();
-        let pool = Pool::new(runtime, parallel, Duration::from_secs(1), results_tx, EventSink::channel().0);
-        let router = Router::start(results_rx);
+        let (pool_tx, pool_rx) = mpsc::unbounded_channel();
+        let pool = Pool::new(runtime, parallel, Duration::from_secs(1), pool_tx, EventSink::channel().0);
+        let router = Router::start(pool_rx);
         let batch = Batch {
             request,
             source,
@@ -209,14 +215,12 @@ impl Warm {
             slots: Mutex::new(slots),
             log_budget: (protocol::PAYLOAD_LIMIT as u64 / 2 / request.orders.len().max(1) as u64).min(LOG_CAP) as usize,
         };
-        let mut results: Vec<ShardResult> = futures::stream::iter(request.orders.iter().enumerate())
-            .map(|(index, order)| batch.run(order, index == 0 && compiled_now))
+        futures::stream::iter(request.orders.iter().enumerate())
+            .map(|(index, order)| batch.run_until_done(order, index == 0 && compiled_now, results))
             .buffer_unordered(in_parallel.max(1))
-            .collect()
+            .collect::<Vec<()>>()
             .await;
-        results.sort_by_key(|r| r.shard);
         let _ = tokio::fs::remove_dir_all(&dir).await;
-        results
     }
 
     async fn storage(&self, location: &crate::location::Location) -> Result<DynStorage, String> {
@@ -301,6 +305,32 @@ struct Batch<'a> {
 }
 
 impl Batch<'_> {
+    /// An order's attempt, and (when the request asks the worker to retry) its retries
+    /// after the job's backoff, each under a staging prefix of its own.
+    async fn run_until_done(&self, order: &Order, cold_start: bool, results: &mpsc::UnboundedSender<ShardResult>) {
+        let mut order = order.clone();
+        let first_prefix = order.staging_prefix.clone();
+        let mut failures = 0;
+        loop {
+            let result = self.run(&order, cold_start && failures == 0).await;
+            let succeeded = result.outcome.is_ok() && matches!(result.outputs, Some(Ok(_)));
+            let _ = results.send(result);
+            match self.request.retry_up_to {
+                Some(last) if !succeeded && order.attempt < last => {}
+                _ => return,
+            }
+            failures += 1;
+            tokio::time::sleep(crate::job::backoff_before(failures + 1, self.request.job.retry.backoff())).await;
+            order.attempt += 1;
+            order.staging_prefix = format!("{first_prefix}r{}/", order.attempt);
+            for (name, value) in &mut order.env {
+                if name == "FANOUT_ATTEMPT" {
+                    *value = order.attempt.to_string();
+                }
+            }
+        }
+    }
+
     async fn run(&self, order: &Order, cold_start: bool) -> ShardResult {
         let slot = self.slots.lock().expect("slot lock").pop().expect("one slot per attempt in flight");
         let (result, slot) = self.stage_and_run(order, cold_start, slot).await;

@@ -41,14 +41,7 @@ const JOURNAL_BATCH: usize = 5_000;
 const STAGING_BUDGET: u64 = 256 << 20;
 /// Shards whose inputs reach this size empty their slot as soon as they are done.
 const CLEAN_EAGERLY: u64 = 4 << 20;
-/// Longest wait between retries, whatever the attempt number.
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
-
-/// The delay before attempt `next` (2, 3, ...) of a shard: `backoff`, doubling each time.
-pub fn backoff_before(next_attempt_of_run: u32, backoff: Duration) -> Duration {
-    let doublings = next_attempt_of_run.saturating_sub(2).min(16);
-    backoff.saturating_mul(1 << doublings).min(MAX_BACKOFF)
-}
+pub(crate) use crate::job::backoff_before;
 
 /// How a run is asked to stop early (Ctrl-C): `soft` stops dispatching and lets running
 /// attempts end; `hard` also cancels those (they publish nothing).
@@ -261,7 +254,7 @@ fn shards_in_flight(job: &Job, stages_locally: bool) -> usize {
     match (&job.executor, stages_locally) {
         (crate::job::Executor::Lambda { concurrency, .. }, false) => (concurrency * 32).clamp(256, 65_536),
         // An array costs a second or more of scheduling: as many shards a wave as can wait.
-        (crate::job::Executor::Slurm { .. }, false) => 65_536,
+        (crate::job::Executor::Slurm { .. } | crate::job::Executor::Kubernetes { .. }, false) => 65_536,
         _ => (job.workers.max * 4).max(16),
     }
 }

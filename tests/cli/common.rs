@@ -175,6 +175,20 @@ pub fn boto3(script: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// A remote executor's DEST read back with boto3: report.csv's rows, the job's folder, and
+/// the copy (the functions' store beside the job, where remote workers fetch the
+/// function, is not a job).
+pub fn s3_report(prefix: &str) -> (Vec<BTreeMap<String, String>>, PathBuf, tempfile::TempDir) {
+    let back = tempfile::tempdir().unwrap();
+    boto3_download(prefix, back.path());
+    let job = std::fs::read_dir(back.path().join("_fanout"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| !p.ends_with("functions"))
+        .expect("a job folder");
+    (report(&job), job, back)
+}
+
 /// Uploads every file below `dir` to `s3://bucket/prefix` with boto3.
 pub fn boto3_upload(dir: &Path, prefix: &str) {
     boto3(

@@ -7,6 +7,7 @@ mod bad_jobs;
 mod examples;
 mod image;
 mod interrupt;
+mod k8s;
 mod lambda;
 mod pdf;
 mod records;

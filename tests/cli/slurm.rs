@@ -18,19 +18,6 @@ fn slurm(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// DEST read back with boto3: report.csv's rows, the job's folder, and the copy.
-fn s3_report(prefix: &str) -> (Vec<BTreeMap<String, String>>, std::path::PathBuf, tempfile::TempDir) {
-    let back = tempfile::tempdir().unwrap();
-    boto3_download(prefix, back.path());
-    // The functions' store (remote workers fetch the function from DEST) is not a job.
-    let job = std::fs::read_dir(back.path().join("_fanout"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| !p.ends_with("functions"))
-        .expect("a job folder");
-    (report(&job), job, back)
-}
-
 #[test]
 #[cfg_attr(not(fanout_slurm_cluster), ignore = "needs the Slurm test cluster and S3: run scripts/test")]
 fn thumbnails_on_slurm_match_the_local_executor_byte_for_byte() {

@@ -1,0 +1,208 @@
+//! `fanout k8s` and `fanout status --follow`: a job run by a Kubernetes Indexed Job. `k8s`
+//! opens and checks what the job needs (exit 2 with nothing written when it cannot run),
+//! plans it whole, stores the plan, the shares' requests and then `job.json` in DEST, and
+//! prints the Job for kubectl. `status --follow` is the job's committer: the coordinator of
+//! any run, continuing the stored job with an executor that follows the pods' answers.
+
+use super::args::{K8sArgs, StatusArgs};
+use super::common::{follow_command, open_job, plan_failure};
+use super::exit::{failed, usage, Failure, EXIT_OK};
+use super::running::{new_document, open_everything, Launch, Opened, Workers};
+use crate::events::EventSink;
+use crate::job::{self, Executor, Job, Origins};
+use crate::kubernetes::{self, CommitterLease, JobSpec, Shares};
+use crate::lambda::protocol::{self, Order, Request};
+use crate::manifest::{JobDocument, Manifest, PlanState};
+use crate::plan::{self, PlanTotals, Planned, Shard};
+use crate::stage::Call;
+use anyhow::anyhow;
+use bytes::Bytes;
+use futures::StreamExt;
+use std::time::Duration;
+
+/// Shards per stored plan segment, as a run stores them.
+const PLAN_SEGMENT: usize = 10_000;
+
+impl K8sArgs {
+    pub(super) async fn execute(self) -> Result<u8, Failure> {
+        let quiet = self.output.quiet || self.output.json;
+        let mut job_args = self.job.clone();
+        job_args.flags.executor.kind = Some("kubernetes".parse().expect("a word parses"));
+        let (job, origins) = job::resolve(&job_args).map_err(usage)?;
+        let Executor::Kubernetes { concurrency, image, secret } = &job.executor else {
+            unreachable!("the kind was set to kubernetes")
+        };
+        if self.cpus == 0 || self.shares == Some(0) {
+            return Err(usage(anyhow!("--cpus and --shares: at least 1")));
+        }
+        let options = self.storage.options();
+        let opened = open_everything(&job, &origins, &options, quiet).await?;
+        let Opened { dest, source, load, workers: Workers::Kubernetes(function_key), .. } = opened else {
+            unreachable!("a kubernetes job opens as one")
+        };
+        let (shards, totals) = plan_whole(&job, source, &origins).await?;
+        let mut document = new_document(&job, &load, false);
+        let job_id = document.job_id.clone();
+        let manifest = Manifest::new(dest.clone(), &job_id);
+        let segments = shards.chunks(PLAN_SEGMENT).count() as u64;
+        for (segment, chunk) in shards.chunks(PLAN_SEGMENT).enumerate() {
+            manifest.write_plan_segment(segment as u64, chunk).await.map_err(failed)?;
+        }
+        document.plan = PlanState { complete: true, segments, totals: Some(totals) };
+        let count = self.shares.unwrap_or(*concurrency).min(shards.len()).max(1);
+        let name = self.job_name.clone().unwrap_or_else(|| kubernetes::job_name(&job_id));
+        let shares = Shares {
+            first_shards: store_shares(&document, &function_key, &dest, shards, count).await?,
+            pods_per_share: self.backoff_limit_per_index + 1,
+            job_name: name.clone(),
+        };
+        let prefix = kubernetes::shares_prefix(&job_id);
+        let body = Bytes::from(serde_json::to_vec_pretty(&shares).expect("shares serialize"));
+        dest.put(&format!("{prefix}{}", kubernetes::SHARES), body).await.map_err(failed)?;
+        // Last: the job exists (for `status`, `--follow`) only once all of it is stored.
+        manifest.write_job(&document).await.map_err(failed)?;
+        let endpoint = options.endpoint_url.clone().map(|url| ("AWS_ENDPOINT_URL_S3".to_string(), url));
+        let requests = dest.root().join(&prefix).to_string();
+        let spec = JobSpec {
+            name: &name,
+            namespace: self.namespace.as_deref(),
+            job_id: &job_id,
+            image,
+            secret: secret.as_deref(),
+            requests: &requests,
+            completions: count,
+            parallelism: *concurrency,
+            backoff_limit_per_index: self.backoff_limit_per_index,
+            cpus: self.cpus,
+            guest_memory_bytes: job.function.memory_bytes,
+            env: endpoint.into_iter().collect(),
+        };
+        print!("{}", kubernetes::to_yaml(&kubernetes::job_manifest(&spec)));
+        if !quiet {
+            eprintln!(
+                "fanout: job {job_id}: {} shards in {count} shares, stored in {}; after `kubectl apply -f`, \
+                 commit what the pods do with: {}",
+                document.plan.totals.as_ref().map_or(0, |t| t.shards),
+                job.output.dest,
+                follow_command(&job.output.dest.to_string(), &job_id)
+            );
+        }
+        Ok(EXIT_OK)
+    }
+}
+
+/// Every shard of the job, planned before anything is stored.
+async fn plan_whole(job: &Job, source: plan::Source, origins: &Origins) -> Result<(Vec<Shard>, PlanTotals), Failure> {
+    let (events, _) = EventSink::channel();
+    let mut planned = plan::stream(job, source, events);
+    let mut shards = Vec::new();
+    while let Some(next) = planned.recv().await {
+        match next.map_err(|e| plan_failure(e, origins))? {
+            Planned::Shard(shard) => shards.push(shard),
+            Planned::Done(totals) if shards.is_empty() => {
+                let _ = totals;
+                break;
+            }
+            Planned::Done(totals) => return Ok((shards, totals)),
+        }
+    }
+    Err(usage(anyhow!("{}input.source: the plan is empty", origins.prefix("input.source"))))
+}
+
+/// Stores `count` shares' requests (contiguous runs of the plan); returns each share's
+/// first shard.
+async fn store_shares(
+    document: &JobDocument,
+    function_key: &str,
+    dest: &crate::storage::DynStorage,
+    shards: Vec<Shard>,
+    count: usize,
+) -> Result<Vec<u64>, Failure> {
+    let job = &document.job;
+    let total = shards.len() as u64;
+    let nonce = std::process::id() as u64 ^ document.created.len() as u64;
+    let order = |shard: Shard| {
+        let call = Call {
+            job_id: &document.job_id,
+            name: &job.name,
+            args: &job.function.args,
+            env: &job.function.env,
+            shard: shard.id,
+            shards_hint: total,
+            attempt: 1,
+        };
+        let (argv, env) = call.argv_env();
+        let staging_prefix = protocol::staging_prefix(&document.job_id, shard.id, 1, nonce);
+        Order { shard, attempt: 1, argv, env, staging_prefix }
+    };
+    let mut rest = shards;
+    let mut requests = Vec::with_capacity(count);
+    for share in 0..count {
+        let take = rest.len().div_ceil(count - share);
+        let tail = rest.split_off(take);
+        let orders: Vec<Order> = std::mem::replace(&mut rest, tail).into_iter().map(order).collect();
+        requests.push(Request {
+            protocol: protocol::PROTOCOL,
+            job_id: document.job_id.clone(),
+            job: job.clone(),
+            function_key: function_key.to_string(),
+            function_sha256: document.function.sha256.clone(),
+            orders,
+            retry_up_to: Some(job.retry.attempts),
+        });
+    }
+    let first_shards = requests.iter().map(|r| r.orders.first().map_or(0, |o| o.shard.id)).collect();
+    let prefix = kubernetes::shares_prefix(&document.job_id);
+    let stored: Vec<Result<(), String>> = futures::stream::iter(requests.into_iter().enumerate())
+        .map(|(index, request)| {
+            let key = format!("{prefix}{index}.json");
+            async move {
+                let body = Bytes::from(serde_json::to_vec(&request).expect("a request serializes"));
+                dest.put(&key, body).await.map_err(|e| format!("{key}: {e}"))
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    if let Some(Err(e)) = stored.into_iter().find(Result::is_err) {
+        return Err(failed(anyhow!("storing the shares: {e}")));
+    }
+    Ok(first_shards)
+}
+
+/// `fanout status DEST --follow`: commits a Kubernetes job's answers until every shard has
+/// its outcome, then writes the report, as a run's coordinator does.
+pub(super) async fn follow(args: StatusArgs) -> Result<u8, Failure> {
+    let quiet = args.output.quiet || args.output.json;
+    let options = args.storage.options();
+    let (_, document) = open_job(&args.target.dest, args.target.job_id.as_deref(), &options).await?;
+    let mut job = document.job.clone();
+    // The committer may run anywhere: it takes the function from DEST, where the pods do.
+    job.function.wasm = job.output.dest.join(&protocol::function_key(&document.function.sha256));
+    if !matches!(job.executor, Executor::Kubernetes { .. }) {
+        return Err(usage(anyhow!(
+            "--follow commits the pods' answers of a Kubernetes job (made by `fanout k8s`); job {} ran here or on \
+             another engine: `fanout status` shows it, `fanout redrive` finishes it",
+            document.job_id
+        )));
+    }
+    let opened = open_everything(&job, &Origins::default(), &options, quiet).await?;
+    if opened.load.sha256 != document.function.sha256 {
+        return Err(usage(anyhow!("{}: not the function job {} was made with", job.function.wasm, document.job_id)));
+    }
+    let lease = CommitterLease::take(&opened.dest, &document.job_id).await.map_err(usage)?;
+    let followed = Launch {
+        job,
+        origins: Origins::default(),
+        opened,
+        continuing: Some(document),
+        staging: None,
+        grace: Duration::from_secs(1),
+        output: args.output,
+        options,
+    }
+    .run()
+    .await;
+    lease.release().await;
+    followed
+}
