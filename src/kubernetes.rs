@@ -1,7 +1,8 @@
 //! Kubernetes as an engine, without a coordinator in the cluster. `fanout k8s` stores the
 //! job's shares as requests (`_fanout/<job>/k8s/<index>.json`, the Lambda worker's
 //! protocol) and prints a `batch/v1` Job in Indexed completion mode whose pod `i` runs
-//! `fanout worker` on share `i` (Kubernetes sets `JOB_COMPLETION_INDEX`). Pods retry a
+//! `fanout worker DEST --job ID --count N` on share `i` (Kubernetes sets
+//! `JOB_COMPLETION_INDEX`). Pods retry a
 //! failed attempt themselves (`retry_up_to`), as no coordinator hands their shards out
 //! again, and store their answers beside the requests as they go. The committer is
 //! [`Follower`], the executor behind `fanout status DEST --follow`: it hands the
@@ -75,8 +76,8 @@ pub struct JobSpec<'a> {
     pub job_id: &'a str,
     pub image: &'a str,
     pub secret: Option<&'a str>,
-    /// The shares' requests, as the pods reach them (an s3:// prefix).
-    pub requests: &'a str,
+    /// The job's DEST, as the pods reach it (an s3:// prefix).
+    pub dest: &'a str,
     pub completions: usize,
     pub parallelism: usize,
     pub backoff_limit_per_index: u32,
@@ -112,7 +113,7 @@ pub fn job_manifest(spec: &JobSpec) -> Value {
     let mut container = json!({
         "name": "worker",
         "image": spec.image,
-        "args": ["worker", spec.requests],
+        "args": ["worker", spec.dest, "--job", spec.job_id, "--count", spec.completions.to_string()],
         "env": env,
         "resources": {
             "requests": { "cpu": spec.cpus.to_string(), "memory": format!("{memory_mb}Mi") },

@@ -43,11 +43,19 @@ pub(super) enum Command {
 
 #[derive(Args, Debug)]
 pub(super) struct WorkerArgs {
-    /// Where the coordinator stored the shares' requests: a folder or an s3:// prefix.
+    /// Where the shares' requests are (a folder or an s3:// prefix), or with --job the
+    /// job's DEST.
+    #[arg(value_name = "REQUESTS|DEST")]
     pub(super) requests: String,
+    /// The Kubernetes job (made by `fanout k8s`) in DEST whose share to run.
+    #[arg(long = "job", value_name = "ID")]
+    pub(super) job_id: Option<String>,
     /// Which share (default: $SLURM_ARRAY_TASK_ID, or Kubernetes' $JOB_COMPLETION_INDEX).
     #[arg(long, value_name = "N")]
     pub(super) index: Option<usize>,
+    /// The shares there are, checked against the job's (with --job).
+    #[arg(long, value_name = "N", requires = "job_id")]
+    pub(super) count: Option<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -72,6 +80,7 @@ pub(super) struct K8sArgs {
     pub(super) job_name: Option<String>,
     #[command(flatten)]
     pub(super) storage: StorageFlags,
+    /// --json prints the Job as JSON instead of YAML; --quiet leaves out the note on stderr.
     #[command(flatten)]
     pub(super) output: OutputFlags,
 }

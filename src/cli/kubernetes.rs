@@ -26,15 +26,25 @@ const PLAN_SEGMENT: usize = 10_000;
 impl K8sArgs {
     pub(super) async fn execute(self) -> Result<u8, Failure> {
         let quiet = self.output.quiet || self.output.json;
+        if self.cpus == 0 || self.shares == Some(0) {
+            return Err(usage(anyhow!("--cpus and --shares: at least 1")));
+        }
+        for (flag, name) in [("--job-name", &self.job_name), ("--namespace", &self.namespace)] {
+            match name {
+                Some(name) if name.len() > 63 || name.contains('.') || !job::is_dns_name(name) => {
+                    return Err(usage(anyhow!(
+                        "{flag}: {name:?} is not a Kubernetes name (a-z, 0-9 and -, at most 63)"
+                    )))
+                }
+                _ => {}
+            }
+        }
         let mut job_args = self.job.clone();
         job_args.flags.executor.kind = Some("kubernetes".parse().expect("a word parses"));
         let (job, origins) = job::resolve(&job_args).map_err(usage)?;
         let Executor::Kubernetes { concurrency, image, secret } = &job.executor else {
             unreachable!("the kind was set to kubernetes")
         };
-        if self.cpus == 0 || self.shares == Some(0) {
-            return Err(usage(anyhow!("--cpus and --shares: at least 1")));
-        }
         let options = self.storage.options();
         let opened = open_everything(&job, &origins, &options, quiet).await?;
         let Opened { dest, source, load, workers: Workers::Kubernetes(function_key), .. } = opened else {
@@ -62,14 +72,14 @@ impl K8sArgs {
         // Last: the job exists (for `status`, `--follow`) only once all of it is stored.
         manifest.write_job(&document).await.map_err(failed)?;
         let endpoint = options.endpoint_url.clone().map(|url| ("AWS_ENDPOINT_URL_S3".to_string(), url));
-        let requests = dest.root().join(&prefix).to_string();
+        let dest_url = job.output.dest.to_string();
         let spec = JobSpec {
             name: &name,
             namespace: self.namespace.as_deref(),
             job_id: &job_id,
             image,
             secret: secret.as_deref(),
-            requests: &requests,
+            dest: &dest_url,
             completions: count,
             parallelism: *concurrency,
             backoff_limit_per_index: self.backoff_limit_per_index,
@@ -77,7 +87,12 @@ impl K8sArgs {
             guest_memory_bytes: job.function.memory_bytes,
             env: endpoint.into_iter().collect(),
         };
-        print!("{}", kubernetes::to_yaml(&kubernetes::job_manifest(&spec)));
+        let manifest = kubernetes::job_manifest(&spec);
+        match self.output.json {
+            // kubectl reads JSON as well.
+            true => println!("{}", serde_json::to_string_pretty(&manifest).expect("a Job serializes")),
+            false => print!("{}", kubernetes::to_yaml(&manifest)),
+        }
         if !quiet {
             eprintln!(
                 "fanout: job {job_id}: {} shards in {count} shares, stored in {}; after `kubectl apply -f`, \

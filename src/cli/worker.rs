@@ -10,6 +10,7 @@
 
 use super::args::WorkerArgs;
 use super::exit::{failed, usage, Failure, EXIT_OK};
+use crate::kubernetes;
 use crate::lambda::protocol::{self, Answer, Request, ShardResult};
 use crate::lambda::worker;
 use crate::location::Location;
@@ -62,10 +63,16 @@ fn cores() -> usize {
 impl WorkerArgs {
     pub(super) async fn execute(self) -> Result<u8, Failure> {
         let index = share_index(self.index)?;
-        let location = Location::parse(&self.requests).map_err(|e| usage(anyhow!("REQUESTS: {e}")))?;
+        let mut location = Location::parse(&self.requests).map_err(|e| usage(anyhow!("REQUESTS: {e}")))?;
+        if let Some(job_id) = &self.job_id {
+            location = location.join(&kubernetes::shares_prefix(job_id));
+        }
         let requests = storage::open(&location, &StorageOptions::default())
             .await
-            .map_err(|e| failed(anyhow!("{}: {e}", self.requests)))?;
+            .map_err(|e| failed(anyhow!("{location}: {e}")))?;
+        if let Some(count) = self.count {
+            check_count(&requests, &location, count, index).await?;
+        }
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let tag = format!("{:x}-{nanos:x}", std::process::id());
         let answered = answer_share(&requests, &location, index, &tag).await;
@@ -77,6 +84,18 @@ impl WorkerArgs {
         }
         answered
     }
+}
+
+/// The engine was told of as many shares as the job has, and this one is among them.
+async fn check_count(requests: &DynStorage, location: &Location, count: usize, index: usize) -> Result<(), Failure> {
+    let body = requests.get(kubernetes::SHARES).await.map_err(|e| failed(anyhow!("{location}: {e}")))?;
+    let shares: kubernetes::Shares =
+        serde_json::from_slice(&body).map_err(|e| failed(anyhow!("{}: {e}", location.join(kubernetes::SHARES))))?;
+    let there = shares.first_shards.len();
+    if there != count || index >= count {
+        return Err(usage(anyhow!("share {index} of {count}: the job has {there} shares (0 to {})", there - 1)));
+    }
+    Ok(())
 }
 
 /// Reads share `index`'s request, runs what earlier workers left undone, and stores the

@@ -12,7 +12,7 @@ mod schema;
 #[cfg(test)]
 use error::JobError;
 pub(crate) use model::{backoff_before, Executor, Function, Include, Job, ReduceStep, ShardRule, Stragglers};
-pub(crate) use resolve::{resolve, Origins};
+pub(crate) use resolve::{is_dns_name, resolve, Origins};
 pub(crate) use schema::JobArgs;
 
 #[cfg(test)]

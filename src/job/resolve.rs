@@ -326,7 +326,7 @@ fn refuse_local_paths(
 }
 
 /// A Kubernetes object name (RFC 1123 subdomain): lowercase letters, digits, `-` and `.`.
-fn is_dns_name(name: &str) -> bool {
+pub(crate) fn is_dns_name(name: &str) -> bool {
     let fits = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
     (1..=253).contains(&name.len())
         && name.chars().all(fits)

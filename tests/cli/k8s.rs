@@ -182,6 +182,8 @@ fn the_job_validates_and_its_pods_run_by_hand_give_the_local_executors_outputs()
     assert_eq!(spec["template"]["spec"]["restartPolicy"], "Never");
     let container = k8s.container();
     assert_eq!(container["image"], image);
+    let args = ["worker", dest.as_str(), "--job", k8s.job_id.as_str(), "--count", "3"];
+    assert_eq!(container["args"], serde_json::json!(args));
     assert_eq!(container["envFrom"][0]["secretRef"]["name"], "fanout-s3");
     // function.memory (256MiB) for the one guest a 1-CPU pod runs, and the worker's own 256Mi.
     assert_eq!(container["resources"]["requests"]["memory"], "512Mi");
@@ -221,6 +223,10 @@ fn the_job_validates_and_its_pods_run_by_hand_give_the_local_executors_outputs()
     assert!(commits_per_shard(&journal).values().all(|&n| n == 1), "{journal:?}");
     let status = run_in(&repo(), &["status", &dest]);
     assert!(status.stdout.contains("4 done, 0 failed, 0 pending"), "{}", status.stdout);
+    // A Job whose completions do not match the job's shares is refused by its pods.
+    let wrong = run_in(&repo(), &["worker", &dest, "--job", &k8s.job_id, "--count", "5", "--index", "4"]);
+    wrong.assert_code(2);
+    assert!(wrong.stderr.contains("the job has 3 shares"), "{}", wrong.stderr);
 }
 
 /// Six shards that fail their first attempt, in two shares of three.
@@ -325,6 +331,7 @@ fn cluster_jobs_with_local_paths_or_no_image_are_refused_with_nothing_written() 
     refused(&as_strs(&k8s("in", &dest, &image)), "--input: ");
     refused(&as_strs(&k8s(&input, "out", &image)), "--output: ");
     refused(&as_strs(&k8s(&input, &dest, &[])), "--image");
+    refused(&as_strs(&k8s(&input, &dest, &["--image", "x", "--job-name", "Not_A_Name"])), "--job-name");
     let run = ["run", "--input", &input, "--output", &dest, "--function", wasm, "--executor", "k8s", "--image", "x"];
     refused(&run, "fanout k8s");
     assert!(!dir.path().join("out").exists(), "a local output folder was made");
