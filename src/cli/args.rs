@@ -80,7 +80,7 @@ pub(super) struct K8sArgs {
     pub(super) job_name: Option<String>,
     #[command(flatten)]
     pub(super) storage: StorageFlags,
-    /// --json prints the Job as JSON instead of YAML; --quiet leaves out the note on stderr.
+    // --json prints the Job as JSON instead of YAML; --quiet leaves out the note on stderr.
     #[command(flatten)]
     pub(super) output: OutputFlags,
 }

@@ -39,8 +39,7 @@ impl WatchArgs {
     pub(super) async fn execute(self) -> Result<u8, Failure> {
         let quiet = self.output.quiet || self.output.json;
         let (job, origins) = job::resolve(&self.job).map_err(usage)?;
-        refuse_record_rules(&job, &origins)?;
-        refuse_kubernetes(&job)?;
+        refuse_unwatchable(&job, &origins)?;
         let grace = grace_of(&self.control.grace)?;
         let options = self.storage.options();
         let opened = open_everything(&job, &origins, &options, quiet).await?;
@@ -143,8 +142,10 @@ async fn finish(
 
 /// A watch takes whole objects: a record rule (rows, chunks) cuts objects that keep growing.
 /// With a reduce, one object a shard: a newer version of an object must replace that
-/// object's map output alone, not a shard's worth of other objects too.
-fn refuse_record_rules(job: &Job, origins: &job::Origins) -> Result<(), Failure> {
+/// object's map output alone, not a shard's worth of other objects too. And it starts its
+/// workers itself, which it cannot do on Kubernetes.
+fn refuse_unwatchable(job: &Job, origins: &job::Origins) -> Result<(), Failure> {
+    refuse_kubernetes(job)?;
     if job.input.shard.is_record_rule() {
         return Err(usage(anyhow!(
             "{}input.shard: a watch takes whole objects (object, objects=N, bytes=SIZE), not {}",
