@@ -8,7 +8,7 @@ use crate::plan::Shard;
 use crate::runtime::{Invocation, InvocationReport};
 use crate::stage::{OutputFile, OutputRules};
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 
@@ -21,11 +21,34 @@ pub struct Task {
     pub invocation: Invocation,
     pub cancel: CancellationToken,
     /// Set by the executor when the attempt starts running (or is sent away to run).
-    pub started: Arc<OnceLock<Instant>>,
+    pub started: Arc<StartClock>,
     /// Where the attempt's outputs land, and the rules they must keep.
     pub outputs: (PathBuf, OutputRules),
     /// Create the output folder first (a backup attempt's own `/out`).
     pub make_out_dir: bool,
+}
+
+/// When an attempt started running, as its executor saw it. Unset while the attempt waits,
+/// and unset again when an engine hands it back unrun to be sent again (a throttled Lambda
+/// invocation): waiting must never look like running to straggler backups and relative
+/// timeouts.
+#[derive(Debug, Default)]
+pub struct StartClock(Mutex<Option<Instant>>);
+
+impl StartClock {
+    /// Marks the start, unless it is marked already.
+    pub fn start(&self, at: Instant) {
+        self.0.lock().expect("start clock").get_or_insert(at);
+    }
+
+    pub fn get(&self) -> Option<Instant> {
+        *self.0.lock().expect("start clock")
+    }
+
+    /// The attempt waits again.
+    pub fn reset(&self) {
+        *self.0.lock().expect("start clock") = None;
+    }
 }
 
 /// What an executor sends back for every task.

@@ -138,7 +138,7 @@ impl Pool {
             let started = SystemTime::now();
             let ran = !(stopping || task.cancel.is_cancelled());
             let report = if ran {
-                let _ = task.started.set(Instant::now());
+                task.started.start(Instant::now());
                 if task.make_out_dir {
                     let _ = std::fs::create_dir_all(&task.outputs.0);
                 }

@@ -458,7 +458,7 @@ impl Inner {
     async fn invoke(self: Arc<Self>, batch: Vec<Task>) {
         let sent = SystemTime::now();
         for task in &batch {
-            let _ = task.started.set(Instant::now());
+            task.started.start(Instant::now());
         }
         let body = serde_json::to_vec(&self.request_for(&batch)).expect("a request serializes");
         // The worker runs a batch's attempts side by side, each within function.timeout; a
@@ -631,6 +631,8 @@ impl Inner {
         let mut worst = 0;
         let mut given_up = Vec::new();
         for task in open.into_iter().rev() {
+            // Not running: waiting for the throttle to pass is no part of its run time.
+            task.started.reset();
             let count = state.throttled.entry((task.shard.id, task.attempt)).or_insert(0);
             *count += 1;
             worst = worst.max(*count);

@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -362,7 +362,7 @@ impl Batch<'_> {
             attempt: order.attempt,
             invocation,
             cancel: CancellationToken::new(),
-            started: Arc::new(OnceLock::new()),
+            started: Default::default(),
             outputs: (slot.out_dir.clone(), rules),
             make_out_dir: false,
         });

@@ -11,7 +11,6 @@ use crate::executor::{AttemptDone, Task};
 use crate::runtime::capture::Kept;
 use crate::runtime::Outcome;
 use crate::stage::{self, OutputFile, OutputRules, PublishError, StageError};
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Empties a finished attempt's output folder in the background (a backup's folder goes).
@@ -66,7 +65,7 @@ impl Coordinator {
         let running = Running {
             attempt,
             token: flight.cancel.child_token(),
-            started: Arc::new(OnceLock::new()),
+            started: Default::default(),
             out_dir: out_dir.clone(),
             backup,
             cancelled: None,
@@ -355,9 +354,7 @@ impl Coordinator {
         for (id, flight) in self.in_flight.iter_mut().filter(|_| local) {
             for running in flight.running.iter_mut().filter(|r| r.cancelled.is_none() && !r.output_check_running) {
                 let due = |since: Instant| now.duration_since(since) >= OUTPUT_CHECK;
-                if !running.started.get().is_some_and(|started| due(*started))
-                    || !running.output_checked.is_none_or(due)
-                {
+                if !running.started.get().is_some_and(due) || !running.output_checked.is_none_or(due) {
                     continue;
                 }
                 running.output_checked = Some(now);
@@ -374,7 +371,7 @@ impl Coordinator {
             let limit = tail::relative_limit(median, percent);
             for flight in self.in_flight.values_mut() {
                 for running in flight.running.iter_mut().filter(|r| r.cancelled.is_none()) {
-                    if running.started.get().is_some_and(|started| now.duration_since(*started) > limit) {
+                    if running.started.get().is_some_and(|started| now.duration_since(started) > limit) {
                         running.cancelled = Some(Cancelled::Timeout);
                         running.token.cancel();
                     }
@@ -391,7 +388,7 @@ impl Coordinator {
             let started = only.started.get()?;
             let eligible =
                 !flight.won && !only.backup && only.cancelled.is_none() && flight.history.iter().all(|a| !a.backup);
-            (eligible && tail::wants_backup(&self.job.stragglers, done, total, median, now.duration_since(*started)))
+            (eligible && tail::wants_backup(&self.job.stragglers, done, total, median, now.duration_since(started)))
                 .then_some(*id)
         });
         if let Some(shard) = straggler {

@@ -2,14 +2,14 @@
 //! between messages. Types only, with the few questions they answer about themselves;
 //! the behaviour that changes them is in `attempts`, the record built from them in `record`.
 
-use crate::executor::AttemptDone;
+use crate::executor::{AttemptDone, StartClock};
 use crate::manifest::ShardRecord;
 use crate::plan::Shard;
 use crate::runtime::capture::Kept;
 use crate::runtime::Outcome;
 use crate::stage::{Slot, Staged};
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 
@@ -84,7 +84,7 @@ pub(super) enum Cancelled {
 pub(super) struct Running {
     pub(super) attempt: u32,
     pub(super) token: CancellationToken,
-    pub(super) started: Arc<OnceLock<Instant>>,
+    pub(super) started: Arc<StartClock>,
     pub(super) out_dir: PathBuf,
     pub(super) backup: bool,
     pub(super) cancelled: Option<Cancelled>,
@@ -99,7 +99,7 @@ impl Running {
         Running {
             attempt,
             token: CancellationToken::new(),
-            started: Arc::new(OnceLock::new()),
+            started: Default::default(),
             out_dir,
             backup,
             cancelled: None,

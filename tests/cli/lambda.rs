@@ -660,7 +660,10 @@ fn throttled_invocations_back_off_and_are_sent_again_never_beyond_the_concurrenc
     let summary: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
     let proxy: serde_json::Value = serde_json::from_slice(&std::fs::read(&stats_file).unwrap()).unwrap();
     assert_eq!(summary["shards"]["ok"], 40);
-    assert_eq!(summary["attempts"], 40, "a throttled invocation's attempts are sent again, not counted as attempts");
+    assert_eq!(
+        summary["attempts"], 40,
+        "a throttled invocation's attempts are sent again, not counted as attempts: {summary}"
+    );
     let throttles = summary["executor"]["throttles"].as_u64().unwrap();
     assert!(throttles > 0, "{}", summary["executor"]);
     assert_eq!(throttles, proxy["throttled"].as_u64().unwrap(), "every refusal is counted: {proxy}");
