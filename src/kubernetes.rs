@@ -257,6 +257,19 @@ pub struct CommitterLease {
 struct Committer {
     who: String,
     renewed_ms: u64,
+    #[serde(default)]
+    host: String,
+    #[serde(default)]
+    pid: u32,
+}
+
+impl Committer {
+    /// Still committing: renewed lately, and not a process of this host that has ended.
+    fn holds(&self, host: &str) -> bool {
+        let age = Duration::from_millis(unix_ms().saturating_sub(self.renewed_ms));
+        let ended_here = self.host == host && !std::path::Path::new(&format!("/proc/{}", self.pid)).exists();
+        age < LEASE_LAPSES && !ended_here
+    }
 }
 
 fn unix_ms() -> u64 {
@@ -266,18 +279,18 @@ fn unix_ms() -> u64 {
 impl CommitterLease {
     pub async fn take(dest: &DynStorage, job_id: &str) -> Result<CommitterLease, KubernetesError> {
         let key = format!("{}{COMMITTER}", shares_prefix(job_id));
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
         if let Ok(body) = dest.get(&key).await {
             if let Ok(holder) = serde_json::from_slice::<Committer>(&body) {
-                let age = Duration::from_millis(unix_ms().saturating_sub(holder.renewed_ms));
-                if age < LEASE_LAPSES {
+                if holder.holds(&host) {
                     return Err(KubernetesError::Committing(holder.who, LEASE_LAPSES.as_secs()));
                 }
             }
         }
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-        let who = format!("pid {} on {}", std::process::id(), host.trim());
+        let pid = std::process::id();
+        let who = format!("pid {pid} on {host}");
         let renewal = move || {
-            let holder = Committer { who: who.clone(), renewed_ms: unix_ms() };
+            let holder = Committer { who: who.clone(), renewed_ms: unix_ms(), host: host.clone(), pid };
             Bytes::from(serde_json::to_vec(&holder).expect("a lease serializes"))
         };
         dest.put(&key, renewal()).await?;

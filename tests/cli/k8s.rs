@@ -345,3 +345,29 @@ fn cluster_jobs_with_local_paths_or_no_image_are_refused_with_nothing_written() 
     run_in(dir.path(), &["run", "--input", &input, "--output", &dest, "--function", wasm]).assert_code(0);
     refused(&["status", &dest, "--follow"], "fanout k8s");
 }
+
+#[test]
+#[cfg_attr(not(fanout_k8s_validate), ignore = "needs kubernetes-validate and S3: run scripts/test")]
+fn a_committer_killed_mid_job_is_replaced_at_once_and_commits_nothing_twice() {
+    let (k8s, prefix) = flaky_job("k8s-killed", &[]);
+    let mut follower = k8s.follow();
+    let first = k8s.pod(0, "early").wait_with_output().unwrap();
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    // Share 0's three shards committed (or being committed), then the committer dies
+    // without a word, its lease still fresh.
+    let began = Instant::now();
+    while !run_in(&repo(), &["status", &k8s.dest]).stdout.contains("3 done") {
+        assert!(began.elapsed() < Duration::from_secs(60), "share 0 was not committed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    follower.kill().unwrap();
+    let _ = follower.wait();
+    let late = k8s.pod(1, "late").wait_with_output().unwrap();
+    assert!(late.status.success(), "{}", String::from_utf8_lossy(&late.stderr));
+    // Its process is gone from this host: the next committer need not wait for the lease.
+    let followed = finish(k8s.follow(), Duration::from_secs(60));
+    followed.assert_code(0);
+    let (rows, journal, _) = read_back(&format!("{prefix}out/"));
+    assert!(rows.iter().all(|r| r["status"] == "ok"), "{rows:?}");
+    assert_eq!(commits_per_shard(&journal), (0..6).map(|shard| (shard, 1)).collect(), "{journal:?}");
+}
