@@ -188,7 +188,10 @@ fn a_local_folder_is_watched_every_version_once_through_a_kill_and_restart() {
     let idle_ticks = watcher.cpu_ticks() - ticks;
     eprintln!("watch idle: {idle_ticks} CPU ticks in 3s, {threads} threads");
     assert!(idle_ticks <= 2, "the idle watch used {idle_ticks} ticks of CPU in 3s");
-    assert_eq!(watcher.threads(), threads);
+    // None starts while idle; one may still retire (tokio's blocking threads linger 10 s
+    // after the report was written), which CI saw once: 8 threads, then 7.
+    let now = watcher.threads();
+    assert!(now <= threads, "the idle watch went from {threads} threads to {now}");
 
     // A burst of 500, killed in the middle, then restarted.
     for i in 0..500 {
