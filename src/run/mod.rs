@@ -18,6 +18,7 @@ use crate::stage::{self, PublishError, Slot, StageError, Staged};
 use crate::storage::DynStorage;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -187,6 +188,9 @@ struct Coordinator {
     executor: Box<dyn Executor>,
     events: EventSink,
     shutdown: Shutdown,
+    /// Set once "stopping now" is told: by the task that waits for the hard stop, or by
+    /// `finish` when the run ends before that task ran.
+    hard_stop_told: std::sync::Arc<AtomicBool>,
     staging_root: PathBuf,
     run: u32,
     prior: Journal,
@@ -331,6 +335,7 @@ impl Coordinator {
             plan_totals: None,
             plan_failure: None,
             stopping: false,
+            hard_stop_told: Default::default(),
             msg_tx,
             stats: RunStats { run, ..Default::default() },
             started: Instant::now(),
@@ -404,10 +409,12 @@ impl Coordinator {
         self.executor.stop_starting();
         self.events.emit(Event::Stopping { hard: false });
         let hard = self.shutdown.hard.clone();
-        let events = self.events.clone();
+        let (events, told) = (self.events.clone(), self.hard_stop_told.clone());
         tokio::spawn(async move {
             hard.cancelled().await;
-            events.emit(Event::Stopping { hard: true });
+            if !told.swap(true, Ordering::AcqRel) {
+                events.emit(Event::Stopping { hard: true });
+            }
         });
     }
 
@@ -700,6 +707,11 @@ impl Coordinator {
     }
 
     async fn finish(mut self) -> Result<RunResult, RunError> {
+        // Cancelled attempts may end the run before the waiting task says why.
+        let hard_stop = self.stopping && self.shutdown.hard.is_cancelled();
+        if hard_stop && !self.hard_stop_told.swap(true, Ordering::AcqRel) {
+            self.events.emit(Event::Stopping { hard: true });
+        }
         for handle in std::mem::take(&mut self.journal_writes) {
             handle.await.expect("journal task")?;
         }
