@@ -71,6 +71,7 @@ pub async fn load(location: &Location, options: &StorageOptions, quiet: bool) ->
                 Err(e) => Err(e.into()),
             }
         }
+        Location::Kafka { .. } => Err(FunctionError::NotWasm(location.to_string())),
     }
 }
 

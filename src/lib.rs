@@ -11,6 +11,7 @@
 //! - [`runtime`]: wasmtime: compile once (cached on disk), a fresh sandbox per invocation.
 //! - [`events`]: what a run reports as it goes (the coordinator and pool emit, reporters draw).
 //! - [`function`]: finding the function's bytes (a file, an object, or a crate to build).
+//! - [`kafka`]: a Kafka topic as a source: its offsets, ranges cut and read back, group offsets.
 //! - [`plan`]: the source listing -> a stream of shards.
 //! - [`manifest`]: what fanout writes under `DEST/_fanout/<job-id>/`, and reading it back.
 //! - [`stage`]: inputs into a staging folder, outputs out of `/out` into DEST.
@@ -34,6 +35,7 @@ pub(crate) mod events;
 pub(crate) mod executor;
 pub mod function;
 pub(crate) mod job;
+pub(crate) mod kafka;
 pub(crate) mod kubernetes;
 pub(crate) mod lambda;
 pub mod location;

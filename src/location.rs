@@ -1,5 +1,6 @@
-//! Where data lives: `s3://bucket/prefix/`, `file:///abs/path/` or a plain path. Owns the
-//! parsing and printing of those addresses; it opens nothing (see `storage::open`).
+//! Where data lives: `s3://bucket/prefix/`, `file:///abs/path/`, a plain path, or (as a source
+//! only) `kafka://HOST:PORT[,HOST:PORT...]/TOPIC`. Owns the parsing and printing of those
+//! addresses; it opens nothing (see `storage::open` and `kafka::KafkaTopic::connect`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,8 @@ pub enum Location {
     Local(PathBuf),
     /// A bucket and a key prefix; the prefix is empty or ends in `/`, unless it names one object.
     S3 { bucket: String, prefix: String },
+    /// A Kafka topic: its bootstrap brokers (`host:port`, comma-separated) and its name.
+    Kafka { brokers: String, topic: String },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -22,6 +25,8 @@ pub enum LocationError {
     NoBucket(String),
     #[error("\"{0}\": a file:// URL needs an absolute path (file:///abs/path/)")]
     RelativeFileUrl(String),
+    #[error("\"{0}\": a kafka:// URL is kafka://HOST:PORT[,HOST:PORT...]/TOPIC ({1})")]
+    BadKafka(String, &'static str),
     #[error("an empty string is not a location")]
     Empty,
 }
@@ -43,6 +48,9 @@ impl Location {
                 return Err(LocationError::NoBucket(text.to_string()));
             }
             return Ok(Location::S3 { bucket: bucket.to_string(), prefix: prefix.to_string() });
+        }
+        if let Some(rest) = text.strip_prefix("kafka://") {
+            return parse_kafka(text, rest);
         }
         if let Some(rest) = text.strip_prefix("file://") {
             if !rest.starts_with('/') {
@@ -70,6 +78,8 @@ impl Location {
                 joined.push_str(key);
                 Location::S3 { bucket: bucket.clone(), prefix: joined }
             }
+            // A topic has no keys below it; nothing joins onto one (it is never a DEST).
+            Location::Kafka { .. } => self.clone(),
         }
     }
 
@@ -88,6 +98,31 @@ impl Location {
     pub fn is_s3(&self) -> bool {
         matches!(self, Location::S3 { .. })
     }
+
+    pub fn is_kafka(&self) -> bool {
+        matches!(self, Location::Kafka { .. })
+    }
+}
+
+/// `kafka://HOST:PORT[,HOST:PORT...]/TOPIC`: every broker names its port (Kafka has no
+/// default a user could rely on), and the topic is a legal Kafka topic name.
+fn parse_kafka(text: &str, rest: &str) -> Result<Location, LocationError> {
+    let bad = |why| LocationError::BadKafka(text.to_string(), why);
+    let (brokers, topic) = rest.split_once('/').ok_or_else(|| bad("no topic"))?;
+    if brokers.is_empty() {
+        return Err(bad("no broker"));
+    }
+    for broker in brokers.split(',') {
+        let (host, port) = broker.rsplit_once(':').ok_or_else(|| bad("each broker needs a :PORT"))?;
+        if host.is_empty() || port.parse::<u16>().is_err() {
+            return Err(bad("each broker is HOST:PORT"));
+        }
+    }
+    let legal = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
+    if topic.is_empty() || topic.len() > 249 || !topic.chars().all(legal) {
+        return Err(bad("a topic name is 1 to 249 letters, digits, '.', '_' or '-'"));
+    }
+    Ok(Location::Kafka { brokers: brokers.to_string(), topic: topic.to_string() })
 }
 
 /// Removes `.` and resolves `..` lexically, so that `DEST inside the input` checks and
@@ -112,6 +147,7 @@ impl fmt::Display for Location {
         match self {
             Location::Local(path) => write!(f, "{}", path.display()),
             Location::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+            Location::Kafka { brokers, topic } => write!(f, "kafka://{brokers}/{topic}"),
         }
     }
 }
@@ -148,6 +184,17 @@ mod tests {
         ));
         assert!(matches!(Location::parse_relative_to("s3:///x", base), Err(LocationError::NoBucket(_))));
         assert!(matches!(Location::parse_relative_to("file://rel", base), Err(LocationError::RelativeFileUrl(_))));
+    }
+
+    #[test]
+    fn kafka_topics() {
+        let base = Path::new("/");
+        let topic = Location::parse_relative_to("kafka://a:9092,b:9093/events.v1", base).unwrap();
+        assert_eq!(topic, Location::Kafka { brokers: "a:9092,b:9093".into(), topic: "events.v1".into() });
+        assert_eq!(topic.to_string(), "kafka://a:9092,b:9093/events.v1");
+        for bad in ["kafka://a:9092", "kafka://a/events", "kafka://:9092/e", "kafka://a:9092/", "kafka://a:9092/x y"] {
+            assert!(matches!(Location::parse_relative_to(bad, base), Err(LocationError::BadKafka(..))), "{bad}");
+        }
     }
 
     #[test]

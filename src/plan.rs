@@ -5,12 +5,14 @@
 //! record rules the bytes needed to find record ends) and writes nothing.
 
 use crate::events::{Event, EventSink};
-use crate::job::{Include, Job, ShardRule};
+use crate::job::{Include, Job, PartitionBounds, ShardRule};
+use crate::kafka::{self, Cut, KafkaTopic};
 use crate::location::Location;
 use crate::storage::{self, DynStorage, ObjectMeta, StorageError, StorageOptions};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::sync::Arc;
 use tokio::sync::mpsc;
 
 /// Bytes read at a time while scanning an object for record ends.
@@ -32,6 +34,9 @@ pub enum ShardInput {
     /// A byte range of one object, fed on stdin; `header` is the length of a CSV header
     /// row that precedes the range on stdin (0 when none).
     Records { key: String, start: u64, end: u64, header: u64 },
+    /// Offsets `start..end` of one partition of a Kafka topic, fed on stdin in the job's
+    /// record format; `bytes` is that stdin's size.
+    Kafka { partition: i32, start: i64, end: i64, records: u64, bytes: u64 },
 }
 
 impl Shard {
@@ -39,6 +44,7 @@ impl Shard {
         match &self.input {
             ShardInput::Objects { objects } => objects.iter().map(|o| o.size).sum(),
             ShardInput::Records { start, end, header, .. } => end - start + header,
+            ShardInput::Kafka { bytes, .. } => *bytes,
         }
     }
 
@@ -60,6 +66,12 @@ impl Shard {
                 for n in [start, end, header] {
                     hasher.update(n.to_le_bytes());
                 }
+            }
+            ShardInput::Kafka { partition, start, end, .. } => {
+                hasher.update([2]);
+                hasher.update(partition.to_le_bytes());
+                hasher.update(start.to_le_bytes());
+                hasher.update(end.to_le_bytes());
             }
         }
         let digest = hasher.finalize();
@@ -83,13 +95,26 @@ impl Shard {
                 "{key} bytes {start}..{end}{}",
                 if *header > 0 { format!(" (+{header} byte header)") } else { String::new() }
             ),
+            ShardInput::Kafka { partition, start, end, records, .. } => {
+                format!("partition {partition} offsets {start}..{end} ({records} records)")
+            }
         }
     }
 
-    /// The extension of the object a record shard reads, for its `part-NNNNN<ext>` output.
-    pub fn record_extension(&self) -> Option<String> {
+    /// True when the shard's input is records on stdin (its stdout is an output object).
+    pub fn is_records(&self) -> bool {
+        !matches!(self.input, ShardInput::Objects { .. })
+    }
+
+    /// The key a record shard's stdout is published at: `part-NNNNN<ext>` for a range of an
+    /// object (with that object's extension), `part-pPPP-FIRST-LAST` for a Kafka range.
+    pub fn stdout_key(&self) -> Option<String> {
         match &self.input {
-            ShardInput::Records { key, .. } => Some(extension_of(key).map(|e| format!(".{e}")).unwrap_or_default()),
+            ShardInput::Records { key, .. } => {
+                let ext = extension_of(key).map(|e| format!(".{e}")).unwrap_or_default();
+                Some(format!("part-{:05}{ext}", self.id))
+            }
+            ShardInput::Kafka { partition, start, end, .. } => Some(kafka::output_key(*partition, *start, *end)),
             ShardInput::Objects { .. } => None,
         }
     }
@@ -111,6 +136,10 @@ pub enum PlanError {
     NothingMatches { folder: Location, include: Vec<String> },
     #[error("reading the stored plan: {0}")]
     Stored(String),
+    #[error("input.source: {0} has no records to read from the start position (input.kafka.start)")]
+    NoRecords(Location),
+    #[error("input.source: {0}")]
+    Kafka(#[from] kafka::KafkaSourceError),
     #[error("input.source: {0}")]
     Storage(#[from] StorageError),
 }
@@ -119,7 +148,11 @@ impl PlanError {
     /// The job field the error is about, when it is one.
     pub fn field(&self) -> Option<&'static str> {
         match self {
-            PlanError::SourceMissing(_) | PlanError::Empty(_) | PlanError::Storage(_) => Some("input.source"),
+            PlanError::SourceMissing(_)
+            | PlanError::Empty(_)
+            | PlanError::Storage(_)
+            | PlanError::NoRecords(_)
+            | PlanError::Kafka(_) => Some("input.source"),
             PlanError::NothingMatches { .. } => Some("input.include"),
             _ => None,
         }
@@ -132,22 +165,29 @@ pub struct Source {
     pub location: Location,
     /// Set when the source names one object rather than a folder.
     pub single: Option<ObjectMeta>,
+    /// Set when the source is a Kafka topic (`storage` is then the same topic).
+    pub kafka: Option<Arc<KafkaTopic>>,
 }
 
 /// Opens the job's source and decides whether it is a folder or one object.
 pub async fn open_source(job: &Job, options: &StorageOptions) -> Result<Source, PlanError> {
     let location = job.input.source.clone();
     match &location {
+        Location::Kafka { .. } => {
+            let settings = job.input.kafka.as_ref().expect("a kafka:// source has [input.kafka]");
+            let topic = KafkaTopic::connect(&location, settings).await?;
+            Ok(Source { storage: topic.clone(), location, single: None, kafka: Some(topic) })
+        }
         Location::Local(path) => {
             let meta = tokio::fs::metadata(path).await.map_err(|_| PlanError::SourceMissing(location.clone()))?;
             if meta.is_file() {
                 let parent = path.parent().unwrap_or(path).to_path_buf();
                 let key = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                 let storage = storage::open(&Location::Local(parent), options).await?;
-                return Ok(Source { storage, location, single: Some(ObjectMeta::new(key, meta.len())) });
+                return Ok(Source { storage, location, single: Some(ObjectMeta::new(key, meta.len())), kafka: None });
             }
             let storage = storage::open(&location, options).await?;
-            Ok(Source { storage, location, single: None })
+            Ok(Source { storage, location, single: None, kafka: None })
         }
         Location::S3 { bucket, prefix } => {
             if !prefix.is_empty() && !prefix.ends_with('/') {
@@ -159,7 +199,7 @@ pub async fn open_source(job: &Job, options: &StorageOptions) -> Result<Source, 
                     storage::open(&Location::S3 { bucket: bucket.clone(), prefix: parent }, options).await?;
                 parent_storage.check(false).await?;
                 if let Some(object) = parent_storage.head(&name).await? {
-                    return Ok(Source { storage: parent_storage, location, single: Some(object) });
+                    return Ok(Source { storage: parent_storage, location, single: Some(object), kafka: None });
                 }
             }
             let folder = Location::S3 {
@@ -168,7 +208,7 @@ pub async fn open_source(job: &Job, options: &StorageOptions) -> Result<Source, 
             };
             let storage = storage::open(&folder, options).await?;
             storage.check(false).await?;
-            Ok(Source { storage, location: folder, single: None })
+            Ok(Source { storage, location: folder, single: None, kafka: None })
         }
     }
 }
@@ -193,9 +233,15 @@ pub fn stream(job: &Job, source: Source, events: EventSink) -> mpsc::Receiver<Re
     let (tx, rx) = mpsc::channel(1024);
     let rule = job.input.shard.clone();
     let include = job.input.include.clone();
+    let bounds = job.input.kafka.as_ref().and_then(|kafka| kafka.bounds.clone());
     tokio::spawn(async move {
         let started = std::time::Instant::now();
-        let result = plan_into(&tx, rule, include, source, &events).await.map(|mut totals| {
+        let planned = match (source.kafka.clone(), bounds) {
+            (Some(topic), Some(bounds)) => plan_topic(&tx, topic, bounds, rule, &events).await,
+            (Some(_), None) => unreachable!("a Kafka job's bounds are fixed before it is planned"),
+            (None, _) => plan_into(&tx, rule, include, source, &events).await,
+        };
+        let result = planned.map(|mut totals| {
             totals.elapsed_ms = started.elapsed().as_millis() as u64;
             totals
         });
@@ -228,7 +274,7 @@ impl<'a> Grouper<'a> {
         Grouper { events, rule, pending: Vec::new(), pending_bytes: 0, next_id: 0, totals: PlanTotals::default() }
     }
 
-    fn shard(&mut self, input: ShardInput) -> Shard {
+    pub(crate) fn shard(&mut self, input: ShardInput) -> Shard {
         let shard = Shard { id: self.next_id, input };
         self.next_id += 1;
         self.totals.shards += 1;
@@ -344,6 +390,54 @@ async fn plan_into(
         } else {
             PlanError::NothingMatches { folder: source.location, include: include.globs().to_vec() }
         });
+    }
+    Ok(grouper.totals)
+}
+
+impl From<&Cut> for ShardInput {
+    fn from(cut: &Cut) -> Self {
+        ShardInput::Kafka {
+            partition: cut.partition,
+            start: cut.start,
+            end: cut.end,
+            records: cut.records,
+            bytes: cut.bytes,
+        }
+    }
+}
+
+/// Numbers a Kafka cut as the next shard (counting its records as the plan's objects) and
+/// hands its records to the topic for staging.
+pub(crate) fn shard_of_cut(grouper: &mut Grouper<'_>, topic: &KafkaTopic, cut: Cut) -> Shard {
+    grouper.totals.objects += cut.records;
+    grouper.totals.bytes += cut.bytes;
+    let shard = grouper.shard(ShardInput::from(&cut));
+    topic.keep(cut.partition, cut.start..cut.end, cut.payload);
+    shard
+}
+
+/// Plans a batch job over a topic: every partition between its bounds, in turn, each shard
+/// sent as it closes.
+async fn plan_topic(
+    tx: &mpsc::Sender<Result<Planned, PlanError>>,
+    topic: Arc<KafkaTopic>,
+    bounds: Vec<PartitionBounds>,
+    rule: ShardRule,
+    events: &EventSink,
+) -> Result<PlanTotals, PlanError> {
+    let mut grouper = Grouper::new(rule.clone(), events);
+    let (cut_tx, mut cuts) = mpsc::channel(64);
+    let reading = topic.clone();
+    let reader = tokio::task::spawn_blocking(move || kafka::read_partitions(&reading, &bounds, rule, &cut_tx));
+    while let Some(cut) = cuts.recv().await {
+        let shard = shard_of_cut(&mut grouper, &topic, cut);
+        if tx.send(Ok(Planned::Shard(shard))).await.is_err() {
+            return Ok(grouper.totals);
+        }
+    }
+    reader.await.expect("planning a topic does not panic")?;
+    if grouper.totals.shards == 0 {
+        return Err(PlanError::NoRecords(topic.location().clone()));
     }
     Ok(grouper.totals)
 }

@@ -331,6 +331,10 @@ pub async fn stage(source: &DynStorage, shard: &Shard, slot: &mut Slot) -> Resul
         ShardInput::Records { key, start, end, header } => {
             stage_records(source, key, *start..*end, *header, slot).await
         }
+        // A topic's partition is its "object", read by offset range (see `kafka::KafkaTopic`).
+        ShardInput::Kafka { partition, start, end, .. } => {
+            stage_records(source, &partition.to_string(), *start as u64..*end as u64, 0, slot).await
+        }
     }
 }
 

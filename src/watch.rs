@@ -7,13 +7,15 @@
 
 use crate::events::{Event, EventSink};
 use crate::job::{Include, Job};
+use crate::kafka::KafkaTopic;
 use crate::location::Location;
 use crate::plan::{self, Grouper, PlanError, Planned, Shard, Source};
 use crate::storage::local::{mtime_version, TEMP_PREFIX};
 use crate::storage::{DynStorage, ObjectMeta};
 use futures::StreamExt;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -87,6 +89,52 @@ pub fn start(spec: WatchSpec) -> mpsc::Receiver<Result<Planned, PlanError>> {
         };
         let totals = emitter.grouper.totals.clone();
         let _ = tx.send(result.map(|()| Planned::Done(totals))).await;
+    });
+    rx
+}
+
+/// What a watch over a Kafka topic starts from.
+pub struct TopicWatchSpec {
+    pub topic: Arc<KafkaTopic>,
+    pub job: Job,
+    /// Each partition's first offset no stored shard holds.
+    pub from: BTreeMap<i32, i64>,
+    pub first_id: u64,
+    /// Shards stored and never committed: they go first.
+    pub redo: Vec<Shard>,
+    /// Take what the partitions hold now, then end.
+    pub once: bool,
+    pub stop: CancellationToken,
+    pub events: EventSink,
+}
+
+/// Starts watching a topic in the background; shards arrive on the returned channel as
+/// they close (full, or `watch.max_wait` after their first record).
+pub fn start_topic(spec: TopicWatchSpec) -> mpsc::Receiver<Result<Planned, PlanError>> {
+    let (tx, rx) = mpsc::channel(1024);
+    tokio::spawn(async move {
+        let rule = spec.job.input.shard.clone();
+        let mut grouper = Grouper::new(rule.clone(), &spec.events);
+        grouper.next_id = spec.first_id;
+        for shard in spec.redo {
+            if tx.send(Ok(Planned::Shard(shard))).await.is_err() {
+                return;
+            }
+        }
+        let (cut_tx, mut cuts) = mpsc::channel(64);
+        let (topic, from, stop, once) = (spec.topic.clone(), spec.from, spec.stop.clone(), spec.once);
+        let max_wait = Duration::from_millis(spec.job.watch.max_wait_ms);
+        let reader = tokio::task::spawn_blocking(move || {
+            crate::kafka::follow(&topic, rule, from, max_wait, once, &stop, &cut_tx)
+        });
+        while let Some(cut) = cuts.recv().await {
+            let shard = plan::shard_of_cut(&mut grouper, &spec.topic, cut);
+            if tx.send(Ok(Planned::Shard(shard))).await.is_err() {
+                return;
+            }
+        }
+        let result = reader.await.expect("watching a topic does not panic").map_err(PlanError::from);
+        let _ = tx.send(result.map(|()| Planned::Done(grouper.totals.clone()))).await;
     });
     rx
 }
@@ -345,6 +393,11 @@ fn watch_error(root: &Path, error: notify::Error) -> PlanError {
 pub struct ResumePoint {
     /// The objects its shards took, at the versions taken.
     pub seen: HashMap<String, Seen>,
+    /// A Kafka watch: per partition, the first offset its stored shards hold and the first
+    /// they do not, and the ranges committed successfully.
+    pub topic_first: BTreeMap<i32, i64>,
+    pub topic_from: BTreeMap<i32, i64>,
+    pub topic_done: Vec<(i32, i64, i64)>,
     /// The committed shards that took each object (one per version).
     pub object_shards: HashMap<String, Vec<u64>>,
     /// Shards it planned but never committed: run first.
@@ -361,8 +414,18 @@ pub fn resume_point(
     let mut object_shards = HashMap::new();
     let mut redo: std::collections::BTreeMap<u64, Shard> = std::collections::BTreeMap::new();
     let mut next_id = committed.keys().next_back().map_or(0, |last| last + 1);
+    let (mut topic_first, mut topic_from, mut topic_done) = (BTreeMap::new(), BTreeMap::new(), Vec::new());
     for shard in plan {
         next_id = next_id.max(shard.id + 1);
+        if let plan::ShardInput::Kafka { partition, start, end, .. } = shard.input {
+            let first = topic_first.entry(partition).or_insert(start);
+            *first = (*first).min(start);
+            let from = topic_from.entry(partition).or_insert(end);
+            *from = (*from).max(end);
+            if committed.get(&shard.id).is_some_and(|r| r.status == crate::manifest::ShardStatus::Ok) {
+                topic_done.push((partition, start, end));
+            }
+        }
         if let plan::ShardInput::Objects { objects } = &shard.input {
             for object in objects {
                 // The plan is in shard order: a later shard took a later version.
@@ -377,5 +440,13 @@ pub fn resume_point(
             redo.insert(shard.id, shard);
         }
     }
-    ResumePoint { seen, object_shards, redo: redo.into_values().collect(), next_id }
+    ResumePoint {
+        seen,
+        topic_first,
+        topic_from,
+        topic_done,
+        object_shards,
+        redo: redo.into_values().collect(),
+        next_id,
+    }
 }

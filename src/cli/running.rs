@@ -7,6 +7,7 @@ use super::common::{follow_command, open_job, plan_failure, redrive_command};
 use super::exit::{failed, usage, Failure, EXIT_JOB_FAILED, EXIT_OK};
 use crate::events::{Event, EventSink};
 use crate::job::{self, Executor, Job, Origins};
+use crate::kafka::GroupOffsets;
 use crate::kubernetes::Follower;
 use crate::lambda::invoke::{Capacity, JobBase, LambdaExecutor, LambdaFunction, MAX_BATCH};
 use crate::lambda::protocol;
@@ -16,7 +17,7 @@ use crate::plan::{self, PlanError, PlanTotals, Planned};
 use crate::pool::Pool;
 use crate::reduce::{self, ReduceRecord, ReduceRun, ReduceSummary};
 use crate::report::{self, ProgressMode, Summary};
-use crate::run::{self, ExecutorFactory, RunResult, RunSetup, RunSpec, Shutdown};
+use crate::run::{self, CommitListener, ExecutorFactory, RunResult, RunSetup, RunSpec, Shutdown};
 use crate::runtime::{Limits, LoadReport, Runtime};
 use crate::slurm::{self, SlurmExecutor, SlurmSettings};
 use crate::storage::{self, DynStorage, StorageOptions};
@@ -249,7 +250,7 @@ pub(super) fn staging_root(flag: Option<PathBuf>, dest: &Location, job_id: &str)
     match dest {
         // Inside DEST: outputs then reach their place by rename, not by copy.
         Location::Local(path) => path.join(manifest::FANOUT_DIR).join(job_id).join("staging"),
-        Location::S3 { .. } => std::env::temp_dir().join("fanout-staging").join(job_id),
+        Location::S3 { .. } | Location::Kafka { .. } => std::env::temp_dir().join("fanout-staging").join(job_id),
     }
 }
 
@@ -301,6 +302,7 @@ impl Launch {
         let started = manifest::timestamp(SystemTime::now());
         let Launch { job, origins, opened, continuing, staging, grace, output, options } = self;
         let Opened { dest, source, runtime, load, workers } = opened;
+        let (job, group) = fix_topic_bounds(job, continuing.as_ref(), &source).await?;
         let source_storage = source.storage.clone();
         let quiet = output.quiet || output.json;
         let (events, event_rx) = EventSink::channel();
@@ -334,6 +336,7 @@ impl Launch {
             events,
             shutdown,
             watch: None,
+            on_commit: group.map(|group| group as Arc<dyn CommitListener>),
         };
         let spec = RunSpec { setup, shards: start.shards };
         let result = run::execute(spec).await;
@@ -342,6 +345,13 @@ impl Launch {
         let result = result.map_err(failed)?;
         if new_job && result.records.is_empty() && result.stats.shards_total == 0 {
             // Planning failed before the first shard: nothing ran and nothing was written.
+            if let Some(PlanError::NoRecords(topic)) = &result.plan_failure {
+                // A topic read up to its end is not a mistake: a scheduled job finds nothing new.
+                if !quiet {
+                    eprintln!("fanout: {topic}: no records after the start position: nothing to do");
+                }
+                return Ok(EXIT_OK);
+            }
             return Err(match result.plan_failure {
                 Some(error) => plan_failure(error, &origins),
                 None => usage(anyhow!("input.source: the plan is empty")),
@@ -369,6 +379,27 @@ impl Launch {
         let reduce_ok = reduced.as_ref().is_none_or(|(summary, _)| summary.succeeded);
         Ok(if result.succeeded && reduce_ok { EXIT_OK } else { EXIT_JOB_FAILED })
     }
+}
+
+/// A job over a topic reads fixed offset ranges: a new job's are looked up now from its
+/// start position (and stored in its job.json with the first shard), a continued job's are
+/// those it started with, so that planning again cuts the same shards. Its group's offsets
+/// follow its commits from the start.
+async fn fix_topic_bounds(
+    mut job: Job,
+    continuing: Option<&JobDocument>,
+    source: &plan::Source,
+) -> Result<(Job, Option<Arc<GroupOffsets>>), Failure> {
+    let (Some(kafka), Some(topic)) = (job.input.kafka.as_mut(), &source.kafka) else { return Ok((job, None)) };
+    let stored = continuing.and_then(|document| document.job.input.kafka.as_ref()).and_then(|k| k.bounds.clone());
+    let bounds = match stored {
+        Some(bounds) => bounds,
+        None => topic.bounds(kafka.start).await.map_err(|e| usage(anyhow!("input.source: {e}")))?,
+    };
+    let starts: Vec<(i32, i64)> = bounds.iter().map(|b| (b.partition, b.start)).collect();
+    kafka.bounds = Some(bounds);
+    let group = GroupOffsets::start(topic, starts).map_err(|e| usage(anyhow!("input.source: {e}")))?;
+    Ok((job, Some(group)))
 }
 
 /// The job's reduce step over the map's committed outputs.

@@ -12,16 +12,18 @@ use super::running::{
 };
 use crate::events::{Event, EventSink};
 use crate::job::{self, Job};
+use crate::kafka::{GroupOffsets, KafkaTopic};
 use crate::manifest::{self, JobDocument, Journal, Manifest};
 use crate::reduce::{self, ReduceRecord, ReduceSummary};
 use crate::report::{self, ProgressMode, Summary};
-use crate::run::{self, RunResult, RunSetup, RunSpec, Shutdown, WatchRun};
+use crate::run::{self, CommitListener, RunResult, RunSetup, RunSpec, Shutdown, WatchRun};
 use crate::runtime::LoadReport;
 use crate::storage::{DynStorage, StorageOptions};
 use crate::units;
-use crate::watch::{self, WatchSpec};
+use crate::watch::{self, TopicWatchSpec, WatchSpec};
 use anyhow::anyhow;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -50,7 +52,12 @@ impl WatchArgs {
                 job.input.source
             )));
         }
-        let continued = continue_or_begin(&job, &opened.dest, &opened.load).await?;
+        let mut continued = continue_or_begin(&job, &opened.dest, &opened.load).await?;
+        let mut job = job;
+        let group = match &opened.source.kafka {
+            Some(topic) => Some(follow_topic(&mut job, &mut continued, topic).await?),
+            None => None,
+        };
         let started = manifest::timestamp(SystemTime::now());
         let Opened { dest, source, runtime, load, workers } = opened;
         let source_storage = source.storage.clone();
@@ -65,16 +72,29 @@ impl WatchArgs {
         let _ = tokio::fs::remove_dir_all(&staging_root).await;
         let shutdown = Shutdown::default();
         watch_signals(shutdown.clone(), grace);
-        let shards = watch::start(WatchSpec {
-            job: job.clone(),
-            source,
-            seen: continued.resume.seen,
-            first_id: continued.resume.next_id,
-            redo: continued.resume.redo,
-            once: self.once,
-            stop: shutdown.soft.clone(),
-            events: events.clone(),
-        });
+        let plan_first = source.kafka.is_some();
+        let shards = match source.kafka.clone() {
+            Some(topic) => watch::start_topic(TopicWatchSpec {
+                topic,
+                job: job.clone(),
+                from: std::mem::take(&mut continued.resume.topic_from),
+                first_id: continued.resume.next_id,
+                redo: continued.resume.redo,
+                once: self.once,
+                stop: shutdown.soft.clone(),
+                events: events.clone(),
+            }),
+            None => watch::start(WatchSpec {
+                job: job.clone(),
+                source,
+                seen: continued.resume.seen,
+                first_id: continued.resume.next_id,
+                redo: continued.resume.redo,
+                once: self.once,
+                stop: shutdown.soft.clone(),
+                events: events.clone(),
+            }),
+        };
         let (snapshots, snapshot_rx) = mpsc::unbounded_channel();
         let reporter = Reporter {
             manifest: manifest.clone(),
@@ -108,7 +128,9 @@ impl WatchArgs {
                 plan_segments: continued.plan_segments,
                 snapshots,
                 object_shards: continued.resume.object_shards,
+                plan_first,
             }),
+            on_commit: group.map(|group| group as Arc<dyn CommitListener>),
         };
         let result = run::execute(RunSpec { setup, shards }).await;
         progress_done.cancel();
@@ -146,6 +168,10 @@ async fn finish(
 /// workers itself, which it cannot do on Kubernetes.
 fn refuse_unwatchable(job: &Job, origins: &job::Origins) -> Result<(), Failure> {
     refuse_kubernetes(job)?;
+    if job.input.kafka.is_some() {
+        // A topic's shards are offset ranges that never change once cut: any rule, any reduce.
+        return Ok(());
+    }
     if job.input.shard.is_record_rule() {
         return Err(usage(anyhow!(
             "{}input.shard: a watch takes whole objects (object, objects=N, bytes=SIZE), not {}",
@@ -167,7 +193,12 @@ fn refuse_unwatchable(job: &Job, origins: &job::Origins) -> Result<(), Failure> 
 /// Says what is watched and how. A continued watch says so; a new one stores its job.json
 /// before anything runs, so that `fanout status` finds it while it waits for the first object.
 async fn announce(job: &Job, continued: &Continued, manifest: &Manifest, events: &EventSink) -> Result<(), Failure> {
-    let how = if job.input.source.is_s3() {
+    let how = if job.input.source.is_kafka() {
+        format!(
+            "a shard closes when full or {} after its first record",
+            units::format_duration(std::time::Duration::from_millis(job.watch.max_wait_ms))
+        )
+    } else if job.input.source.is_s3() {
         format!(
             "listed every {}, less often while idle",
             units::format_duration(std::time::Duration::from_millis(job.watch.interval_ms))
@@ -239,6 +270,36 @@ impl Reporter {
     }
 }
 
+/// A watch over a topic: where it starts (a new watch's start position, looked up now and
+/// stored in its job.json; a continued watch's, from there), where each partition goes on
+/// from (the end of the stored plan), and the group's offsets, following its commits.
+async fn follow_topic(
+    job: &mut Job,
+    continued: &mut Continued,
+    topic: &Arc<KafkaTopic>,
+) -> Result<Arc<GroupOffsets>, Failure> {
+    let stored = continued.document.job.input.kafka.as_ref().and_then(|kafka| kafka.bounds.clone());
+    let bounds = match stored {
+        Some(bounds) => bounds,
+        None => {
+            let start = job.input.kafka.as_ref().expect("a topic's job has [input.kafka]").start;
+            topic.bounds(start).await.map_err(|e| usage(anyhow!("input.source: {e}")))?
+        }
+    };
+    for kafka in [job.input.kafka.as_mut(), continued.document.job.input.kafka.as_mut()].into_iter().flatten() {
+        kafka.bounds = Some(bounds.clone());
+    }
+    let resume = &mut continued.resume;
+    let mut firsts = std::collections::BTreeMap::new();
+    for bound in &bounds {
+        resume.topic_from.entry(bound.partition).or_insert(bound.start);
+        firsts.insert(bound.partition, resume.topic_first.get(&bound.partition).copied().unwrap_or(bound.start));
+    }
+    let group = GroupOffsets::start(topic, firsts).map_err(|e| usage(anyhow!("input.source: {e}")))?;
+    group.committed(std::mem::take(&mut resume.topic_done));
+    Ok(group)
+}
+
 /// The latest watch of this name in DEST, continued; or a new one.
 async fn continue_or_begin(job: &Job, dest: &DynStorage, load: &LoadReport) -> Result<Continued, Failure> {
     let jobs = manifest::list_jobs(dest).await.map_err(usage)?;
@@ -251,6 +312,9 @@ async fn continue_or_begin(job: &Job, dest: &DynStorage, load: &LoadReport) -> R
             plan_segments: 0,
             resume: watch::ResumePoint {
                 seen: Default::default(),
+                topic_first: Default::default(),
+                topic_from: Default::default(),
+                topic_done: Vec::new(),
                 object_shards: Default::default(),
                 redo: Vec::new(),
                 next_id: 0,

@@ -5,13 +5,18 @@
 //! else.
 
 mod error;
+mod kafka;
 mod model;
 mod resolve;
 mod schema;
 
 #[cfg(test)]
 use error::JobError;
-pub(crate) use model::{backoff_before, Executor, Function, Include, Job, ReduceStep, ShardRule, Stragglers};
+pub(crate) use kafka::{secret_settings, secret_variable};
+pub(crate) use model::{
+    backoff_before, Executor, Function, Include, Job, KafkaInput, KafkaStart, PartitionBounds, RecordFormat,
+    ReduceStep, ShardRule, Stragglers,
+};
 pub(crate) use resolve::{is_dns_name, resolve, Origins};
 pub(crate) use schema::JobArgs;
 

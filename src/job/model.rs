@@ -190,11 +190,18 @@ pub(crate) struct Watch {
     pub(crate) interval_ms: u64,
     /// A local file is ready once unchanged this long (a closed or renamed file at once).
     pub(crate) settle_ms: u64,
+    /// A Kafka shard closes this long after its first record, full or not.
+    #[serde(default = "default_max_wait_ms")]
+    pub(crate) max_wait_ms: u64,
+}
+
+fn default_max_wait_ms() -> u64 {
+    5_000
 }
 
 impl Default for Watch {
     fn default() -> Self {
-        Watch { interval_ms: 2_000, settle_ms: 1_000 }
+        Watch { interval_ms: 2_000, settle_ms: 1_000, max_wait_ms: default_max_wait_ms() }
     }
 }
 
@@ -261,6 +268,58 @@ pub(crate) struct Input {
     /// Globs on keys relative to the source; none keeps every object.
     pub(crate) include: Include,
     pub(crate) shard: ShardRule,
+    /// Set when the source is a Kafka topic (`[input.kafka]`, with its defaults).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) kafka: Option<KafkaInput>,
+}
+
+/// How a Kafka topic is read: `[input.kafka]` resolved. Credentials are not here: they come
+/// from the environment when the client is made, so job.json never holds one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct KafkaInput {
+    /// The consumer group whose offsets follow what the job committed.
+    pub(crate) group: String,
+    pub(crate) start: KafkaStart,
+    pub(crate) format: RecordFormat,
+    /// librdkafka settings passed through (`security.protocol`, `sasl.mechanism`...).
+    pub(crate) settings: BTreeMap<String, String>,
+    /// The offsets each partition is read between, fixed when the job starts and stored with
+    /// it, so that planning again after a crash cuts the same shards. A watch reads on past
+    /// `end`; its bounds say only where it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) bounds: Option<Vec<PartitionBounds>>,
+}
+
+/// Where a new job starts reading each partition.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "at")]
+pub(crate) enum KafkaStart {
+    /// The group's committed offset (the earliest record when the group has none).
+    Committed,
+    Earliest,
+    Latest,
+    /// The first record at or after this time (milliseconds since the Unix epoch).
+    Timestamp {
+        ms: i64,
+    },
+}
+
+/// How records reach the function on stdin.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum RecordFormat {
+    /// Each record's value, then a newline (a value holding a newline fails its shard).
+    Lines,
+    /// Each record's value after its length as a 4-byte big-endian number (binary payloads).
+    LengthPrefixed,
+}
+
+/// The offsets of one partition a job reads: `start` (the first) up to `end` (exclusive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PartitionBounds {
+    pub(crate) partition: i32,
+    pub(crate) start: i64,
+    pub(crate) end: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

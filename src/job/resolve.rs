@@ -56,12 +56,12 @@ pub(crate) fn resolve(args: &JobArgs) -> Result<(Job, Origins), JobError> {
     let name = resolve_name(fields.name, &text)?;
     // The executor's check names these fields as the user gave them.
     let addresses = (fields.input.source.clone(), fields.output.dest.clone());
-    let input = resolve_input(fields.input, &text, &mut origins)?;
+    let input = resolve_input(fields.input, &name, &text, &mut origins)?;
     let function = resolve_function(fields.function, &args.args, &text, &mut origins)?;
     let output = resolve_output(fields.output, &input.source, &text, &mut origins)?;
     let executor = resolve_executor(fields.executor, addresses, &input, &output, &text.whole())?;
     let retry = resolve_retry(fields.retry)?;
-    let reduce = resolve_reduce(fields.reduce, &function, &retry, &input.shard, &text)?;
+    let reduce = resolve_reduce(fields.reduce, &function, &retry, &input, &text)?;
     let job = Job {
         name,
         input,
@@ -121,8 +121,12 @@ fn duration_of(given: &Given<String>) -> Result<Duration, JobError> {
     units::parse_duration(&given.value).map_err(|message| given.error(message))
 }
 
+/// An address fanout reads or writes objects at: anything but a Kafka topic.
 fn location_of(given: &Given<String>) -> Result<Location, JobError> {
-    Location::parse(&given.value).map_err(|e| given.error(e.to_string()))
+    match Location::parse(&given.value).map_err(|e| given.error(e.to_string()))? {
+        Location::Kafka { .. } => Err(given.error("a Kafka topic can only be input.source")),
+        location => Ok(location),
+    }
 }
 
 fn resolve_name(given: Option<Given<String>>, text: &JobText) -> Result<String, JobError> {
@@ -139,8 +143,11 @@ fn resolve_name(given: Option<Given<String>>, text: &JobText) -> Result<String, 
     Ok(given.value)
 }
 
-fn resolve_input(table: InputTable, text: &JobText, origins: &mut Origins) -> Result<Input, JobError> {
-    let (_, source) = required_location(table.source, "input.source", "--input SRC", text, origins)?;
+fn resolve_input(table: InputTable, name: &str, text: &JobText, origins: &mut Origins) -> Result<Input, JobError> {
+    let given = required(table.source.clone(), "input.source", "--input SRC", text)?;
+    let source = Location::parse(&given.value).map_err(|e| given.error(e.to_string()))?;
+    origins.note("input.source", &given);
+    let kafka = super::kafka::resolve_kafka(&table, source.is_kafka(), name, text)?;
     let mut include = Include::default();
     if let Some(first) = table.include.first() {
         origins.note("input.include", first);
@@ -148,13 +155,20 @@ fn resolve_input(table: InputTable, text: &JobText, origins: &mut Origins) -> Re
         include = Include::new(globs).map_err(|message| first.error(message))?;
     }
     let shard = match &table.shard {
-        None => ShardRule::Object,
-        Some(given) => match &given.value {
-            ShardSpec::Rule(rule) => ShardRule::parse_flag(rule).map_err(|message| given.error(message))?,
-            ShardSpec::Table(shard_table) => shard_from_table(given, shard_table, text)?,
-        },
+        None => None,
+        Some(given) => Some((
+            given,
+            match &given.value {
+                ShardSpec::Rule(rule) => ShardRule::parse_flag(rule).map_err(|message| given.error(message))?,
+                ShardSpec::Table(shard_table) => shard_from_table(given, shard_table, text)?,
+            },
+        )),
     };
-    Ok(Input { source, include, shard })
+    let shard = match (&kafka, shard) {
+        (Some(_), shard) => super::kafka::kafka_shard_rule(shard)?,
+        (None, shard) => shard.map_or(ShardRule::Object, |(_, rule)| rule),
+    };
+    Ok(Input { source, include, shard, kafka })
 }
 
 fn resolve_function(
@@ -316,7 +330,8 @@ fn refuse_local_paths(
     who: &str,
 ) -> Result<(), JobError> {
     for (given, location) in [(source, &input.source), (dest, &output.dest)] {
-        if let Some(given) = given.filter(|_| !location.is_s3()) {
+        // A Kafka source is refused for remote workers by its own rule (`resolve_executor`).
+        if let Some(given) = given.filter(|_| !location.is_s3() && !location.is_kafka()) {
             return Err(given.error(format!(
                 "{location} is a local path, and {who} cannot reach this machine's files: this job reads and writes s3:// addresses"
             )));
@@ -351,6 +366,13 @@ fn resolve_executor(
         Some(given) => given.value as usize,
         None => defaults::LAMBDA_CONCURRENCY,
     };
+    if input.source.is_kafka() && kind.value != "local" {
+        return Err(kind.error(format!(
+            "a Kafka source runs on the local executor only (the {} workers would each need the brokers and \
+             the group's offsets; not supported yet)",
+            kind.value
+        )));
+    }
     match kind.value.as_str() {
         "local" => Ok(Executor::Local),
         "lambda" => {
@@ -493,6 +515,13 @@ fn resolve_watch(table: WatchTable) -> Result<Watch, JobError> {
     if let Some(given) = &table.settle {
         watch.settle_ms = duration_of(given)?.as_millis() as u64;
     }
+    if let Some(given) = &table.max_wait {
+        let max_wait = duration_of(given)?;
+        if max_wait < Duration::from_millis(10) {
+            return Err(given.error("give 10ms or more"));
+        }
+        watch.max_wait_ms = max_wait.as_millis() as u64;
+    }
     Ok(watch)
 }
 
@@ -511,7 +540,7 @@ fn resolve_reduce(
     table: ReduceTable,
     function: &Function,
     retry: &Retry,
-    shard: &ShardRule,
+    input: &Input,
     text: &JobText,
 ) -> Result<Option<Reduce>, JobError> {
     let concat = table.concat.as_ref().is_some_and(|given| given.value);
@@ -538,7 +567,8 @@ fn resolve_reduce(
             if let Some(given) = &table.args {
                 return Err(given.error("concat = true takes no arguments"));
             }
-            if !shard.is_record_rule() {
+            // Every Kafka shard is records, whichever rule cut it.
+            if !input.shard.is_record_rule() && input.kafka.is_none() {
                 let given = table.concat.as_ref().expect("concat is set");
                 return Err(given
                     .error("concat joins record outputs (part-NNNNN): it needs a record shard rule (rows or chunk)"));

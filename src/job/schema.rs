@@ -282,7 +282,34 @@ job_table! {
         /// Shard rule: object, objects=N, bytes=SIZE, rows=N, chunk=SIZE.
         #[arg(long, value_name = "RULE")]
         shard: Option<Given<ShardSpec>>,
+        /// `[input.kafka]`, for a kafka:// source (its flags are the --kafka-* below).
+        #[arg(skip)]
+        kafka: Option<Given<KafkaTable>>,
+        /// Kafka: the consumer group whose offsets follow the job (default: the job's name).
+        #[arg(long = "kafka-group", value_name = "GROUP")]
+        #[serde(skip)]
+        kafka_group: Option<Given<String>>,
+        /// Kafka: where a new job starts: committed, earliest, latest, or a time (RFC 3339).
+        #[arg(long = "kafka-start", value_name = "WHERE")]
+        #[serde(skip)]
+        kafka_start: Option<Given<String>>,
+        /// Kafka: records on stdin as lines, or length-prefixed (4-byte big-endian length).
+        #[arg(long = "kafka-format", value_name = "FORMAT")]
+        #[serde(skip)]
+        kafka_format: Option<Given<String>>,
     }
+}
+
+/// `[input.kafka]`: the consumer group, where to start, the record format, and librdkafka
+/// settings passed through (`settings = { "security.protocol" = "SASL_SSL" }`).
+#[derive(Deserialize, Debug, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct KafkaTable {
+    pub(crate) group: Option<Spanned<String>>,
+    pub(crate) start: Option<Spanned<toml::Value>>,
+    pub(crate) format: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) settings: BTreeMap<String, Spanned<String>>,
 }
 
 job_table! {
@@ -414,6 +441,9 @@ job_table! {
         /// A local file is taken once its size and time stayed the same this long.
         #[arg(long, value_name = "DURATION")]
         settle: Option<Given<String>>,
+        /// A Kafka shard closes this long after its first record, full or not (default 5s).
+        #[arg(long = "max-wait", value_name = "DURATION")]
+        max_wait: Option<Given<String>>,
     }
 }
 

@@ -351,6 +351,7 @@ fn order_bytes(task: &Task) -> usize {
     let shard = match &task.shard.input {
         ShardInput::Objects { objects } => objects.iter().map(|o| o.key.len() + 48).sum::<usize>(),
         ShardInput::Records { key, .. } => key.len() + 96,
+        ShardInput::Kafka { .. } => 128,
     };
     512 + shard
         + task.invocation.argv.iter().map(|a| a.len() + 4).sum::<usize>()

@@ -345,7 +345,7 @@ impl Batch<'_> {
             Ok(staged) => staged,
             Err(e) => return (failed(order, Outcome::Error(e.to_string())), slot),
         };
-        let is_records = order.shard.record_extension().is_some();
+        let is_records = order.shard.is_records();
         let invocation = stage::invocation(
             &slot,
             slot.out_dir.clone(),
@@ -430,8 +430,7 @@ impl Batch<'_> {
             uploads.push((format!("{}out/{}", order.staging_prefix, file.key), path, file.key, file.size));
         }
         let mut staged = Vec::new();
-        if let (Some(report), Some(ext)) = (stdout_part, order.shard.record_extension()) {
-            let key = format!("part-{:05}{ext}", order.shard.id);
+        if let (Some(report), Some(key)) = (stdout_part, order.shard.stdout_key()) {
             let staged_key = format!("{}stdout", order.staging_prefix);
             match &report.stdout.kept {
                 Some(Kept::File(path)) => {

@@ -40,7 +40,7 @@ impl Coordinator {
         flight.attempts += 1;
         let staged = flight.staged.as_ref().expect("a submitted shard is staged");
         let attempt = flight.global_attempt();
-        let is_records = flight.shard.record_extension().is_some();
+        let is_records = flight.shard.is_records();
         let call = stage::Call {
             job_id: self.manifest.job_id(),
             name: &job.name,
@@ -118,11 +118,7 @@ impl Coordinator {
             _ => return self.attempt_failed(shard, info, Some(running), outcome, false),
         };
         // A record shard's stdout is its part; a remote worker already staged it as an output.
-        let stdout_key = flight
-            .shard
-            .record_extension()
-            .map(|ext| format!("part-{shard:05}{ext}"))
-            .filter(|key| !files.iter().any(|file| &file.key == key));
+        let stdout_key = flight.shard.stdout_key().filter(|key| !files.iter().any(|file| &file.key == key));
         let keys: Vec<&str> = files.iter().map(|file| file.key.as_str()).chain(stdout_key.as_deref()).collect();
         if let Err(taken) = self.claim_outputs(shard, &keys) {
             return self.attempt_failed(shard, info, Some(running), Outcome::Error(taken), false);

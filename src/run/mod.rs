@@ -12,13 +12,14 @@ use crate::events::{Event, EventSink};
 use crate::executor::{AttemptDone, Executor};
 use crate::job::Job;
 use crate::manifest::{Counts, JobDocument, Journal, Manifest, ManifestError, ShardRecord, ShardStatus};
-use crate::plan::{PlanError, PlanTotals, Planned, Shard};
+use crate::plan::{PlanError, PlanTotals, Planned, Shard, ShardInput};
 use crate::runtime::OutcomeKind;
 use crate::stage::{self, PublishError, Slot, StageError, Staged};
 use crate::storage::DynStorage;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -82,6 +83,33 @@ pub struct RunSetup {
     pub shutdown: Shutdown,
     /// Set for `fanout watch`: the plan never ends by itself.
     pub watch: Option<WatchRun>,
+    /// Told of each shard committed successfully, once its record is stored.
+    pub on_commit: Option<Arc<dyn CommitListener>>,
+}
+
+/// What follows the journal from outside: a Kafka source moves its consumer group's
+/// offsets over the ranges of committed shards, never ahead of their records.
+#[async_trait::async_trait]
+pub trait CommitListener: Send + Sync {
+    /// Shards whose successful commit records are stored.
+    fn committed(&self, shards: &[Shard]);
+    /// Passes on everything `committed` was told before the run ends.
+    async fn flush(&self) -> Result<(), String>;
+}
+
+#[async_trait::async_trait]
+impl CommitListener for crate::kafka::GroupOffsets {
+    fn committed(&self, shards: &[Shard]) {
+        let ranges = shards.iter().filter_map(|shard| match shard.input {
+            ShardInput::Kafka { partition, start, end, .. } => Some((partition, start, end)),
+            _ => None,
+        });
+        crate::kafka::GroupOffsets::committed(self, ranges);
+    }
+
+    async fn flush(&self) -> Result<(), String> {
+        crate::kafka::GroupOffsets::flush(self).await
+    }
 }
 
 /// What a watch's run needs beyond a batch run's.
@@ -93,6 +121,9 @@ pub struct WatchRun {
     pub snapshots: mpsc::UnboundedSender<RunResult>,
     /// The shards that took each object, from earlier runs (one per version).
     pub object_shards: HashMap<String, Vec<u64>>,
+    /// Store each shard in the plan before it runs, not with its commit record: its range
+    /// was cut by time (a Kafka watch), so planning again could not cut it the same way.
+    pub plan_first: bool,
 }
 
 /// How often a watch's reports are rewritten while shards finish.
@@ -206,6 +237,9 @@ struct Coordinator {
     records: BTreeMap<u64, ShardRecord>,
     durations: tail::Durations,
     journal_buffer: Vec<ShardRecord>,
+    /// The successful shards of `journal_buffer`, for `on_commit` once it is stored.
+    commit_buffer: Vec<Shard>,
+    on_commit: Option<Arc<dyn CommitListener>>,
     journal_segment: u64,
     journal_writes: Vec<tokio::task::JoinHandle<Result<(), ManifestError>>>,
     plan_buffer: Vec<Shard>,
@@ -282,7 +316,10 @@ pub async fn execute(spec: RunSpec) -> Result<RunResult, RunError> {
     // does not wake up at all.
     while !coordinator.is_finished() {
         tokio::select! {
-            planned = shards.recv(), if coordinator.can_take_shard() => coordinator.on_planned(planned).await,
+            planned = shards.recv(), if coordinator.can_take_shard() => {
+                let batch = coordinator.with_ready_shards(planned, &mut shards);
+                coordinator.on_planned_batch(batch).await
+            }
             Some(done) = results_rx.recv() => coordinator.on_attempt_done(done),
             Some(msg) = msg_rx.recv() => coordinator.on_message(msg),
             _ = journal_tick.tick(), if coordinator.has_journal_work() => coordinator.flush_journal(),
@@ -326,6 +363,8 @@ impl Coordinator {
             records: BTreeMap::new(),
             durations: tail::Durations::default(),
             journal_buffer: Vec::new(),
+            commit_buffer: Vec::new(),
+            on_commit: spec.on_commit,
             journal_segment: 0,
             journal_writes: Vec::new(),
             plan_buffer: Vec::new(),
@@ -418,6 +457,53 @@ impl Coordinator {
         });
     }
 
+    /// The shard just planned, and (when shards are stored before they run) those that
+    /// wait behind it, up to the free slots: stored together, as one plan segment.
+    fn with_ready_shards(
+        &self,
+        first: Option<Result<Planned, PlanError>>,
+        shards: &mut mpsc::Receiver<Result<Planned, PlanError>>,
+    ) -> Vec<Option<Result<Planned, PlanError>>> {
+        let mut batch = vec![first];
+        if self.plans_first() {
+            let room = self.slots.as_ref().map_or(self.capacity, Vec::len);
+            while batch.len() < room {
+                match shards.try_recv() {
+                    Ok(planned) => batch.push(Some(planned)),
+                    Err(_) => break,
+                }
+            }
+        }
+        batch
+    }
+
+    fn plans_first(&self) -> bool {
+        self.watch.as_ref().is_some_and(|watch| watch.plan_first)
+    }
+
+    async fn on_planned_batch(&mut self, batch: Vec<Option<Result<Planned, PlanError>>>) {
+        if self.plans_first() {
+            let shards: Vec<Shard> = batch
+                .iter()
+                .filter_map(|planned| match planned {
+                    Some(Ok(Planned::Shard(shard))) => Some(shard.clone()),
+                    _ => None,
+                })
+                .collect();
+            if !shards.is_empty() {
+                let segment = self.plan_segment;
+                self.plan_segment += 1;
+                if let Err(e) = self.manifest.write_plan_segment(segment, &shards).await {
+                    self.fatal = Some(format!("storing the plan: {e}"));
+                    return;
+                }
+            }
+        }
+        for planned in batch {
+            self.on_planned(planned).await;
+        }
+    }
+
     async fn on_planned(&mut self, planned: Option<Result<Planned, PlanError>>) {
         match planned {
             Some(Ok(Planned::Shard(shard))) => {
@@ -444,7 +530,7 @@ impl Coordinator {
                         }
                     }
                 }
-                if self.record_plan {
+                if self.record_plan && !self.plans_first() {
                     self.plan_buffer.push(shard.clone());
                     if self.plan_buffer.len() >= PLAN_SEGMENT && self.watch.is_none() {
                         self.store_plan_segment();
@@ -491,6 +577,9 @@ impl Coordinator {
         if let Some(record) = prior {
             if record.status == ShardStatus::Ok {
                 if record.fingerprint == fingerprint {
+                    if let Some(listener) = &self.on_commit {
+                        listener.committed(std::slice::from_ref(&shard));
+                    }
                     self.stats.shards_skipped += 1;
                     self.events.emit(Event::Skipped);
                     self.records.insert(shard.id, record.clone());
@@ -608,7 +697,8 @@ impl Coordinator {
 
     /// The shard leaves flight: its slot is free again and its record goes to the journal.
     fn complete(&mut self, shard: u64, record: Option<ShardRecord>, slot: Slot) {
-        if let Some(flight) = self.in_flight.remove(&shard) {
+        let flight = self.in_flight.remove(&shard);
+        if let Some(flight) = &flight {
             self.bytes_in_flight -= flight.shard.bytes_in();
         }
         if let Some(free) = self.slots.as_mut() {
@@ -616,6 +706,9 @@ impl Coordinator {
         }
         let Some(record) = record else { return };
         let ok = record.status == ShardStatus::Ok;
+        if let (true, Some(_), Some(flight)) = (ok, &self.on_commit, flight) {
+            self.commit_buffer.push(flight.shard);
+        }
         if ok {
             self.stats.shards_ok += 1;
             self.durations.add(record.duration_ms);
@@ -670,12 +763,14 @@ impl Coordinator {
             return;
         }
         let records = std::mem::take(&mut self.journal_buffer);
+        let committed = std::mem::take(&mut self.commit_buffer);
         let segment = self.journal_segment;
         if !records.is_empty() {
             self.journal_segment += 1;
         }
         let manifest = self.manifest.clone();
         let run = self.run;
+        let listener = self.on_commit.clone();
         self.journal_writes.push(tokio::spawn(async move {
             if let Some((plan_segment, shards)) = plan {
                 manifest.write_plan_segment(plan_segment, &shards).await?;
@@ -683,7 +778,11 @@ impl Coordinator {
             if records.is_empty() {
                 return Ok(());
             }
-            manifest.write_journal_segment(run, segment, &records).await
+            manifest.write_journal_segment(run, segment, &records).await?;
+            if let Some(listener) = listener {
+                listener.committed(&committed);
+            }
+            Ok(())
         }));
     }
 
@@ -721,6 +820,13 @@ impl Coordinator {
         }
         for handle in std::mem::take(&mut self.plan_writes) {
             handle.await.expect("plan task")?;
+        }
+        if let Some(listener) = &self.on_commit {
+            if let Err(e) = listener.flush().await {
+                self.events.emit(Event::Note(format!(
+                    "warning: {e} (the job's manifest is complete; the group's offsets lag)"
+                )));
+            }
         }
         if let Some(fatal) = self.fatal.take() {
             return Err(RunError::Fatal(fatal));

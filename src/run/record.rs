@@ -95,10 +95,7 @@ fn last_words(stderr: &Kept) -> Option<String> {
 /// A log is stored when there is something to read: a failure, a retry, or guest output.
 pub(super) fn needs_log(flight: &InFlight, ok: bool) -> bool {
     !ok || flight.history.len() > 1
-        || flight
-            .history
-            .iter()
-            .any(|a| a.stderr.is_some() || (flight.shard.record_extension().is_none() && a.stdout.is_some()))
+        || flight.history.iter().any(|a| a.stderr.is_some() || (!flight.shard.is_records() && a.stdout.is_some()))
 }
 
 pub(super) async fn store_log(
@@ -123,7 +120,7 @@ pub(super) async fn store_log(
 /// not an output). Read from the slot's capture files in a blocking task.
 pub(super) fn compose_log(flight: &InFlight) -> impl std::future::Future<Output = Bytes> + Send + 'static {
     let shard = flight.shard.id;
-    let stdout_in_log = flight.shard.record_extension().is_none();
+    let stdout_in_log = !flight.shard.is_records();
     let parts: Vec<(String, Option<Kept>, Option<Kept>, bool)> = flight
         .history
         .iter()

@@ -28,5 +28,10 @@ pub async fn open(location: &Location, options: &StorageOptions) -> StorageResul
     match location {
         Location::Local(path) => Ok(Arc::new(local::LocalStorage::new(path.clone()))),
         Location::S3 { bucket, prefix } => Ok(Arc::new(s3::S3Storage::connect(bucket, prefix, options).await?)),
+        Location::Kafka { .. } => Err(StorageError::Service {
+            location: location.to_string(),
+            operation: "open",
+            message: "a Kafka topic is a source, not object storage".into(),
+        }),
     }
 }

@@ -1,0 +1,298 @@
+//! The topic as the run's source storage: a read-only store whose objects are partitions,
+//! read by offset range (`append_range("3", 100..200, stdin)` puts records 100 to 199 of
+//! partition 3 on a shard's stdin). Planning hands each shard's records over in memory
+//! (`keep`), so a shard staged soon after it was cut costs no second read; a retry, a
+//! resumed job or a shard whose records did not fit the cache reads its range again.
+
+use super::client::{append_record, classify, client_config, partitions_of, resolve_bounds, KafkaSourceError};
+use crate::job::{KafkaInput, KafkaStart, PartitionBounds, RecordFormat};
+use crate::location::Location;
+use crate::storage::{ObjectMeta, Storage, StorageError, StorageResult};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::Path;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+/// Records handed from planning to staging are kept up to this many bytes; beyond, a shard
+/// reads its range again when it is staged.
+const CACHE_BYTES: usize = 256 << 20;
+/// A range read that gets no record for this long fails (and its shard retries).
+const STALLED: Duration = Duration::from_secs(30);
+
+/// A shard's records as planning formatted them, or why they cannot be staged.
+type Payload = Result<Vec<u8>, String>;
+
+/// Shards' records between planning and staging, keyed by partition and first offset (the
+/// end is checked on the way out), and the bytes they hold.
+#[derive(Default)]
+struct Cache {
+    shards: HashMap<(i32, i64), (i64, Payload)>,
+    bytes: usize,
+}
+
+pub(crate) struct KafkaTopic {
+    /// This topic itself, for the blocking reads that must own it.
+    me: Weak<KafkaTopic>,
+    location: Location,
+    topic: String,
+    config: ClientConfig,
+    format: RecordFormat,
+    partitions: Vec<i32>,
+    cache: Mutex<Cache>,
+    /// Consumers that read a range before, kept for the next (a new one costs a connection).
+    readers: Mutex<Vec<BaseConsumer>>,
+}
+
+impl std::fmt::Debug for KafkaTopic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KafkaTopic({})", self.location)
+    }
+}
+
+impl KafkaTopic {
+    /// Checks that the brokers answer and the topic exists, and learns its partitions.
+    pub(crate) async fn connect(location: &Location, kafka: &KafkaInput) -> Result<Arc<Self>, KafkaSourceError> {
+        let Location::Kafka { brokers, topic } = location else { unreachable!("only kafka:// locations are topics") };
+        let config = client_config(brokers, kafka);
+        let (location, topic) = (location.clone(), topic.clone());
+        let format = kafka.format;
+        tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer = config.create().map_err(|e| classify(&location, e))?;
+            let partitions = partitions_of(&consumer, &location, &topic)?;
+            let readers = Mutex::new(vec![consumer]);
+            let cache = Mutex::new(Cache::default());
+            Ok(Arc::new_cyclic(|me| KafkaTopic {
+                me: me.clone(),
+                location,
+                topic,
+                config,
+                format,
+                partitions,
+                cache,
+                readers,
+            }))
+        })
+        .await
+        .expect("connecting does not panic")
+    }
+
+    pub(crate) fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    pub(crate) fn location(&self) -> &Location {
+        &self.location
+    }
+
+    pub(crate) fn format(&self) -> RecordFormat {
+        self.format
+    }
+
+    pub(crate) fn partitions(&self) -> &[i32] {
+        &self.partitions
+    }
+
+    /// A new consumer of this topic's brokers and group (it joins no group: fanout assigns).
+    pub(crate) fn consumer(&self, partition_eof: bool) -> Result<BaseConsumer, KafkaSourceError> {
+        let mut config = self.config.clone();
+        config.set("enable.partition.eof", if partition_eof { "true" } else { "false" });
+        config.create().map_err(|e| classify(&self.location, e))
+    }
+
+    /// Where each partition starts and ends for a new job.
+    pub(crate) async fn bounds(self: &Arc<Self>, start: KafkaStart) -> Result<Vec<PartitionBounds>, KafkaSourceError> {
+        let topic = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let consumer = topic.consumer(false)?;
+            resolve_bounds(&consumer, &topic.location, &topic.topic, &topic.partitions, start)
+        })
+        .await
+        .expect("reading offsets does not panic")
+    }
+
+    /// Keeps a shard's records for its staging, when the cache has room.
+    pub(crate) fn keep(&self, partition: i32, range: Range<i64>, payload: Payload) {
+        let size = payload.as_ref().map_or(0, Vec::len);
+        let mut cache = self.cache.lock().expect("cache lock");
+        if cache.bytes + size <= CACHE_BYTES {
+            cache.bytes += size;
+            cache.shards.insert((partition, range.start), (range.end, payload));
+        }
+    }
+
+    fn take(&self, partition: i32, range: &Range<i64>) -> Option<Payload> {
+        let mut cache = self.cache.lock().expect("cache lock");
+        let (end, payload) = cache.shards.remove(&(partition, range.start))?;
+        cache.bytes -= payload.as_ref().map_or(0, Vec::len);
+        (end == range.end).then_some(payload)
+    }
+
+    /// Reads records `range` of `partition` and formats them (blocking).
+    fn read_range(&self, partition: i32, range: Range<i64>) -> Payload {
+        let reader = self.readers.lock().expect("reader lock").pop();
+        let reader = match reader {
+            Some(reader) => reader,
+            None => self.consumer(true).map_err(|e| e.to_string())?,
+        };
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(&self.topic, partition, Offset::Offset(range.start))
+            .map_err(|e| e.to_string())?;
+        reader.assign(&assignment).map_err(|e| format!("partition {partition}: {e}"))?;
+        let read = self.read_assigned(&reader, partition, &range);
+        if read.is_ok() {
+            self.readers.lock().expect("reader lock").push(reader);
+        }
+        read
+    }
+
+    fn read_assigned(&self, reader: &BaseConsumer, partition: i32, range: &Range<i64>) -> Payload {
+        let mut out = Vec::new();
+        let mut next = range.start;
+        let mut progress = Instant::now();
+        let at = |offset: i64| format!("partition {partition} offset {offset}");
+        while next < range.end {
+            if progress.elapsed() > STALLED {
+                return Err(format!("{}: no record for {}s (is the broker up?)", at(next), STALLED.as_secs()));
+            }
+            match reader.poll(Duration::from_millis(100)) {
+                None => {}
+                Some(Ok(message)) if message.partition() == partition && message.offset() >= next => {
+                    let offset = message.offset();
+                    progress = Instant::now();
+                    if offset >= range.end {
+                        break;
+                    }
+                    append_record(&mut out, self.format, message.payload().unwrap_or_default())
+                        .map_err(|why| format!("the record at {} {why}", at(offset)))?;
+                    next = offset + 1;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(KafkaError::PartitionEOF(p))) if p == partition => {
+                    // The end of what the partition holds: what is missing below `range.end`
+                    // was compacted away, unless the partition holds less than the range.
+                    let (low, high) = reader
+                        .fetch_watermarks(&self.topic, partition, super::client::ANSWER_WITHIN)
+                        .map_err(|e| format!("{}: {e}", at(next)))?;
+                    if low > range.start {
+                        return Err(format!(
+                            "{}: the records from there to {low} are no longer kept by the topic (retention)",
+                            at(range.start)
+                        ));
+                    }
+                    if high >= range.end && self.position(reader, partition) >= range.end {
+                        break;
+                    }
+                    if high < range.end {
+                        return Err(format!("{}: the partition ends at {high}, before the shard's end", at(next)));
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(e)) => return Err(format!("{}: {e}", at(next))),
+            }
+        }
+        Ok(out)
+    }
+
+    fn position(&self, reader: &BaseConsumer, partition: i32) -> i64 {
+        let position = reader.position().ok();
+        match position.as_ref().and_then(|list| list.find_partition(&self.topic, partition)).map(|e| e.offset()) {
+            Some(Offset::Offset(offset)) => offset,
+            _ => -1,
+        }
+    }
+
+    fn not_objects(&self, operation: &'static str) -> StorageError {
+        StorageError::Service {
+            location: self.location.to_string(),
+            operation,
+            message: "a Kafka topic is read by partition and offset range only".into(),
+        }
+    }
+}
+
+#[async_trait]
+impl Storage for KafkaTopic {
+    fn root(&self) -> &Location {
+        &self.location
+    }
+
+    fn list(&self, _prefix: &str) -> BoxStream<'static, StorageResult<ObjectMeta>> {
+        Box::pin(futures::stream::iter([Err(self.not_objects("list"))]))
+    }
+
+    async fn list_dirs(&self, _prefix: &str) -> StorageResult<Vec<String>> {
+        Err(self.not_objects("list"))
+    }
+
+    async fn head(&self, _key: &str) -> StorageResult<Option<ObjectMeta>> {
+        Err(self.not_objects("head"))
+    }
+
+    async fn get(&self, _key: &str) -> StorageResult<Bytes> {
+        Err(self.not_objects("get"))
+    }
+
+    async fn get_range(&self, _key: &str, _range: Range<u64>) -> StorageResult<Bytes> {
+        Err(self.not_objects("get"))
+    }
+
+    async fn download(&self, _key: &str, _path: &Path) -> StorageResult<u64> {
+        Err(self.not_objects("get"))
+    }
+
+    /// `key` is a partition number and `range` offsets: the records are appended to `path`
+    /// in the job's record format.
+    async fn append_range(&self, key: &str, range: Range<u64>, path: &Path) -> StorageResult<u64> {
+        let partition: i32 = key.parse().map_err(|_| self.not_objects("read"))?;
+        let range = range.start as i64..range.end as i64;
+        let payload = match self.take(partition, &range) {
+            Some(payload) => payload,
+            None => {
+                let topic = self.me.upgrade().expect("a topic in use is alive");
+                let wanted = range.clone();
+                tokio::task::spawn_blocking(move || topic.read_range(partition, wanted))
+                    .await
+                    .expect("reading a range does not panic")
+            }
+        };
+        let failed =
+            |message: String| StorageError::Service { location: self.location.to_string(), operation: "read", message };
+        let payload = payload.map_err(failed)?;
+        let io = |source| StorageError::Io { location: path.display().to_string(), source };
+        use tokio::io::AsyncWriteExt;
+        let mut file = tokio::fs::OpenOptions::new().append(true).create(true).open(path).await.map_err(io)?;
+        file.write_all(&payload).await.map_err(io)?;
+        file.flush().await.map_err(io)?;
+        Ok(payload.len() as u64)
+    }
+
+    async fn put(&self, _key: &str, _data: Bytes) -> StorageResult<()> {
+        Err(self.not_objects("put"))
+    }
+
+    async fn upload(&self, _key: &str, _path: &Path) -> StorageResult<u64> {
+        Err(self.not_objects("put"))
+    }
+
+    async fn copy(&self, _from: &str, _to: &str) -> StorageResult<u64> {
+        Err(self.not_objects("copy"))
+    }
+
+    async fn delete(&self, _key: &str) -> StorageResult<()> {
+        Err(self.not_objects("delete"))
+    }
+
+    async fn check(&self, _for_writing: bool) -> StorageResult<()> {
+        Ok(())
+    }
+}
