@@ -8,6 +8,7 @@ mod examples;
 mod image;
 mod interrupt;
 mod k8s;
+mod kafka;
 mod lambda;
 mod pdf;
 mod records;
