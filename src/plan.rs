@@ -5,7 +5,7 @@
 //! record rules the bytes needed to find record ends) and writes nothing.
 
 use crate::events::{Event, EventSink};
-use crate::job::{Include, Job, PartitionBounds, ShardRule};
+use crate::job::{Include, Job, KafkaStart, PartitionBounds, ShardRule};
 use crate::kafka::{self, Cut, KafkaTopic};
 use crate::location::Location;
 use crate::storage::{self, DynStorage, ObjectMeta, StorageError, StorageOptions};
@@ -233,13 +233,12 @@ pub fn stream(job: &Job, source: Source, events: EventSink) -> mpsc::Receiver<Re
     let (tx, rx) = mpsc::channel(1024);
     let rule = job.input.shard.clone();
     let include = job.input.include.clone();
-    let bounds = job.input.kafka.as_ref().and_then(|kafka| kafka.bounds.clone());
+    let kafka = job.input.kafka.as_ref().map(|kafka| (kafka.start, kafka.bounds.clone()));
     tokio::spawn(async move {
         let started = std::time::Instant::now();
-        let planned = match (source.kafka.clone(), bounds) {
-            (Some(topic), Some(bounds)) => plan_topic(&tx, topic, bounds, rule, &events).await,
-            (Some(_), None) => unreachable!("a Kafka job's bounds are fixed before it is planned"),
-            (None, _) => plan_into(&tx, rule, include, source, &events).await,
+        let planned = match (source.kafka.clone(), kafka) {
+            (Some(topic), Some((start, bounds))) => plan_topic(&tx, topic, start, bounds, rule, &events).await,
+            _ => plan_into(&tx, rule, include, source, &events).await,
         };
         let result = planned.map(|mut totals| {
             totals.elapsed_ms = started.elapsed().as_millis() as u64;
@@ -417,14 +416,21 @@ pub(crate) fn shard_of_cut(grouper: &mut Grouper<'_>, topic: &KafkaTopic, cut: C
 }
 
 /// Plans a batch job over a topic: every partition between its bounds, in turn, each shard
-/// sent as it closes.
+/// sent as it closes (its records kept for staging).
 async fn plan_topic(
     tx: &mpsc::Sender<Result<Planned, PlanError>>,
     topic: Arc<KafkaTopic>,
-    bounds: Vec<PartitionBounds>,
+    start: KafkaStart,
+    bounds: Option<Vec<PartitionBounds>>,
     rule: ShardRule,
     events: &EventSink,
 ) -> Result<PlanTotals, PlanError> {
+    // A job fixes its bounds before it runs (so planning again cuts the same shards);
+    // `fanout plan` shows what a job started now would read.
+    let bounds = match bounds {
+        Some(bounds) => bounds,
+        None => topic.bounds(start).await?,
+    };
     let mut grouper = Grouper::new(rule.clone(), events);
     let (cut_tx, mut cuts) = mpsc::channel(64);
     let reading = topic.clone();

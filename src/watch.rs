@@ -390,6 +390,7 @@ fn watch_error(root: &Path, error: notify::Error) -> PlanError {
 }
 
 /// Where a watch that already ran goes on from.
+#[derive(Default)]
 pub struct ResumePoint {
     /// The objects its shards took, at the versions taken.
     pub seen: HashMap<String, Seen>,

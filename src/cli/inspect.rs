@@ -38,9 +38,10 @@ impl PlanArgs {
                 }
                 Planned::Done(totals) => {
                     let bytes = crate::units::format_size(totals.bytes);
+                    let things = if job.input.source.is_kafka() { "records" } else { "objects" };
                     let _ = writeln!(
                         out,
-                        "{} shards ({}), {} objects, {bytes} from {}",
+                        "{} shards ({}), {} {things}, {bytes} from {}",
                         totals.shards, job.input.shard, totals.objects, job.input.source
                     );
                 }

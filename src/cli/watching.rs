@@ -73,28 +73,9 @@ impl WatchArgs {
         let shutdown = Shutdown::default();
         watch_signals(shutdown.clone(), grace);
         let plan_first = source.kafka.is_some();
-        let shards = match source.kafka.clone() {
-            Some(topic) => watch::start_topic(TopicWatchSpec {
-                topic,
-                job: job.clone(),
-                from: std::mem::take(&mut continued.resume.topic_from),
-                first_id: continued.resume.next_id,
-                redo: continued.resume.redo,
-                once: self.once,
-                stop: shutdown.soft.clone(),
-                events: events.clone(),
-            }),
-            None => watch::start(WatchSpec {
-                job: job.clone(),
-                source,
-                seen: continued.resume.seen,
-                first_id: continued.resume.next_id,
-                redo: continued.resume.redo,
-                once: self.once,
-                stop: shutdown.soft.clone(),
-                events: events.clone(),
-            }),
-        };
+        let resume = std::mem::take(&mut continued.resume);
+        let object_shards = resume.object_shards.clone();
+        let shards = start_watching(&job, source, resume, self.once, &shutdown, &events);
         let (snapshots, snapshot_rx) = mpsc::unbounded_channel();
         let reporter = Reporter {
             manifest: manifest.clone(),
@@ -124,12 +105,7 @@ impl WatchArgs {
             staging_root,
             events,
             shutdown,
-            watch: Some(WatchRun {
-                plan_segments: continued.plan_segments,
-                snapshots,
-                object_shards: continued.resume.object_shards,
-                plan_first,
-            }),
+            watch: Some(WatchRun { plan_segments: continued.plan_segments, snapshots, object_shards, plan_first }),
             on_commit: group.map(|group| group as Arc<dyn CommitListener>),
         };
         let result = run::execute(RunSpec { setup, shards }).await;
@@ -137,6 +113,40 @@ impl WatchArgs {
         let _ = progress.await;
         let reporter = reporter.await.map_err(failed)?;
         finish(result.map_err(failed)?, reporter, &origins, self.output).await
+    }
+}
+
+/// The watcher of the job's source: a topic's, or a folder's or prefix's.
+fn start_watching(
+    job: &Job,
+    source: crate::plan::Source,
+    resume: watch::ResumePoint,
+    once: bool,
+    shutdown: &Shutdown,
+    events: &EventSink,
+) -> mpsc::Receiver<Result<crate::plan::Planned, crate::plan::PlanError>> {
+    let (stop, events) = (shutdown.soft.clone(), events.clone());
+    match source.kafka.clone() {
+        Some(topic) => watch::start_topic(TopicWatchSpec {
+            topic,
+            job: job.clone(),
+            from: resume.topic_from,
+            first_id: resume.next_id,
+            redo: resume.redo,
+            once,
+            stop,
+            events,
+        }),
+        None => watch::start(WatchSpec {
+            job: job.clone(),
+            source,
+            seen: resume.seen,
+            first_id: resume.next_id,
+            redo: resume.redo,
+            once,
+            stop,
+            events,
+        }),
     }
 }
 
@@ -310,15 +320,7 @@ async fn continue_or_begin(job: &Job, dest: &DynStorage, load: &LoadReport) -> R
             document,
             prior: Journal::default(),
             plan_segments: 0,
-            resume: watch::ResumePoint {
-                seen: Default::default(),
-                topic_first: Default::default(),
-                topic_from: Default::default(),
-                topic_done: Vec::new(),
-                object_shards: Default::default(),
-                redo: Vec::new(),
-                next_id: 0,
-            },
+            resume: watch::ResumePoint::default(),
         });
     };
     check_compatible(&document, job, load).map_err(|_| {

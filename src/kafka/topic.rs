@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 /// Records handed from planning to staging are kept up to this many bytes; beyond, a shard
 /// reads its range again when it is staged.
 const CACHE_BYTES: usize = 256 << 20;
+/// The longest a watching consumer's fetch waits at the end of a partition (milliseconds).
+const FOLLOW_FETCH_WAIT: &str = "100";
 /// A range read that gets no record for this long fails (and its shard retries).
 const STALLED: Duration = Duration::from_secs(30);
 
@@ -103,8 +105,22 @@ impl KafkaTopic {
 
     /// A new consumer of this topic's brokers and group (it joins no group: fanout assigns).
     pub(crate) fn consumer(&self, partition_eof: bool) -> Result<BaseConsumer, KafkaSourceError> {
+        self.consumer_with(&[("enable.partition.eof", if partition_eof { "true" } else { "false" })])
+    }
+
+    /// A consumer that waits at most `FOLLOW_FETCH_WAIT` in a fetch at the end of a
+    /// partition (librdkafka's default is 500 ms), so that a watch sees a record soon after
+    /// it is produced, from brokers that do not answer a waiting fetch early.
+    pub(crate) fn follower(&self, partition_eof: bool) -> Result<BaseConsumer, KafkaSourceError> {
+        let eof = if partition_eof { "true" } else { "false" };
+        self.consumer_with(&[("enable.partition.eof", eof), ("fetch.wait.max.ms", FOLLOW_FETCH_WAIT)])
+    }
+
+    fn consumer_with(&self, settings: &[(&str, &str)]) -> Result<BaseConsumer, KafkaSourceError> {
         let mut config = self.config.clone();
-        config.set("enable.partition.eof", if partition_eof { "true" } else { "false" });
+        for (key, value) in settings {
+            config.set(*key, *value);
+        }
         config.create().map_err(|e| classify(&self.location, e))
     }
 

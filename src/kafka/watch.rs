@@ -4,10 +4,11 @@
 //! shard in the plan before it runs (see `run`), so a restart never cuts a range twice.
 //! Numbering the shards and sending them on is `crate::watch`'s part.
 
+use super::client::{KafkaSourceError, ANSWER_WITHIN};
 use super::cut::{Cut, Cutter};
 use super::topic::KafkaTopic;
 use crate::job::ShardRule;
-use rdkafka::consumer::Consumer;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -26,27 +27,9 @@ pub(crate) fn follow(
     once: bool,
     stop: &CancellationToken,
     cuts: &mpsc::Sender<Cut>,
-) -> Result<(), super::client::KafkaSourceError> {
-    let consumer = topic.consumer(once)?;
-    let failed =
-        |message: String| super::client::KafkaSourceError::Client { location: topic.location().to_string(), message };
-    let mut assignment = TopicPartitionList::new();
-    let mut cutters = BTreeMap::new();
-    let mut ends = BTreeMap::new();
-    for &partition in topic.partitions() {
-        let start = from.get(&partition).copied().unwrap_or(0);
-        assignment
-            .add_partition_offset(topic.topic(), partition, Offset::Offset(start))
-            .map_err(|e| failed(e.to_string()))?;
-        cutters.insert(partition, Cutter::new(rule.clone(), topic.format(), partition, start));
-        if once {
-            let (_, high) = consumer
-                .fetch_watermarks(topic.topic(), partition, super::client::ANSWER_WITHIN)
-                .map_err(|e| failed(e.to_string()))?;
-            ends.insert(partition, high);
-        }
-    }
-    consumer.assign(&assignment).map_err(|e| failed(e.to_string()))?;
+) -> Result<(), KafkaSourceError> {
+    let consumer = topic.follower(once)?;
+    let (mut cutters, mut ends) = assign_all(&consumer, topic, rule, &from, once)?;
     let send = |cut: Cut| cuts.blocking_send(cut).is_ok();
     while !stop.is_cancelled() {
         if once && cutters.iter().all(|(p, c)| c.next_start() >= ends[p] && c.opened().is_none()) {
@@ -105,4 +88,36 @@ pub(crate) fn follow(
         }
     }
     Ok(())
+}
+
+/// Each partition's cutter, and (with `once`) the end it had when the watch started.
+type Assigned = (BTreeMap<i32, Cutter>, BTreeMap<i32, i64>);
+
+/// Assigns every partition at its offset in `from`, with a cutter for each; with `once`,
+/// also the end each partition has now.
+fn assign_all(
+    consumer: &BaseConsumer,
+    topic: &KafkaTopic,
+    rule: ShardRule,
+    from: &BTreeMap<i32, i64>,
+    once: bool,
+) -> Result<Assigned, KafkaSourceError> {
+    let failed = |message: String| KafkaSourceError::Client { location: topic.location().to_string(), message };
+    let mut assignment = TopicPartitionList::new();
+    let (mut cutters, mut ends) = (BTreeMap::new(), BTreeMap::new());
+    for &partition in topic.partitions() {
+        let start = from.get(&partition).copied().unwrap_or(0);
+        assignment
+            .add_partition_offset(topic.topic(), partition, Offset::Offset(start))
+            .map_err(|e| failed(e.to_string()))?;
+        cutters.insert(partition, Cutter::new(rule.clone(), topic.format(), partition, start));
+        if once {
+            let (_, high) = consumer
+                .fetch_watermarks(topic.topic(), partition, ANSWER_WITHIN)
+                .map_err(|e| failed(e.to_string()))?;
+            ends.insert(partition, high);
+        }
+    }
+    consumer.assign(&assignment).map_err(|e| failed(e.to_string()))?;
+    Ok((cutters, ends))
 }

@@ -150,8 +150,10 @@ fn a_batch_run_outputs_every_record_once_and_moves_the_group_to_the_end() {
 }
 
 #[test]
-#[cfg_attr(not(fanout_kafka_broker), ignore = "needs the Kafka test broker (scripts/test starts one)")]
-#[cfg_attr(not(fanout_s3_server), ignore = "needs the S3 test server (scripts/test starts one)")]
+#[cfg_attr(
+    not(all(fanout_kafka_broker, fanout_s3_server)),
+    ignore = "needs the Kafka test broker and the S3 test server (scripts/test starts both)"
+)]
 fn a_batch_run_into_s3_from_earliest_with_binary_records_length_prefixed() {
     let kafka = broker();
     let topic = kafka.topic("binary", 1);
@@ -314,6 +316,34 @@ fn a_watch_commits_bursts_within_twice_max_wait_and_idles_with_no_workers() {
     assert_eq!(committed, high, "the group follows the commits");
 }
 
+/// A broker started for one test (`scripts/test-kafka start`), stopped when dropped.
+struct OwnBroker {
+    env: BTreeMap<String, String>,
+}
+
+impl OwnBroker {
+    fn start() -> OwnBroker {
+        let started = Command::new(repo().join("scripts/test-kafka")).arg("start").output().unwrap();
+        assert!(started.status.success(), "{}", String::from_utf8_lossy(&started.stderr));
+        let env = String::from_utf8_lossy(&started.stdout)
+            .lines()
+            .filter_map(|line| line.strip_prefix("export ")?.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
+            .collect();
+        OwnBroker { env }
+    }
+
+    fn broker(&self) -> Broker {
+        Broker { address: self.env["FANOUT_TEST_KAFKA"].clone(), python: self.env["FANOUT_TEST_KAFKA_PYTHON"].clone() }
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        let _ = Command::new(repo().join("scripts/test-kafka")).arg("stop").envs(&self.env).status();
+    }
+}
+
 /// Produces `count` records from `first` in the background, a few hundred at a time.
 fn produce_slowly(kafka: &Broker, topic: &str, first: i64, count: i64) -> Child {
     let bursts = count / 200;
@@ -329,21 +359,8 @@ fn produce_slowly(kafka: &Broker, topic: &str, first: i64, count: i64) -> Child 
 #[cfg_attr(not(fanout_kafka_broker), ignore = "needs the Kafka test broker (scripts/test starts one)")]
 fn sigkills_of_a_watch_and_a_broker_restart_lose_and_double_nothing() {
     // A broker of its own: the restart must not disturb the other tests' broker.
-    let own = Command::new(repo().join("scripts/test-kafka")).arg("start").output().unwrap();
-    assert!(own.status.success(), "{}", String::from_utf8_lossy(&own.stderr));
-    let env: BTreeMap<String, String> = String::from_utf8_lossy(&own.stdout)
-        .lines()
-        .filter_map(|line| line.strip_prefix("export ")?.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
-        .collect();
-    struct Stop(BTreeMap<String, String>);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            let _ = Command::new(repo().join("scripts/test-kafka")).arg("stop").envs(&self.0).status();
-        }
-    }
-    let _stop = Stop(env.clone());
-    let kafka = Broker { address: env["FANOUT_TEST_KAFKA"].clone(), python: env["FANOUT_TEST_KAFKA_PYTHON"].clone() };
+    let own = OwnBroker::start();
+    let (env, kafka) = (&own.env, own.broker());
     let topic = kafka.topic("kills", 3);
     let work = tempfile::tempdir().unwrap();
     let dest = work.path().join("out");
@@ -362,7 +379,7 @@ fn sigkills_of_a_watch_and_a_broker_restart_lose_and_double_nothing() {
         watcher.child.wait().unwrap();
         if trial == 2 {
             // The broker goes away mid-stream and comes back with its data.
-            let restarted = Command::new(repo().join("scripts/test-kafka")).arg("restart").envs(&env).output().unwrap();
+            let restarted = Command::new(repo().join("scripts/test-kafka")).arg("restart").envs(env).output().unwrap();
             assert!(restarted.status.success(), "{}", String::from_utf8_lossy(&restarted.stderr));
         }
         assert!(producer.wait().unwrap().success(), "the producer of trial {trial}");
@@ -371,17 +388,38 @@ fn sigkills_of_a_watch_and_a_broker_restart_lose_and_double_nothing() {
     let log = work.path().join("last.log");
     let mut watcher = Watcher::start(&url, &dest, "kills", &log, &[]);
     std::thread::sleep(Duration::from_secs(2));
-    let restarted = Command::new(repo().join("scripts/test-kafka")).arg("restart").envs(&env).output().unwrap();
+    let restarted = Command::new(repo().join("scripts/test-kafka")).arg("restart").envs(env).output().unwrap();
     assert!(restarted.status.success(), "{}", String::from_utf8_lossy(&restarted.stderr));
     let mut producer = produce_slowly(&kafka, &topic, produced, 1000);
     produced += 1000;
     assert!(producer.wait().unwrap().success());
-    wait_for("every record committed after the restart", Duration::from_secs(90), || {
-        ids_in_outputs(&dest).len() as i64 == produced
-    });
+    // What the topic holds, read by the independent client: a producer that met the broker's
+    // restart may have lost records (or, retrying, written one twice); fanout owes an output
+    // for each record the topic holds, once.
+    let in_topic: BTreeMap<String, i64> = serde_json::from_str(&kafka.tool(&["ids", &topic])).unwrap();
+    let mut expected: BTreeMap<i64, u32> = BTreeMap::new();
+    for id in in_topic.values() {
+        *expected.entry(*id).or_insert(0) += 1;
+    }
+    if expected.len() as i64 != produced || in_topic.len() != expected.len() {
+        eprintln!("note: the topic holds {} records, {} ids, of {produced} produced", in_topic.len(), expected.len());
+    }
+    let until = Instant::now() + Duration::from_secs(90);
+    while ids_in_outputs(&dest) != expected {
+        if Instant::now() > until {
+            let (ids, text) = (ids_in_outputs(&dest), std::fs::read_to_string(&log).unwrap_or_default());
+            let missing: Vec<&i64> = expected.keys().filter(|id| !ids.contains_key(id)).take(20).collect();
+            let wrong: Vec<(&i64, &u32)> = ids.iter().filter(|(id, n)| expected.get(id) != Some(n)).take(20).collect();
+            panic!("outputs differ from the topic: missing {missing:?}, counts differ {wrong:?}\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     std::thread::sleep(Duration::from_secs(2));
     watcher.kill();
-    assert_each_once(&ids_in_outputs(&dest), 0..produced);
+    assert_eq!(ids_in_outputs(&dest), expected, "each record of the topic output exactly once");
+    // tansu may drop what it acknowledged just before a restart (up to 1,600 of 11,000 here):
+    // the check above is against what it kept, which must still be most of the stream.
+    assert!(expected.len() as i64 > produced / 2, "the broker kept only {} records", expected.len());
     // One watch job throughout, its journal holding each shard once.
     let job = job_dir(&dest);
     let text = std::fs::read_to_string(&log).unwrap();
