@@ -345,11 +345,7 @@ impl Launch {
         let result = result.map_err(failed)?;
         if new_job && result.records.is_empty() && result.stats.shards_total == 0 {
             // Planning failed before the first shard: nothing ran and nothing was written.
-            if let Some(PlanError::NoRecords(topic)) = &result.plan_failure {
-                // A topic read up to its end is not a mistake: a scheduled job finds nothing new.
-                if !quiet {
-                    eprintln!("fanout: {topic}: no records after the start position: nothing to do");
-                }
+            if nothing_new(&result, quiet) {
                 return Ok(EXIT_OK);
             }
             return Err(match result.plan_failure {
@@ -400,6 +396,16 @@ async fn fix_topic_bounds(
     kafka.bounds = Some(bounds);
     let group = GroupOffsets::start(topic, starts).map_err(|e| usage(anyhow!("input.source: {e}")))?;
     Ok((job, Some(group)))
+}
+
+/// A topic read up to its end is not a mistake: a scheduled job finds nothing new, says so,
+/// and writes nothing.
+fn nothing_new(result: &RunResult, quiet: bool) -> bool {
+    let Some(PlanError::NoRecords(topic)) = &result.plan_failure else { return false };
+    if !quiet {
+        eprintln!("fanout: {topic}: no records after the start position: nothing to do");
+    }
+    true
 }
 
 /// The job's reduce step over the map's committed outputs.

@@ -86,6 +86,14 @@ fn enrich() -> String {
     function("enrich").to_str().unwrap().to_string()
 }
 
+/// `fanout run` of examples/enrich over `url` into `dest` (in `cwd`), as job `name`.
+fn run_enrich(cwd: &Path, url: &str, dest: &str, name: &str, flags: &[&str]) -> Ran {
+    let wasm = enrich();
+    let mut args = vec!["run", "--input", url, "--function", &wasm, "--output", dest, "--name", name];
+    args.extend_from_slice(flags);
+    run_in(cwd, &args)
+}
+
 #[test]
 #[cfg_attr(not(fanout_kafka_broker), ignore = "needs the Kafka test broker (scripts/test starts one)")]
 fn a_batch_run_outputs_every_record_once_and_moves_the_group_to_the_end() {
@@ -95,22 +103,7 @@ fn a_batch_run_outputs_every_record_once_and_moves_the_group_to_the_end() {
     let work = tempfile::tempdir().unwrap();
     let url = kafka.url(&topic);
     let started = Instant::now();
-    let ran = run_in(
-        work.path(),
-        &[
-            "run",
-            "--input",
-            &url,
-            "--function",
-            &enrich(),
-            "--output",
-            "out",
-            "--shard",
-            "rows=7000",
-            "--name",
-            "batch",
-        ],
-    );
+    let ran = run_enrich(work.path(), &url, "out", "batch", &["--shard", "rows=7000"]);
     ran.assert_code(0);
     eprintln!("kafka batch: 100000 records in {:.2}s", started.elapsed().as_secs_f64());
     let dest = work.path().join("out");
@@ -135,15 +128,13 @@ fn a_batch_run_outputs_every_record_once_and_moves_the_group_to_the_end() {
     assert!(high.values().all(|&end| end == 25_000), "{high:?}");
 
     // Nothing new: a scheduled run finds nothing to do and writes no job.
-    let again =
-        run_in(work.path(), &["run", "--input", &url, "--function", &enrich(), "--output", "again", "--name", "batch"]);
+    let again = run_enrich(work.path(), &url, "again", "batch", &[]);
     again.assert_code(0);
     assert!(again.stderr.contains("nothing to do"), "{}", again.stderr);
     assert!(!work.path().join("again").exists());
     // New records: the next run of the group reads only those.
     kafka.tool(&["produce", &topic, "100000", "1000"]);
-    run_in(work.path(), &["run", "--input", &url, "--function", &enrich(), "--output", "next", "--name", "batch"])
-        .assert_code(0);
+    run_enrich(work.path(), &url, "next", "batch", &[]).assert_code(0);
     assert_each_once(&ids_in_outputs(&work.path().join("next")), 100_000..101_000);
     let (committed, high) = kafka.offsets(&topic, "batch");
     assert_eq!(committed, high);
@@ -454,30 +445,8 @@ fn hostile_records_fail_their_ranges_only_hold_the_group_back_and_redrive_finish
     kafka.tool(&args);
     let work = tempfile::tempdir().unwrap();
     let url = kafka.url(&topic);
-    let ran = run_in(
-        work.path(),
-        &[
-            "run",
-            "--input",
-            &url,
-            "--function",
-            &enrich(),
-            "--output",
-            "out",
-            "--shard",
-            "rows=10",
-            "--name",
-            "hostile",
-            "--timeout",
-            "2s",
-            "--memory",
-            "64MiB",
-            "--attempts",
-            "1",
-            "--backoff",
-            "10ms",
-        ],
-    );
+    let limits = ["--timeout", "2s", "--memory", "64MiB", "--attempts", "1", "--backoff", "10ms"];
+    let ran = run_enrich(work.path(), &url, "out", "hostile", &[&["--shard", "rows=10"][..], &limits].concat());
     ran.assert_code(1);
     let dest = work.path().join("out");
     let job = job_dir(&dest);
