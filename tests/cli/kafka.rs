@@ -141,6 +141,45 @@ fn a_batch_run_outputs_every_record_once_and_moves_the_group_to_the_end() {
 }
 
 #[test]
+#[cfg_attr(not(fanout_kafka_broker), ignore = "needs the Kafka test broker (scripts/test starts one)")]
+fn a_batch_run_killed_mid_job_resumes_to_every_record_once() {
+    let kafka = broker();
+    let topic = kafka.topic("resume", 2);
+    kafka.tool(&["produce", &topic, "0", "40000"]);
+    let work = tempfile::tempdir().unwrap();
+    let (url, wasm) = (kafka.url(&topic), enrich());
+    let args = ["run", "--input", &url, "--function", &wasm, "--output", "out", "--name", "resume"];
+    let mut child = fanout()
+        .current_dir(work.path())
+        .args(args)
+        .args(["--shard", "rows=250", "--max-workers", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let dest = work.path().join("out");
+    let parts = |dest: &Path| {
+        std::fs::read_dir(dest).map_or(0, |dir| {
+            dir.filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("part-")).count()
+        })
+    };
+    wait_for("a few shards", Duration::from_secs(60), || parts(&dest) >= 10);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let at_kill = parts(&dest);
+    assert!(at_kill < 160, "the job ended before it was killed");
+    let ran = run_in(work.path(), &[&args[..], &["--shard", "rows=250", "--resume", "--json"]].concat());
+    ran.assert_code(0);
+    let summary: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    assert!(summary["shards"]["skipped"].as_u64().unwrap() > 0, "the resume redid committed shards: {summary}");
+    assert_eq!(summary["shards"]["ok"].as_u64().unwrap(), 160);
+    assert_each_once(&ids_in_outputs(&dest), 0..40_000);
+    assert_eq!(parts(&dest), 160, "one output a range, whichever run wrote it");
+    let (committed, high) = kafka.offsets(&topic, "resume");
+    assert_eq!(committed, high);
+}
+
+#[test]
 #[cfg_attr(
     not(all(fanout_kafka_broker, fanout_s3_server)),
     ignore = "needs the Kafka test broker and the S3 test server (scripts/test starts both)"
