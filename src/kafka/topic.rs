@@ -67,9 +67,10 @@ impl KafkaTopic {
         let config = client_config(brokers, kafka);
         let (location, topic) = (location.clone(), topic.clone());
         let format = kafka.format;
+        let secured = kafka.settings.get("security.protocol").filter(|p| !p.eq_ignore_ascii_case("plaintext")).cloned();
         tokio::task::spawn_blocking(move || {
             let consumer: BaseConsumer = config.create().map_err(|e| classify(&location, e))?;
-            let partitions = partitions_of(&consumer, &location, &topic)?;
+            let partitions = partitions_of(&consumer, &location, &topic).map_err(|e| with_hint(e, secured))?;
             let readers = Mutex::new(vec![consumer]);
             let cache = Mutex::new(Cache::default());
             Ok(Arc::new_cyclic(|me| KafkaTopic {
@@ -233,6 +234,21 @@ impl KafkaTopic {
             operation,
             message: "a Kafka topic is read by partition and offset range only".into(),
         }
+    }
+}
+
+/// A broker that refuses a TLS or SASL handshake closes the connection, which librdkafka
+/// reports as if nobody answered: say that the settings may be the cause.
+fn with_hint(error: KafkaSourceError, secured: Option<String>) -> KafkaSourceError {
+    match (error, secured) {
+        (KafkaSourceError::Unreachable { location, message }, Some(protocol)) => KafkaSourceError::Unreachable {
+            location,
+            message: format!(
+                "{message}; with security.protocol = {protocol}, a handshake the brokers refuse looks the same: \
+                 check input.kafka.settings and FANOUT_KAFKA_SASL_USERNAME, FANOUT_KAFKA_SASL_PASSWORD"
+            ),
+        },
+        (error, _) => error,
     }
 }
 

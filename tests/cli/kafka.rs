@@ -569,4 +569,29 @@ fn bad_kafka_input_is_one_line_exit_2_and_writes_nothing() {
         "{}",
         ran.stderr
     );
+    // Credentials from the environment that the broker cannot take (tansu speaks no SASL):
+    // refused before anything runs, the message pointing at the settings.
+    let job = work.path().join("sasl.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "[input]\nsource = \"{url}\"\n[input.kafka]\n\
+             settings = {{ \"security.protocol\" = \"SASL_PLAINTEXT\", \"sasl.mechanism\" = \"PLAIN\" }}\n\
+             [function]\nwasm = \"{wasm}\"\n[output]\ndest = \"out\"\n"
+        ),
+    )
+    .unwrap();
+    let ran: Ran = fanout()
+        .current_dir(work.path())
+        .args(["run", job.to_str().unwrap()])
+        .env("FANOUT_KAFKA_SASL_USERNAME", "fanout")
+        .env("FANOUT_KAFKA_SASL_PASSWORD", "wrong-password")
+        .output()
+        .unwrap()
+        .into();
+    ran.assert_code(2);
+    assert!(ran.stderr.contains("check input.kafka.settings"), "{}", ran.stderr);
+    assert_eq!(ran.stderr.trim().lines().count(), 1, "{}", ran.stderr);
+    assert!(!ran.stderr.contains("wrong-password"), "a credential in the error: {}", ran.stderr);
+    assert!(!work.path().join("out").exists());
 }
