@@ -206,13 +206,14 @@ impl S3Storage {
         Ok((object, total))
     }
 
-    /// Writes a response body into `file` from `offset` as it arrives, about 1 MiB per
-    /// write, stopping after `limit` bytes; returns the bytes written.
+    /// Writes a response body into `file` (at `target`) from `offset` as it arrives, about
+    /// 1 MiB per write, stopping after `limit` bytes; returns the bytes written. A failed
+    /// write names both the file and the object.
     async fn stream_into(
         &self,
         key: &str,
         mut body: ByteStream,
-        file: &std::sync::Arc<std::fs::File>,
+        (file, target): (&std::sync::Arc<std::fs::File>, &Path),
         offset: u64,
         limit: u64,
     ) -> StorageResult<u64> {
@@ -235,9 +236,12 @@ impl S3Storage {
             }
             let full = written + pending_len >= limit;
             if pending_len >= (1 << 20) || ((done || full) && pending_len > 0) {
-                write_chunks_at(file.clone(), std::mem::take(&mut pending), offset + written)
-                    .await
-                    .map_err(|e| StorageError::Io { location: String::new(), source: e })?;
+                write_chunks_at(file.clone(), std::mem::take(&mut pending), offset + written).await.map_err(|e| {
+                    StorageError::Io {
+                        location: format!("{} (downloading {})", target.display(), self.url(key)),
+                        source: e,
+                    }
+                })?;
                 written += std::mem::take(&mut pending_len);
             }
             if done || full {
@@ -291,7 +295,7 @@ impl S3Storage {
                             .into(),
                     }
                 } else if text.contains("credential") {
-                    StorageError::Credentials { location, message: first_line(&text) }
+                    StorageError::Credentials { location, message: credentials_message(&text) }
                 } else if failure.is_io() || failure.is_timeout() {
                     StorageError::Unreachable {
                         location,
@@ -299,7 +303,7 @@ impl S3Storage {
                         message: connector_message(&text),
                     }
                 } else {
-                    StorageError::Service { location, operation, message: first_line(&text) }
+                    StorageError::Service { location, operation, message: first_line(without_debug_dump(&text)) }
                 }
             }
             SdkError::TimeoutError(_) => {
@@ -324,8 +328,10 @@ impl S3Storage {
                     _ => StorageError::Service { location, operation, message: described },
                 }
             }
-            _ if text.contains("credential") => StorageError::Credentials { location, message: first_line(&text) },
-            _ => StorageError::Service { location, operation, message: first_line(&text) },
+            _ if text.contains("credential") => {
+                StorageError::Credentials { location, message: credentials_message(&text) }
+            }
+            _ => StorageError::Service { location, operation, message: first_line(without_debug_dump(&text)) },
         }
     }
 
@@ -530,7 +536,7 @@ impl S3Storage {
                     .build()
                     .await
                     .map_err(|e| StorageError::Io {
-                        location: path.display().to_string(),
+                        location: format!("{} (uploading to {})", path.display(), self.url(key)),
                         source: std::io::Error::other(e),
                     })?;
                 let part_number = index as i32 + 1;
@@ -578,10 +584,24 @@ fn first_line(text: &str) -> String {
     text.lines().next().unwrap_or_default().chars().take(300).collect()
 }
 
+/// The SDK's display chain without the debug dump it appends in parentheses
+/// ("... (DispatchFailure(DispatchFailure { source: ConnectorError ...").
+fn without_debug_dump(text: &str) -> &str {
+    let dumps = [" (DispatchFailure", " (ConstructionFailure", " (ResponseError", " (TimeoutError", " (ServiceError"];
+    let end = dumps.iter().filter_map(|dump| text.find(dump)).min().unwrap_or(text.len());
+    &text[..end]
+}
+
+/// Why the credentials found could not be used, and what to set instead.
+fn credentials_message(text: &str) -> String {
+    let why = without_debug_dump(text).rsplit(": ").next().map(first_line).unwrap_or_default();
+    format!("{why}; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE with its config files")
+}
+
 /// The innermost cause of a connection failure ("Connection refused (os error 111)"): the
 /// last link of the display chain, before the debug dump the SDK appends in parentheses.
 fn connector_message(text: &str) -> String {
-    let display = text.find(" (DispatchFailure").map(|end| &text[..end]).unwrap_or(text);
+    let display = without_debug_dump(text);
     display.rsplit(": ").next().map(first_line).unwrap_or_else(|| first_line(display))
 }
 
@@ -685,7 +705,10 @@ impl Storage for S3Storage {
     async fn download(&self, key: &str, target: &Path) -> StorageResult<u64> {
         use futures::{StreamExt, TryStreamExt};
         let full_key = self.full_key(key)?;
-        let write_error = |e: std::io::Error| StorageError::Io { location: target.display().to_string(), source: e };
+        let write_error = |e: std::io::Error| StorageError::Io {
+            location: format!("{} (downloading {})", target.display(), self.url(key)),
+            source: e,
+        };
         let read_error = |e: &dyn std::fmt::Display| StorageError::Service {
             location: self.url(key),
             operation: "GetObject",
@@ -729,7 +752,7 @@ impl Storage for S3Storage {
         }
         let file = std::sync::Arc::new(open(target).map_err(write_error)?);
         file.set_len(total).map_err(write_error)?;
-        let first_part = self.stream_into(key, first.body, &file, 0, RANGE_SIZE);
+        let first_part = self.stream_into(key, first.body, (&file, target), 0, RANGE_SIZE);
         let parts = total.div_ceil(RANGE_SIZE);
         let rest = futures::stream::iter(1..parts)
             .map(|index| {
@@ -738,7 +761,7 @@ impl Storage for S3Storage {
                     let start = index * RANGE_SIZE;
                     let expected = RANGE_SIZE.min(total - start);
                     let (part, _) = self.get_part(key, &full_key, start, expected).await?;
-                    let written = self.stream_into(key, part.body, &file, start, expected).await?;
+                    let written = self.stream_into(key, part.body, (&file, target), start, expected).await?;
                     if written != expected {
                         return Err(StorageError::Service {
                             location: self.url(key),
@@ -773,15 +796,15 @@ impl Storage for S3Storage {
             Err(SdkError::ServiceError(e)) if e.raw().status().as_u16() == 416 => return Ok(0),
             Err(e) => return Err(self.classify("GetObject", key, e)),
         };
-        let write_error = |e: std::io::Error| StorageError::Io { location: target.display().to_string(), source: e };
+        let write_error = |e: std::io::Error| StorageError::Io {
+            location: format!("{} (downloading {})", target.display(), self.url(key)),
+            source: e,
+        };
         // Not O_APPEND: positioned writes at the end, so the same streaming code serves both.
         let file = std::fs::OpenOptions::new().create(true).write(true).truncate(false).open(target);
         let file = std::sync::Arc::new(file.map_err(write_error)?);
         let end = file.metadata().map_err(write_error)?.len();
-        self.stream_into(key, object.body, &file, end, range.end - range.start).await.map_err(|e| match e {
-            StorageError::Io { location, source } if location.is_empty() => write_error(source),
-            other => other,
-        })
+        self.stream_into(key, object.body, (&file, target), end, range.end - range.start).await
     }
 
     async fn put(&self, key: &str, data: Bytes) -> StorageResult<()> {
@@ -791,7 +814,10 @@ impl Storage for S3Storage {
 
     async fn upload(&self, key: &str, path: &Path) -> StorageResult<u64> {
         let full_key = self.full_key(key)?;
-        let io_error = |e: std::io::Error| StorageError::Io { location: path.display().to_string(), source: e };
+        let io_error = |e: std::io::Error| StorageError::Io {
+            location: format!("{} (uploading to {})", path.display(), self.url(key)),
+            source: e,
+        };
         let size = tokio::fs::metadata(path).await.map_err(io_error)?.len();
         if size >= MULTIPART_THRESHOLD {
             self.upload_multipart(key, &full_key, path, size).await?;
@@ -815,6 +841,11 @@ impl Storage for S3Storage {
     }
 
     async fn concat(&self, parts: &[ObjectMeta], to: &str, _scratch: &Path) -> StorageResult<u64> {
+        // A multipart upload needs one part with a body: an empty result is one PUT.
+        if parts.iter().all(|part| part.size == 0) {
+            self.put(to, Bytes::new()).await?;
+            return Ok(0);
+        }
         let full_to = self.full_key(to)?;
         let upload_id = self.start_multipart(to, &full_to).await?;
         let completed = self.concat_parts(parts, to, &full_to, &upload_id).await;
@@ -870,5 +901,23 @@ impl Storage for S3Storage {
             .await
             .map(|_| ())
             .map_err(|e| self.classify("ListObjectsV2", "", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{connector_message, credentials_message};
+
+    #[test]
+    fn sdk_errors_read_as_one_line_without_the_debug_dump() {
+        let text = "dispatch failure: other: the credential provider was not enabled: no providers in chain \
+                    provided credentials (DispatchFailure(DispatchFailure { source: ConnectorError { kind: \
+                    Other(None), source: CredentialsNotLoaded(CredentialsNotLoaded { source: Some(\"x\") }) } }))";
+        let said = credentials_message(text);
+        assert!(said.starts_with("no providers in chain provided credentials; set AWS_ACCESS_KEY_ID"), "{said}");
+        assert!(!said.contains("DispatchFailure") && !said.contains('{'), "{said}");
+        let refused = "dispatch failure: io error: error trying to connect: tcp connect error: Connection refused \
+                       (os error 111) (DispatchFailure(DispatchFailure { source: ConnectorError { kind: Io } }))";
+        assert_eq!(connector_message(refused), "Connection refused (os error 111)");
     }
 }

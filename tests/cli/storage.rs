@@ -4,7 +4,7 @@
 use crate::common::*;
 use bytes::Bytes;
 use fanout::location::Location;
-use fanout::storage::{self, DynStorage, StorageError, StorageOptions};
+use fanout::storage::{self, DynStorage, ObjectMeta, StorageError, StorageOptions};
 use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 
@@ -101,6 +101,41 @@ async fn conformance(storage: DynStorage, scratch: &std::path::Path) {
     storage.put("e/empty", Bytes::new()).await.unwrap();
     assert_eq!(storage.download("e/empty", &scratch.join("empty")).await.unwrap(), 0);
     assert_eq!(std::fs::metadata(scratch.join("empty")).unwrap().len(), 0);
+
+    // list_after: only keys sorting after the one named, in order, across pages
+    let after: Vec<String> = storage.list_after("list/", "list/k0995").map_ok(|o| o.key).try_collect().await.unwrap();
+    let mut expected_after: Vec<String> = (996..1100).map(|i| format!("list/k{i:04}")).collect();
+    expected_after.push("list/sub/deeper".into());
+    assert_eq!(after, expected_after, "list_after from the middle of the second page");
+    let none: Vec<String> = storage.list_after("list/", "list/zzz").map_ok(|o| o.key).try_collect().await.unwrap();
+    assert!(none.is_empty(), "nothing sorts after the last key: {none:?}");
+
+    // copy: the whole object at its new key, the original untouched; a missing source fails
+    assert_eq!(storage.copy("f/big", "c/big-copy").await.unwrap(), big_bytes.len() as u64);
+    let copied = scratch.join("copied-big");
+    storage.download("c/big-copy", &copied).await.unwrap();
+    assert_eq!(Sha256::digest(std::fs::read(&copied).unwrap()), Sha256::digest(&big_bytes), "40 MiB copied");
+    assert_eq!(storage.copy("r/digits", "c/digits").await.unwrap(), 10);
+    assert_eq!(&storage.get("c/digits").await.unwrap()[..], b"0123456789");
+    assert_eq!(&storage.get("r/digits").await.unwrap()[..], b"0123456789");
+    assert!(storage.copy("c/none", "c/never").await.unwrap_err().is_not_found());
+    assert!(storage.head("c/never").await.unwrap().is_none(), "a failed copy leaves nothing");
+
+    // concat: small and large parts one after another, and an empty concatenation exists
+    let mut parts: Vec<ObjectMeta> = Vec::new();
+    for key in ["r/digits", "f/big", "e/empty", "f/small"] {
+        parts.push(storage.head(key).await.unwrap().unwrap());
+    }
+    let total = 10 + big_bytes.len() as u64 + 10;
+    assert_eq!(storage.concat(&parts, "c/joined", &scratch.join("concat")).await.unwrap(), total);
+    let joined = scratch.join("joined");
+    storage.download("c/joined", &joined).await.unwrap();
+    let mut expected_joined = b"0123456789".to_vec();
+    expected_joined.extend_from_slice(&big_bytes);
+    expected_joined.extend_from_slice(b"small file");
+    assert_eq!(Sha256::digest(std::fs::read(&joined).unwrap()), Sha256::digest(&expected_joined), "parts in order");
+    assert_eq!(storage.concat(&[], "c/nothing", &scratch.join("concat")).await.unwrap(), 0);
+    assert_eq!(storage.head("c/nothing").await.unwrap().unwrap().size, 0, "an empty concatenation exists");
 
     // delete: gone, and deleting again is fine
     storage.delete("a/one.txt").await.unwrap();
