@@ -218,12 +218,11 @@ fn tick_step(span: f64, target: f64) -> f64 {
     [1.0, 2.0, 5.0, 10.0].into_iter().map(|m| m * power).find(|step| *step >= raw).unwrap_or(10.0 * power)
 }
 
+/// A tick's label with as many decimals as its step needs: consecutive ticks never read
+/// alike ("0.02s 0.04s", not "0.0s 0.0s").
 fn seconds_label(seconds: f64, step: f64) -> String {
-    if step < 1.0 {
-        format!("{seconds:.1}s")
-    } else {
-        format!("{seconds:.0}s")
-    }
+    let decimals = (-step.log10() - 1e-9).ceil().max(0.0) as usize;
+    format!("{seconds:.decimals$}s")
 }
 
 fn escape(text: &str) -> String {
@@ -559,5 +558,19 @@ mod tests {
         assert_eq!(tick_step(37.0, 10.0), 5.0);
         assert_eq!(tick_step(0.8, 10.0), 0.1);
         assert_eq!(tick_step(250.0, 10.0), 50.0);
+    }
+
+    #[test]
+    fn tick_labels_differ_however_short_the_job() {
+        for span in [0.004, 0.08, 0.3, 0.8, 7.0, 37.0, 250.0] {
+            let step = tick_step(span, 10.0);
+            let labels: Vec<String> =
+                (0..=(span / step) as usize).map(|i| seconds_label(i as f64 * step, step)).collect();
+            let distinct: std::collections::BTreeSet<&String> = labels.iter().collect();
+            assert_eq!(distinct.len(), labels.len(), "span {span}: {labels:?}");
+        }
+        assert_eq!(seconds_label(0.04, 0.02), "0.04s");
+        assert_eq!(seconds_label(1.5, 0.5), "1.5s");
+        assert_eq!(seconds_label(20.0, 5.0), "20s");
     }
 }
