@@ -44,22 +44,42 @@ pub fn run_in(cwd: &Path, args: &[&str]) -> Ran {
     fanout().current_dir(cwd).args(args).output().expect("run fanout").into()
 }
 
-/// Builds one of the repository's function crates once per test binary and returns its .wasm.
-pub fn function(name: &str) -> PathBuf {
-    static BUILT: OnceLock<std::sync::Mutex<BTreeMap<String, PathBuf>>> = OnceLock::new();
-    let built = BUILT.get_or_init(Default::default);
-    let mut built = built.lock().unwrap();
-    if let Some(path) = built.get(name) {
-        return path.clone();
+/// Threads of process `pid` that are fanout's pool workers (named `fanout-worker-N`).
+pub fn worker_threads(pid: u32) -> usize {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("fanout-worker"))
+        .count()
+}
+
+/// Waits until `ready` holds, looking every `every`; fails the test naming `what` after
+/// `limit`. The one way tests wait: on a fact, never on a fixed sleep.
+pub fn eventually(what: &str, limit: std::time::Duration, every: std::time::Duration, mut ready: impl FnMut() -> bool) {
+    let until = std::time::Instant::now() + limit;
+    while !ready() {
+        assert!(std::time::Instant::now() < until, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(every);
     }
-    let dir = if name == "noop" || name == "copy" {
-        repo().join("bench").join(name)
-    } else {
-        repo().join("examples").join(name)
-    };
-    let path = fanout::function::build_crate(&dir, true).unwrap_or_else(|e| panic!("building {name}: {e}"));
-    built.insert(name.to_string(), path.clone());
-    path
+}
+
+/// Builds one of the repository's function crates once per test binary and returns its .wasm.
+/// Each crate has a lock of its own: tests that need different functions build them side
+/// by side instead of queueing behind one build (cargo's own lock on each crate's target
+/// folder keeps test processes from building the same crate twice at once).
+pub fn function(name: &str) -> PathBuf {
+    type Cells = std::sync::Mutex<BTreeMap<String, std::sync::Arc<OnceLock<PathBuf>>>>;
+    static BUILT: OnceLock<Cells> = OnceLock::new();
+    let cell = BUILT.get_or_init(Default::default).lock().unwrap().entry(name.to_string()).or_default().clone();
+    cell.get_or_init(|| {
+        let dir = if name == "noop" || name == "copy" {
+            repo().join("bench").join(name)
+        } else {
+            repo().join("examples").join(name)
+        };
+        fanout::function::build_crate(&dir, true).unwrap_or_else(|e| panic!("building {name}: {e}"))
+    })
+    .clone()
 }
 
 /// Writes `count` input files `{prefix}NN` holding one misbehave command each.

@@ -12,12 +12,8 @@ fn interrupt(child: &std::process::Child) {
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
 }
 
-fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
-    let until = Instant::now() + Duration::from_secs(60);
-    while !ready() {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+fn wait_until(what: &str, ready: impl FnMut() -> bool) {
+    eventually(what, Duration::from_secs(60), Duration::from_millis(10), ready);
 }
 
 /// Starts `fanout run` of the misbehave function over `in/` into `out/` with two workers,
@@ -73,15 +69,6 @@ fn first_ctrl_c_lets_running_attempts_finish_and_redrive_completes_the_job() {
     assert_eq!(summary["shards"]["ok"], 30);
     assert_eq!(summary["shards"]["skipped"].as_u64().unwrap(), done.len() as u64);
     assert_eq!(outputs(&out).len(), 30);
-}
-
-/// Threads of `pid` that are pool workers: attempts have been handed to the pool.
-fn worker_threads(pid: u32) -> usize {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
-    tasks
-        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
-        .filter(|name| name.starts_with("fanout-worker"))
-        .count()
 }
 
 /// Collects a child's stderr as it comes, so a test can wait for a message.

@@ -201,7 +201,11 @@ fn the_job_validates_and_its_pods_run_by_hand_give_the_local_executors_outputs()
 
     // The committer starts first and waits; a second one is refused while it runs.
     let follower = k8s.follow();
-    std::thread::sleep(Duration::from_secs(2));
+    let lease = format!("{prefix}k8s/_fanout/{}/k8s/committer.json", k8s.job_id);
+    eventually("the committer's lease", Duration::from_secs(30), Duration::from_millis(100), || {
+        boto3("print(len(s3.list_objects_v2(Bucket=bucket, Prefix=sys.argv[1]).get('Contents', [])))", &[&lease]).trim()
+            == "1"
+    });
     let second = run_in(&repo(), &["status", &dest, "--follow"]);
     second.assert_code(2);
     assert!(second.stderr.contains("another `fanout status --follow`"), "{}", second.stderr);

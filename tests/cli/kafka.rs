@@ -258,12 +258,8 @@ impl Drop for Watcher {
     }
 }
 
-fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let until = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn wait_for(what: &str, limit: Duration, done: impl FnMut() -> bool) {
+    eventually(what, limit, Duration::from_millis(20), done);
 }
 
 /// Committed shards' output keys of every job under `dest`, by (job, shard).

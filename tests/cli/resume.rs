@@ -3,7 +3,7 @@
 use crate::common::*;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const SHARDS: usize = 240;
 
@@ -15,12 +15,8 @@ fn job_args<'a>(wasm: &'a str, dest: &'a str) -> Vec<&'a str> {
     vec!["run", "--input", "in", "--function", wasm, "--output", dest, "--max-workers", "2"]
 }
 
-fn wait_for(what: &str, deadline: Duration, mut ready: impl FnMut() -> bool) {
-    let until = Instant::now() + deadline;
-    while !ready() {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+fn wait_for(what: &str, deadline: Duration, ready: impl FnMut() -> bool) {
+    eventually(what, deadline, Duration::from_millis(5), ready);
 }
 
 fn journal_segments(dest: &Path) -> usize {
