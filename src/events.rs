@@ -1,4 +1,4 @@
-//! Events: what a run reports as it goes. The coordinator and the pool emit them and never
+//! Events: what a run reports as it goes. The coordinator and the executors emit them and never
 //! print; progress bars, plain lines and JSON are consumers (see `report`). Owns only the
 //! event vocabulary and the channel that carries it.
 

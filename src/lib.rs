@@ -5,24 +5,26 @@
 //! The modules, each listed after every module it depends on (`scripts/check-imports
 //! --order` checks this, and that no files depend on each other in a loop):
 //! - [`location`], [`units`]: addresses (`s3://`, paths) and human sizes, durations, shares.
+//! - [`panics`]: the panic hook that tells a run of a panic in a thread it waits on.
 //! - [`aws`]: AWS settings more than one client reads (per-service endpoints).
 //! - [`storage`]: the storage trait with the local and S3 backends.
 //! - [`job`]: job file + flags -> one resolved job.
 //! - [`runtime`]: wasmtime: compile once (cached on disk), a fresh sandbox per invocation.
-//! - [`events`]: what a run reports as it goes (the coordinator and pool emit, reporters draw).
+//! - [`events`]: what a run reports as it goes (the coordinator and executors emit, reporters draw).
 //! - [`function`]: finding the function's bytes (a file, an object, or a crate to build).
-//! - [`kafka`]: a Kafka topic as a source: its offsets, ranges cut and read back, group offsets.
-//! - [`plan`]: the source listing -> a stream of shards.
+//! - [`source`]: where the data comes from and how it becomes shards: folders and S3
+//!   prefixes (through `storage`), big files cut into records (`records`), Kafka topics
+//!   (`kafka`: offsets, ranges cut and read back, group offsets), and `watch`, a source
+//!   followed for what arrives -> a stream of shards that never ends.
 //! - [`manifest`]: what fanout writes under `DEST/_fanout/<job-id>/`, and reading it back.
 //! - [`stage`]: inputs into a staging folder, outputs out of `/out` into DEST.
 //! - [`timeline`]: the SVG plot of a job's attempts.
-//! - [`watch`]: a source watched for new objects -> a stream of shards that never ends.
-//! - [`executor`]: the trait every executor implements (attempts in, outcomes out).
-//! - [`pool`]: worker threads that scale with the backlog and exit when idle.
-//! - [`lambda`]: AWS Lambda: the executor that invokes it, the worker it invokes, deploy.
-//! - [`slurm`]: Slurm: job arrays of `fanout worker` tasks, followed until they answer.
-//! - [`kubernetes`]: the Indexed Job `fanout k8s` prints, and the committer that follows it.
+//! - [`executor`]: the trait every executor implements (attempts in, outcomes out), and the
+//!   executors as siblings: `local` (worker threads that scale with the backlog and exit
+//!   when idle), `lambda`, `slurm`, `kubernetes`, and `remote`, what the remote ones share.
 //! - [`run`]: the coordinator of one run: staging, dispatch, retries, publishing, commits.
+//! - [`worker`]: the one worker that runs a request's attempts on a remote engine (the
+//!   Lambda runtime loop, `fanout worker` for Slurm array tasks and pods).
 //! - [`reduce`]: the step after the map: a tree of reduce invocations, or a concatenation.
 //! - [`report`]: progress, report.csv, summary.json.
 //! - [`cli`]: the command line and exit codes; the only place that prints errors.
@@ -35,20 +37,16 @@ pub(crate) mod events;
 pub(crate) mod executor;
 pub mod function;
 pub(crate) mod job;
-pub(crate) mod kafka;
-pub(crate) mod kubernetes;
-pub(crate) mod lambda;
 pub mod location;
 pub(crate) mod manifest;
-pub(crate) mod plan;
-pub(crate) mod pool;
+pub(crate) mod panics;
 pub(crate) mod reduce;
 pub(crate) mod report;
 pub(crate) mod run;
 pub(crate) mod runtime;
-pub(crate) mod slurm;
+pub(crate) mod source;
 pub(crate) mod stage;
 pub mod storage;
 pub(crate) mod timeline;
 pub(crate) mod units;
-pub(crate) mod watch;
+pub(crate) mod worker;

@@ -1,6 +1,6 @@
 //! Where data lives: `s3://bucket/prefix/`, `file:///abs/path/`, a plain path, or (as a source
 //! only) `kafka://HOST:PORT[,HOST:PORT...]/TOPIC`. Owns the parsing and printing of those
-//! addresses; it opens nothing (see `storage::open` and `kafka::KafkaTopic::connect`).
+//! addresses; it opens nothing (see `storage::open` and `source::kafka::KafkaTopic::connect`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};

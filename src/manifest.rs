@@ -18,8 +18,8 @@
 //! alone (the S3 client's policy); one that still fails is the caller's to report.
 
 use crate::job::Job;
-use crate::plan::{PlanTotals, Shard};
 use crate::runtime::{FunctionKind, OutcomeKind};
+use crate::source::{PlanTotals, Shard};
 use crate::storage::{DynStorage, StorageError};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};

@@ -14,9 +14,9 @@
 //! for overwriting cached pages here), and a remote input is written once per byte.
 
 use crate::manifest::FANOUT_DIR;
-use crate::plan::{Shard, ShardInput};
 use crate::runtime::capture::{Kept, Overflow};
 use crate::runtime::Invocation;
+use crate::source::{Shard, ShardInput};
 use crate::storage::local::blocking;
 use crate::storage::{validate_key, DynStorage, ObjectMeta, StorageError};
 use std::path::{Path, PathBuf};

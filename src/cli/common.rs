@@ -5,7 +5,7 @@ use super::exit::{usage, Failure};
 use crate::job::Origins;
 use crate::location::Location;
 use crate::manifest::{self, JobDocument};
-use crate::plan::PlanError;
+use crate::source::PlanError;
 use crate::storage::{self, DynStorage, StorageOptions};
 use anyhow::anyhow;
 

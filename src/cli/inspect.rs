@@ -5,11 +5,11 @@ use super::args::{PlanArgs, ReportArgs, StatusArgs};
 use super::common::{follow_command, open_job, plan_failure, redrive_command};
 use super::exit::{failed, usage, Failure, EXIT_OK};
 use crate::events::EventSink;
+use crate::executor::kubernetes;
 use crate::job::Executor;
-use crate::kubernetes;
 use crate::manifest::{self, Counts, JobDocument, Journal, Manifest, ShardStatus};
-use crate::plan::{self, Planned};
 use crate::report;
+use crate::source::{self, Planned};
 use anyhow::anyhow;
 use std::collections::HashSet;
 use std::io::Write;
@@ -17,9 +17,9 @@ use std::io::Write;
 impl PlanArgs {
     pub(super) async fn execute(self) -> Result<u8, Failure> {
         let (job, origins) = crate::job::resolve(&self.job).map_err(usage)?;
-        let source = plan::open_source(&job, &self.storage.options()).await.map_err(|e| plan_failure(e, &origins))?;
+        let source = source::open_source(&job, &self.storage.options()).await.map_err(|e| plan_failure(e, &origins))?;
         let (events, _) = EventSink::channel();
-        let mut shards = plan::stream(&job, source, events);
+        let mut shards = source::stream(&job, source, events);
         let stdout = std::io::stdout();
         let mut out = std::io::BufWriter::new(stdout.lock());
         while let Some(planned) = shards.recv().await {

@@ -9,11 +9,11 @@ use super::common::{follow_command, open_job, plan_failure};
 use super::exit::{failed, usage, Failure, EXIT_OK};
 use super::running::{new_document, open_everything, Launch, Opened, Workers};
 use crate::events::EventSink;
+use crate::executor::kubernetes::{self, CommitterLease, JobSpec, Shares};
+use crate::executor::remote::protocol::{self, Order, Request};
 use crate::job::{self, Executor, Job, Origins};
-use crate::kubernetes::{self, CommitterLease, JobSpec, Shares};
-use crate::lambda::protocol::{self, Order, Request};
 use crate::manifest::{JobDocument, Manifest, PlanState};
-use crate::plan::{self, PlanTotals, Planned, Shard};
+use crate::source::{self, PlanTotals, Planned, Shard};
 use crate::stage::Call;
 use anyhow::anyhow;
 use bytes::Bytes;
@@ -107,9 +107,9 @@ impl K8sArgs {
 }
 
 /// Every shard of the job, planned before anything is stored.
-async fn plan_whole(job: &Job, source: plan::Source, origins: &Origins) -> Result<(Vec<Shard>, PlanTotals), Failure> {
+async fn plan_whole(job: &Job, source: source::Source, origins: &Origins) -> Result<(Vec<Shard>, PlanTotals), Failure> {
     let (events, _) = EventSink::channel();
-    let mut planned = plan::stream(job, source, events);
+    let mut planned = source::stream(job, source, events);
     let mut shards = Vec::new();
     while let Some(next) = planned.recv().await {
         match next.map_err(|e| plan_failure(e, origins))? {

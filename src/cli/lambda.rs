@@ -3,8 +3,8 @@
 
 use super::args::{LambdaArgs, LambdaCommand};
 use super::exit::{failed, usage, Failure, EXIT_OK};
-use crate::lambda::deploy::{self, Deployment};
-use crate::lambda::worker;
+use crate::executor::lambda::deploy::{self, Deployment};
+use crate::worker::lambda as worker;
 use anyhow::anyhow;
 
 impl LambdaArgs {

@@ -33,7 +33,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(exit::EXIT_JOB_FAILED);
         }
     };
-    let result = runtime.block_on(async {
+    let command = async {
         match cli.command {
             Command::Run(args) => args.execute().await,
             Command::Redrive(args) => args.execute().await,
@@ -45,7 +45,14 @@ pub fn main() -> ExitCode {
             Command::K8s(args) => args.execute().await,
             Command::Worker(args) => args.execute().await,
         }
-    });
+    };
+    // A panic that reached the command itself (its line was told to a run, not printed).
+    let Ok(result) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime.block_on(command))) else {
+        let line = crate::panics::last().unwrap_or_default();
+        eprintln!("fanout: error: an internal error (a bug in fanout) {line}");
+        runtime.shutdown_background();
+        return ExitCode::from(exit::EXIT_JOB_FAILED);
+    };
     // Worker threads may still be waiting out their idle time; nothing they hold matters now.
     runtime.shutdown_background();
     match result {

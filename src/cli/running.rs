@@ -6,20 +6,21 @@ use super::args::{OutputFlags, RedriveArgs, RunArgs};
 use super::common::{follow_command, open_job, plan_failure, redrive_command};
 use super::exit::{failed, usage, Failure, EXIT_JOB_FAILED, EXIT_OK};
 use crate::events::{Event, EventSink};
+use crate::executor::kubernetes::Follower;
+use crate::executor::lambda::{Capacity, LambdaExecutor, LambdaFunction, MAX_BATCH};
+use crate::executor::local::Pool;
+use crate::executor::remote::protocol;
+use crate::executor::remote::JobBase;
+use crate::executor::slurm::{self, SlurmExecutor, SlurmSettings};
 use crate::job::{self, Executor, Job, Origins};
-use crate::kafka::GroupOffsets;
-use crate::kubernetes::Follower;
-use crate::lambda::invoke::{Capacity, JobBase, LambdaExecutor, LambdaFunction, MAX_BATCH};
-use crate::lambda::protocol;
 use crate::location::Location;
 use crate::manifest::{self, FunctionIdentity, JobDocument, Journal, Manifest, PlanState};
-use crate::plan::{self, PlanError, PlanTotals, Planned};
-use crate::pool::Pool;
 use crate::reduce::{self, ReduceRecord, ReduceRun, ReduceSummary};
 use crate::report::{self, ProgressMode, Summary};
 use crate::run::{self, CommitListener, ExecutorFactory, RunResult, RunSetup, RunSpec, Shutdown};
 use crate::runtime::{Limits, LoadReport, Runtime};
-use crate::slurm::{self, SlurmExecutor, SlurmSettings};
+use crate::source::kafka::GroupOffsets;
+use crate::source::{self, PlanError, PlanTotals, Planned};
 use crate::storage::{self, DynStorage, StorageOptions};
 use anyhow::{anyhow, Context};
 use bytes::Bytes;
@@ -35,7 +36,7 @@ const FAILURES_SHOWN: usize = 5;
 /// What a job needs opened before it can run.
 pub(super) struct Opened {
     pub(super) dest: DynStorage,
-    pub(super) source: plan::Source,
+    pub(super) source: source::Source,
     pub(super) runtime: Arc<Runtime>,
     pub(super) load: LoadReport,
     /// Where a remote executor's workers are, and where they fetch the function.
@@ -63,7 +64,7 @@ pub(super) async fn open_everything(
     let dest =
         storage::open(&job.output.dest, options).await.map_err(|e| usage(anyhow!("{at_dest}output.dest: {e}")))?;
     dest.check(true).await.map_err(|e| usage(anyhow!("{at_dest}output.dest: {e}")))?;
-    let source = plan::open_source(job, options).await.map_err(|e| plan_failure(e, origins))?;
+    let source = source::open_source(job, options).await.map_err(|e| plan_failure(e, origins))?;
     let at_function = origins.prefix("function.wasm");
     let function = crate::function::load(&job.function.wasm, options, quiet)
         .await
@@ -321,7 +322,7 @@ impl Launch {
         watch_signals(shutdown.clone(), grace);
         let (dest_for_reduce, staging_for_reduce, hard) = (dest.clone(), staging_root.clone(), shutdown.hard.clone());
         let new_job = start.new_job;
-        let executor = executor_for(&job, &job_id, &dest, runtime, &load, workers, &events);
+        let executor = executor_for(&job, &job_id, &dest, runtime, &load, workers, &events)?;
         let setup = RunSetup {
             job: job.clone(),
             document: start.document,
@@ -384,7 +385,7 @@ impl Launch {
 async fn fix_topic_bounds(
     mut job: Job,
     continuing: Option<&JobDocument>,
-    source: &plan::Source,
+    source: &source::Source,
 ) -> Result<(Job, Option<Arc<GroupOffsets>>), Failure> {
     let (Some(kafka), Some(topic)) = (job.input.kafka.as_mut(), &source.kafka) else { return Ok((job, None)) };
     let stored = continuing.and_then(|document| document.job.input.kafka.as_ref()).and_then(|k| k.bounds.clone());
@@ -443,7 +444,7 @@ pub(super) fn executor_for(
     load: &LoadReport,
     workers: Workers,
     events: &EventSink,
-) -> ExecutorFactory {
+) -> Result<ExecutorFactory, Failure> {
     let base = |function_key| JobBase {
         job_id: job_id.to_string(),
         dest: dest.clone(),
@@ -451,7 +452,7 @@ pub(super) fn executor_for(
         function_key,
         function_sha256: load.sha256.clone(),
     };
-    match (&job.executor, workers) {
+    Ok(match (&job.executor, workers) {
         (Executor::Lambda { concurrency, batch, .. }, Workers::Lambda(lambda, function_key)) => {
             let base = base(function_key);
             let capacity = Capacity { concurrency: *concurrency, max_batch: batch.unwrap_or(MAX_BATCH) };
@@ -470,18 +471,22 @@ pub(super) fn executor_for(
             let (base, events) = (base(function_key), events.clone());
             Box::new(move |results| Box::new(Follower::new(base, results, events)))
         }
-        _ => {
+        (Executor::Local, Workers::Here) => {
             let (max, idle, events) = (job.workers.max, job.workers.idle(), events.clone());
             Box::new(move |results| Box::new(Pool::new(runtime, max, idle, results, events)))
         }
-    }
+        // Never quietly on another engine than the job names.
+        (executor, _) => {
+            return Err(failed(anyhow!("executor.kind: {executor:?} was opened for another engine (a bug in fanout)")))
+        }
+    })
 }
 
 /// A new job (its plan streamed from the source) or a continued one (its plan read back
 /// from the manifest when it was stored whole, else planned again).
 async fn start(
     job: &Job,
-    source: plan::Source,
+    source: source::Source,
     dest: &DynStorage,
     load: &LoadReport,
     continuing: Option<JobDocument>,
@@ -489,7 +494,7 @@ async fn start(
 ) -> Result<Start, Failure> {
     let Some(document) = continuing else {
         let document = new_document(job, load, false);
-        let shards = plan::stream(job, source, events.clone());
+        let shards = source::stream(job, source, events.clone());
         return Ok(Start { document, prior: Journal::default(), shards, record_plan: true, new_job: true });
     };
     events.emit(Event::Note(format!("continuing job {}", document.job_id)));
@@ -499,7 +504,8 @@ async fn start(
         // A watch's plan has no count: every segment stored so far, read back whole.
         _ if document.watch => {
             let (stored, _) = manifest.read_open_plan().await.map_err(failed)?;
-            let shards: std::collections::BTreeMap<u64, plan::Shard> = stored.into_iter().map(|s| (s.id, s)).collect();
+            let shards: std::collections::BTreeMap<u64, source::Shard> =
+                stored.into_iter().map(|s| (s.id, s)).collect();
             let totals = PlanTotals {
                 shards: shards.keys().next_back().map_or(0, |last| last + 1),
                 objects: 0,
@@ -522,7 +528,7 @@ async fn start(
             events.emit(Event::PlanComplete { total: totals.shards });
             (stored_plan(manifest, document.plan.segments, totals.clone()), false)
         }
-        _ => (plan::stream(job, source, events.clone()), true),
+        _ => (source::stream(job, source, events.clone()), true),
     };
     Ok(Start { document, prior, shards, record_plan, new_job: false })
 }

@@ -12,15 +12,15 @@ use super::running::{
 };
 use crate::events::{Event, EventSink};
 use crate::job::{self, Job};
-use crate::kafka::{GroupOffsets, KafkaTopic};
-use crate::manifest::{self, JobDocument, Journal, Manifest};
+use crate::manifest::{self, JobDocument, Journal, Manifest, ShardStatus};
 use crate::reduce::{self, ReduceRecord, ReduceSummary};
 use crate::report::{self, ProgressMode, Summary};
 use crate::run::{self, CommitListener, RunResult, RunSetup, RunSpec, Shutdown, WatchRun};
 use crate::runtime::LoadReport;
+use crate::source::kafka::{GroupOffsets, KafkaTopic};
+use crate::source::watch::{self, TopicWatchSpec, WatchSpec};
 use crate::storage::{DynStorage, StorageOptions};
 use crate::units;
-use crate::watch::{self, TopicWatchSpec, WatchSpec};
 use anyhow::anyhow;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -91,7 +91,7 @@ impl WatchArgs {
             reduced: None,
         };
         let reporter = tokio::spawn(reporter.keep_up(snapshot_rx));
-        let executor = executor_for(&job, &job_id, &dest, runtime, &load, workers, &events);
+        let executor = executor_for(&job, &job_id, &dest, runtime, &load, workers, &events)?;
         let setup = RunSetup {
             job: job.clone(),
             document: continued.document,
@@ -119,12 +119,12 @@ impl WatchArgs {
 /// The watcher of the job's source: a topic's, or a folder's or prefix's.
 fn start_watching(
     job: &Job,
-    source: crate::plan::Source,
+    source: crate::source::Source,
     resume: watch::ResumePoint,
     once: bool,
     shutdown: &Shutdown,
     events: &EventSink,
-) -> mpsc::Receiver<Result<crate::plan::Planned, crate::plan::PlanError>> {
+) -> mpsc::Receiver<Result<crate::source::Planned, crate::source::PlanError>> {
     let (stop, events) = (shutdown.soft.clone(), events.clone());
     match source.kafka.clone() {
         Some(topic) => watch::start_topic(TopicWatchSpec {
@@ -334,7 +334,8 @@ async fn continue_or_begin(job: &Job, dest: &DynStorage, load: &LoadReport) -> R
     let manifest = Manifest::new(dest.clone(), &document.job_id);
     let prior = manifest.read_journal().await.map_err(failed)?;
     let (plan, plan_segments) = manifest.read_open_plan().await.map_err(failed)?;
-    let resume = watch::resume_point(plan, &prior.latest);
+    let committed = prior.latest.iter().map(|(id, record)| (*id, record.status == ShardStatus::Ok)).collect();
+    let resume = watch::resume_point(plan, &committed);
     // A run that was not stopped cleanly may have been stopped mid-attempt: a new run
     // number keeps this run's journal segments apart from its.
     let mut prior = prior;

@@ -11,13 +11,13 @@
 //! Owns the Job's shape, the shares' layout and the reading of answers; it never talks to
 //! a cluster (kubectl does, and the pods read only DEST and the source).
 
+use super::remote::protocol::{Answer, ShardResult};
+use super::remote::{self, JobBase, Stored, WORKER_OVERHEAD_MB};
+pub use super::remote::{shares_prefix, Shares, SHARES};
+use super::{AttemptDone, Executor, Task};
 use crate::events::{Event, EventSink};
-use crate::executor::{AttemptDone, Executor, Task};
-use crate::lambda::invoke::{self, JobBase};
-use crate::lambda::protocol::{Answer, ShardResult};
 use crate::storage::DynStorage;
 use bytes::Bytes;
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -26,16 +26,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
-/// Beside the shares' requests: how the job was cut (see [`Shares`]).
-pub const SHARES: &str = "shares.json";
 /// Beside the shares' requests: who commits the job now, and when it last said so.
 const COMMITTER: &str = "committer.json";
 /// How often the committer looks for new answers.
 const FOLLOW_EVERY: Duration = Duration::from_secs(1);
 /// A committer that has not renewed its lease for this long is taken to be gone.
 const LEASE_LAPSES: Duration = Duration::from_secs(20);
-/// What `fanout worker` needs beside its guests: the runtime, staging, a storage client.
-const WORKER_OVERHEAD_MB: u64 = 256;
 /// A worker heard from within this long counts as running.
 const RECENTLY: Duration = Duration::from_secs(10);
 
@@ -45,28 +41,6 @@ pub enum KubernetesError {
     Committing(String, u64),
     #[error("{0}")]
     Storage(#[from] crate::storage::StorageError),
-}
-
-/// Where a job's shares live under DEST.
-pub fn shares_prefix(job_id: &str) -> String {
-    format!("{}/{job_id}/k8s/", crate::storage::FANOUT_DIR)
-}
-
-/// How a Kubernetes job's shards were cut into shares: share `i` holds the shards from
-/// `first_shards[i]` up to the next share's first, in the plan's order.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Shares {
-    pub first_shards: Vec<u64>,
-    /// Pods a share may use up (the Job's `backoffLimitPerIndex` + 1) before its shards fail.
-    pub pods_per_share: u32,
-    /// The Job's name, for messages that send the user to kubectl.
-    pub job_name: String,
-}
-
-impl Shares {
-    fn share_of(&self, shard: u64) -> usize {
-        self.first_shards.partition_point(|&first| first <= shard).saturating_sub(1)
-    }
 }
 
 /// What the printed Job is made of.
@@ -227,20 +201,7 @@ fn yaml_key(key: &str) -> String {
 
 /// The shards the pods have answered for successfully so far (committed or not).
 pub async fn answered(dest: &DynStorage, job_id: &str) -> HashSet<u64> {
-    let mut listing = dest.list(&shares_prefix(job_id));
-    let mut keys = Vec::new();
-    while let Some(Ok(object)) = listing.next().await {
-        if object.key.contains(".answer-") {
-            keys.push(object.key);
-        }
-    }
-    let answers: Vec<Option<Answer>> = futures::stream::iter(keys)
-        .map(|key| async move { serde_json::from_slice(&dest.get(&key).await.ok()?).ok() })
-        .buffer_unordered(16)
-        .collect()
-        .await;
-    let succeeded = |r: &ShardResult| r.outcome.is_ok() && matches!(r.outputs, Some(Ok(_)));
-    answers.into_iter().flatten().flat_map(|a| a.results).filter(succeeded).map(|r| r.shard).collect()
+    remote::succeeded_under(dest, &shares_prefix(job_id)).await.into_iter().map(|(r, _)| r.shard).collect()
 }
 
 /// The right to commit a job's answers, renewed while held: a second `fanout status
@@ -388,7 +349,7 @@ impl Inner {
                 let message = format!("{key}: {why} (was this job made by `fanout k8s`?)");
                 let owed: Vec<Task> = self.state().owed.drain().map(|(_, task)| task).collect();
                 for task in owed {
-                    let _ = self.results.send(invoke::failed(&task, SystemTime::now(), message.clone()));
+                    let _ = self.results.send(remote::failed(&task, SystemTime::now(), message.clone()));
                 }
                 self.state().following = false;
                 return;
@@ -421,45 +382,21 @@ impl Inner {
 
     /// Answers, end markers and worker errors stored since the last look.
     async fn read_new(&self, prefix: &str) {
-        let mut listing = self.base.dest.list(prefix);
-        let mut new = Vec::new();
-        while let Some(Ok(object)) = listing.next().await {
-            if !self.state().seen.contains(&object.key) {
-                new.push(object.key);
-            }
-        }
-        let fetched: Vec<(String, Option<Bytes>)> = futures::stream::iter(new)
-            .map(|key| async move {
-                let name = key.rsplit('/').next().unwrap_or_default();
-                let wanted = name.contains(".answer-") || name.contains(".error-");
-                let body = match wanted {
-                    true => self.base.dest.get(&key).await.ok(),
-                    false => None,
-                };
-                (key, body)
-            })
-            .buffer_unordered(16)
-            .collect()
-            .await;
+        let mut seen = std::mem::take(&mut self.state().seen);
+        let read = remote::read_new(&self.base.dest, prefix, &mut seen).await;
         let mut state = self.state();
-        for (key, body) in fetched {
-            let name = key.rsplit('/').next().unwrap_or_default().to_string();
-            let Some(index) = name.split('.').next().and_then(|i| i.parse::<usize>().ok()) else {
-                state.seen.insert(key);
-                continue;
-            };
-            if name.contains(".done-") {
-                state.finished.insert(index);
-            } else if name.contains(".error-") {
-                let said = body.map(|b| String::from_utf8_lossy(&b).trim().to_string()).unwrap_or_default();
-                state.errors.entry(index).or_default().push(said);
-                state.stats.worker_errors += 1;
-            } else if name.contains(".answer-") {
-                // An answer being written may read short: it is read again at the next look.
-                let Some(answer) = body.and_then(|b| serde_json::from_slice::<Answer>(&b).ok()) else { continue };
-                state.take_answer(answer);
+        state.seen = seen;
+        for (file, stored) in read {
+            match stored {
+                Stored::Done => {
+                    state.finished.insert(file.share);
+                }
+                Stored::Error(said) => {
+                    state.errors.entry(file.share).or_default().push(said);
+                    state.stats.worker_errors += 1;
+                }
+                Stored::Answer(answer) => state.take_answer(answer),
             }
-            state.seen.insert(key);
         }
     }
 
@@ -472,7 +409,7 @@ impl Inner {
         for (&shard, task) in owed.iter() {
             if let Some((result, environment)) = results.remove(&(shard, task.attempt)) {
                 let lane = lanes.get(&environment).copied().unwrap_or(0);
-                settled.push((shard, invoke::attempt_done(result, lane, &environment)));
+                settled.push((shard, remote::attempt_done(result, lane, &environment)));
                 continue;
             }
             let share = shares.share_of(shard);
@@ -496,7 +433,7 @@ impl Inner {
             } else {
                 continue;
             };
-            settled.push((shard, invoke::failed(task, SystemTime::now(), message)));
+            settled.push((shard, remote::failed(task, SystemTime::now(), message)));
         }
         for (shard, done) in settled {
             owed.remove(&shard);
@@ -520,7 +457,7 @@ impl State {
             self.results.entry((result.shard, result.attempt)).or_insert((result, environment.clone()));
         }
         let spans: Vec<(u64, u64)> = self.spans.values().copied().collect();
-        self.peak = self.peak.max(crate::slurm::most_at_once(&spans));
+        self.peak = self.peak.max(remote::most_at_once(&spans));
     }
 }
 
@@ -528,7 +465,7 @@ impl Executor for Follower {
     fn submit(&self, task: Task) {
         let mut state = self.0.state();
         if state.stopping {
-            let _ = self.0.results.send(invoke::not_run(&task));
+            let _ = self.0.results.send(remote::not_run(&task));
             return;
         }
         state.owed.insert(task.shard.id, task);
@@ -543,7 +480,7 @@ impl Executor for Follower {
         let mut state = self.0.state();
         state.stopping = true;
         for (_, task) in state.owed.drain() {
-            let _ = self.0.results.send(invoke::not_run(&task));
+            let _ = self.0.results.send(remote::not_run(&task));
         }
     }
 
@@ -566,6 +503,10 @@ impl Executor for Follower {
     fn stages_locally(&self) -> bool {
         false
     }
+
+    fn shards_in_flight(&self) -> usize {
+        remote::BATCH_ENGINE_IN_FLIGHT
+    }
 }
 
 #[cfg(test)]
@@ -585,12 +526,5 @@ mod tests {
         assert!(name.len() <= 63 && name.starts_with("fanout-thumbnails-"), "{name}");
         assert!(name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'), "{name}");
         assert!(!name.ends_with('-'));
-    }
-
-    #[test]
-    fn a_shard_belongs_to_the_share_that_starts_at_or_before_it() {
-        let shares = Shares { first_shards: vec![0, 4, 7], pods_per_share: 1, job_name: String::new() };
-        let found: Vec<usize> = (0..10).map(|shard| shares.share_of(shard)).collect();
-        assert_eq!(found, vec![0, 0, 0, 0, 1, 1, 1, 2, 2, 2]);
     }
 }

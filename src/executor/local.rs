@@ -1,11 +1,11 @@
-//! The worker pool: threads that run invocations, started while shards wait (up to
+//! The local executor, this machine's worker pool: threads that run invocations, started while shards wait (up to
 //! `workers.max`) and stopped after `workers.idle` without work, so an idle pool holds
 //! zero threads. Owns the scaling decisions and the per-worker cold/warm accounting. It
 //! runs what it is handed and reports back; it knows nothing of storage, retries or
 //! manifests (the coordinator in `run` owns those).
 
+use super::{AttemptDone, Executor, Task};
 use crate::events::{Event, EventSink};
-use crate::executor::{AttemptDone, Executor, Task};
 use crate::runtime::{InvocationReport, Outcome, Runtime};
 use crate::stage;
 use std::collections::VecDeque;
@@ -135,39 +135,83 @@ impl Pool {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("a worker runtime");
         let mut cold = true;
         while let Some((task, stopping)) = self.next_task() {
-            let started = SystemTime::now();
-            let ran = !(stopping || task.cancel.is_cancelled());
-            let report = if ran {
-                task.started.start(Instant::now());
-                if task.make_out_dir {
-                    let _ = std::fs::create_dir_all(&task.outputs.0);
-                }
-                runtime.block_on(self.runtime.invoke(&task.invocation, &task.cancel))
-            } else {
-                InvocationReport::not_run(Outcome::Cancelled)
-            };
-            // The guest just wrote /out: listing it here is a few cached metadata calls,
-            // cheaper than handing the attempt to another thread to do it.
-            let outputs = report.outcome.is_ok().then(|| stage::scan_outputs(&task.outputs.0, task.outputs.1));
-            let done = AttemptDone {
-                shard: task.shard.id,
-                attempt: task.attempt,
-                worker,
-                worker_name: None,
-                cold_start: cold && ran,
-                started,
-                finished: SystemTime::now(),
-                report,
-                outputs,
-            };
+            let (shard, attempt) = (task.shard.id, task.attempt);
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.run_task(&runtime, task, stopping, worker, cold)
+            }));
+            let (done, ran) = ran.unwrap_or_else(|_| {
+                // A bug in fanout, told to the run by the panic hook; the attempt still gets
+                // an answer (a worker process waits for one) and the thread goes on, so
+                // that queued attempts are answered too.
+                let message = "an internal error (a bug in fanout) ended this attempt".to_string();
+                let now = SystemTime::now();
+                let done = AttemptDone {
+                    shard,
+                    attempt,
+                    worker,
+                    worker_name: None,
+                    cold_start: false,
+                    started: now,
+                    finished: now,
+                    report: InvocationReport::not_run(Outcome::Error(message)),
+                    outputs: None,
+                };
+                (done, false)
+            });
             cold = cold && !ran;
             if self.results.send(done).is_err() {
                 // The run is over and nobody waits for results: leave.
-                let mut state = self.state.lock().expect("pool lock");
-                state.live -= 1;
+                self.leave();
                 return;
             }
         }
+    }
+
+    fn leave(&self) {
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.live -= 1;
+        let live = state.live;
+        drop(state);
+        self.events.emit(Event::Workers { live });
+    }
+
+    /// Runs one task (unless stopping or cancelled) and says how it went, and whether the
+    /// guest ran.
+    fn run_task(
+        &self,
+        runtime: &tokio::runtime::Runtime,
+        task: Task,
+        stopping: bool,
+        worker: u32,
+        cold: bool,
+    ) -> (AttemptDone, bool) {
+        crate::panics::injected("worker-thread");
+        let started = SystemTime::now();
+        let ran = !(stopping || task.cancel.is_cancelled());
+        let report = if ran {
+            task.started.start(Instant::now());
+            if task.make_out_dir {
+                let _ = std::fs::create_dir_all(&task.outputs.0);
+            }
+            runtime.block_on(self.runtime.invoke(&task.invocation, &task.cancel))
+        } else {
+            InvocationReport::not_run(Outcome::Cancelled)
+        };
+        // The guest just wrote /out: listing it here is a few cached metadata calls,
+        // cheaper than handing the attempt to another thread to do it.
+        let outputs = report.outcome.is_ok().then(|| stage::scan_outputs(&task.outputs.0, task.outputs.1));
+        let done = AttemptDone {
+            shard: task.shard.id,
+            attempt: task.attempt,
+            worker,
+            worker_name: None,
+            cold_start: cold && ran,
+            started,
+            finished: SystemTime::now(),
+            report,
+            outputs,
+        };
+        (done, ran)
     }
 }
 
@@ -186,6 +230,9 @@ impl Executor for Arc<Pool> {
     }
     fn peak(&self) -> usize {
         Pool::peak(self)
+    }
+    fn shards_in_flight(&self) -> usize {
+        (self.max * 4).max(16)
     }
 }
 

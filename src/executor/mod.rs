@@ -1,11 +1,21 @@
-//! The seam between the coordinator and whatever runs attempts: this machine's pool
-//! (`pool`) or AWS Lambda (`lambda`). Every executor receives [`Task`]s and sends back one
+//! The seam between the coordinator and whatever runs attempts, and the executors
+//! themselves, as siblings: [`local`] (this machine's pool of worker threads), [`lambda`]
+//! (AWS Lambda invocations), [`slurm`] (job arrays of `fanout worker` tasks) and
+//! [`kubernetes`] (the committer that follows an Indexed Job's pods). What the remote ones
+//! share (the request and answer protocol, the files workers leave in DEST) is [`remote`];
+//! no executor imports another. Every executor receives [`Task`]s and sends back one
 //! [`AttemptDone`] per task; planning, retries, stragglers, publishing and commits stay in
-//! the coordinator (`run`), so a job looks the same whichever executor ran it. Owns only
-//! these types and the trait; it must not know any executor's internals.
+//! the coordinator (`run`), so a job looks the same whichever executor ran it. Adding an
+//! engine is a sibling file here and one arm where the CLI builds executors.
 
-use crate::plan::Shard;
+pub mod kubernetes;
+pub mod lambda;
+pub mod local;
+pub mod remote;
+pub mod slurm;
+
 use crate::runtime::{Invocation, InvocationReport};
+use crate::source::Shard;
 use crate::stage::{OutputFile, OutputRules};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -83,8 +93,12 @@ pub trait Executor: Send + Sync {
     fn summary(&self) -> Option<serde_json::Value> {
         None
     }
-    /// True when attempts run on this machine, in the slots the coordinator stages.
+    /// True when attempts run on this machine, in the slots the coordinator stages; a
+    /// remote engine's workers stage their own inputs and stage outputs in DEST.
     fn stages_locally(&self) -> bool {
         true
     }
+    /// Shards the coordinator keeps in flight for this executor: enough to keep every
+    /// worker fed while others stage and publish, or every remote batch full.
+    fn shards_in_flight(&self) -> usize;
 }

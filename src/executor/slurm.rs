@@ -10,10 +10,10 @@
 //!
 //! [`AttemptDone`]: crate::executor::AttemptDone
 
+use super::remote::protocol::{Request, ShardResult};
+use super::remote::{self, JobBase, Stored, WORKER_OVERHEAD_MB};
+use super::{AttemptDone, Executor, Task};
 use crate::events::{Event, EventSink};
-use crate::executor::{AttemptDone, Executor, Task};
-use crate::lambda::invoke::{self, JobBase};
-use crate::lambda::protocol::{Answer, Request, ShardResult};
 use bytes::Bytes;
 use futures::StreamExt;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -33,8 +33,6 @@ const FOLLOW_EVERY: Duration = Duration::from_millis(400);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
 /// The controller may be unreachable this long before a wave's attempts are given up on.
 const CONTROLLER_PATIENCE: Duration = Duration::from_secs(120);
-/// What `fanout worker` needs beside its guests: the runtime, staging, a storage client.
-const WORKER_OVERHEAD_MB: u64 = 256;
 /// Beside a wave's requests: the id of the array that runs them.
 const ARRAY_ID: &str = "array-id";
 
@@ -96,18 +94,6 @@ fn shell_quote(word: &str) -> String {
         return word.to_string();
     }
     format!("'{}'", word.replace('\'', r"'\''"))
-}
-
-/// Splits `tasks` into `shares` runs of nearly equal length, in order.
-fn shares<T>(mut tasks: Vec<T>, shares: usize) -> Vec<Vec<T>> {
-    let shares = shares.clamp(1, tasks.len().max(1));
-    let mut out = Vec::with_capacity(shares);
-    for share in (0..shares).rev() {
-        let take = tasks.len().div_ceil(share + 1);
-        let rest = tasks.split_off(take);
-        out.push(std::mem::replace(&mut tasks, rest));
-    }
-    out
 }
 
 #[derive(Default, serde::Serialize)]
@@ -204,7 +190,8 @@ struct Wave {
     /// Each array task's tasks not yet answered for, by shard (a wave holds a shard once;
     /// an adopted wave answers for an attempt of an earlier run, under its own number).
     owed: Vec<HashMap<u64, Task>>,
-    answers_seen: HashSet<String>,
+    /// The workers' files read whole so far.
+    seen: HashSet<String>,
     /// What a worker that could not answer said (`<task>.error-<worker>.txt`), by task.
     errors: HashMap<usize, String>,
 }
@@ -236,7 +223,7 @@ impl Inner {
         }
         if self.state().stopping {
             for task in tasks {
-                let _ = self.results.send(invoke::not_run(&task));
+                let _ = self.results.send(remote::not_run(&task));
             }
             return;
         }
@@ -251,7 +238,7 @@ impl Inner {
             Ok(wave) => self.follow(wave).await,
             Err((tasks, message)) => {
                 for task in tasks {
-                    let _ = self.results.send(invoke::failed(&task, submitted, message.clone()));
+                    let _ = self.results.send(remote::failed(&task, submitted, message.clone()));
                 }
             }
         }
@@ -283,18 +270,13 @@ impl Inner {
             .map(|(id, _)| id.to_string())
             .collect();
         for (prefix, names) in waves {
-            for name in names.iter().filter(|n| n.contains(".answer-")) {
-                let Ok(bytes) = self.base.dest.get(&format!("{prefix}{name}")).await else { continue };
-                let Ok(answer) = serde_json::from_slice::<Answer>(&bytes) else { continue };
-                for result in answer.results {
-                    if result.outcome.is_ok() && matches!(result.outputs, Some(Ok(_))) {
-                        recovered.answered.insert(result.shard, (result, answer.environment.clone()));
-                    }
-                }
+            for (result, environment) in remote::succeeded_under(&self.base.dest, &prefix).await {
+                recovered.answered.insert(result.shard, (result, environment));
             }
             let Ok(array) = self.base.dest.get(&format!("{prefix}{ARRAY_ID}")).await else { continue };
             let array = String::from_utf8_lossy(&array).trim().to_string();
-            let shares = names.iter().filter(|n| n.ends_with(".json") && !n.contains(".answer-")).count();
+            let shares =
+                names.iter().filter(|n| n.ends_with(".json") && remote::StoredFile::parse(n).is_none()).count();
             let wave = recovered.waves.len();
             for share in (0..shares).filter(|share| live.contains(&format!("{array}_{share}"))) {
                 let Ok(bytes) = self.base.dest.get(&format!("{prefix}{share}.json")).await else { continue };
@@ -321,7 +303,7 @@ impl Inner {
                 let result = ShardResult { attempt: task.attempt, ..result };
                 let next = lanes.len() as u32;
                 let lane = *lanes.entry(environment.clone()).or_insert(next);
-                let _ = self.results.send(invoke::attempt_done(result, lane, &environment));
+                let _ = self.results.send(remote::attempt_done(result, lane, &environment));
             } else if let Some((wave, share)) = recovered.running.remove(&task.shard.id) {
                 let shares = recovered.waves[wave].2;
                 let owed = adopted.entry(wave).or_insert_with(|| (0..shares).map(|_| HashMap::new()).collect());
@@ -333,7 +315,7 @@ impl Inner {
         for (wave, owed) in adopted {
             let (prefix, array, _) = recovered.waves[wave].clone();
             self.events.emit(Event::Note(format!("following array {array}, submitted before the restart")));
-            let wave = Wave { prefix, array, owed, answers_seen: HashSet::new(), errors: HashMap::new() };
+            let wave = Wave { prefix, array, owed, seen: HashSet::new(), errors: HashMap::new() };
             let inner = self.clone();
             tokio::spawn(async move { inner.follow(wave).await });
         }
@@ -368,7 +350,7 @@ impl Inner {
     async fn submit_wave(&self, prefix: &str, tasks: Vec<Task>) -> Result<Wave, (Vec<Task>, String)> {
         let cpus = self.partition_cpus().await.unwrap_or(usize::MAX);
         let count = tasks.len().min(self.settings.concurrency.max(1)).min(cpus);
-        let shares = shares(tasks, count);
+        let shares = remote::split_into_shares(tasks, count);
         for (index, share) in shares.iter().enumerate() {
             let request: Request = self.base.request(share, &self.nonce);
             let body = Bytes::from(serde_json::to_vec(&request).expect("a request serializes"));
@@ -410,7 +392,7 @@ impl Inner {
                 share.into_iter().map(|task| (task.shard.id, task)).collect()
             })
             .collect();
-        Ok(Wave { prefix: prefix.to_string(), array, owed, answers_seen: HashSet::new(), errors: HashMap::new() })
+        Ok(Wave { prefix: prefix.to_string(), array, owed, seen: HashSet::new(), errors: HashMap::new() })
     }
 
     /// Follows a wave until every attempt of it has been answered for.
@@ -454,8 +436,8 @@ impl Inner {
                     self.state().stats.tasks_lost += 1;
                     for (_, task) in owed.drain() {
                         let done = match stopping || task.cancel.is_cancelled() {
-                            true => invoke::not_run(&task),
-                            false => invoke::failed(
+                            true => remote::not_run(&task),
+                            false => remote::failed(
                                 &task,
                                 SystemTime::now(),
                                 match wave.errors.get(&index) {
@@ -482,27 +464,16 @@ impl Inner {
 
     /// Answers stored since the last look: each owed attempt answered once.
     async fn read_answers(&self, wave: &mut Wave) {
-        let mut listing = self.base.dest.list(&wave.prefix);
-        let mut new = Vec::new();
-        while let Some(Ok(object)) = listing.next().await {
-            let name = object.key.rsplit('/').next().unwrap_or_default().to_string();
-            if name.contains(".answer-") && !wave.answers_seen.contains(&object.key) {
-                new.push((object.key, name));
-            } else if let Some(index) = name.split_once(".error-").and_then(|(i, _)| i.parse::<usize>().ok()) {
-                if wave.errors.contains_key(&index) {
+        for (file, stored) in remote::read_new(&self.base.dest, &wave.prefix, &mut wave.seen).await {
+            let answer = match stored {
+                Stored::Answer(answer) => answer,
+                Stored::Error(said) => {
+                    wave.errors.entry(file.share).or_insert(said);
                     continue;
                 }
-                if let Ok(text) = self.base.dest.get(&object.key).await {
-                    wave.errors.insert(index, String::from_utf8_lossy(&text).trim().to_string());
-                }
-            }
-        }
-        for (key, name) in new {
-            let Ok(bytes) = self.base.dest.get(&key).await else { continue };
-            let Ok(answer) = serde_json::from_slice::<Answer>(&bytes) else { continue };
-            wave.answers_seen.insert(key);
-            let Some(index) = name.split('.').next().and_then(|i| i.parse::<usize>().ok()) else { continue };
-            let Some(owed) = wave.owed.get_mut(index) else { continue };
+                Stored::Done => continue,
+            };
+            let Some(owed) = wave.owed.get_mut(file.share) else { continue };
             let lane = {
                 let mut state = self.state();
                 let next = state.lanes.len() as u32;
@@ -511,7 +482,7 @@ impl Inner {
                 let last = answer.results.iter().map(|r| r.finished_ms).max();
                 if let (Some(first), Some(last)) = (first, last) {
                     state.spans.push((first, last));
-                    state.peak = state.peak.max(most_at_once(&state.spans));
+                    state.peak = state.peak.max(remote::most_at_once(&state.spans));
                 }
                 lane
             };
@@ -519,7 +490,7 @@ impl Inner {
                 // A second worker on the same share answers too: only the first counts.
                 if let Some(task) = owed.remove(&result.shard) {
                     let result = ShardResult { attempt: task.attempt, ..result };
-                    let _ = self.results.send(invoke::attempt_done(result, lane, &answer.environment));
+                    let _ = self.results.send(remote::attempt_done(result, lane, &answer.environment));
                 }
             }
         }
@@ -534,7 +505,7 @@ impl Inner {
         let _ = slurm_command("scancel", std::slice::from_ref(&wave.array)).await;
         for owed in &mut wave.owed {
             for (_, task) in owed.drain() {
-                let _ = self.results.send(invoke::not_run(&task));
+                let _ = self.results.send(remote::not_run(&task));
             }
         }
     }
@@ -542,7 +513,7 @@ impl Inner {
     fn fail_all(&self, wave: &mut Wave, message: &str) {
         for owed in &mut wave.owed {
             for (_, task) in owed.drain() {
-                let _ = self.results.send(invoke::failed(&task, SystemTime::now(), message.to_string()));
+                let _ = self.results.send(remote::failed(&task, SystemTime::now(), message.to_string()));
             }
         }
     }
@@ -573,19 +544,6 @@ impl Inner {
         state.peak = state.peak.max(live);
         self.events.emit(Event::Workers { live });
     }
-}
-
-/// The most spans that overlap at one moment.
-pub(crate) fn most_at_once(spans: &[(u64, u64)]) -> usize {
-    let mut edges: Vec<(u64, i32)> = spans.iter().flat_map(|&(start, end)| [(start, 1), (end, -1)]).collect();
-    // At a shared instant an end comes before a start: back-to-back spans do not overlap.
-    edges.sort_unstable();
-    let (mut now, mut most) = (0i32, 0i32);
-    for (_, step) in edges {
-        now += step;
-        most = most.max(now);
-    }
-    most as usize
 }
 
 fn is_final(state: &str) -> bool {
@@ -619,7 +577,7 @@ impl Executor for SlurmExecutor {
             let mut state = self.0.state();
             state.stopping = true;
             for task in std::mem::take(&mut state.queue) {
-                let _ = self.0.results.send(invoke::not_run(&task));
+                let _ = self.0.results.send(remote::not_run(&task));
             }
             state.stats.arrays.clone()
         };
@@ -650,26 +608,15 @@ impl Executor for SlurmExecutor {
     fn stages_locally(&self) -> bool {
         false
     }
+
+    fn shards_in_flight(&self) -> usize {
+        remote::BATCH_ENGINE_IN_FLIGHT
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn shares_are_contiguous_and_nearly_equal() {
-        let split = shares((0..10).collect(), 3);
-        assert_eq!(split, vec![vec![0, 1, 2, 3], vec![4, 5, 6], vec![7, 8, 9]]);
-        assert_eq!(shares((0..2).collect::<Vec<u32>>(), 8).len(), 2, "never an empty share");
-        assert_eq!(shares(Vec::<u32>::new(), 4).len(), 1);
-    }
-
-    #[test]
-    fn the_peak_counts_overlapping_spans_only() {
-        assert_eq!(most_at_once(&[(0, 10), (5, 15), (10, 20), (30, 40)]), 2);
-        assert_eq!(most_at_once(&[(0, 10), (10, 20)]), 1, "back to back");
-        assert_eq!(most_at_once(&[]), 0);
-    }
 
     #[test]
     fn odd_words_are_quoted_for_the_shell() {

@@ -1,6 +1,6 @@
 //! `[input.kafka]` and the `--kafka-*` flags resolved into [`KafkaInput`], and the rules a
 //! job over a topic keeps (a shard rule of rows or bytes, no include globs, no secrets in the
-//! job file). Owns only those checks; connecting to the brokers is `crate::kafka`'s work.
+//! job file). Owns only those checks; connecting to the brokers is `crate::source::kafka`'s work.
 
 use super::error::{JobError, JobText};
 use super::model::{KafkaInput, KafkaStart, RecordFormat, ShardRule};
@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 pub(crate) const DEFAULT_ROWS: u64 = 10_000;
 
 /// librdkafka settings that hold a secret: never read from a job file (it is copied into
-/// job.json and shared), only from the environment (see `crate::kafka::client_config`).
+/// job.json and shared), only from the environment (see `crate::source::kafka::client_config`).
 const SECRET_SETTINGS: &[&str] = &[
     "sasl.password",
     "sasl.username",

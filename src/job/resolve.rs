@@ -2,7 +2,7 @@
 //! table by table, each value checked and parsed with an error that names its line (or
 //! flag) and field. Owns the validation rules and the filling of defaults; it reads the job
 //! file and nothing else (it never lists inputs, opens storage or loads the function: a glob
-//! that matches nothing is found by `plan`).
+//! that matches nothing is found by `source`).
 
 use super::error::{syntax_error, JobError, JobText, Origin};
 use super::model::{

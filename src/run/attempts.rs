@@ -203,6 +203,7 @@ impl Coordinator {
         let (dest, manifest, tx) = (self.dest.clone(), self.manifest.clone(), self.msg_tx.clone());
         let (slot, captures) = (flight.slot.clone(), flight.captures());
         tokio::spawn(async move {
+            crate::panics::injected("publish");
             let published = match stage::publish(&dest, files, stdout_object).await {
                 Ok(published) => published,
                 Err(error) => {

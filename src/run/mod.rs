@@ -1,6 +1,8 @@
 //! The coordinator of one run: takes planned shards, stages their inputs ahead of the
-//! workers, hands attempts to the pool, retries failures with backoff, publishes outputs,
-//! and commits records to the journal after the outputs exist. Owns the per-shard state
+//! workers (or lets a remote executor's workers stage them), hands attempts to the
+//! executor, retries failures with backoff, publishes outputs, and commits records to the
+//! journal after the outputs exist. A second Ctrl-C or a panic anywhere in the process is
+//! handled in its loop: running attempts are cancelled and the run ends. Owns the per-shard state
 //! machine and the run's accounting. All of its state lives in one task; staging,
 //! publishing and journal writes run beside it as tasks that report back by message, so
 //! CPUs never wait on I/O and no lock guards the state.
@@ -12,13 +14,12 @@ use crate::events::{Event, EventSink};
 use crate::executor::{AttemptDone, Executor};
 use crate::job::Job;
 use crate::manifest::{Counts, JobDocument, Journal, Manifest, ManifestError, ShardRecord, ShardStatus};
-use crate::plan::{PlanError, PlanTotals, Planned, Shard, ShardInput};
 use crate::runtime::OutcomeKind;
+use crate::source::{PlanError, PlanTotals, Planned, Shard, ShardInput};
 use crate::stage::{self, PublishError, Slot, StageError, Staged};
 use crate::storage::DynStorage;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -98,17 +99,17 @@ pub trait CommitListener: Send + Sync {
 }
 
 #[async_trait::async_trait]
-impl CommitListener for crate::kafka::GroupOffsets {
+impl CommitListener for crate::source::kafka::GroupOffsets {
     fn committed(&self, shards: &[Shard]) {
         let ranges = shards.iter().filter_map(|shard| match shard.input {
             ShardInput::Kafka { partition, start, end, .. } => Some((partition, start, end)),
             _ => None,
         });
-        crate::kafka::GroupOffsets::committed(self, ranges);
+        crate::source::kafka::GroupOffsets::committed(self, ranges);
     }
 
     async fn flush(&self) -> Result<(), String> {
-        crate::kafka::GroupOffsets::flush(self).await
+        crate::source::kafka::GroupOffsets::flush(self).await
     }
 }
 
@@ -221,7 +222,11 @@ struct Coordinator {
     shutdown: Shutdown,
     /// Set once "stopping now" is told: by the task that waits for the hard stop, or by
     /// `finish` when the run ends before that task ran.
-    hard_stop_told: std::sync::Arc<AtomicBool>,
+    /// The second Ctrl-C (or a panic) was heard: running attempts are cancelled.
+    hard_stopped: bool,
+    /// When the run stops waiting for attempts that do not come back after a hard stop
+    /// (a worker thread that panicked never answers); their shards stay pending.
+    give_up_at: Option<tokio::time::Instant>,
     staging_root: PathBuf,
     run: u32,
     prior: Journal,
@@ -286,22 +291,24 @@ fn process_cpu_time() -> Duration {
     Duration::from_micros(micros(usage.user_time()) + micros(usage.system_time()))
 }
 
-/// Shards the coordinator keeps in flight: enough to keep every worker fed while others
-/// stage and publish; for a remote executor, enough to fill every invocation's batch.
-fn shards_in_flight(job: &Job, stages_locally: bool) -> usize {
-    match (&job.executor, stages_locally) {
-        (crate::job::Executor::Lambda { concurrency, .. }, false) => (concurrency * 32).clamp(256, 65_536),
-        // An array costs a second or more of scheduling: as many shards a wave as can wait.
-        (crate::job::Executor::Slurm { .. } | crate::job::Executor::Kubernetes { .. }, false) => 65_536,
-        _ => (job.workers.max * 4).max(16),
-    }
-}
-
 /// How often running attempts are checked against relative timeouts and for stragglers.
 const TAIL_CHECK: Duration = Duration::from_millis(100);
 
+/// How long a hard stop waits for cancelled attempts to come back.
+const HARD_STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Sleeps until `at`, or forever when there is no `at`.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Runs the job's shards to the end (or to a stop) and returns what happened.
 pub async fn execute(spec: RunSpec) -> Result<RunResult, RunError> {
+    // Before the executor starts its threads: a panic in any of them fails the run.
+    let mut panics = crate::panics::listen();
     let (results_tx, mut results_rx) = mpsc::unbounded_channel::<AttemptDone>();
     let (msg_tx, mut msg_rx) = mpsc::unbounded_channel::<Msg>();
     let mut shards = spec.shards;
@@ -326,6 +333,9 @@ pub async fn execute(spec: RunSpec) -> Result<RunResult, RunError> {
             _ = tail_tick.tick(), if !coordinator.in_flight.is_empty() => coordinator.watch_tail(),
             _ = snapshot_tick.tick(), if coordinator.unreported => coordinator.send_snapshot(),
             _ = coordinator.shutdown.soft.cancelled(), if !coordinator.stopping => coordinator.begin_stop(),
+            _ = coordinator.shutdown.hard.cancelled(), if !coordinator.hard_stopped => coordinator.hard_stop(),
+            panicked = panics.recv() => coordinator.on_panic(panicked.unwrap_or_else(|e| e.to_string())),
+            _ = sleep_until_some(coordinator.give_up_at) => coordinator.give_up_waiting(),
         }
     }
     coordinator.finish().await
@@ -344,7 +354,7 @@ impl Coordinator {
             .flat_map(|record| record.outputs.iter().map(|key| (output_key_hash(key), record.shard)))
             .collect();
         Coordinator {
-            capacity: shards_in_flight(&spec.job, executor.stages_locally()),
+            capacity: executor.shards_in_flight(),
             manifest: spec.manifest,
             source: spec.source,
             dest: spec.dest,
@@ -374,7 +384,8 @@ impl Coordinator {
             plan_totals: None,
             plan_failure: None,
             stopping: false,
-            hard_stop_told: Default::default(),
+            hard_stopped: false,
+            give_up_at: None,
             msg_tx,
             stats: RunStats { run, ..Default::default() },
             started: Instant::now(),
@@ -447,14 +458,50 @@ impl Coordinator {
         self.stats.stopped_early = true;
         self.executor.stop_starting();
         self.events.emit(Event::Stopping { hard: false });
-        let hard = self.shutdown.hard.clone();
-        let (events, told) = (self.events.clone(), self.hard_stop_told.clone());
-        tokio::spawn(async move {
-            hard.cancelled().await;
-            if !told.swap(true, Ordering::AcqRel) {
-                events.emit(Event::Stopping { hard: true });
-            }
-        });
+    }
+
+    /// The second Ctrl-C: running attempts are cancelled (they publish nothing).
+    fn hard_stop(&mut self) {
+        if !self.stopping {
+            self.begin_stop();
+        }
+        self.cancel_running();
+        self.events.emit(Event::Stopping { hard: true });
+    }
+
+    /// Nothing new starts and every running attempt is cancelled; those that have not come
+    /// back within [`HARD_STOP_GRACE`] are left pending.
+    fn cancel_running(&mut self) {
+        if !self.stopping {
+            self.stopping = true;
+            self.stats.stopped_early = true;
+            self.executor.stop_starting();
+        }
+        self.hard_stopped = true;
+        self.shutdown.hard.cancel();
+        self.give_up_at = Some(tokio::time::Instant::now() + HARD_STOP_GRACE);
+    }
+
+    /// A panic in a thread or task the run waits on: the run fails with it, keeping what
+    /// it committed.
+    fn on_panic(&mut self, line: String) {
+        self.fatal.get_or_insert(format!(
+            "an internal error (a bug in fanout) stopped the run: panicked {line}; \
+             the manifest holds every shard committed before it"
+        ));
+        if !self.hard_stopped {
+            self.cancel_running();
+        }
+    }
+
+    /// Stops waiting for attempts that did not come back after a hard stop.
+    fn give_up_waiting(&mut self) {
+        self.give_up_at = None;
+        let left = self.in_flight.len();
+        self.events.emit(Event::Note(format!(
+            "{left} running attempt(s) did not come back after the stop: their shards stay pending"
+        )));
+        self.in_flight.clear();
     }
 
     /// The shard just planned, and (when shards are stored before they run) those that
@@ -592,7 +639,7 @@ impl Coordinator {
             }
         }
         let prior_attempts = prior.filter(|r| r.fingerprint == fingerprint).map(|r| r.attempts).unwrap_or(0);
-        if let (Some(watch), crate::plan::ShardInput::Objects { objects }) = (&mut self.watch, &shard.input) {
+        if let (Some(watch), crate::source::ShardInput::Objects { objects }) = (&mut self.watch, &shard.input) {
             let mut earlier = Vec::new();
             for object in objects {
                 let takers = watch.object_shards.entry(object.key.clone()).or_default();
@@ -806,20 +853,19 @@ impl Coordinator {
     }
 
     async fn finish(mut self) -> Result<RunResult, RunError> {
-        // Cancelled attempts may end the run before the waiting task says why.
-        let hard_stop = self.stopping && self.shutdown.hard.is_cancelled();
-        if hard_stop && !self.hard_stop_told.swap(true, Ordering::AcqRel) {
+        // Cancelled attempts may end the run before the loop heard the second Ctrl-C.
+        if self.stopping && self.shutdown.hard.is_cancelled() && !self.hard_stopped {
             self.events.emit(Event::Stopping { hard: true });
         }
         for handle in std::mem::take(&mut self.journal_writes) {
-            handle.await.expect("journal task")?;
+            handle.await.map_err(|e| RunError::Fatal(format!("writing the journal: {e}")))??;
         }
         self.flush_journal();
         for handle in std::mem::take(&mut self.journal_writes) {
-            handle.await.expect("journal task")?;
+            handle.await.map_err(|e| RunError::Fatal(format!("writing the journal: {e}")))??;
         }
         for handle in std::mem::take(&mut self.plan_writes) {
-            handle.await.expect("plan task")?;
+            handle.await.map_err(|e| RunError::Fatal(format!("storing the plan: {e}")))??;
         }
         if let Some(listener) = &self.on_commit {
             if let Err(e) = listener.flush().await {

@@ -4,9 +4,9 @@
 
 use crate::executor::{AttemptDone, StartClock};
 use crate::manifest::ShardRecord;
-use crate::plan::Shard;
 use crate::runtime::capture::Kept;
 use crate::runtime::Outcome;
+use crate::source::Shard;
 use crate::stage::{Slot, Staged};
 use std::path::PathBuf;
 use std::sync::Arc;

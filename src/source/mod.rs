@@ -1,22 +1,26 @@
-//! Planning: a source listing becomes a stream of shards. Owns the include globs, the shard
-//! rules (per object, N objects, N bytes, N rows, byte chunks) and the shard's identity
-//! (its number and fingerprint). Streamed: shards leave as the listing arrives, so a
-//! million objects are never in memory at once. It reads the source (listings, and for
-//! record rules the bytes needed to find record ends) and writes nothing.
+//! Sources and planning: where a job's data comes from, and how it becomes a stream of
+//! shards. This file owns the shard's identity (its number and fingerprint), opening a
+//! source (a folder or an S3 prefix through `storage`, a topic through [`kafka`]), the
+//! include globs and the shard rules (per object, N objects, N bytes, N rows, byte chunks).
+//! Beside it: [`records`] cuts big files into record shards, [`kafka`] reads topics, and
+//! [`watch`] follows a source for what arrives. Streamed: shards leave as the listing
+//! arrives, so a million objects are never in memory at once. It reads the source and
+//! writes nothing.
+
+pub mod kafka;
+pub mod records;
+pub mod watch;
 
 use crate::events::{Event, EventSink};
 use crate::job::{Include, Job, KafkaStart, PartitionBounds, ShardRule};
-use crate::kafka::{self, Cut, KafkaTopic};
 use crate::location::Location;
 use crate::storage::{self, DynStorage, ObjectMeta, StorageError, StorageOptions};
 use futures::StreamExt;
+use kafka::{Cut, KafkaTopic};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use tokio::sync::mpsc;
-
-/// Bytes read at a time while scanning an object for record ends.
-const SCAN_BLOCK: u64 = 8 << 20;
 
 /// One unit of work: one invocation's input.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -327,7 +331,7 @@ pub(crate) async fn shards_of_batch(
         if rule.is_record_rule() {
             grouper.totals.objects += 1;
             grouper.totals.bytes += object.size;
-            for (start, end, header) in record_ranges(storage, &object, &rule).await? {
+            for (start, end, header) in records::record_ranges(storage, &object, &rule).await? {
                 shards.push(grouper.shard(ShardInput::Records { key: object.key.clone(), start, end, header }));
             }
         } else if let Some(shard) = grouper.push(object) {
@@ -360,7 +364,7 @@ async fn plan_into(
         if rule.is_record_rule() {
             grouper.totals.objects += 1;
             grouper.totals.bytes += object.size;
-            let ranges = record_ranges(&source.storage, &object, &rule).await?;
+            let ranges = records::record_ranges(&source.storage, &object, &rule).await?;
             for (start, end, header) in ranges {
                 let shard = grouper.shard(ShardInput::Records { key: object.key.clone(), start, end, header });
                 if tx.send(Ok(Planned::Shard(shard))).await.is_err() {
@@ -452,123 +456,6 @@ fn local_exists(location: &Location) -> bool {
     matches!(location, Location::Local(path) if path.exists())
 }
 
-fn is_csv(key: &str) -> bool {
-    matches!(extension_of(key).map(|e| e.to_ascii_lowercase()).as_deref(), Some("csv") | Some("tsv"))
-}
-
-/// Cuts one object into record shards: `(start, end, header_len)` byte ranges.
-pub(crate) async fn record_ranges(
-    storage: &DynStorage,
-    object: &ObjectMeta,
-    rule: &ShardRule,
-) -> Result<Vec<(u64, u64, u64)>, PlanError> {
-    if object.size == 0 {
-        return Ok(Vec::new());
-    }
-    let csv = is_csv(&object.key);
-    let mut scanner = RecordScanner::new(csv);
-    let mut ranges = Vec::new();
-    match *rule {
-        ShardRule::Rows { rows } => {
-            // Scan the whole object once, cutting every `rows` records (the CSV header is
-            // the first record and is repeated before every shard instead).
-            let mut header = 0u64;
-            let mut start = 0u64;
-            let mut records_in_shard = 0u64;
-            let mut offset = 0u64;
-            while offset < object.size {
-                let block = storage.get_range(&object.key, offset..offset + SCAN_BLOCK).await?;
-                if block.is_empty() {
-                    break;
-                }
-                for (i, &byte) in block.iter().enumerate() {
-                    if scanner.ends_record(byte) {
-                        let end = offset + i as u64 + 1;
-                        if csv && header == 0 {
-                            header = end;
-                            start = end;
-                            continue;
-                        }
-                        records_in_shard += 1;
-                        if records_in_shard == rows {
-                            ranges.push((start, end, header));
-                            start = end;
-                            records_in_shard = 0;
-                        }
-                    }
-                }
-                offset += block.len() as u64;
-            }
-            if csv && header == 0 {
-                // Only a header (without a line end): no records, no shards.
-                return Ok(Vec::new());
-            }
-            if start < object.size {
-                ranges.push((start, object.size, header));
-            }
-        }
-        ShardRule::Chunk { bytes, align_lines } => {
-            let header = if csv && align_lines { first_line_end(storage, object).await? } else { 0 };
-            let mut start = header;
-            while start < object.size {
-                let nominal = start.saturating_add(bytes).min(object.size);
-                let end = if align_lines && nominal < object.size {
-                    next_line_end(storage, object, nominal).await?
-                } else {
-                    nominal
-                };
-                ranges.push((start, end, header));
-                start = end;
-            }
-        }
-        _ => unreachable!("only record rules come here"),
-    }
-    Ok(ranges)
-}
-
-/// Finds record ends: newlines, except inside a quoted CSV field.
-struct RecordScanner {
-    csv: bool,
-    in_quotes: bool,
-}
-
-impl RecordScanner {
-    fn new(csv: bool) -> Self {
-        RecordScanner { csv, in_quotes: false }
-    }
-
-    fn ends_record(&mut self, byte: u8) -> bool {
-        if self.csv && byte == b'"' {
-            // `""` inside quotes toggles twice: an escaped quote changes nothing.
-            self.in_quotes = !self.in_quotes;
-        }
-        byte == b'\n' && !self.in_quotes
-    }
-}
-
-async fn first_line_end(storage: &DynStorage, object: &ObjectMeta) -> Result<u64, PlanError> {
-    let end = next_line_end(storage, object, 0).await?;
-    Ok(end)
-}
-
-/// The offset just past the first newline at or after `from` (or the object's end).
-async fn next_line_end(storage: &DynStorage, object: &ObjectMeta, from: u64) -> Result<u64, PlanError> {
-    let mut offset = from;
-    let mut window = 64 << 10;
-    while offset < object.size {
-        let block = storage.get_range(&object.key, offset..offset + window).await?;
-        if block.is_empty() {
-            break;
-        }
-        if let Some(i) = block.iter().position(|&b| b == b'\n') {
-            return Ok(offset + i as u64 + 1);
-        }
-        offset += block.len() as u64;
-        window = (window * 2).min(SCAN_BLOCK);
-    }
-    Ok(object.size)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -602,15 +489,6 @@ mod tests {
             group(ShardRule::Bytes { bytes: 10 }, &[4, 4, 4, 20, 1, 9, 3]),
             vec![vec![4, 4], vec![4], vec![20], vec![1, 9], vec![3]]
         );
-    }
-
-    #[test]
-    fn csv_quotes_hide_newlines() {
-        let mut scanner = RecordScanner::new(true);
-        let text = b"a,\"x\ny\"\nb,\"\"\"\"\n";
-        let ends: Vec<usize> =
-            text.iter().enumerate().filter(|(_, &b)| scanner.ends_record(b)).map(|(i, _)| i).collect();
-        assert_eq!(ends, vec![7, 14]);
     }
 
     #[test]

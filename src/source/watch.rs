@@ -5,11 +5,11 @@
 //! local file is complete, and the numbering of the shards it makes. It reads the source and
 //! sends shards to the coordinator; it writes nothing and runs nothing.
 
+use super::kafka::{self, KafkaTopic};
+use super::{Grouper, PlanError, Planned, Shard, ShardInput, Source};
 use crate::events::{Event, EventSink};
 use crate::job::{Include, Job};
-use crate::kafka::KafkaTopic;
 use crate::location::Location;
-use crate::plan::{self, Grouper, PlanError, Planned, Shard, Source};
 use crate::storage::local::{mtime_version, TEMP_PREFIX};
 use crate::storage::{DynStorage, ObjectMeta};
 use futures::StreamExt;
@@ -124,11 +124,10 @@ pub fn start_topic(spec: TopicWatchSpec) -> mpsc::Receiver<Result<Planned, PlanE
         let (cut_tx, mut cuts) = mpsc::channel(64);
         let (topic, from, stop, once) = (spec.topic.clone(), spec.from, spec.stop.clone(), spec.once);
         let max_wait = Duration::from_millis(spec.job.watch.max_wait_ms);
-        let reader = tokio::task::spawn_blocking(move || {
-            crate::kafka::follow(&topic, rule, from, max_wait, once, &stop, &cut_tx)
-        });
+        let reader =
+            tokio::task::spawn_blocking(move || kafka::follow(&topic, rule, from, max_wait, once, &stop, &cut_tx));
         while let Some(cut) = cuts.recv().await {
-            let shard = plan::shard_of_cut(&mut grouper, &spec.topic, cut);
+            let shard = super::shard_of_cut(&mut grouper, &spec.topic, cut);
             if tx.send(Ok(Planned::Shard(shard))).await.is_err() {
                 return;
             }
@@ -160,7 +159,7 @@ impl Emitter<'_> {
         for object in &objects {
             self.seen.insert(object.key.clone(), seen_of(object));
         }
-        for shard in plan::shards_of_batch(&mut self.grouper, &self.storage, objects).await? {
+        for shard in super::shards_of_batch(&mut self.grouper, &self.storage, objects).await? {
             if self.tx.send(Ok(Planned::Shard(shard))).await.is_err() {
                 return Ok(false);
             }
@@ -406,11 +405,9 @@ pub struct ResumePoint {
     pub next_id: u64,
 }
 
-/// The starting point of a watch that already ran, from its stored plan and journal.
-pub fn resume_point(
-    plan: Vec<Shard>,
-    committed: &std::collections::BTreeMap<u64, crate::manifest::ShardRecord>,
-) -> ResumePoint {
+/// The starting point of a watch that already ran, from its stored plan and the shards its
+/// journal committed (true for those that succeeded).
+pub fn resume_point(plan: Vec<Shard>, committed: &BTreeMap<u64, bool>) -> ResumePoint {
     let mut seen = HashMap::new();
     let mut object_shards = HashMap::new();
     let mut redo: std::collections::BTreeMap<u64, Shard> = std::collections::BTreeMap::new();
@@ -418,16 +415,16 @@ pub fn resume_point(
     let (mut topic_first, mut topic_from, mut topic_done) = (BTreeMap::new(), BTreeMap::new(), Vec::new());
     for shard in plan {
         next_id = next_id.max(shard.id + 1);
-        if let plan::ShardInput::Kafka { partition, start, end, .. } = shard.input {
+        if let ShardInput::Kafka { partition, start, end, .. } = shard.input {
             let first = topic_first.entry(partition).or_insert(start);
             *first = (*first).min(start);
             let from = topic_from.entry(partition).or_insert(end);
             *from = (*from).max(end);
-            if committed.get(&shard.id).is_some_and(|r| r.status == crate::manifest::ShardStatus::Ok) {
+            if committed.get(&shard.id).copied().unwrap_or(false) {
                 topic_done.push((partition, start, end));
             }
         }
-        if let plan::ShardInput::Objects { objects } = &shard.input {
+        if let ShardInput::Objects { objects } = &shard.input {
             for object in objects {
                 // The plan is in shard order: a later shard took a later version.
                 seen.insert(object.key.clone(), seen_of(object));

@@ -1,50 +1,39 @@
-//! `fanout lambda worker`: the Lambda Runtime API loop (`lambda_runtime`) around the same
-//! pool, staging and sandbox the local executor uses. Each invocation carries a batch of
-//! attempts; for each, the worker stages the shard's inputs from S3, runs the guest, and
-//! stores a successful attempt's outputs under that attempt's own prefix in DEST. It never
-//! publishes and never commits: the coordinator does both, for one attempt per shard.
-//! A guest's failure is data in the answer; only a worker that cannot work (a panic, a
-//! crash, Lambda's own timeout) shows up as a Lambda error. Owns the warm state of an
-//! execution environment (compiled functions, storage clients) and nothing else.
+//! The one worker: runs a request's attempts wherever it is started, with the same
+//! staging, pool and sandbox the local executor uses. For each attempt it stages the shard's
+//! inputs from the source, runs the guest, and stores a successful attempt's outputs under
+//! that attempt's own prefix in DEST. It never publishes and never commits: the coordinator
+//! (or the committer that follows a batch engine) does both, for one attempt per shard. A
+//! guest's failure is data in the result. Its two ways in: [`lambda`], the Lambda Runtime
+//! API loop (`fanout lambda worker`, the deployment's bootstrap), and [`share`], one share
+//! of stored requests answered beside them (`fanout worker`, started by a Slurm array task
+//! or a Kubernetes pod). Owns the warm state of an execution environment (compiled
+//! functions, storage clients); imports the executors' protocol, never an executor.
 
-use super::protocol::{self, Answer, Order, Payload, Pong, Request, ShardResult, StagedOutput};
+pub mod lambda;
+pub mod share;
+
 use crate::events::EventSink;
+use crate::executor::local::Pool;
+use crate::executor::remote::protocol::{Order, Request, ShardResult, StagedOutput, PAYLOAD_LIMIT};
 use crate::executor::{AttemptDone, Task};
-use crate::pool::Pool;
 use crate::runtime::capture::Kept;
 use crate::runtime::{InvocationReport, Limits, Outcome, Runtime};
 use crate::stage::{self, OutputFile, OutputFrom, OutputRules, Slot, LOG_CAP};
 use crate::storage::{self, DynStorage, StorageOptions};
 use futures::StreamExt;
-use lambda_runtime::{service_fn, LambdaEvent};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-
-/// Variables real Lambda sets, which `lambda_runtime` needs; a local test sets them too.
-const LAMBDA_VARIABLES: [&str; 4] = [
-    "AWS_LAMBDA_RUNTIME_API",
-    "AWS_LAMBDA_FUNCTION_NAME",
-    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
-    "AWS_LAMBDA_FUNCTION_VERSION",
-];
-
-#[derive(Debug, thiserror::Error)]
-pub enum WorkerError {
-    #[error("{0} is not set: `fanout lambda worker` runs inside AWS Lambda (as the deployment's bootstrap), or beside a Lambda emulator with the variables Lambda sets")]
-    NotInLambda(&'static str),
-    #[error("the Lambda Runtime API at {api}: {message}")]
-    Runtime { api: String, message: String },
-}
 
 /// What stays warm in an execution environment between invocations.
 struct Warm {
     environment: String,
+    /// The function's configured memory (Lambda's), for GB-seconds; 0 elsewhere.
     memory_mb: u64,
     /// Guests run side by side: the cores Lambda (or the batch engine) gave the worker.
     parallel: usize,
@@ -53,40 +42,6 @@ struct Warm {
     runtimes: tokio::sync::Mutex<HashMap<String, Arc<Runtime>>>,
     storages: tokio::sync::Mutex<HashMap<String, DynStorage>>,
     requests: AtomicU64,
-}
-
-/// Serves invocations until the Runtime API goes away.
-pub async fn serve() -> Result<(), WorkerError> {
-    for variable in LAMBDA_VARIABLES {
-        if std::env::var_os(variable).is_none() {
-            return Err(WorkerError::NotInLambda(variable));
-        }
-    }
-    // Lambda's file system is read-only but for /tmp: compiled code is cached there.
-    if std::env::var_os("FANOUT_CACHE_DIR").is_none() {
-        std::env::set_var("FANOUT_CACHE_DIR", std::env::temp_dir().join("fanout-cache"));
-    }
-    let memory_mb = std::env::var("AWS_LAMBDA_FUNCTION_MEMORY_SIZE").ok().and_then(|m| m.parse().ok()).unwrap_or(0);
-    let environment = std::env::var("AWS_LAMBDA_LOG_STREAM_NAME").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
-        format!("{host}-{}", std::process::id())
-    });
-    let warm = Arc::new(Warm {
-        scratch: std::env::temp_dir().join(format!("fanout-worker-{}", std::process::id())),
-        environment,
-        memory_mb,
-        parallel: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        runtimes: Default::default(),
-        storages: Default::default(),
-        requests: AtomicU64::new(0),
-    });
-    let api = std::env::var("AWS_LAMBDA_RUNTIME_API").unwrap_or_default();
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| {
-        let warm = warm.clone();
-        async move { warm.handle(event.payload).await }
-    }))
-    .await
-    .map_err(|e| WorkerError::Runtime { api, message: e.to_string() })
 }
 
 /// Answers one request outside Lambda: `fanout worker`, started by a batch engine (a Slurm
@@ -99,83 +54,26 @@ pub async fn answer(
     parallel: usize,
     results: &mpsc::UnboundedSender<ShardResult>,
 ) {
-    let warm = Warm {
-        scratch: std::env::temp_dir().join(format!("fanout-worker-{}", std::process::id())),
-        environment,
-        memory_mb: 0,
-        parallel: parallel.max(1),
-        runtimes: Default::default(),
-        storages: Default::default(),
-        requests: AtomicU64::new(0),
-    };
+    let warm = Warm::new(environment, 0, parallel);
     warm.work(request, results).await;
     let _ = tokio::fs::remove_dir_all(&warm.scratch).await;
 }
 
-fn unix_ms(time: SystemTime) -> u64 {
+pub(crate) fn unix_ms(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 impl Warm {
-    async fn handle(self: Arc<Self>, payload: serde_json::Value) -> Result<serde_json::Value, lambda_runtime::Error> {
-        let payload: Payload = serde_json::from_value(payload).map_err(|e| format!("not a fanout request: {e}"))?;
-        let request = match payload {
-            Payload::Ping {} => {
-                let pong = Pong { fanout: env!("CARGO_PKG_VERSION").to_string(), protocol: protocol::PROTOCOL };
-                return Ok(serde_json::to_value(pong)?);
-            }
-            Payload::Work(request) => *request,
-        };
-        if request.protocol != protocol::PROTOCOL {
-            return Err(format!(
-                "this worker speaks protocol {}, the coordinator {}: deploy the same fanout version",
-                protocol::PROTOCOL,
-                request.protocol
-            )
-            .into());
+    fn new(environment: String, memory_mb: u64, parallel: usize) -> Warm {
+        Warm {
+            scratch: std::env::temp_dir().join(format!("fanout-worker-{}", std::process::id())),
+            environment,
+            memory_mb,
+            parallel: parallel.max(1),
+            runtimes: Default::default(),
+            storages: Default::default(),
+            requests: AtomicU64::new(0),
         }
-        let started = Instant::now();
-        let (results_tx, mut results_rx) = mpsc::unbounded_channel();
-        self.work(&request, &results_tx).await;
-        drop(results_tx);
-        let mut results = Vec::with_capacity(request.orders.len());
-        while let Some(result) = results_rx.recv().await {
-            results.push(result);
-        }
-        results.sort_by_key(|r| r.shard);
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        let mut answer = Answer {
-            protocol: protocol::PROTOCOL,
-            environment: self.environment.clone(),
-            memory_mb: self.memory_mb,
-            duration_ms: 0,
-            results,
-            results_key: None,
-        };
-        self.spill_if_too_big(&request, &mut answer).await?;
-        answer.duration_ms = started.elapsed().as_millis() as u64;
-        Ok(serde_json::to_value(answer)?)
-    }
-
-    /// An answer over Lambda's payload limit (a batch of shards with thousands of outputs)
-    /// goes to DEST instead, beside the attempts' outputs, and the answer names it.
-    /// `FANOUT_LAMBDA_ANSWER_LIMIT` lowers the limit, for the tests.
-    async fn spill_if_too_big(&self, request: &Request, answer: &mut Answer) -> Result<(), lambda_runtime::Error> {
-        let limit = std::env::var("FANOUT_LAMBDA_ANSWER_LIMIT")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(protocol::PAYLOAD_LIMIT);
-        let results = serde_json::to_vec(&answer.results)?;
-        let Some(first) = request.orders.first() else { return Ok(()) };
-        if results.len() <= limit {
-            return Ok(());
-        }
-        let key = format!("{}results.json", first.staging_prefix);
-        let dest = self.storage(&request.job.output.dest).await?;
-        dest.put(&key, bytes::Bytes::from(results)).await.map_err(|e| format!("storing a large answer: {e}"))?;
-        answer.results.clear();
-        answer.results_key = Some(key);
-        Ok(())
     }
 
     /// Runs every order of `request`, sending each attempt's result as it ends.
@@ -213,7 +111,7 @@ impl Warm {
             pool,
             router,
             slots: Mutex::new(slots),
-            log_budget: (protocol::PAYLOAD_LIMIT as u64 / 2 / request.orders.len().max(1) as u64).min(LOG_CAP) as usize,
+            log_budget: (PAYLOAD_LIMIT as u64 / 2 / request.orders.len().max(1) as u64).min(LOG_CAP) as usize,
         };
         futures::stream::iter(request.orders.iter().enumerate())
             .map(|(index, order)| batch.run_until_done(order, index == 0 && compiled_now, results))
@@ -313,7 +211,7 @@ impl Batch<'_> {
         let mut failures = 0;
         loop {
             let result = self.run(&order, cold_start && failures == 0).await;
-            let succeeded = result.outcome.is_ok() && matches!(result.outputs, Some(Ok(_)));
+            let succeeded = result.succeeded();
             let _ = results.send(result);
             match self.request.retry_up_to {
                 Some(last) if !succeeded && order.attempt < last => {}
@@ -321,13 +219,7 @@ impl Batch<'_> {
             }
             failures += 1;
             tokio::time::sleep(crate::job::backoff_before(failures + 1, self.request.job.retry.backoff())).await;
-            order.attempt += 1;
-            order.staging_prefix = format!("{first_prefix}r{}/", order.attempt);
-            for (name, value) in &mut order.env {
-                if name == "FANOUT_ATTEMPT" {
-                    *value = order.attempt.to_string();
-                }
-            }
+            order.move_to_attempt(order.attempt + 1, &first_prefix);
         }
     }
 
@@ -456,7 +348,7 @@ impl Batch<'_> {
 }
 
 /// The result of an attempt that ended before its guest ran.
-fn failed(order: &Order, outcome: Outcome) -> ShardResult {
+pub(crate) fn failed(order: &Order, outcome: Outcome) -> ShardResult {
     let now = unix_ms(SystemTime::now());
     ShardResult {
         shard: order.shard.id,

@@ -3,7 +3,7 @@
 //! function's architecture) on the `provided.al2023` runtime. Owns the zip and the calls to
 //! Lambda's control plane; it runs nothing.
 
-use super::invoke::LambdaFunction;
+use super::LambdaFunction;
 use aws_sdk_lambda::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_lambda::types::{Architecture, FunctionCode, Runtime};
@@ -143,6 +143,6 @@ fn message_of<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt
             let e = service.err();
             format!("{}: {}", e.code().unwrap_or("error"), e.message().unwrap_or_default())
         }
-        other => super::invoke::causes(other),
+        other => super::causes(other),
     }
 }

@@ -3,16 +3,17 @@
 //! throttles: additive increase, multiplicative decrease), and turns each answer back into
 //! one [`AttemptDone`] per attempt, with the outputs the worker staged. Owns the Lambda
 //! client, the batching rule and the invocation accounting (invocations, GB-seconds, cost);
-//! it never publishes or commits (the coordinator does, from what it sends back).
+//! it never publishes or commits (the coordinator does, from what it sends back). The
+//! function's side is `crate::worker::lambda` (the deployment's bootstrap); `deploy` is the
+//! control plane (`fanout lambda deploy`).
 
-use super::protocol::{self, Answer, Order, Payload, Pong, Request, ShardResult};
+pub mod deploy;
+
+use super::remote::protocol::{self, Answer, Payload, Pong, ShardResult};
+use super::remote::{attempt_done, failed, not_run, JobBase};
+use super::{AttemptDone, Executor, Task};
 use crate::events::{Event, EventSink};
-use crate::executor::{AttemptDone, Executor, Task};
-use crate::job::Job;
-use crate::plan::ShardInput;
-use crate::runtime::capture::{Captured, Kept};
-use crate::runtime::{InvocationReport, Outcome};
-use crate::stage::{OutputFile, OutputFrom};
+use crate::source::ShardInput;
 use aws_sdk_lambda::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_lambda::operation::invoke::{InvokeError, InvokeOutput};
 use aws_sdk_lambda::primitives::Blob;
@@ -21,7 +22,7 @@ use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc::UnboundedSender;
@@ -197,46 +198,6 @@ pub struct Capacity {
     pub max_batch: usize,
 }
 
-/// What every request of the job repeats.
-pub struct JobBase {
-    pub job_id: String,
-    /// DEST, where a worker leaves results too large for its answer.
-    pub dest: crate::storage::DynStorage,
-    pub job: Job,
-    pub function_key: String,
-    pub function_sha256: String,
-}
-
-impl JobBase {
-    /// A request for `batch`: each attempt with a staging prefix no other attempt uses.
-    pub(crate) fn request(&self, batch: &[Task], nonce: &AtomicU64) -> Request {
-        let orders = batch
-            .iter()
-            .map(|task| Order {
-                shard: task.shard.clone(),
-                attempt: task.attempt,
-                argv: task.invocation.argv.clone(),
-                env: task.invocation.env.clone(),
-                staging_prefix: protocol::staging_prefix(
-                    &self.job_id,
-                    task.shard.id,
-                    task.attempt,
-                    nonce.fetch_add(1, Ordering::Relaxed),
-                ),
-            })
-            .collect();
-        Request {
-            protocol: protocol::PROTOCOL,
-            job_id: self.job_id.clone(),
-            job: self.job.clone(),
-            function_key: self.function_key.clone(),
-            function_sha256: self.function_sha256.clone(),
-            orders,
-            retry_up_to: None,
-        }
-    }
-}
-
 /// Decaying sums of invocation time and attempts carried: their ratio is what an attempt
 /// costs an invocation, recent answers counting most.
 #[derive(Default)]
@@ -356,30 +317,6 @@ fn order_bytes(task: &Task) -> usize {
     512 + shard
         + task.invocation.argv.iter().map(|a| a.len() + 4).sum::<usize>()
         + task.invocation.env.iter().map(|(k, v)| k.len() + v.len() + 8).sum::<usize>()
-}
-
-pub(crate) fn not_run(task: &Task) -> AttemptDone {
-    let now = SystemTime::now();
-    AttemptDone {
-        shard: task.shard.id,
-        attempt: task.attempt,
-        worker: 0,
-        worker_name: None,
-        cold_start: false,
-        started: now,
-        finished: now,
-        report: InvocationReport::not_run(Outcome::Cancelled),
-        outputs: None,
-    }
-}
-
-pub(crate) fn failed(task: &Task, started: SystemTime, message: String) -> AttemptDone {
-    AttemptDone {
-        report: InvocationReport { elapsed: Duration::ZERO, ..InvocationReport::not_run(Outcome::Error(message)) },
-        started,
-        finished: SystemTime::now(),
-        ..not_run(task)
-    }
 }
 
 /// How an invocation ended, as far as its attempts are concerned.
@@ -662,46 +599,6 @@ fn worker_error(value: &serde_json::Value) -> String {
     }
 }
 
-fn from_unix_ms(ms: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms)
-}
-
-fn captured(text: String, truncated: bool) -> Captured {
-    Captured {
-        kept: (!text.is_empty()).then(|| Kept::Memory(bytes::Bytes::from(text))),
-        overflowed: truncated,
-        error: None,
-    }
-}
-
-/// A worker's result as the coordinator takes results from any executor.
-pub(crate) fn attempt_done(result: ShardResult, lane: u32, environment: &str) -> AttemptDone {
-    let outputs = result.outputs.map(|listed| {
-        listed.map(|staged| {
-            staged
-                .into_iter()
-                .map(|s| OutputFile { from: OutputFrom::Staged(s.staged), key: s.key, size: s.size })
-                .collect()
-        })
-    });
-    AttemptDone {
-        shard: result.shard,
-        attempt: result.attempt,
-        worker: lane,
-        worker_name: Some(environment.to_string()),
-        cold_start: result.cold_start,
-        started: from_unix_ms(result.started_ms),
-        finished: from_unix_ms(result.finished_ms),
-        report: InvocationReport {
-            outcome: result.outcome,
-            stdout: captured(result.stdout, result.stdout_truncated),
-            stderr: captured(result.stderr, result.stderr_truncated),
-            elapsed: Duration::from_millis(result.elapsed_ms),
-        },
-        outputs,
-    }
-}
-
 impl Executor for LambdaExecutor {
     fn submit(&self, task: Task) {
         self.0.state.lock().expect("lambda state").queue.push_back(task);
@@ -732,6 +629,10 @@ impl Executor for LambdaExecutor {
 
     fn stages_locally(&self) -> bool {
         false
+    }
+
+    fn shards_in_flight(&self) -> usize {
+        (self.0.concurrency * 32).clamp(256, 65_536)
     }
 }
 

@@ -1,12 +1,12 @@
-//! What the coordinator and a Lambda worker say to each other: one JSON request per
-//! invocation (the job's settings and a batch of shard attempts) and one JSON answer (each
-//! attempt's outcome, logs and staged outputs). Both sides are this crate, but a deployed
+//! What the coordinator and a remote worker say to each other: one JSON request per
+//! invocation or share (the job's settings and a batch of shard attempts) and one JSON
+//! answer (each attempt's outcome, logs and staged outputs). Both sides are this crate, but a deployed
 //! worker may be older or newer than the coordinator: [`PROTOCOL`] is checked by the ping
 //! every run starts with. Owns the wire types only.
 
 use crate::job::Job;
-use crate::plan::Shard;
 use crate::runtime::Outcome;
+use crate::source::Shard;
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a request or an answer changes incompatibly.
@@ -59,6 +59,21 @@ pub struct Order {
     pub staging_prefix: String,
 }
 
+impl Order {
+    /// This order as attempt `attempt` (a worker retrying it, or taking up where an earlier
+    /// worker stopped): staged under a prefix of its own below `first_prefix`, the first
+    /// attempt's, and told its number through `FANOUT_ATTEMPT`.
+    pub fn move_to_attempt(&mut self, attempt: u32, first_prefix: &str) {
+        self.attempt = attempt;
+        self.staging_prefix = format!("{first_prefix}r{attempt}/");
+        for (name, value) in &mut self.env {
+            if name == "FANOUT_ATTEMPT" {
+                *value = attempt.to_string();
+            }
+        }
+    }
+}
+
 /// The worker's answer: one result per order, in any order.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Answer {
@@ -95,6 +110,13 @@ pub struct ShardResult {
     pub stderr_truncated: bool,
     /// On success: the outputs the worker staged, or which output rule they broke.
     pub outputs: Option<Result<Vec<StagedOutput>, String>>,
+}
+
+impl ShardResult {
+    /// The guest succeeded and its outputs kept the rules: this attempt can be published.
+    pub fn succeeded(&self) -> bool {
+        self.outcome.is_ok() && matches!(self.outputs, Some(Ok(_)))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

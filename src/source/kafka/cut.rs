@@ -115,7 +115,7 @@ impl Cutter {
 }
 
 /// Reads each partition's bounded range, one after another, and sends its cuts as they
-/// close (blocking; `plan` numbers them).
+/// close (blocking; `source` numbers them).
 pub(crate) fn read_partitions(
     topic: &KafkaTopic,
     bounds: &[PartitionBounds],

@@ -2,7 +2,7 @@
 //! stored plan ends, and a partition's open shard closes when it is full or `max_wait` after
 //! its first record, so latency stays bounded on a quiet topic. The coordinator stores each
 //! shard in the plan before it runs (see `run`), so a restart never cuts a range twice.
-//! Numbering the shards and sending them on is `crate::watch`'s part.
+//! Numbering the shards and sending them on is `source::watch`'s part.
 
 use super::client::{KafkaSourceError, ANSWER_WITHIN};
 use super::cut::{Cut, Cutter};
