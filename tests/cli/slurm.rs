@@ -238,13 +238,23 @@ fn two_workers_on_every_share_at_once_commit_each_shard_once() {
     assert_eq!(tree(clean.path()), tree(doubled.path()), "the outputs differ from a clean run");
     assert_eq!(journal(&job).len(), 4, "one commit record a shard");
     assert!(rows.iter().all(|r| r["status"] == "ok" && r["attempts"] == "1"), "{rows:?}");
-    // Both workers of each share answered; one answer a shard was taken.
+    // Each share answered at least once and at most once per worker; one answer a shard was
+    // taken. (A worker that starts after its twin answered the whole share finds nothing left
+    // to do and stores no answer: under load, CI saw 3 of 4.)
     let wave = std::fs::read_dir(job.join("slurm")).unwrap().next().unwrap().unwrap().path();
-    let answers = std::fs::read_dir(&wave)
-        .unwrap()
-        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains(".answer-"))
-        .count();
-    assert_eq!(answers, 4, "two shares, two workers each");
+    // Workers that answered share `share`: answer files `<share>.answer-<worker>-<part>.json`.
+    let answered_by_share = |share: &str| {
+        let workers: std::collections::BTreeSet<String> = std::fs::read_dir(&wave)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with(&format!("{share}.answer-")))
+            .map(|name| name.rsplit_once('-').unwrap().0.to_string())
+            .collect();
+        workers.len()
+    };
+    for share in ["0", "1"] {
+        assert!((1..=2).contains(&answered_by_share(share)), "share {share}: one or two workers answered");
+    }
 }
 
 #[test]
