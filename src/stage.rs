@@ -16,7 +16,7 @@
 use crate::manifest::FANOUT_DIR;
 use crate::runtime::capture::{Kept, Overflow};
 use crate::runtime::Invocation;
-use crate::source::{Shard, ShardInput};
+use crate::source::{Reader, Shard, ShardInput};
 use crate::storage::local::blocking;
 use crate::storage::{validate_key, DynStorage, ObjectMeta, StorageError};
 use std::path::{Path, PathBuf};
@@ -250,6 +250,8 @@ pub enum StageError {
     Write { path: PathBuf, source: std::io::Error },
     #[error("staging {what}: {source}")]
     Fetch { what: String, source: StorageError },
+    #[error("staging shard {shard:05}: it was planned from another kind of source than the job reads")]
+    OtherSource { shard: u64 },
 }
 
 impl StageError {
@@ -260,6 +262,7 @@ impl StageError {
                 source.kind() == std::io::ErrorKind::StorageFull
             }
             StageError::Fetch { source, .. } => source.is_no_space(),
+            StageError::OtherSource { .. } => false,
         }
     }
 }
@@ -325,16 +328,17 @@ fn folders_for(in_dir: &Path, keys: &[&str]) -> Vec<PathBuf> {
 
 /// Empties the slot of the previous shard and fetches this shard's inputs into it. A local
 /// source is staged by hard links in one blocking call; a remote one streams downloads.
-pub async fn stage(source: &DynStorage, shard: &Shard, slot: &mut Slot) -> Result<Staged, StageError> {
-    match &shard.input {
-        ShardInput::Objects { objects } => stage_objects(source, objects, slot).await,
-        ShardInput::Records { key, start, end, header } => {
+pub async fn stage(source: &Reader, shard: &Shard, slot: &mut Slot) -> Result<Staged, StageError> {
+    match (&shard.input, source) {
+        (ShardInput::Objects { objects }, Reader::Store(store)) => stage_objects(store, objects, slot).await,
+        (ShardInput::Records { key, start, end, header }, Reader::Store(_)) => {
             stage_records(source, key, *start..*end, *header, slot).await
         }
-        // A topic's partition is its "object", read by offset range (see `kafka::KafkaTopic`).
-        ShardInput::Kafka { partition, start, end, .. } => {
+        // A partition's records by offset range, as an object's by byte range.
+        (ShardInput::Kafka { partition, start, end, .. }, Reader::Topic(_)) => {
             stage_records(source, &partition.to_string(), *start as u64..*end as u64, 0, slot).await
         }
+        (_, _) => Err(StageError::OtherSource { shard: shard.id }),
     }
 }
 
@@ -411,18 +415,19 @@ async fn prepare(
 /// A byte range of one object on stdin: the header row (small) first, then the range
 /// streamed after it.
 async fn stage_records(
-    source: &DynStorage,
+    source: &Reader,
     key: &str,
     range: std::ops::Range<u64>,
     header: u64,
     slot: &mut Slot,
 ) -> Result<Staged, StageError> {
     let path = slot.stdin();
-    let header_bytes = if header > 0 {
-        let fetch = |source| StageError::Fetch { what: format!("header of {key}"), source };
-        source.get_range(key, 0..header).await.map_err(fetch)?
-    } else {
-        bytes::Bytes::new()
+    let header_bytes = match source {
+        Reader::Store(store) if header > 0 => {
+            let fetch = |source| StageError::Fetch { what: format!("header of {key}"), source };
+            store.get_range(key, 0..header).await.map_err(fetch)?
+        }
+        _ => bytes::Bytes::new(),
     };
     let target = path.clone();
     let mut prepared = slot.clone();

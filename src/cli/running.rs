@@ -304,7 +304,7 @@ impl Launch {
         let Launch { job, origins, opened, continuing, staging, grace, output, options } = self;
         let Opened { dest, source, runtime, load, workers } = opened;
         let (job, group) = fix_topic_bounds(job, continuing.as_ref(), &source).await?;
-        let source_storage = source.storage.clone();
+        let source_reader = source.reader.clone();
         let quiet = output.quiet || output.json;
         let (events, event_rx) = EventSink::channel();
         let start = start(&job, source, &dest, &load, continuing, &events).await?;
@@ -328,7 +328,7 @@ impl Launch {
             document: start.document,
             write_job_document: new_job,
             manifest: manifest.clone(),
-            source: source_storage,
+            source: source_reader,
             dest,
             executor,
             prior: start.prior,
@@ -387,7 +387,7 @@ async fn fix_topic_bounds(
     continuing: Option<&JobDocument>,
     source: &source::Source,
 ) -> Result<(Job, Option<Arc<GroupOffsets>>), Failure> {
-    let (Some(kafka), Some(topic)) = (job.input.kafka.as_mut(), &source.kafka) else { return Ok((job, None)) };
+    let (Some(kafka), Some(topic)) = (job.input.kafka.as_mut(), source.topic()) else { return Ok((job, None)) };
     let stored = continuing.and_then(|document| document.job.input.kafka.as_ref()).and_then(|k| k.bounds.clone());
     let bounds = match stored {
         Some(bounds) => bounds,

@@ -19,6 +19,7 @@ use crate::run::{self, CommitListener, RunResult, RunSetup, RunSpec, Shutdown, W
 use crate::runtime::LoadReport;
 use crate::source::kafka::{GroupOffsets, KafkaTopic};
 use crate::source::watch::{self, TopicWatchSpec, WatchSpec};
+use crate::source::Reader;
 use crate::storage::{DynStorage, StorageOptions};
 use crate::units;
 use anyhow::anyhow;
@@ -54,13 +55,13 @@ impl WatchArgs {
         }
         let mut continued = continue_or_begin(&job, &opened.dest, &opened.load).await?;
         let mut job = job;
-        let group = match &opened.source.kafka {
+        let group = match opened.source.topic() {
             Some(topic) => Some(follow_topic(&mut job, &mut continued, topic).await?),
             None => None,
         };
         let started = manifest::timestamp(SystemTime::now());
         let Opened { dest, source, runtime, load, workers } = opened;
-        let source_storage = source.storage.clone();
+        let source_reader = source.reader.clone();
         let job_id = continued.document.job_id.clone();
         let manifest = Manifest::new(dest.clone(), &job_id);
         let (events, event_rx) = EventSink::channel();
@@ -72,7 +73,7 @@ impl WatchArgs {
         let _ = tokio::fs::remove_dir_all(&staging_root).await;
         let shutdown = Shutdown::default();
         watch_signals(shutdown.clone(), grace);
-        let plan_first = source.kafka.is_some();
+        let plan_first = source.topic().is_some();
         let resume = std::mem::take(&mut continued.resume);
         let object_shards = resume.object_shards.clone();
         let shards = start_watching(&job, source, resume, self.once, &shutdown, &events);
@@ -97,7 +98,7 @@ impl WatchArgs {
             document: continued.document,
             write_job_document: false,
             manifest: manifest.clone(),
-            source: source_storage,
+            source: source_reader,
             dest,
             executor,
             prior: continued.prior,
@@ -126,8 +127,8 @@ fn start_watching(
     events: &EventSink,
 ) -> mpsc::Receiver<Result<crate::source::Planned, crate::source::PlanError>> {
     let (stop, events) = (shutdown.soft.clone(), events.clone());
-    match source.kafka.clone() {
-        Some(topic) => watch::start_topic(TopicWatchSpec {
+    match source.reader {
+        Reader::Topic(topic) => watch::start_topic(TopicWatchSpec {
             topic,
             job: job.clone(),
             from: resume.topic_from,
@@ -137,9 +138,10 @@ fn start_watching(
             stop,
             events,
         }),
-        None => watch::start(WatchSpec {
+        Reader::Store(storage) => watch::start(WatchSpec {
             job: job.clone(),
-            source,
+            storage,
+            location: source.location,
             seen: resume.seen,
             first_id: resume.next_id,
             redo: resume.redo,

@@ -15,7 +15,7 @@ use crate::executor::{AttemptDone, Executor};
 use crate::job::Job;
 use crate::manifest::{Counts, JobDocument, Journal, Manifest, ManifestError, ShardRecord, ShardStatus};
 use crate::runtime::OutcomeKind;
-use crate::source::{PlanError, PlanTotals, Planned, Shard, ShardInput};
+use crate::source::{PlanError, PlanTotals, Planned, Reader, Shard, ShardInput};
 use crate::stage::{self, PublishError, Slot, StageError, Staged};
 use crate::storage::DynStorage;
 use std::collections::{BTreeMap, HashMap};
@@ -71,7 +71,8 @@ pub struct RunSetup {
     /// True when job.json must be written before the first shard is dispatched (new jobs).
     pub write_job_document: bool,
     pub manifest: Manifest,
-    pub source: DynStorage,
+    /// Where staging reads the shards' inputs.
+    pub source: Reader,
     pub dest: DynStorage,
     /// Builds the executor, given the channel its results go to.
     pub executor: ExecutorFactory,
@@ -215,7 +216,7 @@ enum Msg {
 struct Coordinator {
     job: Job,
     manifest: Manifest,
-    source: DynStorage,
+    source: Reader,
     dest: DynStorage,
     executor: Box<dyn Executor>,
     events: EventSink,

@@ -14,7 +14,7 @@ pub mod watch;
 use crate::events::{Event, EventSink};
 use crate::job::{Include, Job, KafkaStart, PartitionBounds, ShardRule};
 use crate::location::Location;
-use crate::storage::{self, DynStorage, ObjectMeta, StorageError, StorageOptions};
+use crate::storage::{self, DynStorage, ObjectMeta, StorageError, StorageOptions, StorageResult};
 use futures::StreamExt;
 use kafka::{Cut, KafkaTopic};
 use serde::{Deserialize, Serialize};
@@ -163,14 +163,53 @@ impl PlanError {
     }
 }
 
-/// The input, opened: a storage root and either a folder prefix or one object.
+/// What a source's shards are read from when they are staged: the store that holds its
+/// objects, or a topic's partitions.
+#[derive(Clone, Debug)]
+pub enum Reader {
+    Store(DynStorage),
+    Topic(Arc<KafkaTopic>),
+}
+
+/// The input, opened: a store's folder or one object in it, or a topic.
 pub struct Source {
-    pub storage: DynStorage,
+    pub reader: Reader,
     pub location: Location,
     /// Set when the source names one object rather than a folder.
     pub single: Option<ObjectMeta>,
-    /// Set when the source is a Kafka topic (`storage` is then the same topic).
-    pub kafka: Option<Arc<KafkaTopic>>,
+}
+
+impl Reader {
+    /// Appends bytes `range` of object `key`, or records `range` of partition `key` of a
+    /// topic, to the local file at `path`; returns the bytes added.
+    pub async fn append_range(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+        path: &std::path::Path,
+    ) -> StorageResult<u64> {
+        match self {
+            Reader::Store(store) => store.append_range(key, range, path).await,
+            Reader::Topic(topic) => {
+                let partition = key.parse().map_err(|_| StorageError::Service {
+                    location: topic.location().to_string(),
+                    operation: "read",
+                    message: format!("{key:?} is not a partition of the topic"),
+                })?;
+                topic.append_records(partition, range.start as i64..range.end as i64, path).await
+            }
+        }
+    }
+}
+
+impl Source {
+    /// The topic of a Kafka source.
+    pub fn topic(&self) -> Option<&Arc<KafkaTopic>> {
+        match &self.reader {
+            Reader::Topic(topic) => Some(topic),
+            Reader::Store(_) => None,
+        }
+    }
 }
 
 /// Opens the job's source and decides whether it is a folder or one object.
@@ -180,7 +219,7 @@ pub async fn open_source(job: &Job, options: &StorageOptions) -> Result<Source, 
         Location::Kafka { .. } => {
             let settings = job.input.kafka.as_ref().expect("a kafka:// source has [input.kafka]");
             let topic = KafkaTopic::connect(&location, settings).await?;
-            Ok(Source { storage: topic.clone(), location, single: None, kafka: Some(topic) })
+            Ok(Source { reader: Reader::Topic(topic), location, single: None })
         }
         Location::Local(path) => {
             let meta = tokio::fs::metadata(path).await.map_err(|_| PlanError::SourceMissing(location.clone()))?;
@@ -188,10 +227,11 @@ pub async fn open_source(job: &Job, options: &StorageOptions) -> Result<Source, 
                 let parent = path.parent().unwrap_or(path).to_path_buf();
                 let key = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                 let storage = storage::open(&Location::Local(parent), options).await?;
-                return Ok(Source { storage, location, single: Some(ObjectMeta::new(key, meta.len())), kafka: None });
+                let single = Some(ObjectMeta::new(key, meta.len()));
+                return Ok(Source { reader: Reader::Store(storage), location, single });
             }
             let storage = storage::open(&location, options).await?;
-            Ok(Source { storage, location, single: None, kafka: None })
+            Ok(Source { reader: Reader::Store(storage), location, single: None })
         }
         Location::S3 { bucket, prefix } => {
             if !prefix.is_empty() && !prefix.ends_with('/') {
@@ -203,7 +243,7 @@ pub async fn open_source(job: &Job, options: &StorageOptions) -> Result<Source, 
                     storage::open(&Location::S3 { bucket: bucket.clone(), prefix: parent }, options).await?;
                 parent_storage.check(false).await?;
                 if let Some(object) = parent_storage.head(&name).await? {
-                    return Ok(Source { storage: parent_storage, location, single: Some(object), kafka: None });
+                    return Ok(Source { reader: Reader::Store(parent_storage), location, single: Some(object) });
                 }
             }
             let folder = Location::S3 {
@@ -212,7 +252,7 @@ pub async fn open_source(job: &Job, options: &StorageOptions) -> Result<Source, 
             };
             let storage = storage::open(&folder, options).await?;
             storage.check(false).await?;
-            Ok(Source { storage, location: folder, single: None, kafka: None })
+            Ok(Source { reader: Reader::Store(storage), location: folder, single: None })
         }
     }
 }
@@ -240,9 +280,10 @@ pub fn stream(job: &Job, source: Source, events: EventSink) -> mpsc::Receiver<Re
     let kafka = job.input.kafka.as_ref().map(|kafka| (kafka.start, kafka.bounds.clone()));
     tokio::spawn(async move {
         let started = std::time::Instant::now();
-        let planned = match (source.kafka.clone(), kafka) {
-            (Some(topic), Some((start, bounds))) => plan_topic(&tx, topic, start, bounds, rule, &events).await,
-            _ => plan_into(&tx, rule, include, source, &events).await,
+        let planned = match (source.reader.clone(), kafka) {
+            (Reader::Topic(topic), Some((start, bounds))) => plan_topic(&tx, topic, start, bounds, rule, &events).await,
+            (Reader::Topic(topic), None) => Err(PlanError::NoRecords(topic.location().clone())),
+            (Reader::Store(storage), _) => plan_into(&tx, (rule, include), &storage, source, &events).await,
         };
         let result = planned.map(|mut totals| {
             totals.elapsed_ms = started.elapsed().as_millis() as u64;
@@ -342,29 +383,31 @@ pub(crate) async fn shards_of_batch(
     Ok(shards)
 }
 
+/// Plans the objects of a source's store (or its one object).
 async fn plan_into(
     tx: &mpsc::Sender<Result<Planned, PlanError>>,
-    rule: ShardRule,
-    include: Include,
+    (rule, include): (ShardRule, Include),
+    storage: &DynStorage,
     source: Source,
     events: &EventSink,
 ) -> Result<PlanTotals, PlanError> {
     let mut grouper = Grouper::new(rule.clone(), events);
     let mut listed = 0u64;
+    let one = source.single.is_some();
     let mut objects = match &source.single {
         Some(object) => futures::stream::iter(vec![Ok(object.clone())]).boxed(),
-        None => source.storage.list(""),
+        None => storage.list(""),
     };
     while let Some(object) = objects.next().await {
         let object = object?;
         listed += 1;
-        if source.single.is_none() && !include.matches(&object.key) {
+        if !one && !include.matches(&object.key) {
             continue;
         }
         if rule.is_record_rule() {
             grouper.totals.objects += 1;
             grouper.totals.bytes += object.size;
-            let ranges = records::record_ranges(&source.storage, &object, &rule).await?;
+            let ranges = records::record_ranges(storage, &object, &rule).await?;
             for (start, end, header) in ranges {
                 let shard = grouper.shard(ShardInput::Records { key: object.key.clone(), start, end, header });
                 if tx.send(Ok(Planned::Shard(shard))).await.is_err() {

@@ -6,7 +6,7 @@
 //! sends shards to the coordinator; it writes nothing and runs nothing.
 
 use super::kafka::{self, KafkaTopic};
-use super::{Grouper, PlanError, Planned, Shard, ShardInput, Source};
+use super::{Grouper, PlanError, Planned, Shard, ShardInput};
 use crate::events::{Event, EventSink};
 use crate::job::{Include, Job};
 use crate::location::Location;
@@ -44,7 +44,9 @@ fn seen_of(object: &ObjectMeta) -> Seen {
 /// What a watch starts from.
 pub struct WatchSpec {
     pub job: Job,
-    pub source: Source,
+    /// The store watched, and where it is (a local folder is watched by notifications).
+    pub storage: DynStorage,
+    pub location: Location,
     /// Objects earlier runs took (committed, or about to be run again from `redo`).
     pub seen: HashMap<String, Seen>,
     /// The first shard number this run may give.
@@ -65,7 +67,7 @@ pub fn start(spec: WatchSpec) -> mpsc::Receiver<Result<Planned, PlanError>> {
     tokio::spawn(async move {
         let mut emitter = Emitter {
             grouper: Grouper::new(spec.job.input.shard.clone(), &spec.events),
-            storage: spec.source.storage.clone(),
+            storage: spec.storage.clone(),
             tx: tx.clone(),
             seen: spec.seen,
         };
@@ -83,7 +85,7 @@ pub fn start(spec: WatchSpec) -> mpsc::Receiver<Result<Planned, PlanError>> {
             stop: spec.stop,
             events: spec.events.clone(),
         };
-        let result = match &spec.source.location {
+        let result = match &spec.location {
             Location::Local(root) => watch.local(root.clone(), &mut emitter).await,
             _ => watch.listing(&mut emitter).await,
         };

@@ -18,6 +18,7 @@ use crate::executor::remote::protocol::{Order, Request, ShardResult, StagedOutpu
 use crate::executor::{AttemptDone, Task};
 use crate::runtime::capture::Kept;
 use crate::runtime::{InvocationReport, Limits, Outcome, Runtime};
+use crate::source::Reader;
 use crate::stage::{self, OutputFile, OutputFrom, OutputRules, Slot, LOG_CAP};
 use crate::storage::{self, DynStorage, StorageOptions};
 use futures::StreamExt;
@@ -106,7 +107,7 @@ impl Warm {
         let router = Router::start(pool_rx);
         let batch = Batch {
             request,
-            source,
+            source: Reader::Store(source),
             dest,
             pool,
             router,
@@ -193,7 +194,8 @@ impl Router {
 /// One invocation's attempts, sharing its slots, pool and storage.
 struct Batch<'a> {
     request: &'a Request,
-    source: DynStorage,
+    /// The job's store (remote engines refuse topic sources: a worker has no brokers).
+    source: Reader,
     dest: DynStorage,
     pool: Arc<Pool>,
     router: Router,

@@ -1,16 +1,14 @@
-//! The topic as the run's source storage: a read-only store whose objects are partitions,
-//! read by offset range (`append_range("3", 100..200, stdin)` puts records 100 to 199 of
-//! partition 3 on a shard's stdin). Planning hands each shard's records over in memory
-//! (`keep`), so a shard staged soon after it was cut costs no second read; a retry, a
-//! resumed job or a shard whose records did not fit the cache reads its range again.
+//! The topic as the run's source: partitions read by offset range (`append_records(3,
+//! 100..200, stdin)` puts records 100 to 199 of partition 3 on a shard's stdin). Planning
+//! hands each shard's records over in memory (`keep`), so a shard staged soon after it was
+//! cut costs no second read; a retry, a resumed job or a shard whose records did not fit the
+//! cache reads its range again. A topic is not a store of objects: it is read through
+//! `source::Reader`, never through the storage trait.
 
 use super::client::{append_record, classify, client_config, partitions_of, resolve_bounds, KafkaSourceError};
 use crate::job::{KafkaInput, KafkaStart, PartitionBounds, RecordFormat};
 use crate::location::Location;
-use crate::storage::{ObjectMeta, Storage, StorageError, StorageResult};
-use async_trait::async_trait;
-use bytes::Bytes;
-use futures::stream::BoxStream;
+use crate::storage::{StorageError, StorageResult};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -228,65 +226,9 @@ impl KafkaTopic {
         }
     }
 
-    fn not_objects(&self, operation: &'static str) -> StorageError {
-        StorageError::Service {
-            location: self.location.to_string(),
-            operation,
-            message: "a Kafka topic is read by partition and offset range only".into(),
-        }
-    }
-}
-
-/// A broker that refuses a TLS or SASL handshake closes the connection, which librdkafka
-/// reports as if nobody answered: say that the settings may be the cause.
-fn with_hint(error: KafkaSourceError, secured: Option<String>) -> KafkaSourceError {
-    match (error, secured) {
-        (KafkaSourceError::Unreachable { location, message }, Some(protocol)) => KafkaSourceError::Unreachable {
-            location,
-            message: format!(
-                "{message}; with security.protocol = {protocol}, a handshake the brokers refuse looks the same: \
-                 check input.kafka.settings and FANOUT_KAFKA_SASL_USERNAME, FANOUT_KAFKA_SASL_PASSWORD"
-            ),
-        },
-        (error, _) => error,
-    }
-}
-
-#[async_trait]
-impl Storage for KafkaTopic {
-    fn root(&self) -> &Location {
-        &self.location
-    }
-
-    fn list(&self, _prefix: &str) -> BoxStream<'static, StorageResult<ObjectMeta>> {
-        Box::pin(futures::stream::iter([Err(self.not_objects("list"))]))
-    }
-
-    async fn list_dirs(&self, _prefix: &str) -> StorageResult<Vec<String>> {
-        Err(self.not_objects("list"))
-    }
-
-    async fn head(&self, _key: &str) -> StorageResult<Option<ObjectMeta>> {
-        Err(self.not_objects("head"))
-    }
-
-    async fn get(&self, _key: &str) -> StorageResult<Bytes> {
-        Err(self.not_objects("get"))
-    }
-
-    async fn get_range(&self, _key: &str, _range: Range<u64>) -> StorageResult<Bytes> {
-        Err(self.not_objects("get"))
-    }
-
-    async fn download(&self, _key: &str, _path: &Path) -> StorageResult<u64> {
-        Err(self.not_objects("get"))
-    }
-
-    /// `key` is a partition number and `range` offsets: the records are appended to `path`
-    /// in the job's record format.
-    async fn append_range(&self, key: &str, range: Range<u64>, path: &Path) -> StorageResult<u64> {
-        let partition: i32 = key.parse().map_err(|_| self.not_objects("read"))?;
-        let range = range.start as i64..range.end as i64;
+    /// Appends records `range` (offsets) of `partition` to `path` in the job's record
+    /// format; returns the bytes added.
+    pub(crate) async fn append_records(&self, partition: i32, range: Range<i64>, path: &Path) -> StorageResult<u64> {
         let payload = match self.take(partition, &range) {
             Some(payload) => payload,
             None => {
@@ -307,24 +249,19 @@ impl Storage for KafkaTopic {
         file.flush().await.map_err(io)?;
         Ok(payload.len() as u64)
     }
+}
 
-    async fn put(&self, _key: &str, _data: Bytes) -> StorageResult<()> {
-        Err(self.not_objects("put"))
-    }
-
-    async fn upload(&self, _key: &str, _path: &Path) -> StorageResult<u64> {
-        Err(self.not_objects("put"))
-    }
-
-    async fn copy(&self, _from: &str, _to: &str) -> StorageResult<u64> {
-        Err(self.not_objects("copy"))
-    }
-
-    async fn delete(&self, _key: &str) -> StorageResult<()> {
-        Err(self.not_objects("delete"))
-    }
-
-    async fn check(&self, _for_writing: bool) -> StorageResult<()> {
-        Ok(())
+/// A broker that refuses a TLS or SASL handshake closes the connection, which librdkafka
+/// reports as if nobody answered: say that the settings may be the cause.
+fn with_hint(error: KafkaSourceError, secured: Option<String>) -> KafkaSourceError {
+    match (error, secured) {
+        (KafkaSourceError::Unreachable { location, message }, Some(protocol)) => KafkaSourceError::Unreachable {
+            location,
+            message: format!(
+                "{message}; with security.protocol = {protocol}, a handshake the brokers refuse looks the same: \
+                 check input.kafka.settings and FANOUT_KAFKA_SASL_USERNAME, FANOUT_KAFKA_SASL_PASSWORD"
+            ),
+        },
+        (error, _) => error,
     }
 }
