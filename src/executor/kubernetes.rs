@@ -383,7 +383,8 @@ impl Inner {
     /// Answers, end markers and worker errors stored since the last look.
     async fn read_new(&self, prefix: &str) {
         let mut seen = std::mem::take(&mut self.state().seen);
-        let read = remote::read_new(&self.base.dest, prefix, &mut seen).await;
+        // A look that fails (S3 unreachable a moment) is made again at the next.
+        let read = remote::read_new(&self.base.dest, prefix, &mut seen, remote::every_file).await.unwrap_or_default();
         let mut state = self.state();
         state.seen = seen;
         for (file, stored) in read {

@@ -1,8 +1,9 @@
-//! The local executor, this machine's worker pool: threads that run invocations, started while shards wait (up to
-//! `workers.max`) and stopped after `workers.idle` without work, so an idle pool holds
-//! zero threads. Owns the scaling decisions and the per-worker cold/warm accounting. It
-//! runs what it is handed and reports back; it knows nothing of storage, retries or
-//! manifests (the coordinator in `run` owns those).
+//! The local executor, this machine's worker pool: threads that run invocations, started
+//! while shards wait (up to `workers.max`) and stopped after `workers.idle` without work, so
+//! an idle pool holds zero threads. Owns the scaling decisions and the per-worker cold/warm
+//! accounting. It runs what it is handed and reports back, every task once, even one whose
+//! run panicked; it knows nothing of storage, retries or manifests (the coordinator in
+//! `run` owns those).
 
 use super::{AttemptDone, Executor, Task};
 use crate::events::{Event, EventSink};

@@ -12,9 +12,9 @@ use crate::job::Job;
 use crate::runtime::capture::{Captured, Kept};
 use crate::runtime::{InvocationReport, Outcome};
 use crate::stage::{OutputFile, OutputFrom};
-use crate::storage::DynStorage;
+use crate::storage::{DynStorage, StorageError};
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use protocol::{Answer, Order, Request, ShardResult};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -237,18 +237,27 @@ pub enum Stored {
     Done,
 }
 
-/// The workers' files under `prefix` not in `seen`, read (16 at once). A file is added to
-/// `seen` once read whole: an answer still being written reads short and is left for the
-/// next look, never lost. The one loop every follower and worker reads answers with.
-pub async fn read_new(dest: &DynStorage, prefix: &str, seen: &mut HashSet<String>) -> Vec<(StoredFile, Stored)> {
+/// The workers' files under `prefix` that `wanted` picks and `seen` does not hold, read (16
+/// at once). A file is added to `seen` once read whole: an answer still being written reads
+/// short and is left for the next look, never lost. A listing or a read that fails fails
+/// the look (nothing of it is marked seen). The one loop every follower and worker reads
+/// answers with.
+pub async fn read_new(
+    dest: &DynStorage,
+    prefix: &str,
+    seen: &mut HashSet<String>,
+    wanted: impl Fn(&StoredFile) -> bool,
+) -> Result<Vec<(StoredFile, Stored)>, StorageError> {
     let mut listing = dest.list(prefix);
     let mut new = Vec::new();
-    while let Some(Ok(object)) = listing.next().await {
+    while let Some(object) = listing.next().await {
+        let object = object?;
         if seen.contains(&object.key) {
             continue;
         }
         match StoredFile::parse(&object.key) {
-            Some(file) => new.push(file),
+            Some(file) if wanted(&file) => new.push(file),
+            Some(_) => {}
             None => {
                 seen.insert(object.key);
             }
@@ -258,37 +267,42 @@ pub async fn read_new(dest: &DynStorage, prefix: &str, seen: &mut HashSet<String
         .map(|file| async move {
             let stored = match file.kind {
                 StoredKind::Done => Some(Stored::Done),
-                StoredKind::Error => dest
-                    .get(&file.key)
-                    .await
-                    .ok()
-                    .map(|text| Stored::Error(String::from_utf8_lossy(&text).trim().to_string())),
-                StoredKind::Answer => dest
-                    .get(&file.key)
-                    .await
-                    .ok()
-                    .and_then(|body| serde_json::from_slice::<Answer>(&body).ok())
-                    .map(Stored::Answer),
+                StoredKind::Error => {
+                    let text = dest.get(&file.key).await?;
+                    Some(Stored::Error(String::from_utf8_lossy(&text).trim().to_string()))
+                }
+                StoredKind::Answer => {
+                    let body = dest.get(&file.key).await?;
+                    serde_json::from_slice::<Answer>(&body).ok().map(Stored::Answer)
+                }
             };
-            (file, stored)
+            Ok::<_, StorageError>((file, stored))
         })
         .buffer_unordered(16)
-        .collect()
-        .await;
-    read.into_iter()
+        .try_collect()
+        .await?;
+    Ok(read
+        .into_iter()
         .filter_map(|(file, stored)| {
             let stored = stored?;
             seen.insert(file.key.clone());
             Some((file, stored))
         })
-        .collect()
+        .collect())
+}
+
+/// Every worker's file: for [`read_new`].
+pub fn every_file(_: &StoredFile) -> bool {
+    true
 }
 
 /// The successful results among the workers' answers under `prefix` (committed or not).
+/// What cannot be read now counts as not answered: its shards run again.
 pub async fn succeeded_under(dest: &DynStorage, prefix: &str) -> Vec<(ShardResult, String)> {
     let mut seen = HashSet::new();
     let mut found = Vec::new();
-    for (_, stored) in read_new(dest, prefix, &mut seen).await {
+    let read = read_new(dest, prefix, &mut seen, |file| file.kind == StoredKind::Answer).await;
+    for (_, stored) in read.unwrap_or_default() {
         if let Stored::Answer(answer) = stored {
             let environment = answer.environment;
             found.extend(answer.results.into_iter().filter(ShardResult::succeeded).map(|r| (r, environment.clone())));

@@ -464,7 +464,9 @@ impl Inner {
 
     /// Answers stored since the last look: each owed attempt answered once.
     async fn read_answers(&self, wave: &mut Wave) {
-        for (file, stored) in remote::read_new(&self.base.dest, &wave.prefix, &mut wave.seen).await {
+        // A look that fails (S3 unreachable a moment) is made again at the next.
+        let read = remote::read_new(&self.base.dest, &wave.prefix, &mut wave.seen, remote::every_file).await;
+        for (file, stored) in read.unwrap_or_default() {
             let answer = match stored {
                 Stored::Answer(answer) => answer,
                 Stored::Error(said) => {

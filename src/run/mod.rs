@@ -221,12 +221,10 @@ struct Coordinator {
     executor: Box<dyn Executor>,
     events: EventSink,
     shutdown: Shutdown,
-    /// Set once "stopping now" is told: by the task that waits for the hard stop, or by
-    /// `finish` when the run ends before that task ran.
     /// The second Ctrl-C (or a panic) was heard: running attempts are cancelled.
     hard_stopped: bool,
-    /// When the run stops waiting for attempts that do not come back after a hard stop
-    /// (a worker thread that panicked never answers); their shards stay pending.
+    /// When a run failed by a panic stops waiting for what it had in flight (a task that
+    /// panicked never reports back); those shards stay pending.
     give_up_at: Option<tokio::time::Instant>,
     staging_root: PathBuf,
     run: u32,
@@ -295,8 +293,13 @@ fn process_cpu_time() -> Duration {
 /// How often running attempts are checked against relative timeouts and for stragglers.
 const TAIL_CHECK: Duration = Duration::from_millis(100);
 
-/// How long a hard stop waits for cancelled attempts to come back.
-const HARD_STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long a run failed by a panic waits for cancelled attempts and publishing to end.
+const PANIC_GRACE: Duration = Duration::from_secs(10);
+
+/// The line of a panic told to the run (or of the first of many, when more came at once).
+fn panic_line(told: Result<String, tokio::sync::broadcast::error::RecvError>) -> String {
+    told.unwrap_or_else(|e| format!("in several places at once ({e})"))
+}
 
 /// Sleeps until `at`, or forever when there is no `at`.
 async fn sleep_until_some(at: Option<tokio::time::Instant>) {
@@ -335,10 +338,16 @@ pub async fn execute(spec: RunSpec) -> Result<RunResult, RunError> {
             _ = snapshot_tick.tick(), if coordinator.unreported => coordinator.send_snapshot(),
             _ = coordinator.shutdown.soft.cancelled(), if !coordinator.stopping => coordinator.begin_stop(),
             _ = coordinator.shutdown.hard.cancelled(), if !coordinator.hard_stopped => coordinator.hard_stop(),
-            panicked = panics.recv() => coordinator.on_panic(panicked.unwrap_or_else(|e| e.to_string())),
+            panicked = panics.recv() => coordinator.on_panic(panic_line(panicked)),
             _ = sleep_until_some(coordinator.give_up_at) => coordinator.give_up_waiting(),
         }
     }
+    // A panic told after the last turn of the loop still fails the run; from here on,
+    // panics print as Rust prints them (the journal's tasks report theirs as errors).
+    if let Ok(line) = panics.try_recv() {
+        coordinator.on_panic(line);
+    }
+    drop(panics);
     coordinator.finish().await
 }
 
@@ -470,8 +479,8 @@ impl Coordinator {
         self.events.emit(Event::Stopping { hard: true });
     }
 
-    /// Nothing new starts and every running attempt is cancelled; those that have not come
-    /// back within [`HARD_STOP_GRACE`] are left pending.
+    /// Nothing new starts and every running attempt is cancelled (each comes back, and
+    /// publishing that has begun ends, before the run does).
     fn cancel_running(&mut self) {
         if !self.stopping {
             self.stopping = true;
@@ -480,7 +489,6 @@ impl Coordinator {
         }
         self.hard_stopped = true;
         self.shutdown.hard.cancel();
-        self.give_up_at = Some(tokio::time::Instant::now() + HARD_STOP_GRACE);
     }
 
     /// A panic in a thread or task the run waits on: the run fails with it, keeping what
@@ -493,14 +501,17 @@ impl Coordinator {
         if !self.hard_stopped {
             self.cancel_running();
         }
+        // What panicked may have been the task a shard waits for: after the grace, the
+        // shards still in flight stay pending (a redrive runs them).
+        self.give_up_at.get_or_insert(tokio::time::Instant::now() + PANIC_GRACE);
     }
 
-    /// Stops waiting for attempts that did not come back after a hard stop.
+    /// Stops waiting for what did not come back after a panic.
     fn give_up_waiting(&mut self) {
         self.give_up_at = None;
         let left = self.in_flight.len();
         self.events.emit(Event::Note(format!(
-            "{left} running attempt(s) did not come back after the stop: their shards stay pending"
+            "{left} shard(s) in flight did not come back after the panic: they stay pending"
         )));
         self.in_flight.clear();
     }

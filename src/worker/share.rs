@@ -8,7 +8,7 @@
 //! of their own, and the committer takes one.
 
 use crate::executor::remote::protocol::{self, Answer, Order, Request, ShardResult};
-use crate::executor::remote::{self, Shares, Stored, StoredFile, SHARES};
+use crate::executor::remote::{self, Shares, Stored, StoredFile, StoredKind, SHARES};
 use crate::storage::{DynStorage, StorageError};
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
@@ -114,7 +114,9 @@ pub async fn answer_share(requests: &DynStorage, where_: &str, index: usize, tag
             protocol::PROTOCOL
         )));
     }
-    let earlier = earlier_answers(requests, index).await;
+    let earlier = earlier_answers(requests, index)
+        .await
+        .map_err(ShareError::storage(format!("reading share {index}'s earlier answers")))?;
     request.orders = still_to_do(std::mem::take(&mut request.orders), &earlier, request.retry_up_to);
     // Staged outputs under a prefix of this worker's own: another worker on the same
     // share never writes where this one did.
@@ -137,20 +139,18 @@ pub async fn answer_share(requests: &DynStorage, where_: &str, index: usize, tag
 }
 
 /// What earlier workers of share `index` answered: each shard's results.
-async fn earlier_answers(requests: &DynStorage, index: usize) -> HashMap<u64, Vec<ShardResult>> {
+async fn earlier_answers(requests: &DynStorage, index: usize) -> Result<HashMap<u64, Vec<ShardResult>>, StorageError> {
     let mut earlier: HashMap<u64, Vec<ShardResult>> = HashMap::new();
     // An answer being written as this worker starts may read short: what it holds is done
     // again, never lost.
-    for (file, stored) in remote::read_new(requests, "", &mut HashSet::new()).await {
+    let mine = |file: &StoredFile| file.share == index && file.kind == StoredKind::Answer;
+    for (_, stored) in remote::read_new(requests, "", &mut HashSet::new(), mine).await? {
         let Stored::Answer(answer) = stored else { continue };
-        if file.share != index {
-            continue;
-        }
         for result in answer.results {
             earlier.entry(result.shard).or_default().push(result);
         }
     }
-    earlier
+    Ok(earlier)
 }
 
 /// The orders no earlier worker succeeded at. Where the worker retries itself
