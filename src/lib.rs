@@ -27,6 +27,8 @@
 //!   Lambda runtime loop, `fanout worker` for Slurm array tasks and pods).
 //! - [`reduce`]: the step after the map: a tree of reduce invocations, or a concatenation.
 //! - [`report`]: progress, report.csv, summary.json.
+//! - [`launch`]: from a resolved job to a running coordinator and its reports, shared by
+//!   `run`, `redrive`, `watch`, `k8s` and `status --follow`.
 //! - [`cli`]: the command line and exit codes; the only place that prints errors.
 //!
 //! Only what the binary and the integration tests use is public.
@@ -37,6 +39,7 @@ pub(crate) mod events;
 pub(crate) mod executor;
 pub mod function;
 pub(crate) mod job;
+pub(crate) mod launch;
 pub mod location;
 pub(crate) mod manifest;
 pub(crate) mod panics;

@@ -7,7 +7,6 @@ use crate::location::Location;
 use crate::manifest::{self, JobDocument};
 use crate::source::PlanError;
 use crate::storage::{self, DynStorage, StorageOptions};
-use anyhow::anyhow;
 
 /// Opens DEST and finds the job named (or the latest): a usage error when there is none.
 pub(super) async fn open_job(
@@ -29,8 +28,7 @@ pub(super) async fn open_job(
 
 /// A planning error found before any work: exit 2, pointing at the job file's line.
 pub(super) fn plan_failure(error: PlanError, origins: &Origins) -> Failure {
-    let at = error.field().map(|field| origins.prefix(field)).unwrap_or_default();
-    usage(anyhow!("{at}{error}"))
+    crate::launch::LaunchError::plan(error, origins).into()
 }
 
 /// The command that finishes a job, ready to paste into a shell.

@@ -39,3 +39,13 @@ pub(super) fn usage(error: impl Into<anyhow::Error>) -> Failure {
 pub(super) fn failed(error: impl Into<anyhow::Error>) -> Failure {
     Failure::Job(error.into())
 }
+
+/// A launch refused (nothing written) is a usage error; one that failed later, a job failure.
+impl From<crate::launch::LaunchError> for Failure {
+    fn from(error: crate::launch::LaunchError) -> Self {
+        match error {
+            crate::launch::LaunchError::Refused(_) => Failure::Usage(error.into()),
+            crate::launch::LaunchError::Failed(_) => Failure::Job(error.into()),
+        }
+    }
+}

@@ -7,11 +7,12 @@
 use super::args::{K8sArgs, StatusArgs};
 use super::common::{follow_command, open_job, plan_failure};
 use super::exit::{failed, usage, Failure, EXIT_OK};
-use super::running::{new_document, open_everything, Launch, Opened, Workers};
+use super::running::{open_everything, Launch};
 use crate::events::EventSink;
 use crate::executor::kubernetes::{self, CommitterLease, JobSpec, Shares};
 use crate::executor::remote::protocol::{self, Order, Request};
 use crate::job::{self, Executor, Job, Origins};
+use crate::launch::{new_document, Opened, Workers};
 use crate::manifest::{JobDocument, Manifest, PlanState};
 use crate::source::{self, PlanTotals, Planned, Shard};
 use crate::stage::Call;

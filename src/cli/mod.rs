@@ -48,8 +48,10 @@ pub fn main() -> ExitCode {
     };
     // A panic that reached the command itself (its line was told to a run, not printed).
     let Ok(result) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime.block_on(command))) else {
-        let line = crate::panics::last().unwrap_or_default();
-        eprintln!("fanout: error: an internal error (a bug in fanout) {line}");
+        match crate::panics::last() {
+            Some(line) => eprintln!("fanout: error: an internal error (a bug in fanout): panicked {line}"),
+            None => eprintln!("fanout: error: an internal error (a bug in fanout) stopped the command"),
+        }
         runtime.shutdown_background();
         return ExitCode::from(exit::EXIT_JOB_FAILED);
     };
