@@ -505,6 +505,10 @@ impl Executor for Follower {
         false
     }
 
+    fn sweep(&self) -> futures::future::BoxFuture<'static, ()> {
+        self.0.base.sweep_attempts()
+    }
+
     fn shards_in_flight(&self) -> usize {
         remote::BATCH_ENGINE_IN_FLIGHT
     }

@@ -6,7 +6,7 @@
 //! no executor imports another. Every executor receives [`Task`]s and sends back one
 //! [`AttemptDone`] per task; planning, retries, stragglers, publishing and commits stay in
 //! the coordinator (`run`), so a job looks the same whichever executor ran it. Adding an
-//! engine is a sibling file here and one arm where the CLI builds executors.
+//! engine is a sibling file here and one arm in `launch::executor_for`.
 
 pub mod kubernetes;
 pub mod lambda;
@@ -93,10 +93,17 @@ pub trait Executor: Send + Sync {
     fn summary(&self) -> Option<serde_json::Value> {
         None
     }
-    /// True when attempts run on this machine, in the slots the coordinator stages; a
-    /// remote engine's workers stage their own inputs and stage outputs in DEST.
+    /// True when attempts run on this machine, in the slots the coordinator stages and
+    /// whose `/out` it watches as it fills; a remote engine's workers stage their own inputs,
+    /// check their own outputs and stage them in DEST.
     fn stages_locally(&self) -> bool {
         true
+    }
+    /// Removes what this executor's attempts left behind and nobody published (a remote
+    /// engine's staged outputs in DEST: losers, failures, answers that came too late).
+    /// Called once, when the run ends.
+    fn sweep(&self) -> futures::future::BoxFuture<'static, ()> {
+        Box::pin(async {})
     }
     /// Shards the coordinator keeps in flight for this executor: enough to keep every
     /// worker fed while others stage and publish, or every remote batch full.

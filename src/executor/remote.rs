@@ -40,6 +40,26 @@ pub struct JobBase {
 }
 
 impl JobBase {
+    /// Removes what remote attempts staged and nobody published (losers, failures, attempts
+    /// that answered too late). An invocation still running may stage more after this; it
+    /// is never published, and the next run of the job sweeps it.
+    pub fn sweep_attempts(&self) -> futures::future::BoxFuture<'static, ()> {
+        use futures::StreamExt;
+        let prefix = format!("{}/{}/attempts/", crate::manifest::FANOUT_DIR, self.job_id);
+        let dest = self.dest.clone();
+        Box::pin(async move {
+            dest.list(&prefix)
+                .filter_map(|listed| async move { listed.ok() })
+                .for_each_concurrent(16, |object| {
+                    let dest = dest.clone();
+                    async move {
+                        let _ = dest.delete(&object.key).await;
+                    }
+                })
+                .await;
+        })
+    }
+
     /// A request for `batch`: each attempt with a staging prefix no other attempt uses.
     pub fn request(&self, batch: &[Task], nonce: &AtomicU64) -> Request {
         let orders = batch

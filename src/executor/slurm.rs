@@ -611,6 +611,10 @@ impl Executor for SlurmExecutor {
         false
     }
 
+    fn sweep(&self) -> futures::future::BoxFuture<'static, ()> {
+        self.0.base.sweep_attempts()
+    }
+
     fn shards_in_flight(&self) -> usize {
         remote::BATCH_ENGINE_IN_FLIGHT
     }

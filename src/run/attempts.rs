@@ -3,9 +3,10 @@
 //! attempts for relative timeouts, output-rule breaches and straggling. Part of the
 //! coordinator (`run`): these are its methods, run in its task, on its state.
 
+use super::finish::process_cpu_time;
 use super::record;
 use super::state::{AttemptInfo, Cancelled, Running};
-use super::{backoff_before, process_cpu_time, tail, Coordinator, Msg, CLEAN_EAGERLY};
+use super::{backoff_before, tail, Coordinator, Msg, CLEAN_EAGERLY};
 use crate::events::Event;
 use crate::executor::{AttemptDone, Task};
 use crate::runtime::capture::Kept;

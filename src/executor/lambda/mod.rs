@@ -631,6 +631,10 @@ impl Executor for LambdaExecutor {
         false
     }
 
+    fn sweep(&self) -> futures::future::BoxFuture<'static, ()> {
+        self.0.base.sweep_attempts()
+    }
+
     fn shards_in_flight(&self) -> usize {
         (self.0.concurrency * 32).clamp(256, 65_536)
     }
