@@ -294,7 +294,8 @@ struct FollowStats {
 
 #[derive(Default)]
 struct State {
-    owed: HashMap<u64, Task>,
+    /// By shard and attempt: a shard may have two attempts owed at once (a backup).
+    owed: HashMap<(u64, u32), Task>,
     following: bool,
     stopping: bool,
     shares: Option<Shares>,
@@ -401,16 +402,21 @@ impl Inner {
         }
     }
 
-    /// Hands over every owed attempt the pods have answered for, and fails those no pod will.
+    /// Hands over every owed attempt the pods have answered for, fails those no pod will,
+    /// and gives back unrun those the coordinator cancelled (the pods' answer is not awaited).
     fn settle(&self) {
         let mut state = self.state();
         let State { owed, results, shares, finished, errors, lanes, .. } = &mut *state;
         let Some(shares) = shares.as_ref() else { return };
         let mut settled = Vec::new();
-        for (&shard, task) in owed.iter() {
-            if let Some((result, environment)) = results.remove(&(shard, task.attempt)) {
+        for (&(shard, attempt), task) in owed.iter() {
+            if task.cancel.is_cancelled() {
+                settled.push(((shard, attempt), remote::not_run(task)));
+                continue;
+            }
+            if let Some((result, environment)) = results.remove(&(shard, attempt)) {
                 let lane = lanes.get(&environment).copied().unwrap_or(0);
-                settled.push((shard, remote::attempt_done(result, lane, &environment)));
+                settled.push(((shard, attempt), remote::attempt_done(result, lane, &environment)));
                 continue;
             }
             let share = shares.share_of(shard);
@@ -434,10 +440,10 @@ impl Inner {
             } else {
                 continue;
             };
-            settled.push((shard, remote::failed(task, SystemTime::now(), message)));
+            settled.push(((shard, attempt), remote::failed(task, SystemTime::now(), message)));
         }
-        for (shard, done) in settled {
-            owed.remove(&shard);
+        for (owed_attempt, done) in settled {
+            owed.remove(&owed_attempt);
             let _ = self.results.send(done);
         }
         let live = state.heard.values().filter(|at| at.elapsed() < RECENTLY).count();
@@ -469,7 +475,7 @@ impl Executor for Follower {
             let _ = self.0.results.send(remote::not_run(&task));
             return;
         }
-        state.owed.insert(task.shard.id, task);
+        state.owed.insert((task.shard.id, task.attempt), task);
         if !state.following {
             state.following = true;
             tokio::spawn(self.0.clone().follow());

@@ -64,9 +64,15 @@ impl Pool {
         })
     }
 
-    /// Queues a task, and starts a worker if no idle one can take it.
+    /// Queues a task, and starts a worker if no idle one can take it. Once stopping, the
+    /// task comes back at once, unrun.
     pub fn submit(self: &Arc<Self>, task: Task) {
         let mut state = self.state.lock().expect("pool lock");
+        if state.stopping {
+            drop(state);
+            let _ = self.results.send(given_back(&task));
+            return;
+        }
         state.queue.push_back(task);
         if should_start_worker(state.queue.len(), state.idle, state.live, self.max) {
             state.live += 1;
@@ -88,10 +94,18 @@ impl Pool {
         }
     }
 
-    /// Stops starting queued tasks: they come back as cancelled, unrun.
+    /// Stops starting queued tasks: they come back at once as cancelled, unrun, without
+    /// waiting for a worker to come free (running attempts go on).
     pub fn stop_starting(&self) {
-        self.state.lock().expect("pool lock").stopping = true;
+        let queued = {
+            let mut state = self.state.lock().expect("pool lock");
+            state.stopping = true;
+            std::mem::take(&mut state.queue)
+        };
         self.work_ready.notify_all();
+        for task in queued {
+            let _ = self.results.send(given_back(&task));
+        }
     }
 
     pub fn live(&self) -> usize {
@@ -190,7 +204,7 @@ impl Pool {
         let started = SystemTime::now();
         let ran = !(stopping || task.cancel.is_cancelled());
         let report = if ran {
-            task.started.start(Instant::now());
+            task.started.start(tokio::time::Instant::now());
             if task.make_out_dir {
                 let _ = std::fs::create_dir_all(&task.outputs.0);
             }
@@ -213,6 +227,22 @@ impl Pool {
             outputs,
         };
         (done, ran)
+    }
+}
+
+/// A task handed back unrun (stopping): no worker took it.
+fn given_back(task: &Task) -> AttemptDone {
+    let now = SystemTime::now();
+    AttemptDone {
+        shard: task.shard.id,
+        attempt: task.attempt,
+        worker: 0,
+        worker_name: None,
+        cold_start: false,
+        started: now,
+        finished: now,
+        report: InvocationReport::not_run(Outcome::Cancelled),
+        outputs: None,
     }
 }
 

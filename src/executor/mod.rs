@@ -6,8 +6,14 @@
 //! no executor imports another. Every executor receives [`Task`]s and sends back one
 //! [`AttemptDone`] per task; planning, retries, stragglers, publishing and commits stay in
 //! the coordinator (`run`), so a job looks the same whichever executor ran it. Adding an
-//! engine is a sibling file here and one arm in `launch::executor_for`.
+//! engine is a sibling file here and one arm in `launch::executor_for`. For tests only:
+//! `fake`, an engine that plays scripted attempts in virtual time, and `conformance`, the
+//! checks of this contract that every executor passes.
 
+#[cfg(test)]
+mod conformance;
+#[cfg(test)]
+pub mod fake;
 pub mod kubernetes;
 pub mod lambda;
 pub mod local;
@@ -19,7 +25,8 @@ use crate::source::Shard;
 use crate::stage::{OutputFile, OutputRules};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// One attempt at one shard, ready to run.
@@ -41,7 +48,8 @@ pub struct Task {
 /// When an attempt started running, as its executor saw it. Unset while the attempt waits,
 /// and unset again when an engine hands it back unrun to be sent again (a throttled Lambda
 /// invocation): waiting must never look like running to straggler backups and relative
-/// timeouts.
+/// timeouts. Read on tokio's clock, so that tests with a paused clock see attempts run in
+/// virtual time (outside a runtime, or unpaused, it is the system's monotonic clock).
 #[derive(Debug, Default)]
 pub struct StartClock(Mutex<Option<Instant>>);
 
@@ -78,11 +86,14 @@ pub struct AttemptDone {
     pub outputs: Option<Result<Vec<OutputFile>, String>>,
 }
 
-/// Runs attempts. Methods are called from the coordinator's task and never block.
+/// Runs attempts. Methods are called from the coordinator's task and never block. The
+/// contract (`conformance` checks it): every task is answered exactly once; a task whose
+/// `cancel` token fires comes back `Cancelled`, soon when it runs, unrun when it waits.
 pub trait Executor: Send + Sync {
     /// Queues a task; its [`AttemptDone`] arrives on the executor's results channel.
     fn submit(&self, task: Task);
-    /// Stops starting queued tasks: they come back as cancelled, unrun.
+    /// Stops starting queued tasks: they come back at once as cancelled, unrun, as does any
+    /// task submitted afterwards; running attempts go on.
     fn stop_starting(&self);
     /// True when a task submitted now would start at once.
     fn can_start_now(&self) -> bool;

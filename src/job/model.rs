@@ -414,6 +414,33 @@ impl Default for Stragglers {
     }
 }
 
+/// A job with every default, reading `source` and writing `dest`, for tests that build a
+/// run without a job file (the coordinator's and the executors').
+#[cfg(test)]
+impl Job {
+    pub(crate) fn for_tests(source: Location, dest: Location) -> Job {
+        Job {
+            name: "test".into(),
+            input: Input { source, include: Include::default(), shard: ShardRule::Object, kafka: None },
+            function: Function {
+                wasm: Location::Local("/nowhere/f.wasm".into()),
+                args: Vec::new(),
+                env: BTreeMap::new(),
+                timeout_ms: 60_000,
+                relative_timeout_percent: None,
+                memory_bytes: 64 << 20,
+            },
+            output: Output { dest, max_files: defaults::MAX_FILES, max_bytes: 1 << 30 },
+            workers: Workers { max: 4, idle_ms: 1000 },
+            retry: Retry { attempts: defaults::ATTEMPTS, backoff_ms: 200, tolerated: Tolerance::Count(0) },
+            stragglers: Stragglers::default(),
+            executor: Executor::Local,
+            watch: Watch::default(),
+            reduce: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

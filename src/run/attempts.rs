@@ -345,13 +345,14 @@ impl Coordinator {
     /// Output rules, relative timeouts and backup attempts: checked every `TAIL_CHECK`.
     pub(super) fn watch_tail(&mut self) {
         let median = self.durations.median();
-        let now = Instant::now();
+        // tokio's clock, as the executors' start clocks: a paused clock in tests runs the tail.
+        let now = tokio::time::Instant::now();
         let rules = OutputRules { max_files: self.job.output.max_files, max_bytes: self.job.output.max_bytes };
         // A remote worker checks its own `/out` when the guest ends; nothing is here to watch.
         let local = self.executor.stages_locally();
         for (id, flight) in self.in_flight.iter_mut().filter(|_| local) {
             for running in flight.running.iter_mut().filter(|r| r.cancelled.is_none() && !r.output_check_running) {
-                let due = |since: Instant| now.duration_since(since) >= OUTPUT_CHECK;
+                let due = |since: tokio::time::Instant| now.duration_since(since) >= OUTPUT_CHECK;
                 if !running.started.get().is_some_and(due) || !running.output_checked.is_none_or(due) {
                     continue;
                 }

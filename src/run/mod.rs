@@ -33,6 +33,8 @@ mod record;
 mod state;
 mod stop;
 mod tail;
+#[cfg(test)]
+mod virtual_time;
 
 use state::{Cancelled, InFlight};
 

@@ -10,7 +10,8 @@ use crate::source::Shard;
 use crate::stage::{Slot, Staged};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// One attempt that ended, as the shard's log and record tell it.

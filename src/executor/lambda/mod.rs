@@ -396,7 +396,7 @@ impl Inner {
     async fn invoke(self: Arc<Self>, batch: Vec<Task>) {
         let sent = SystemTime::now();
         for task in &batch {
-            task.started.start(Instant::now());
+            task.started.start(tokio::time::Instant::now());
         }
         let body = serde_json::to_vec(&self.request_for(&batch)).expect("a request serializes");
         // The worker runs a batch's attempts side by side, each within function.timeout; a
