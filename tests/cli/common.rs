@@ -63,6 +63,22 @@ pub fn eventually(what: &str, limit: std::time::Duration, every: std::time::Dura
     }
 }
 
+/// The workers on this machine (`fanout lambda worker`, `fanout worker` in a Slurm task)
+/// whose guest has written `name` under /out, by pid: a worker stages each attempt under
+/// `<temp dir>/fanout-worker-<pid>/`, where a guest's /out is a folder. With the misbehave
+/// function's `holdfirst`, the fact that an attempt is running and cannot finish.
+pub fn workers_holding(name: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.strip_prefix("fanout-worker-")?.parse().ok()?;
+            let mut files = walkdir::WalkDir::new(entry.path()).into_iter().flatten();
+            files.any(|file| file.file_name() == name).then_some(pid)
+        })
+        .collect()
+}
+
 /// Builds one of the repository's function crates once per test binary and returns its .wasm.
 /// Each crate has a lock of its own: tests that need different functions build them side
 /// by side instead of queueing behind one build (cargo's own lock on each crate's target

@@ -359,11 +359,9 @@ fn a_committer_killed_mid_job_is_replaced_at_once_and_commits_nothing_twice() {
     assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
     // Share 0's three shards committed (or being committed), then the committer dies
     // without a word, its lease still fresh.
-    let began = Instant::now();
-    while !run_in(&repo(), &["status", &k8s.dest]).stdout.contains("3 done") {
-        assert!(began.elapsed() < Duration::from_secs(60), "share 0 was not committed");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    eventually("share 0 to be committed", Duration::from_secs(60), Duration::from_millis(200), || {
+        run_in(&repo(), &["status", &k8s.dest]).stdout.contains("3 done")
+    });
     follower.kill().unwrap();
     let _ = follower.wait();
     let late = k8s.pod(1, "late").wait_with_output().unwrap();

@@ -327,19 +327,38 @@ fn a_watch_commits_bursts_within_twice_max_wait_and_idles_with_no_workers() {
     assert!(p50 < 2.0, "p50 latency {p50:.3}s is not under 2 x max_wait");
     assert_each_once(&ids_in_outputs(&dest), 0..750);
     // Between bursts the pool went back to zero workers: the progress lines say so after
-    // each of the first four bursts was committed.
-    std::thread::sleep(Duration::from_secs(3));
+    // each of the first four bursts was committed (and, soon, after the fifth).
+    let idle_after = || -> std::collections::BTreeSet<String> {
+        let text = std::fs::read_to_string(&log).unwrap();
+        text.lines()
+            .filter(|line| line.contains("(watching) shards done") && line.contains(" 0 workers"))
+            .filter_map(|line| line.split_whitespace().nth(1))
+            .filter(|done| !done.starts_with("0/"))
+            .map(str::to_string)
+            .collect()
+    };
+    wait_for("zero workers after the last burst", Duration::from_secs(30), || idle_after().len() >= 5);
     watcher.kill();
-    let text = std::fs::read_to_string(&log).unwrap();
-    let idle_after: std::collections::BTreeSet<&str> = text
-        .lines()
-        .filter(|line| line.contains("(watching) shards done") && line.contains(" 0 workers"))
-        .filter_map(|line| line.split_whitespace().nth(1))
-        .filter(|done| !done.starts_with("0/"))
-        .collect();
-    assert!(idle_after.len() >= 4, "zero workers after each burst: {idle_after:?}\n{text}");
+    let idle = idle_after();
+    assert!(idle.len() >= 4, "zero workers after each burst: {idle:?}\n{}", std::fs::read_to_string(&log).unwrap());
     let (committed, high) = kafka.offsets(&topic, "stream");
     assert_eq!(committed, high, "the group follows the commits");
+}
+
+/// Whether every shard the watch under `dest` stored in its plan (before running it) has
+/// an ok commit record: nothing is left to run until another record arrives.
+fn every_planned_shard_committed(dest: &Path) -> bool {
+    let job = job_dir(dest);
+    let mut planned = std::collections::BTreeSet::new();
+    for file in std::fs::read_dir(job.join("plan")).unwrap() {
+        // A plan file being written may end in half a line: not settled yet.
+        for line in std::fs::read_to_string(file.unwrap().path()).unwrap_or_default().lines() {
+            let Ok(shard) = serde_json::from_str::<serde_json::Value>(line) else { return false };
+            planned.insert(shard["id"].as_u64().unwrap());
+        }
+    }
+    let committed = journal(&job).into_iter().filter(|r| r["status"] == "ok").map(|r| r["shard"].as_u64().unwrap());
+    planned.is_subset(&committed.collect())
 }
 
 /// A broker started for one test (`scripts/test-kafka start`), stopped when dropped.
@@ -413,7 +432,9 @@ fn sigkills_of_a_watch_and_a_broker_restart_lose_and_double_nothing() {
     // A watch that keeps running through a broker restart recovers by itself.
     let log = work.path().join("last.log");
     let mut watcher = Watcher::start(&url, &dest, "kills", &log, &[]);
-    std::thread::sleep(Duration::from_secs(2));
+    wait_for("the watch to follow the topic", Duration::from_secs(30), || {
+        std::fs::read_to_string(&log).is_ok_and(|text| text.contains("watching kafka://"))
+    });
     let restarted = Command::new(repo().join("scripts/test-kafka")).arg("restart").envs(env).output().unwrap();
     assert!(restarted.status.success(), "{}", String::from_utf8_lossy(&restarted.stderr));
     let mut producer = produce_slowly(&kafka, &topic, produced, 1000);
@@ -440,7 +461,8 @@ fn sigkills_of_a_watch_and_a_broker_restart_lose_and_double_nothing() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    std::thread::sleep(Duration::from_secs(2));
+    // Nothing more is to come once every shard the watch planned is committed.
+    wait_for("every planned shard committed", Duration::from_secs(60), || every_planned_shard_committed(&dest));
     watcher.kill();
     assert_eq!(ids_in_outputs(&dest), expected, "each record of the topic output exactly once");
     // tansu may drop what it acknowledged just before a restart (up to 1,600 of 11,000 here):

@@ -6,7 +6,7 @@
 use crate::common::*;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn s3_url(prefix: &str) -> String {
     format!("s3://{}/{prefix}", s3().bucket)
@@ -55,15 +55,13 @@ fn thumbnails_on_slurm_match_the_local_executor_byte_for_byte() {
 
 /// Waits for `file` to hold a line starting with `start`, and returns the rest of it.
 fn line_in(file: &Path, start: &str, limit: Duration) -> String {
-    let began = Instant::now();
-    loop {
+    let mut found = None;
+    eventually(&format!("{start:?} in {}", file.display()), limit, Duration::from_millis(50), || {
         let text = std::fs::read_to_string(file).unwrap_or_default();
-        if let Some(line) = text.lines().find_map(|l| l.strip_prefix(start)) {
-            return line.to_string();
-        }
-        assert!(began.elapsed() < limit, "no {start:?} in {}:\n{text}", file.display());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        found = text.lines().find_map(|l| l.strip_prefix(start)).map(str::to_string);
+        found.is_some()
+    });
+    found.unwrap()
 }
 
 /// A job of six shards that each nap `ms` on Slurm, three array tasks of two shards each,
@@ -79,9 +77,16 @@ struct NapJob {
 
 impl NapJob {
     fn start(test: &str, ms: u64, more: &[&str]) -> NapJob {
+        let inputs: Vec<(String, String)> = (0..6).map(|i| (format!("nap-{i:03}"), format!("nap {ms}"))).collect();
+        NapJob::start_with(test, &inputs, more)
+    }
+
+    /// The job over `inputs` (name, misbehave command), six of them.
+    fn start_with(test: &str, inputs: &[(String, String)], more: &[&str]) -> NapJob {
         let prefix = unique_prefix(test);
         let dir = tempfile::tempdir().unwrap();
-        write_commands(&dir.path().join("in"), "nap-", 6, &format!("nap {ms}"));
+        let files: Vec<(&str, &str)> = inputs.iter().map(|(name, command)| (name.as_str(), command.as_str())).collect();
+        write_files(&dir.path().join("in"), &files);
         boto3_upload(&dir.path().join("in"), &format!("{prefix}in/"));
         let (input, output) = (s3_url(&format!("{prefix}in/")), s3_url(&format!("{prefix}out/")));
         let wasm = function("misbehave");
@@ -115,21 +120,30 @@ impl NapJob {
 
 /// Waits until the Slurm job or array task `id` has a task running.
 fn wait_running(id: &str) {
-    let began = Instant::now();
-    while !slurm("squeue", &["-h", "-r", "-j", id, "-t", "RUNNING", "-o", "%i"]).contains('_') {
-        assert!(began.elapsed() < Duration::from_secs(60), "{id} never ran");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually(&format!("{id} to run"), Duration::from_secs(60), Duration::from_millis(100), || {
+        slurm("squeue", &["-h", "-r", "-j", id, "-t", "RUNNING", "-o", "%i"]).contains('_')
+    });
 }
 
 #[test]
 #[cfg_attr(not(fanout_slurm_cluster), ignore = "needs the Slurm test cluster and S3: run scripts/test")]
 fn an_array_task_cancelled_in_the_middle_has_its_shards_retried() {
-    let mut job = NapJob::start("slurm-cancel", 2000, &["--backoff", "10ms"]);
-    // Task 1 runs its first shard (2 s each, one after the other): cancel it now.
+    // Task 1's two shards (2 and 3) cannot finish in their first attempt: each says it runs
+    // (a name of this run's own) and spins. The others nap 2 s.
+    let tag = unique_prefix("held").trim_end_matches('/').to_string();
+    let inputs: Vec<(String, String)> = (0..6)
+        .map(|i| match i {
+            2 | 3 => (format!("nap-{i:03}-{tag}"), "holdfirst".to_string()),
+            _ => (format!("nap-{i:03}"), "nap 2000".to_string()),
+        })
+        .collect();
+    let held = [2, 3].map(|i| format!("{}.held", inputs[i].0));
+    let mut job = NapJob::start_with("slurm-cancel", &inputs, &["--backoff", "10ms"]);
+    // Task 1 runs its first shard, which cannot end: cancel the task now.
     let task = format!("{}_1", job.array);
-    wait_running(&task);
-    std::thread::sleep(Duration::from_millis(500));
+    eventually(&format!("{task} to run its first shard"), Duration::from_secs(60), Duration::from_millis(50), || {
+        held.iter().any(|name| !workers_holding(name).is_empty())
+    });
     assert!(std::process::Command::new("scancel").arg(&task).status().unwrap().success());
     let status = job.child.wait().unwrap();
     let stderr = std::fs::read_to_string(&job.log).unwrap();
@@ -146,9 +160,17 @@ fn an_array_task_cancelled_in_the_middle_has_its_shards_retried() {
     assert_eq!(rows.len(), 6);
     let journal = journal(&manifest);
     assert_eq!(journal.len(), 6, "one commit record a shard");
-    for i in 0..6 {
+    for i in [0, 1, 4, 5] {
         let slept = std::fs::read_to_string(back.path().join(format!("nap-{i:03}.slept"))).unwrap();
         assert!(slept.trim().parse::<u64>().unwrap() >= 2000, "{slept}");
+    }
+    for (name, _) in &inputs[2..4] {
+        let reversed: String = name.chars().rev().collect();
+        assert_eq!(std::fs::read_to_string(back.path().join(format!("{name}.out"))).unwrap(), format!("{reversed}\n"));
+    }
+    // The cancelled worker's staging stays behind it: no later run may find its marker.
+    for pid in held.iter().flat_map(|name| workers_holding(name)) {
+        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("fanout-worker-{pid}")));
     }
 }
 
@@ -265,7 +287,11 @@ fn ctrl_c_twice_cancels_the_array_and_resume_finishes_the_job() {
     let pid = job.child.id().to_string();
     let signal = || std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap();
     signal();
-    std::thread::sleep(Duration::from_millis(300));
+    // The second Ctrl-C once the first was heard: one sent before fanout listens again
+    // would be lost.
+    eventually("the first Ctrl-C to be heard", Duration::from_secs(30), Duration::from_millis(20), || {
+        std::fs::read_to_string(&job.log).unwrap_or_default().contains("stopping: no new shards")
+    });
     signal();
     let status = job.child.wait().unwrap();
     let stderr = std::fs::read_to_string(&job.log).unwrap();
@@ -273,15 +299,9 @@ fn ctrl_c_twice_cancels_the_array_and_resume_finishes_the_job() {
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("stopping now"), "{stderr}");
     // The array is cancelled: none of its tasks is pending or running any more.
-    let began = Instant::now();
-    loop {
-        let left = slurm("squeue", &["-h", "-r", "-j", array, "-t", "PENDING,RUNNING", "-o", "%i"]);
-        if left.trim().is_empty() {
-            break;
-        }
-        assert!(began.elapsed() < Duration::from_secs(30), "the array still runs: {left}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    eventually(&format!("array {array} to end"), Duration::from_secs(30), Duration::from_millis(200), || {
+        slurm("squeue", &["-h", "-r", "-j", array, "-t", "PENDING,RUNNING", "-o", "%i"]).trim().is_empty()
+    });
     let ran = job.resume(&["--json"]);
     ran.assert_code(0);
     let summary: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();

@@ -43,6 +43,19 @@ impl Watcher {
         worker_threads(self.child.id())
     }
 
+    /// Whether the watcher has an inotify watch in place (a process fact: an inotify file
+    /// descriptor whose fdinfo lists a watch).
+    fn notified(&self) -> bool {
+        let pid = self.child.id();
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+        fds.flatten().any(|fd| {
+            let inotify =
+                std::fs::read_link(fd.path()).is_ok_and(|target| target.to_string_lossy() == "anon_inode:inotify");
+            let info = format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy());
+            inotify && std::fs::read_to_string(info).is_ok_and(|info| info.contains("inotify wd:"))
+        })
+    }
+
     fn signal(&mut self, signal: &str) {
         std::process::Command::new("kill").args([signal, &self.child.id().to_string()]).status().unwrap();
     }
@@ -150,8 +163,8 @@ fn a_local_folder_is_watched_every_version_once_through_a_kill_and_restart() {
     let (input, dest, log) = (dir.path().join("in"), dir.path().join("out"), dir.path().join("watch.log"));
     std::fs::create_dir(&input).unwrap();
     let mut watcher = Watcher::start(&input, &dest, &log);
-    wait_for("the watch to start", Duration::from_secs(60), || dest.join("_fanout").exists());
-    std::thread::sleep(Duration::from_millis(300));
+    // Notifications on: what is put from now on is seen at once.
+    wait_for("the watch to watch the folder", Duration::from_secs(60), || watcher.notified());
 
     // One by one: latency from put to committed output.
     let mut put_times = BTreeMap::new();
@@ -200,7 +213,8 @@ fn a_local_folder_is_watched_every_version_once_through_a_kill_and_restart() {
     std::fs::write(input.join("one-03.txt"), "new content of three\n").unwrap();
     let mut watcher = Watcher::start(&input, &dest, &dir.path().join("watch2.log"));
     wait_for("every version", Duration::from_secs(120), || committed(&dest).len() >= 522);
-    std::thread::sleep(Duration::from_millis(1500));
+    // Nothing more can commit once no attempt runs (and nothing new arrives).
+    wait_for("the pool's threads to retire", Duration::from_secs(30), || watcher.pool_threads() == 0);
     watcher.signal("-TERM");
     let status = watcher.child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "{}", std::fs::read_to_string(dir.path().join("watch2.log")).unwrap());
@@ -439,8 +453,12 @@ fn a_failure_stops_counting_once_a_newer_version_of_its_object_commits() {
         "{summary}"
     );
     // The user mends the object: its new version commits, and the old failure is history.
-    std::thread::sleep(Duration::from_millis(20));
+    // (A later modification time than the failed version's, however coarse the clock.)
+    let failed_version = std::fs::metadata(input.join("bad.txt")).unwrap().modified().unwrap();
     std::fs::write(input.join("bad.txt"), "ok").unwrap();
+    let mended = std::fs::File::options().write(true).open(input.join("bad.txt")).unwrap();
+    mended.set_modified(failed_version + Duration::from_secs(1)).unwrap();
+    drop(mended);
     let ran = once();
     ran.assert_code(0);
     let summary: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();

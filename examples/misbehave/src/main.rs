@@ -4,7 +4,7 @@
 //! (and a test that expects failure catches it).
 //!
 //! Commands: ok | work MS | nap MS | trap | exit N | loop | sleep | alloc | passwd | dotdot | env NAME |
-//! symlink | slowfirst MS | latefirst MS | flaky | files N | bytes N | stdout N | stderr N | stdin
+//! symlink | slowfirst MS | latefirst MS | holdfirst | flaky | files N | bytes N | stdout N | stderr N | stdin
 
 use std::io::{Read, Write};
 use std::process::exit;
@@ -154,6 +154,17 @@ fn run(command: &str, argument: &str, name: &str) {
                 spin(argument.parse().unwrap_or(5000));
             }
             std::fs::write(format!("/out/{name}.out"), format!("attempt {attempt}\n")).expect("write /out");
+        }
+        "holdfirst" => {
+            // The first attempt cannot finish: it says it runs (/out/NAME.held, which a test
+            // waits for before it kills or interrupts something) and spins until it is
+            // killed or times out. A later attempt works as `work 0` does.
+            let attempt = std::env::var("FANOUT_ATTEMPT").unwrap_or_default();
+            if attempt == "1" {
+                std::fs::write(format!("/out/{name}.held"), b"running\n").expect("write /out");
+                run("loop", "", name);
+            }
+            run("work", "0", name);
         }
         "flaky" => {
             let attempt = std::env::var("FANOUT_ATTEMPT").unwrap_or_default();

@@ -25,6 +25,24 @@ pub enum KafkaSourceError {
     Refused { location: String, message: String },
     #[error("{location}: {message}")]
     Client { location: String, message: String },
+    #[error("{location}: {error}")]
+    Read { location: String, error: Box<ReadError> },
+}
+
+/// Why a read of a topic's partitions (`partition::PartitionReader`) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The stall rule (`partition::STALL_AFTER`) met; `last` is what the client last said
+    /// of an unanswering broker, if anything.
+    #[error("topic {topic}, partition {partition}, offset {offset}: no record for {}s, though the partition holds records up to {end} ({})", after.as_secs(), last.as_deref().map_or("is the broker up?".to_string(), |last| format!("the client last said: {last}")))]
+    Stalled { topic: String, partition: i32, offset: i64, end: i64, after: Duration, last: Option<String> },
+    #[error("topic {topic}, partition {partition}, offset {offset}: the records from there to {low} are no longer kept by the topic (retention)")]
+    Dropped { topic: String, partition: i32, offset: i64, low: i64 },
+    #[error("topic {topic}, partition {partition}, offset {offset}: the partition ends at {high}, before the end of the range ({end})")]
+    Shortened { topic: String, partition: i32, offset: i64, high: i64, end: i64 },
+    /// What the client said, other than that no broker answered; a watch polls on through it.
+    #[error("topic {topic}, partition {partition}, offset {offset}: {error}")]
+    Client { topic: String, partition: i32, offset: i64, error: KafkaError },
 }
 
 /// The librdkafka settings of a job: the brokers, the group, the job's own settings, and
@@ -53,14 +71,10 @@ pub(crate) fn client_config(brokers: &str, kafka: &KafkaInput) -> ClientConfig {
 pub(crate) fn classify(location: &Location, error: KafkaError) -> KafkaSourceError {
     let location = location.to_string();
     let message = error.to_string();
+    if unanswered(&error) {
+        return KafkaSourceError::Unreachable { location, message };
+    }
     match error.rdkafka_error_code() {
-        Some(
-            RDKafkaErrorCode::BrokerTransportFailure
-            | RDKafkaErrorCode::AllBrokersDown
-            | RDKafkaErrorCode::OperationTimedOut
-            | RDKafkaErrorCode::RequestTimedOut
-            | RDKafkaErrorCode::Resolve,
-        ) => KafkaSourceError::Unreachable { location, message },
         Some(
             RDKafkaErrorCode::Authentication
             | RDKafkaErrorCode::SaslAuthenticationFailed
@@ -71,6 +85,21 @@ pub(crate) fn classify(location: &Location, error: KafkaError) -> KafkaSourceErr
         ) => KafkaSourceError::Refused { location, message },
         _ => KafkaSourceError::Client { location, message },
     }
+}
+
+/// Whether `error` says no broker answered (down, unreachable, too slow): librdkafka
+/// reconnects by itself, so a read polls on through it (see `partition`).
+pub(crate) fn unanswered(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::OperationTimedOut
+                | RDKafkaErrorCode::RequestTimedOut
+                | RDKafkaErrorCode::Resolve
+        )
+    )
 }
 
 /// The partitions of the topic, checked: the brokers answer, the topic exists.

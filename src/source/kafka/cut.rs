@@ -1,17 +1,15 @@
 //! Cutting a partition into shards: contiguous offset ranges that tile it (a shard starts
 //! where the previous one ended, so a gap left by compaction belongs to a shard and the
 //! group's offsets can move over it), closed at `rows` records or `bytes` of payload. A batch
-//! plan reads each partition in turn from its start to its end bound, so that planning
-//! again after a crash gives the same shards with the same numbers.
+//! plan reads each partition in turn from its start to its end bound (with `partition`'s
+//! reader), so that planning again after a crash gives the same shards with the same numbers.
 
 use super::client::KafkaSourceError;
+use super::partition::{PartitionReader, Span};
 use super::topic::KafkaTopic;
 use crate::job::{PartitionBounds, RecordFormat, ShardRule};
-use rdkafka::consumer::Consumer;
-use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::sync::mpsc;
 
 /// A closed shard: its range, its size, and its records formatted for stdin.
@@ -51,10 +49,6 @@ impl Cutter {
     /// When the open shard got its first record.
     pub(crate) fn opened(&self) -> Option<Instant> {
         self.open.as_ref().map(|open| open.opened)
-    }
-
-    pub(crate) fn next_start(&self) -> i64 {
-        self.next_start
     }
 
     /// Adds a record; returns the shards it closed (a record that would overflow a `bytes`
@@ -123,41 +117,16 @@ pub(crate) fn read_partitions(
     cuts: &mpsc::Sender<Cut>,
 ) -> Result<(), KafkaSourceError> {
     let consumer = topic.consumer(true)?;
-    let failed = |message: String| KafkaSourceError::Client { location: topic.location().to_string(), message };
+    let failed = |error| KafkaSourceError::Read { location: topic.location().to_string(), error: Box::new(error) };
     for bound in bounds.iter().filter(|b| b.start < b.end) {
-        let mut assignment = TopicPartitionList::new();
-        assignment
-            .add_partition_offset(topic.topic(), bound.partition, Offset::Offset(bound.start))
-            .map_err(|e| failed(e.to_string()))?;
-        consumer.assign(&assignment).map_err(|e| failed(e.to_string()))?;
+        let span = Span::bounded(bound.partition, bound.start..bound.end);
+        let mut reader = PartitionReader::new(&consumer, topic.topic(), [span]).map_err(failed)?;
         let mut cutter = Cutter::new(rule.clone(), topic.format(), bound.partition, bound.start);
-        let mut progress = Instant::now();
-        let mut next = bound.start;
-        while next < bound.end {
-            if progress.elapsed() > Duration::from_secs(60) {
-                return Err(failed(format!(
-                    "partition {} offset {next}: no record for 60s, though the partition held records up to {}",
-                    bound.partition, bound.end
-                )));
-            }
-            match consumer.poll(Duration::from_millis(100)) {
-                None => {}
-                Some(Ok(message)) if message.partition() == bound.partition && message.offset() >= next => {
-                    progress = Instant::now();
-                    if message.offset() >= bound.end {
-                        break;
-                    }
-                    next = message.offset() + 1;
-                    for cut in cutter.push(message.offset(), message.payload().unwrap_or_default()) {
-                        if cuts.blocking_send(cut).is_err() {
-                            return Ok(());
-                        }
-                    }
+        while let Some(message) = reader.next_record().map_err(failed)? {
+            for cut in cutter.push(message.offset(), message.payload().unwrap_or_default()) {
+                if cuts.blocking_send(cut).is_err() {
+                    return Ok(());
                 }
-                // The partition's end before `bound.end`: the rest was compacted away.
-                Some(Err(KafkaError::PartitionEOF(p))) if p == bound.partition && next > bound.start => break,
-                Some(Ok(_)) | Some(Err(KafkaError::PartitionEOF(_))) => {}
-                Some(Err(e)) => return Err(failed(format!("partition {}: {e}", bound.partition))),
             }
         }
         if let Some(cut) = cutter.close() {

@@ -2,31 +2,28 @@
 //! 100..200, stdin)` puts records 100 to 199 of partition 3 on a shard's stdin). Planning
 //! hands each shard's records over in memory (`keep`), so a shard staged soon after it was
 //! cut costs no second read; a retry, a resumed job or a shard whose records did not fit the
-//! cache reads its range again. A topic is not a store of objects: it is read through
-//! `source::Reader`, never through the storage trait.
+//! cache reads its range again, through the one partition reader (`partition`, which decides
+//! when a range is read and when a read has stalled). A topic is not a store of objects: it is
+//! read through `source::Reader`, never through the storage trait.
 
 use super::client::{append_record, classify, client_config, partitions_of, resolve_bounds, KafkaSourceError};
+use super::partition::{PartitionReader, Span};
 use crate::job::{KafkaInput, KafkaStart, PartitionBounds, RecordFormat};
 use crate::location::Location;
 use crate::storage::{StorageError, StorageResult};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::Message;
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
 
 /// Records handed from planning to staging are kept up to this many bytes; beyond, a shard
 /// reads its range again when it is staged.
 const CACHE_BYTES: usize = 256 << 20;
 /// The longest a watching consumer's fetch waits at the end of a partition (milliseconds).
 const FOLLOW_FETCH_WAIT: &str = "100";
-/// A range read that gets no record for this long fails (and its shard retries).
-const STALLED: Duration = Duration::from_secs(30);
 
 /// A shard's records as planning formatted them, or why they cannot be staged.
 type Payload = Result<Vec<u8>, String>;
@@ -153,77 +150,27 @@ impl KafkaTopic {
 
     /// Reads records `range` of `partition` and formats them (blocking).
     fn read_range(&self, partition: i32, range: Range<i64>) -> Payload {
-        let reader = self.readers.lock().expect("reader lock").pop();
-        let reader = match reader {
-            Some(reader) => reader,
+        let consumer = self.readers.lock().expect("reader lock").pop();
+        let consumer = match consumer {
+            Some(consumer) => consumer,
             None => self.consumer(true).map_err(|e| e.to_string())?,
         };
-        let mut assignment = TopicPartitionList::new();
-        assignment
-            .add_partition_offset(&self.topic, partition, Offset::Offset(range.start))
-            .map_err(|e| e.to_string())?;
-        reader.assign(&assignment).map_err(|e| format!("partition {partition}: {e}"))?;
-        let read = self.read_assigned(&reader, partition, &range);
+        let read = self.read_with(&consumer, partition, range);
         if read.is_ok() {
-            self.readers.lock().expect("reader lock").push(reader);
+            self.readers.lock().expect("reader lock").push(consumer);
         }
         read
     }
 
-    fn read_assigned(&self, reader: &BaseConsumer, partition: i32, range: &Range<i64>) -> Payload {
+    fn read_with(&self, consumer: &BaseConsumer, partition: i32, range: Range<i64>) -> Payload {
+        let span = Span::bounded(partition, range);
+        let mut reader = PartitionReader::new(consumer, &self.topic, [span]).map_err(|e| e.to_string())?;
         let mut out = Vec::new();
-        let mut next = range.start;
-        let mut progress = Instant::now();
-        let at = |offset: i64| format!("partition {partition} offset {offset}");
-        while next < range.end {
-            if progress.elapsed() > STALLED {
-                return Err(format!("{}: no record for {}s (is the broker up?)", at(next), STALLED.as_secs()));
-            }
-            match reader.poll(Duration::from_millis(100)) {
-                None => {}
-                Some(Ok(message)) if message.partition() == partition && message.offset() >= next => {
-                    let offset = message.offset();
-                    progress = Instant::now();
-                    if offset >= range.end {
-                        break;
-                    }
-                    append_record(&mut out, self.format, message.payload().unwrap_or_default())
-                        .map_err(|why| format!("the record at {} {why}", at(offset)))?;
-                    next = offset + 1;
-                }
-                Some(Ok(_)) => {}
-                Some(Err(KafkaError::PartitionEOF(p))) if p == partition => {
-                    // The end of what the partition holds: what is missing below `range.end`
-                    // was compacted away, unless the partition holds less than the range.
-                    let (low, high) = reader
-                        .fetch_watermarks(&self.topic, partition, super::client::ANSWER_WITHIN)
-                        .map_err(|e| format!("{}: {e}", at(next)))?;
-                    if low > range.start {
-                        return Err(format!(
-                            "{}: the records from there to {low} are no longer kept by the topic (retention)",
-                            at(range.start)
-                        ));
-                    }
-                    if high >= range.end && self.position(reader, partition) >= range.end {
-                        break;
-                    }
-                    if high < range.end {
-                        return Err(format!("{}: the partition ends at {high}, before the shard's end", at(next)));
-                    }
-                }
-                Some(Err(KafkaError::PartitionEOF(_))) => {}
-                Some(Err(e)) => return Err(format!("{}: {e}", at(next))),
-            }
+        while let Some(message) = reader.next_record().map_err(|e| e.to_string())? {
+            append_record(&mut out, self.format, message.payload().unwrap_or_default())
+                .map_err(|why| format!("the record at partition {partition} offset {} {why}", message.offset()))?;
         }
         Ok(out)
-    }
-
-    fn position(&self, reader: &BaseConsumer, partition: i32) -> i64 {
-        let position = reader.position().ok();
-        match position.as_ref().and_then(|list| list.find_partition(&self.topic, partition)).map(|e| e.offset()) {
-            Some(Offset::Offset(offset)) => offset,
-            _ => -1,
-        }
     }
 
     /// Appends records `range` (offsets) of `partition` to `path` in the job's record
