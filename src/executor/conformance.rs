@@ -123,6 +123,16 @@ async fn no_answer(results: &mut UnboundedReceiver<AttemptDone>, what: &str) {
 }
 
 /// Waits until each of `sent` has started running.
+/// One hanging task for every slot of the executor, each seen started.
+async fn fill_slots<S: Subject>(subject: &mut S, executor: &dyn Executor) -> Vec<Sent> {
+    let mut running = Vec::new();
+    for shard in 0..subject.slots() as u64 {
+        running.push(submit(subject, executor, shard, 1, Role::Hang).await);
+    }
+    until_started(&running).await;
+    running
+}
+
 async fn until_started(sent: &[Sent]) {
     let deadline = tokio::time::Instant::now() + PROMPT;
     while !sent.iter().all(|s| s.started.get().is_some()) {
@@ -176,11 +186,7 @@ async fn every_task_is_answered_exactly_once<S: Subject>(mut subject: S) {
 async fn queued_tasks_come_back_unrun_after_stop_starting<S: Subject>(mut subject: S) {
     let (tx, mut results) = mpsc::unbounded_channel();
     let executor = subject.executor(tx);
-    let mut running = Vec::new();
-    for shard in 0..subject.slots() as u64 {
-        running.push(submit(&mut subject, &*executor, shard, 1, Role::Hang).await);
-    }
-    until_started(&running).await;
+    let running = fill_slots(&mut subject, &*executor).await;
     let mut queued = Vec::new();
     for shard in 100..103 {
         // Were one of these started, it would never come back: the check would fail.
@@ -210,11 +216,7 @@ async fn queued_tasks_come_back_unrun_after_stop_starting<S: Subject>(mut subjec
 async fn cancellation_is_honoured<S: Subject>(mut subject: S) {
     let (tx, mut results) = mpsc::unbounded_channel();
     let executor = subject.executor(tx);
-    let mut running = Vec::new();
-    for shard in 0..subject.slots() as u64 {
-        running.push(submit(&mut subject, &*executor, shard, 1, Role::Hang).await);
-    }
-    until_started(&running).await;
+    let running = fill_slots(&mut subject, &*executor).await;
     let waiting = submit(&mut subject, &*executor, 100, 1, Role::Hang).await;
     let after = submit(&mut subject, &*executor, 101, 1, Role::Succeed).await;
     waiting.cancel.cancel();

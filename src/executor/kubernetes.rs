@@ -411,7 +411,7 @@ impl Inner {
         let mut settled = Vec::new();
         for (&(shard, attempt), task) in owed.iter() {
             if task.cancel.is_cancelled() {
-                settled.push(((shard, attempt), remote::not_run(task)));
+                settled.push(((shard, attempt), AttemptDone::not_run(task)));
                 continue;
             }
             if let Some((result, environment)) = results.remove(&(shard, attempt)) {
@@ -472,7 +472,7 @@ impl Executor for Follower {
     fn submit(&self, task: Task) {
         let mut state = self.0.state();
         if state.stopping {
-            let _ = self.0.results.send(remote::not_run(&task));
+            let _ = self.0.results.send(AttemptDone::not_run(&task));
             return;
         }
         state.owed.insert((task.shard.id, task.attempt), task);
@@ -487,7 +487,7 @@ impl Executor for Follower {
         let mut state = self.0.state();
         state.stopping = true;
         for (_, task) in state.owed.drain() {
-            let _ = self.0.results.send(remote::not_run(&task));
+            let _ = self.0.results.send(AttemptDone::not_run(&task));
         }
     }
 

@@ -70,7 +70,7 @@ impl Pool {
         let mut state = self.state.lock().expect("pool lock");
         if state.stopping {
             drop(state);
-            let _ = self.results.send(given_back(&task));
+            let _ = self.results.send(AttemptDone::not_run(&task));
             return;
         }
         state.queue.push_back(task);
@@ -104,7 +104,7 @@ impl Pool {
         };
         self.work_ready.notify_all();
         for task in queued {
-            let _ = self.results.send(given_back(&task));
+            let _ = self.results.send(AttemptDone::not_run(&task));
         }
     }
 
@@ -227,22 +227,6 @@ impl Pool {
             outputs,
         };
         (done, ran)
-    }
-}
-
-/// A task handed back unrun (stopping): no worker took it.
-fn given_back(task: &Task) -> AttemptDone {
-    let now = SystemTime::now();
-    AttemptDone {
-        shard: task.shard.id,
-        attempt: task.attempt,
-        worker: 0,
-        worker_name: None,
-        cold_start: false,
-        started: now,
-        finished: now,
-        report: InvocationReport::not_run(Outcome::Cancelled),
-        outputs: None,
     }
 }
 

@@ -86,6 +86,24 @@ pub struct AttemptDone {
     pub outputs: Option<Result<Vec<OutputFile>, String>>,
 }
 
+impl AttemptDone {
+    /// The answer for a task handed back unrun (stopping, or cancelled while it waited).
+    pub fn not_run(task: &Task) -> AttemptDone {
+        let now = SystemTime::now();
+        AttemptDone {
+            shard: task.shard.id,
+            attempt: task.attempt,
+            worker: 0,
+            worker_name: None,
+            cold_start: false,
+            started: now,
+            finished: now,
+            report: InvocationReport::not_run(crate::runtime::Outcome::Cancelled),
+            outputs: None,
+        }
+    }
+}
+
 /// Runs attempts. Methods are called from the coordinator's task and never block. The
 /// contract (`conformance` checks it): every task is answered exactly once; a task whose
 /// `cancel` token fires comes back `Cancelled`, soon when it runs, unrun when it waits.

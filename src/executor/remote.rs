@@ -89,29 +89,13 @@ impl JobBase {
     }
 }
 
-/// A task handed back unrun (stopping, cancelled while it waited).
-pub fn not_run(task: &Task) -> AttemptDone {
-    let now = SystemTime::now();
-    AttemptDone {
-        shard: task.shard.id,
-        attempt: task.attempt,
-        worker: 0,
-        worker_name: None,
-        cold_start: false,
-        started: now,
-        finished: now,
-        report: InvocationReport::not_run(Outcome::Cancelled),
-        outputs: None,
-    }
-}
-
 /// A task whose engine failed it before or without a worker's result.
 pub fn failed(task: &Task, started: SystemTime, message: String) -> AttemptDone {
     AttemptDone {
         report: InvocationReport { elapsed: Duration::ZERO, ..InvocationReport::not_run(Outcome::Error(message)) },
         started,
         finished: SystemTime::now(),
-        ..not_run(task)
+        ..AttemptDone::not_run(task)
     }
 }
 

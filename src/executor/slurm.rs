@@ -223,7 +223,7 @@ impl Inner {
         }
         if self.state().stopping {
             for task in tasks {
-                let _ = self.results.send(remote::not_run(&task));
+                let _ = self.results.send(AttemptDone::not_run(&task));
             }
             return;
         }
@@ -436,7 +436,7 @@ impl Inner {
                     self.state().stats.tasks_lost += 1;
                     for (_, task) in owed.drain() {
                         let done = match stopping || task.cancel.is_cancelled() {
-                            true => remote::not_run(&task),
+                            true => AttemptDone::not_run(&task),
                             false => remote::failed(
                                 &task,
                                 SystemTime::now(),
@@ -507,7 +507,7 @@ impl Inner {
         let _ = slurm_command("scancel", std::slice::from_ref(&wave.array)).await;
         for owed in &mut wave.owed {
             for (_, task) in owed.drain() {
-                let _ = self.results.send(remote::not_run(&task));
+                let _ = self.results.send(AttemptDone::not_run(&task));
             }
         }
     }
@@ -579,7 +579,7 @@ impl Executor for SlurmExecutor {
             let mut state = self.0.state();
             state.stopping = true;
             for task in std::mem::take(&mut state.queue) {
-                let _ = self.0.results.send(remote::not_run(&task));
+                let _ = self.0.results.send(AttemptDone::not_run(&task));
             }
             state.stats.arrays.clone()
         };

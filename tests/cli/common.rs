@@ -27,6 +27,15 @@ impl Ran {
         assert_eq!(self.code, code, "exit code\n--- stdout\n{}\n--- stderr\n{}", self.stdout, self.stderr);
         self
     }
+
+    /// Refused before any work: exit 2 and one line on stderr that contains `named`.
+    pub fn assert_refused(&self, named: &str) -> &Self {
+        self.assert_code(2);
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "one line: {}", self.stderr);
+        assert!(lines[0].contains(named), "{named} named in: {}", lines[0]);
+        self
+    }
 }
 
 impl From<Output> for Ran {

@@ -10,7 +10,7 @@
 pub mod deploy;
 
 use super::remote::protocol::{self, Answer, Payload, Pong, ShardResult};
-use super::remote::{attempt_done, failed, not_run, JobBase};
+use super::remote::{attempt_done, failed, JobBase};
 use super::{AttemptDone, Executor, Task};
 use crate::events::{Event, EventSink};
 use crate::source::ShardInput;
@@ -334,7 +334,7 @@ impl Inner {
         let mut state = self.state.lock().expect("lambda state");
         if state.stopping {
             for task in std::mem::take(&mut state.queue) {
-                let _ = self.results.send(not_run(&task));
+                let _ = self.results.send(AttemptDone::not_run(&task));
             }
             return;
         }
@@ -364,7 +364,7 @@ impl Inner {
             while batch.len() < size {
                 let Some(task) = state.queue.pop_front() else { break };
                 if task.cancel.is_cancelled() {
-                    let _ = self.results.send(not_run(&task));
+                    let _ = self.results.send(AttemptDone::not_run(&task));
                     continue;
                 }
                 let order_bytes = order_bytes(&task);
@@ -426,7 +426,7 @@ impl Inner {
                 result = &mut call => break self.classify(result),
                 Some(i) = cancellations.next() => {
                     if let Some(task) = open[i].take() {
-                        let done = AttemptDone { started: sent, ..not_run(&task) };
+                        let done = AttemptDone { started: sent, ..AttemptDone::not_run(&task) };
                         let _ = self.results.send(done);
                     }
                     if open.iter().all(Option::is_none) {
