@@ -93,3 +93,40 @@ localhost:
     worker_processes: 2
 YAML
 }
+
+# make_photos DIR COUNT: COUNT real photos in DIR. They come from Debian's mate-backgrounds
+# (downloaded once, cached under ~/.cache/fanout-bench-photos): each is a different crop of
+# one of them, 1.5 to 5 megapixels, a quarter stored sideways with EXIF orientation 6, as
+# cameras do. The same seed gives the same photos to every script.
+make_photos() {
+	local source=$HOME/.cache/fanout-bench-photos
+	python3 -c 'import PIL' 2>/dev/null || { echo "bench: python3 with Pillow is needed" >&2; exit 1; }
+	if [[ ! -f $source/.complete ]]; then
+		echo "bench: downloading mate-backgrounds into $source (once)" >&2
+		rm -rf "$source" && mkdir -p "$source/deb"
+		(cd "$source/deb" && apt-get download mate-backgrounds >/dev/null 2>&1) || { echo "bench: apt-get download failed" >&2; exit 1; }
+		dpkg-deb -x "$source"/deb/*.deb "$source/x"
+		find "$source/x" -path '*nature*' -name '*.jpg' -exec cp {} "$source/" \;
+		rm -rf "$source/deb" "$source/x"
+		touch "$source/.complete"
+	fi
+	mkdir -p "$1"
+	python3 - "$source" "$1" "$2" <<'PY'
+import os, random, sys
+from PIL import Image
+sources = sorted(f for f in os.listdir(sys.argv[1]) if f.endswith(".jpg"))
+rng = random.Random(11)
+for i in range(int(sys.argv[3])):
+    photo = Image.open(os.path.join(sys.argv[1], sources[i % len(sources)])).convert("RGB")
+    w, h = photo.size
+    scale = rng.uniform(0.6, 1.0)
+    cw, ch = int(w * scale), int(h * scale)
+    x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+    crop = photo.crop((x, y, x + cw, y + ch))
+    exif = Image.Exif()
+    if i % 4 == 0:
+        crop = crop.transpose(Image.Transpose.ROTATE_90)
+        exif[0x0112] = 6
+    crop.save(os.path.join(sys.argv[2], f"photo{i:03}.jpg"), quality=90, exif=exif)
+PY
+}

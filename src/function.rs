@@ -75,8 +75,26 @@ pub async fn load(location: &Location, options: &StorageOptions, quiet: bool) ->
     }
 }
 
+/// The job's function: its WebAssembly (or a stored form fetched from DEST), or a native
+/// command's stored form (the sandbox it runs in; its words travel in every attempt's argv).
+pub(crate) async fn load_function(
+    function: &crate::job::Function,
+    options: &StorageOptions,
+    quiet: bool,
+) -> Result<FunctionBytes, FunctionError> {
+    match (&function.wasm, &function.command) {
+        (Some(location), _) => load(location, options, quiet).await,
+        (None, Some(words)) => Ok(FunctionBytes {
+            name: words.first().cloned().unwrap_or_default(),
+            bytes: crate::runtime::native::document(function.sandbox),
+            built: None,
+        }),
+        (None, None) => Err(FunctionError::Missing("(no function.wasm or function.command)".into())),
+    }
+}
+
 fn checked(name: String, bytes: Vec<u8>, built: Option<PathBuf>) -> Result<FunctionBytes, FunctionError> {
-    if !crate::runtime::looks_like_wasm(&bytes) {
+    if !crate::runtime::looks_like_wasm(&bytes) && crate::runtime::native::read_document(&bytes).is_none() {
         return Err(FunctionError::NotWasm(name));
     }
     Ok(FunctionBytes { name, bytes, built })

@@ -454,6 +454,8 @@ impl ReduceRun<'_> {
             shard: index,
             shards_hint: level as u64,
             attempt,
+            command: None,
+            object: None,
         };
         let (argv, env) = call.argv_env();
         let invocation = Invocation {

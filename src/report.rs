@@ -149,6 +149,9 @@ pub struct FunctionSummary {
     pub sha256: String,
     pub cache_hit: bool,
     pub load_ms: u64,
+    /// How a native command was isolated (`none` only when the job asked for it by name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<crate::job::Sandbox>,
 }
 
 /// `summary.json`.
@@ -272,6 +275,7 @@ pub(crate) fn summarize(input: SummaryInput) -> Summary {
             sha256: load.sha256.clone(),
             cache_hit: load.cache_hit,
             load_ms: load.load_ms,
+            sandbox: load.sandbox,
         },
         plan_error: stats.plan_error.clone(),
         failures,

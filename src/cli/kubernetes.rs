@@ -146,6 +146,8 @@ async fn store_shares(
             shard: shard.id,
             shards_hint: total,
             attempt: 1,
+            command: job.function.command.as_deref(),
+            object: shard.only_object(),
         };
         let (argv, env) = call.argv_env();
         let staging_prefix = protocol::staging_prefix(&document.job_id, shard.id, 1, nonce);
@@ -194,7 +196,7 @@ pub(super) async fn follow(args: StatusArgs) -> Result<u8, Failure> {
     let (_, document) = open_job(&args.target.dest, args.target.job_id.as_deref(), &options).await?;
     let mut job = document.job.clone();
     // The committer may run anywhere: it takes the function from DEST, where the pods do.
-    job.function.wasm = job.output.dest.join(&protocol::function_key(&document.function.sha256));
+    job.function.wasm = Some(job.output.dest.join(&protocol::function_key(&document.function.sha256)));
     if !matches!(job.executor, Executor::Kubernetes { .. }) {
         return Err(usage(anyhow!(
             "--follow commits the pods' answers of a Kubernetes job (made by `fanout k8s`); job {} ran here or on \
@@ -204,7 +206,11 @@ pub(super) async fn follow(args: StatusArgs) -> Result<u8, Failure> {
     }
     let opened = open_everything(&job, &Origins::default(), &options, quiet).await?;
     if opened.load.sha256 != document.function.sha256 {
-        return Err(usage(anyhow!("{}: not the function job {} was made with", job.function.wasm, document.job_id)));
+        return Err(usage(anyhow!(
+            "{}: not the function job {} was made with",
+            protocol::function_key(&document.function.sha256),
+            document.job_id
+        )));
     }
     let lease = CommitterLease::take(&opened.dest, &document.job_id).await.map_err(usage)?;
     let followed = Launch {

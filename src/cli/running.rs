@@ -83,7 +83,7 @@ impl RedriveArgs {
         if opened.load.sha256 != document.function.sha256 {
             return Err(usage(anyhow!(
                 "function.wasm: {} changed since job {} ran (sha256 {} then, {} now); run it as a new job instead",
-                job.function.wasm,
+                job.function.wasm.as_ref().map_or_else(|| "the sandbox".to_string(), ToString::to_string),
                 document.job_id,
                 &document.function.sha256[..12],
                 &opened.load.sha256[..12]

@@ -146,8 +146,9 @@ impl Pool {
 
     fn work(self: Arc<Self>, worker: u32) {
         // Each worker drives its guests on a runtime of its own: guest file calls run inline
-        // here, and timeouts and cancellation are tokio timers on this thread.
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("a worker runtime");
+        // here, and timeouts and cancellation are tokio timers on this thread; a native
+        // command's pipes and exit are read by its I/O driver.
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a worker runtime");
         let mut cold = true;
         while let Some((task, stopping)) = self.next_task() {
             let (shard, attempt) = (task.shard.id, task.attempt);

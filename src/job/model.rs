@@ -322,10 +322,47 @@ pub(crate) struct PartitionBounds {
     pub(crate) end: i64,
 }
 
+/// How a native command is isolated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Sandbox {
+    /// bubblewrap: namespaces, read-only system folders, nothing else of the host.
+    #[default]
+    Bubblewrap,
+    /// No isolation: only when a job names it (job.json and the summary say so).
+    None,
+}
+
+impl Sandbox {
+    fn is_default(&self) -> bool {
+        *self == Sandbox::default()
+    }
+}
+
+impl std::fmt::Display for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Sandbox::Bubblewrap => "bubblewrap",
+            Sandbox::None => "none",
+        })
+    }
+}
+
+/// The placeholders a native command's words may hold.
+pub(crate) const PLACEHOLDERS: &[&str] = &["in", "name", "stem", "ext", "out"];
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Function {
-    /// A .wasm file, an example crate folder, or an s3:// object.
-    pub(crate) wasm: Location,
+    /// A .wasm file, an example crate folder, or an s3:// object. For a native command,
+    /// none (or the stored form of the command, where a committer fetches it from DEST).
+    #[serde(default)]
+    pub(crate) wasm: Option<Location>,
+    /// A native command's words, placeholders unexpanded (`args` follow them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) command: Option<Vec<String>>,
+    /// Written into job.json only when it is not the default (`none`, asked for by name).
+    #[serde(default, skip_serializing_if = "Sandbox::is_default")]
+    pub(crate) sandbox: Sandbox,
     pub(crate) args: Vec<String>,
     pub(crate) env: BTreeMap<String, String>,
     /// The hard per-invocation limit (with a relative timeout: its cap).
@@ -423,7 +460,9 @@ impl Job {
             name: "test".into(),
             input: Input { source, include: Include::default(), shard: ShardRule::Object, kafka: None },
             function: Function {
-                wasm: Location::Local("/nowhere/f.wasm".into()),
+                wasm: Some(Location::Local("/nowhere/f.wasm".into())),
+                command: None,
+                sandbox: Sandbox::default(),
                 args: Vec::new(),
                 env: BTreeMap::new(),
                 timeout_ms: 60_000,

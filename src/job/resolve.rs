@@ -6,12 +6,12 @@
 
 use super::error::{syntax_error, JobError, JobText, Origin};
 use super::model::{
-    defaults, share_of_shards, Executor, Function, Include, Input, Job, Output, Reduce, ReduceStep, Retry, ShardRule,
-    Stragglers, Watch, Workers,
+    defaults, share_of_shards, Executor, Function, Include, Input, Job, Output, Reduce, ReduceStep, Retry, Sandbox,
+    ShardRule, Stragglers, Watch, Workers, PLACEHOLDERS,
 };
 use super::schema::{
-    EnvVar, ExecutorTable, FunctionTable, Given, InputTable, JobArgs, JobFile, OutputTable, ReduceTable, RetryTable,
-    ShardSpec, ShardTable, SizeValue, StragglersTable, WatchTable, WorkersTable,
+    CommandWords, EnvVar, ExecutorTable, FunctionTable, Given, InputTable, JobArgs, JobFile, OutputTable, ReduceTable,
+    RetryTable, ShardSpec, ShardTable, SizeValue, StragglersTable, WatchTable, WorkersTable,
 };
 use crate::location::Location;
 use crate::units::{self, Tolerance};
@@ -57,7 +57,7 @@ pub(crate) fn resolve(args: &JobArgs) -> Result<(Job, Origins), JobError> {
     // The executor's check names these fields as the user gave them.
     let addresses = (fields.input.source.clone(), fields.output.dest.clone());
     let input = resolve_input(fields.input, &name, &text, &mut origins)?;
-    let function = resolve_function(fields.function, &args.args, &text, &mut origins)?;
+    let function = resolve_function(fields.function, &args.args, &input, &text, &mut origins)?;
     let output = resolve_output(fields.output, &input.source, &text, &mut origins)?;
     let executor = resolve_executor(fields.executor, addresses, &input, &output, &text.whole())?;
     let retry = resolve_retry(fields.retry)?;
@@ -174,10 +174,19 @@ fn resolve_input(table: InputTable, name: &str, text: &JobText, origins: &mut Or
 fn resolve_function(
     table: FunctionTable,
     extra_args: &[String],
+    input: &Input,
     text: &JobText,
     origins: &mut Origins,
 ) -> Result<Function, JobError> {
-    let (_, wasm) = required_location(table.wasm, "function.wasm", "--function F", text, origins)?;
+    let sandbox = resolve_sandbox(table.sandbox)?;
+    let (wasm, command) = match (table.wasm, table.command) {
+        (Some(wasm), Some(command)) => {
+            return Err(command
+                .error(format!("give the function as function.wasm ({}) or function.command, not both", wasm.value)))
+        }
+        (None, Some(command)) => (None, Some(resolve_command(command, input)?)),
+        (wasm, None) => (Some(required_location(wasm, "function.wasm", "--function F", text, origins)?.1), None),
+    };
     let mut args = table.args.map(|given| given.value).unwrap_or_default();
     args.extend(extra_args.iter().cloned());
     let mut env = BTreeMap::new();
@@ -207,12 +216,87 @@ fn resolve_function(
     }
     Ok(Function {
         wasm,
+        command,
+        sandbox,
         args,
         env,
         timeout_ms: timeout.as_millis().max(1) as u64,
         relative_timeout_percent,
         memory_bytes,
     })
+}
+
+fn resolve_sandbox(given: Option<Given<String>>) -> Result<Sandbox, JobError> {
+    let Some(given) = given else { return Ok(Sandbox::default()) };
+    match given.value.as_str() {
+        "bubblewrap" => Ok(Sandbox::Bubblewrap),
+        "none" => Ok(Sandbox::None),
+        other => Err(given.error(format!("\"{other}\" is not a sandbox: \"bubblewrap\" (the default) or \"none\""))),
+    }
+}
+
+/// A native command's words: split like a shell's when given as one string, never empty,
+/// and every `{placeholder}` one fanout knows; the ones naming the input need one object a
+/// shard.
+fn resolve_command(given: Given<CommandWords>, input: &Input) -> Result<Vec<String>, JobError> {
+    let words = match &given.value {
+        CommandWords::Words(words) => words.clone(),
+        CommandWords::Line(line) => shlex::split(line)
+            .ok_or_else(|| given.error(format!("{line:?} has an unclosed quote or a trailing backslash")))?,
+    };
+    if words.first().is_none_or(|program| program.is_empty()) {
+        return Err(given.error("the command is empty: name a program, e.g. [\"convert\", \"{in}\", ...]"));
+    }
+    for word in &words {
+        for name in placeholders(word).map_err(|message| given.error(message))? {
+            if !PLACEHOLDERS.contains(&name) {
+                return Err(given.error(format!(
+                    "{{{name}}} in {} is not a placeholder: use {{in}} {{name}} {{stem}} {{ext}} {{out}} \
+                     (write {{{{ and }}}} for braces)",
+                    shown(word)
+                )));
+            }
+            if name != "out" && input.shard != ShardRule::Object {
+                return Err(given.error(format!(
+                    "{{{name}}} names the shard's one input, but input.shard is {}: use shard = \"object\", \
+                     or read /in (records arrive on stdin)",
+                    input.shard
+                )));
+            }
+        }
+    }
+    Ok(words)
+}
+
+/// The placeholder names in one word of a command (`{{` and `}}` are literal braces).
+pub(crate) fn placeholders(word: &str) -> Result<Vec<&str>, String> {
+    let mut names = Vec::new();
+    let mut rest = word;
+    while let Some(at) = rest.find(['{', '}']) {
+        let (brace, after) = (&rest[at..at + 1], &rest[at + 1..]);
+        if after.starts_with(brace) {
+            rest = &after[1..];
+            continue;
+        }
+        if brace == "}" {
+            return Err(format!("{} has a lone }} (write }}}} for a brace)", shown(word)));
+        }
+        let end =
+            after.find('}').ok_or_else(|| format!("{} has an unclosed {{ (write {{{{ for a brace)", shown(word)))?;
+        names.push(&after[..end]);
+        rest = &after[end + 1..];
+    }
+    Ok(names)
+}
+
+/// A command word as an error shows it: quoted, and its start only when it is long (a
+/// script given inline).
+fn shown(word: &str) -> String {
+    const LONGEST: usize = 40;
+    match word.char_indices().nth(LONGEST) {
+        Some((cut, _)) => format!("{:?}...", &word[..cut]),
+        None => format!("{word:?}"),
+    }
 }
 
 fn or_default_size(given: Option<Given<SizeValue>>, default: &str, field: &str) -> Given<SizeValue> {

@@ -192,6 +192,23 @@ impl std::str::FromStr for SizeValue {
     }
 }
 
+/// A native command: a list of words in the file, one string on the command line (split
+/// like a shell's words when resolved, where a bad quote can be reported).
+#[derive(Deserialize, Debug, Clone)]
+#[serde(untagged)]
+pub(crate) enum CommandWords {
+    Words(Vec<String>),
+    Line(String),
+}
+
+impl std::str::FromStr for CommandWords {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(CommandWords::Line(text.to_string()))
+    }
+}
+
 /// The shard rule: a table in the file (`{ objects = 16 }`), a rule on the command line
 /// (`--shard objects=16`).
 #[derive(Debug, Clone)]
@@ -319,6 +336,13 @@ job_table! {
         /// The function: a .wasm file, an s3:// object, or a crate folder to build.
         #[arg(long = "function", value_name = "F")]
         wasm: Option<Given<String>>,
+        /// A native command instead, e.g. "convert {in} -resize 64x64 {out}/{stem}.png" (split
+        /// like a shell's words, never run by a shell; placeholders {in} {name} {stem} {ext} {out}).
+        #[arg(long = "command", value_name = "COMMAND")]
+        command: Option<Given<CommandWords>>,
+        /// How a native command is isolated: bubblewrap (the default), or none.
+        #[arg(long, value_name = "SANDBOX")]
+        sandbox: Option<Given<String>>,
         /// Set in the file; arguments after `--` on the command line are appended.
         #[arg(skip)]
         args: Option<Given<Vec<String>>>,

@@ -92,8 +92,16 @@ pub async fn open(job: &Job, origins: &Origins, options: &StorageOptions, quiet:
         storage::open(&job.output.dest, options).await.map_err(|e| refused(format!("{at_dest}output.dest: {e}")))?;
     dest.check(true).await.map_err(|e| refused(format!("{at_dest}output.dest: {e}")))?;
     let source = source::open_source(job, options).await.map_err(|e| LaunchError::plan(e, origins))?;
-    let at_function = origins.prefix("function.wasm");
-    let function = crate::function::load(&job.function.wasm, options, quiet)
+    let field = if job.function.command.is_some() { "function.command" } else { "function.wasm" };
+    let at_function = origins.prefix(field);
+    if job.function.command.is_some() && matches!(job.executor, Executor::Lambda { .. }) {
+        return Err(refused(format!(
+            "{at_function}function.command: AWS Lambda cannot run native commands in fanout's sandbox \
+             (bubblewrap needs user namespaces, which Lambda's microVMs do not give): run the job locally, \
+             on Slurm or on Kubernetes, or compile the function to WebAssembly"
+        )));
+    }
+    let function = crate::function::load_function(&job.function, options, quiet)
         .await
         .map_err(|e| refused(format!("{at_function}{e}")))?;
     let limits = Limits {
@@ -106,7 +114,10 @@ pub async fn open(job: &Job, origins: &Origins, options: &StorageOptions, quiet:
     let (runtime, load) = tokio::task::spawn_blocking(move || Runtime::load(&function.name, &wasm, limits))
         .await
         .expect("loading the function does not panic")
-        .map_err(|e| refused(format!("{at_function}function.wasm: {e}")))?;
+        .map_err(|e| match e {
+            crate::runtime::RuntimeError::Sandbox(message) => refused(message),
+            e => refused(format!("{at_function}function.wasm: {e}")),
+        })?;
     let mut warnings = Vec::new();
     let workers = match &job.executor {
         Executor::Local => Workers::Here,
@@ -176,6 +187,7 @@ pub fn incompatibility(stored: &JobDocument, job: &Job, load: &LoadReport) -> Op
         })
         .or_else(|| difference("input.shard", &then.input.shard, &job.input.shard, ToString::to_string))
         .or_else(|| difference("function.wasm", &stored.function.sha256, &load.sha256, Clone::clone))
+        .or_else(|| difference("function.command", &then.function.command, &job.function.command, |c| format!("{c:?}")))
         .or_else(|| difference("function.args", &then.function.args, &job.function.args, |a| format!("{a:?}")))
         .or_else(|| difference("function.env", &then.function.env, &job.function.env, |e| format!("{e:?}")))
         .or_else(|| difference("output.dest", &then.output.dest, &job.output.dest, ToString::to_string))

@@ -50,6 +50,8 @@ impl Coordinator {
             shard: id,
             shards_hint: total_hint,
             attempt,
+            command: job.function.command.as_deref(),
+            object: flight.shard.only_object(),
         };
         let slot = &flight.slot;
         let out_dir = if backup { slot.dir.join(format!("out.{attempt}")) } else { slot.out_dir.clone() };

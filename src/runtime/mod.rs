@@ -1,14 +1,18 @@
-//! The WebAssembly runtime: one wasmtime engine and one compiled function per job, a fresh
-//! sandboxed instance per invocation. Owns the engine configuration (pooling allocator,
+//! The function runtime: one wasmtime engine and one compiled function per job, a fresh
+//! sandboxed instance per invocation; or, for a native command, a bubblewrap sandbox per
+//! invocation ([`native`]). Owns the engine configuration (pooling allocator,
 //! epoch interruption), the on-disk cache of compiled code, the sandbox (what a guest may
 //! see: `/in`, `/out`, its stdio, args and env, and nothing of the host), and the
 //! classification of how an invocation ended. It never touches storage or manifests:
 //! callers stage the folders and publish what comes out.
 
 pub mod capture;
+mod invocation;
+pub mod native;
 mod poll;
 
-use capture::{CappedCapture, Captured, Overflow};
+use capture::{CappedCapture, Overflow};
+pub use invocation::{FunctionKind, Invocation, InvocationReport, Limits, Outcome, OutcomeKind};
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
@@ -27,112 +31,6 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, Wasi
 /// The epoch ticks this often; timeouts are precise to about one tick.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// How an invocation ended. Decided once, here; everything downstream reads this.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind", content = "detail")]
-pub enum Outcome {
-    Ok,
-    /// The guest exited with a non-zero code.
-    Exit(i32),
-    /// The guest trapped (unreachable, out-of-bounds access, stack overflow, a panic...).
-    Trap(String),
-    /// The invocation ran past `function.timeout`.
-    Timeout,
-    /// The guest asked for more memory than `function.memory` allows.
-    OutOfMemory,
-    /// The attempt was stopped by fanout (Ctrl-C, or a backup attempt finished first).
-    Cancelled,
-    /// The host could not run or finish the attempt (staging, output rules, I/O).
-    Error(String),
-}
-
-impl Outcome {
-    pub fn is_ok(&self) -> bool {
-        matches!(self, Outcome::Ok)
-    }
-
-    /// Which kind of ending this is, as `report.csv`'s `outcome` column names it.
-    pub fn kind(&self) -> OutcomeKind {
-        match self {
-            Outcome::Ok => OutcomeKind::Ok,
-            Outcome::Exit(_) => OutcomeKind::Exit,
-            Outcome::Trap(_) => OutcomeKind::Trap,
-            Outcome::Timeout => OutcomeKind::Timeout,
-            Outcome::OutOfMemory => OutcomeKind::Oom,
-            Outcome::Cancelled => OutcomeKind::Cancelled,
-            Outcome::Error(_) => OutcomeKind::Error,
-        }
-    }
-}
-
-/// The kinds of [`Outcome`], without their detail: what records, reports and summaries keep.
-/// Spelled in snake case wherever they are written (`ok`, `exit`, `trap`, `timeout`, `oom`,
-/// `cancelled`, `error`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OutcomeKind {
-    Ok,
-    Exit,
-    Trap,
-    Timeout,
-    Oom,
-    Cancelled,
-    Error,
-}
-
-impl OutcomeKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            OutcomeKind::Ok => "ok",
-            OutcomeKind::Exit => "exit",
-            OutcomeKind::Trap => "trap",
-            OutcomeKind::Timeout => "timeout",
-            OutcomeKind::Oom => "oom",
-            OutcomeKind::Cancelled => "cancelled",
-            OutcomeKind::Error => "error",
-        }
-    }
-}
-
-impl std::fmt::Display for OutcomeKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// What kind of WebAssembly binary a function is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FunctionKind {
-    /// A `wasm32-wasip1` core module.
-    Module,
-    /// A `wasm32-wasip2` component.
-    Component,
-}
-
-impl std::fmt::Display for FunctionKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            FunctionKind::Module => "module",
-            FunctionKind::Component => "component",
-        })
-    }
-}
-
-impl std::fmt::Display for Outcome {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Outcome::Ok => write!(f, "ok"),
-            Outcome::Exit(code) => write!(f, "exit code {code}"),
-            Outcome::Trap(message) => write!(f, "trap: {message}"),
-            Outcome::Timeout => write!(f, "timeout"),
-            Outcome::OutOfMemory => write!(f, "out of memory"),
-            Outcome::Cancelled => write!(f, "cancelled"),
-            Outcome::Error(message) => write!(f, "error: {message}"),
-        }
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error("{name}: not a WebAssembly module or component (it does not start with \\0asm)")]
@@ -147,15 +45,8 @@ pub enum RuntimeError {
     Engine(String),
     #[error("{}: {source}", path.display())]
     Cache { path: PathBuf, source: std::io::Error },
-}
-
-/// Limits every invocation of a job gets.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    pub timeout: Duration,
-    pub memory_bytes: u64,
-    /// Invocations that may run at once (sizes the instance pool).
-    pub concurrency: usize,
+    #[error("{0}")]
+    Sandbox(String),
 }
 
 /// How loading went, for the summary: did the compiled-code cache spare a compile?
@@ -166,11 +57,15 @@ pub struct LoadReport {
     pub cache_hit: bool,
     pub load_ms: u64,
     pub cache_file: PathBuf,
+    /// How a native command is isolated (`none` only when the job asked for it by name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<crate::job::Sandbox>,
 }
 
 enum Prepared {
     Module(InstancePre<ModuleHost>),
     Component(CommandPre<ComponentHost>),
+    Native(native::NativeCommand),
 }
 
 /// A compiled function, ready to be invoked many times from many threads.
@@ -216,39 +111,6 @@ impl<'a> Ticking<'a> {
 impl Drop for Ticking<'_> {
     fn drop(&mut self) {
         self.0.state.lock().expect("ticker lock").running -= 1;
-    }
-}
-
-/// One invocation's sandbox, as the caller staged it.
-pub struct Invocation {
-    /// argv, the first being the function's name.
-    pub argv: Vec<String>,
-    /// The whole environment the guest sees.
-    pub env: Vec<(String, String)>,
-    pub in_dir: PathBuf,
-    pub out_dir: PathBuf,
-    /// A file to feed on stdin, or none (empty stdin).
-    pub stdin: Option<PathBuf>,
-    pub stdout: PathBuf,
-    pub stdout_cap: u64,
-    /// Whether stdout is an output (fail past the cap) or part of the log (truncate).
-    pub stdout_overflow: Overflow,
-    pub stderr: PathBuf,
-    pub stderr_cap: u64,
-}
-
-#[derive(Debug)]
-pub struct InvocationReport {
-    pub outcome: Outcome,
-    pub stdout: Captured,
-    pub stderr: Captured,
-    pub elapsed: Duration,
-}
-
-impl InvocationReport {
-    /// The report of an invocation that never started.
-    pub fn not_run(outcome: Outcome) -> Self {
-        InvocationReport { outcome, stdout: Captured::default(), stderr: Captured::default(), elapsed: Duration::ZERO }
     }
 }
 
@@ -362,9 +224,12 @@ impl Runtime {
     /// `name` is what errors call the function.
     pub fn load(name: &str, wasm: &[u8], limits: Limits) -> Result<(Runtime, LoadReport), RuntimeError> {
         let started = Instant::now();
+        let sha256 = format!("{:x}", Sha256::digest(wasm));
+        if let Some(sandbox) = native::read_document(wasm) {
+            return Runtime::load_native(sandbox, sha256, started, limits);
+        }
         let kind = binary_kind(wasm).ok_or_else(|| RuntimeError::NotWasm { name: name.to_string() })?;
         let engine = engine_for(&limits)?;
-        let sha256 = format!("{:x}", Sha256::digest(wasm));
         let dir = cache_dir().join("modules");
         let cache_file = dir.join(format!("{sha256}-{:016x}.cwasm", compatibility_hash(&engine)));
         let compile_error =
@@ -377,6 +242,7 @@ impl Runtime {
                 let compiled = match kind {
                     FunctionKind::Component => engine.precompile_component(wasm),
                     FunctionKind::Module => engine.precompile_module(wasm),
+                    FunctionKind::Native => unreachable!("a native command's document returned above"),
                 }
                 .map_err(compile_error)?;
                 std::fs::create_dir_all(&dir).map_err(|source| RuntimeError::Cache { path: dir.clone(), source })?;
@@ -410,6 +276,7 @@ impl Runtime {
                     )?;
                     linker.instantiate_pre(&m).map(Prepared::Module)
                 }),
+                FunctionKind::Native => unreachable!("a native command's document returned above"),
             };
             match loaded {
                 Ok(linked) => break linked.map_err(link_error)?,
@@ -424,8 +291,29 @@ impl Runtime {
 
         let ticker = Arc::new(Ticker::default());
         spawn_ticker(engine.clone(), ticker.clone());
-        let report = LoadReport { kind, sha256, cache_hit, load_ms: started.elapsed().as_millis() as u64, cache_file };
+        let load_ms = started.elapsed().as_millis() as u64;
+        let report = LoadReport { kind, sha256, cache_hit, load_ms, cache_file, sandbox: None };
         Ok((Runtime { engine, prepared, limits, ticker }, report))
+    }
+
+    /// A native command's runtime: bubblewrap found and proven once; nothing to compile.
+    fn load_native(
+        sandbox: native::Sandbox,
+        sha256: String,
+        started: Instant,
+        limits: Limits,
+    ) -> Result<(Runtime, LoadReport), RuntimeError> {
+        let command = native::NativeCommand::new(sandbox).map_err(|e| RuntimeError::Sandbox(e.to_string()))?;
+        let report = LoadReport {
+            kind: FunctionKind::Native,
+            sha256,
+            cache_hit: false,
+            load_ms: started.elapsed().as_millis() as u64,
+            cache_file: PathBuf::new(),
+            sandbox: Some(sandbox),
+        };
+        let (engine, ticker) = (Engine::default(), Arc::new(Ticker::default()));
+        Ok((Runtime { engine, prepared: Prepared::Native(command), limits, ticker }, report))
     }
 
     /// Runs one invocation in a fresh instance. Never panics on guest behaviour: every way a
@@ -433,6 +321,9 @@ impl Runtime {
     /// Must run inside a tokio runtime that is not shared with latency-sensitive work: the
     /// guest's file system calls run inline on this thread.
     pub async fn invoke(&self, invocation: &Invocation, cancel: &CancellationToken) -> InvocationReport {
+        if let Prepared::Native(command) = &self.prepared {
+            return command.invoke(invocation, &self.limits, cancel).await;
+        }
         let _ticking = Ticking::start(&self.ticker);
         let started = Instant::now();
         let stdout = CappedCapture::new(&invocation.stdout, invocation.stdout_cap, invocation.stdout_overflow);
@@ -495,6 +386,7 @@ impl Runtime {
                 let result = bounded(call, timeout, cancel).await;
                 classify(result, store.data().cap.denied)
             }
+            Prepared::Native(_) => unreachable!("native commands are invoked before any engine work"),
         }
     }
 }

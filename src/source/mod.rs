@@ -44,6 +44,14 @@ pub enum ShardInput {
 }
 
 impl Shard {
+    /// The key of the shard's object when it reads exactly one (a command's `{in}`).
+    pub fn only_object(&self) -> Option<&str> {
+        match &self.input {
+            ShardInput::Objects { objects } if objects.len() == 1 => Some(&objects[0].key),
+            _ => None,
+        }
+    }
+
     pub fn bytes_in(&self) -> u64 {
         match &self.input {
             ShardInput::Objects { objects } => objects.iter().map(|o| o.size).sum(),

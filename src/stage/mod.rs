@@ -44,6 +44,10 @@ pub struct Call<'a> {
     pub shard: u64,
     pub shards_hint: u64,
     pub attempt: u32,
+    /// A native command's words (its argv before `args`), placeholders unexpanded.
+    pub command: Option<&'a [String]>,
+    /// The key (under `/in`) of the shard's one object, for a command's placeholders.
+    pub object: Option<&'a str>,
 }
 
 impl Call<'_> {
@@ -54,10 +58,55 @@ impl Call<'_> {
         env.push(("FANOUT_SHARD".into(), self.shard.to_string()));
         env.push(("FANOUT_SHARDS".into(), self.shards_hint.to_string()));
         env.push(("FANOUT_ATTEMPT".into(), self.attempt.to_string()));
-        let mut argv = vec![self.name.to_string()];
-        argv.extend(self.args.iter().cloned());
+        let argv = match self.command {
+            Some(words) => words.iter().chain(self.args).map(|word| expand(word, self.object)).collect(),
+            None => std::iter::once(self.name.to_string()).chain(self.args.iter().cloned()).collect(),
+        };
         (argv, env)
     }
+}
+
+/// A command word with its placeholders filled in for the shard's one object (`key`, as
+/// staged under `/in`): `{in}` its path in the sandbox, `{name}` its file name, `{stem}`
+/// that name without its extension, `{ext}` the extension (no dot), `{out}` the output
+/// folder. `{{` and `}}` are braces. The job's check made sure every placeholder is known,
+/// and that the input's ones come with one object a shard.
+pub fn expand(word: &str, key: Option<&str>) -> String {
+    if !word.contains(['{', '}']) {
+        return word.to_string();
+    }
+    let key = key.unwrap_or_default();
+    let name = key.rsplit('/').next().unwrap_or_default();
+    let (stem, ext) = match name.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() => (stem, ext),
+        _ => (name, ""),
+    };
+    let mut expanded = String::with_capacity(word.len() + key.len());
+    let mut rest = word;
+    while let Some(at) = rest.find(['{', '}']) {
+        expanded.push_str(&rest[..at]);
+        let (brace, after) = (&rest[at..at + 1], &rest[at + 1..]);
+        if after.starts_with(brace) || brace == "}" {
+            expanded.push_str(brace);
+            rest = after.strip_prefix(brace).unwrap_or(after);
+            continue;
+        }
+        let Some(end) = after.find('}') else {
+            expanded.push_str(rest);
+            return expanded;
+        };
+        match &after[..end] {
+            "in" => expanded.push_str(&format!("/in/{key}")),
+            "name" => expanded.push_str(name),
+            "stem" => expanded.push_str(stem),
+            "ext" => expanded.push_str(ext),
+            "out" => expanded.push_str("/out"),
+            other => expanded.push_str(&format!("{{{other}}}")),
+        }
+        rest = &after[end + 1..];
+    }
+    expanded.push_str(rest);
+    expanded
 }
 
 /// The sandbox of one attempt staged in `slot`: `/in` is the slot's, `/out` is `out_dir`
@@ -83,5 +132,22 @@ pub fn invocation(
         stdout_overflow: if is_records { Overflow::Fail } else { Overflow::Truncate },
         stderr: slot.stderr(attempt),
         stderr_cap: LOG_CAP,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expand;
+
+    #[test]
+    fn placeholders_name_the_one_input_inside_the_sandbox() {
+        let key = Some("photos/IMG 1.large.jpg");
+        assert_eq!(expand("{in}", key), "/in/photos/IMG 1.large.jpg");
+        assert_eq!(expand("{out}/{stem}.webp", key), "/out/IMG 1.large.webp");
+        assert_eq!(expand("{name}:{ext}", key), "IMG 1.large.jpg:jpg");
+        assert_eq!(expand("{{literal}} }}", key), "{literal} }");
+        assert_eq!(expand("-resize", key), "-resize");
+        assert_eq!(expand("{stem}", Some("README")), "README");
+        assert_eq!(expand("{stem}|{ext}", Some(".bashrc")), ".bashrc|");
     }
 }

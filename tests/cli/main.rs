@@ -10,6 +10,7 @@ mod interrupt;
 mod k8s;
 mod kafka;
 mod lambda;
+mod native;
 mod panics;
 mod pdf;
 mod records;

@@ -53,6 +53,34 @@ fn thumbnails_on_slurm_match_the_local_executor_byte_for_byte() {
     assert!(nodes.len() >= 2, "every task ran on {nodes:?}");
 }
 
+#[test]
+#[cfg_attr(not(fanout_slurm_cluster), ignore = "needs the Slurm test cluster and S3: run scripts/test")]
+fn a_native_command_on_slurm_runs_sandboxed_on_the_nodes_as_it_does_here() {
+    let prefix = unique_prefix("slurm-native");
+    boto3_upload(&repo().join("examples/data/images"), &format!("{prefix}raw/"));
+    let input = s3_url(&format!("{prefix}raw/"));
+    // The command reports where it ran, so the test sees the sandbox on the node.
+    let command = "sh -c 'convert \"$1\" -resize 32x32 -strip \"$2\" && id -u > \"$2.uid\"' - {in} {out}/{stem}.png";
+    let run = |dest: &str, more: &[&str]| {
+        let mut args = vec!["run", "--input", &input, "--command", command, "--output", dest, "--json"];
+        args.extend(more);
+        run_in(&repo(), &args)
+    };
+    run(&s3_url(&format!("{prefix}local/")), &[]).assert_code(0);
+    let ran = run(&s3_url(&format!("{prefix}slurm/")), &["--executor", "slurm", "--concurrency", "2"]);
+    ran.assert_code(0);
+    let summary: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    assert_eq!(summary["shards"]["ok"], 4, "{summary}");
+    assert_eq!(summary["function"]["kind"], "native", "{summary}");
+    let (_, _, local) = s3_report(&format!("{prefix}local/"));
+    let (rows, _, slurm_back) = s3_report(&format!("{prefix}slurm/"));
+    assert!(rows.iter().all(|r| r["worker"].starts_with("slurm ")), "{rows:?}");
+    assert_eq!(tree(local.path()), tree(slurm_back.path()), "the outputs differ");
+    let uid = std::fs::read_to_string(slurm_back.path().join("logo.png.uid")).unwrap();
+    assert_eq!(uid.trim(), "65534", "the command ran as the sandbox's own user on the node");
+    assert!(image::open(slurm_back.path().join("logo.png")).unwrap().width() <= 32);
+}
+
 /// Waits for `file` to hold a line starting with `start`, and returns the rest of it.
 fn line_in(file: &Path, start: &str, limit: Duration) -> String {
     let mut found = None;
