@@ -337,3 +337,36 @@ fn tesseract_through_the_sandbox_reads_a_rendered_page_as_tesseract_run_directly
     assert!(ours.to_lowercase().contains("graph"), "tesseract read the page: {ours}");
     assert_eq!(ours, theirs, "the sandboxed tesseract reads what tesseract reads");
 }
+
+#[test]
+fn record_shards_reach_a_command_on_stdin_and_its_stdout_is_the_part_file() {
+    let work = tempfile::tempdir().unwrap();
+    let csv = repo().join("examples/data/cities.csv");
+    let ran = fanout()
+        .current_dir(work.path())
+        .args(["run", "--input", csv.to_str().unwrap(), "--shard", "rows=4", "--command", "tr a-z A-Z"])
+        .args(["--output", "out", "--json"])
+        .output()
+        .unwrap();
+    let ran = Ran::from(ran);
+    ran.assert_code(0);
+    let summary: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    assert_eq!(summary["shards"]["ok"], 3, "10 rows, 4 a shard: {summary}");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let (header, rows) = text.split_once('\n').unwrap();
+    let mut parts: Vec<_> = std::fs::read_dir(work.path().join("out"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "csv"))
+        .collect();
+    parts.sort();
+    let mut seen = String::new();
+    for part in &parts {
+        let part = std::fs::read_to_string(part).unwrap();
+        let (part_header, part_rows) = part.split_once('\n').unwrap();
+        assert_eq!(part_header, header.to_ascii_uppercase(), "each shard starts with the header row");
+        seen.push_str(part_rows);
+    }
+    // tr maps ASCII only: "São Paulo" keeps its ã, byte for byte.
+    assert_eq!(seen, rows.to_ascii_uppercase(), "every row, once, in order, through tr");
+}
