@@ -1,7 +1,8 @@
-//! Finding the function's bytes: a `.wasm` file, an `s3://` object, or a Rust crate folder
+//! Finding the function's bytes: a `.wasm` file, an `s3://` object, a Rust crate folder
 //! (such as `examples/thumbnail`) that is built for `wasm32-wasip1` with cargo when its
-//! `.wasm` is missing or stale. Owns that resolution and its errors; compiling the bytes is
-//! `runtime`'s business.
+//! `.wasm` is missing or stale, or a Python script built by `python`. Owns that resolution
+//! and its errors, which name no field (the caller knows which one it read); compiling the
+//! bytes is `runtime`'s business.
 
 use crate::location::Location;
 use crate::storage::{self, StorageError, StorageOptions};
@@ -13,18 +14,20 @@ pub const CRATE_TARGET: &str = "wasm32-wasip1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum FunctionError {
-    #[error("function.wasm: {0} does not exist")]
+    #[error("{0} does not exist")]
     Missing(String),
-    #[error("function.wasm: {path}: {source}")]
+    #[error("{path}: {source}")]
     Read { path: String, source: std::io::Error },
-    #[error("function.wasm: {0} is not WebAssembly (a .wasm module or component, or a crate folder with Cargo.toml)")]
+    #[error("{0} is not WebAssembly (a .wasm module or component, or a crate folder with Cargo.toml)")]
     NotWasm(String),
-    #[error("function.wasm: {crate_dir}: cannot run cargo to build it: {source}")]
+    #[error("{crate_dir}: cannot run cargo to build it: {source}")]
     NoCargo { crate_dir: String, source: std::io::Error },
-    #[error("function.wasm: building {crate_dir} for {CRATE_TARGET} failed{hint}")]
+    #[error("building {crate_dir} for {CRATE_TARGET} failed{hint}")]
     Build { crate_dir: String, hint: String },
-    #[error("function.wasm: {0}")]
+    #[error("{0}")]
     Storage(#[from] StorageError),
+    #[error(transparent)]
+    Python(#[from] crate::python::PythonError),
 }
 
 /// The function's bytes and a name for messages.
@@ -84,6 +87,16 @@ pub(crate) async fn load_function(
 ) -> Result<FunctionBytes, FunctionError> {
     match (&function.wasm, &function.command) {
         (Some(location), _) => load(location, options, quiet).await,
+        (None, None) if function.python.is_some() => {
+            let script = function.python.clone().expect("a Python function");
+            let built = tokio::task::spawn_blocking(move || crate::python::build(&script, quiet))
+                .await
+                .expect("the build task does not panic")?;
+            let bytes = std::fs::read(&built)
+                .map_err(|source| FunctionError::Read { path: built.display().to_string(), source })?;
+            let name = function.python.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+            Ok(FunctionBytes { name, bytes, built: Some(built) })
+        }
         (None, Some(words)) => Ok(FunctionBytes {
             name: words.first().cloned().unwrap_or_default(),
             bytes: crate::runtime::native::document(function.sandbox),

@@ -10,6 +10,7 @@
 //! - [`storage`]: the storage trait with the local and S3 backends.
 //! - [`job`]: job file + flags -> one resolved job.
 //! - [`runtime`]: wasmtime: compile once (cached on disk), a fresh sandbox per invocation.
+//! - [`python`]: Python scripts built into WASI components with componentize-py (cached).
 //! - [`events`]: what a run reports as it goes (the coordinator and executors emit, reporters draw).
 //! - [`function`]: finding the function's bytes (a file, an object, or a crate to build).
 //! - [`source`]: where the data comes from and how it becomes shards: folders and S3
@@ -17,6 +18,7 @@
 //!   (`kafka`: offsets, ranges cut and read back, group offsets), and `watch`, a source
 //!   followed for what arrives -> a stream of shards that never ends.
 //! - [`manifest`]: what fanout writes under `DEST/_fanout/<job-id>/`, and reading it back.
+//! - [`side_files`]: the files a function reads at `/files`, pinned by digest, cached, stored for workers.
 //! - [`stage`]: inputs into a staging folder, outputs out of `/out` into DEST.
 //! - [`timeline`]: the SVG plot of a job's attempts.
 //! - [`executor`]: the trait every executor implements (attempts in, outcomes out), and the
@@ -43,10 +45,12 @@ pub(crate) mod launch;
 pub mod location;
 pub(crate) mod manifest;
 pub(crate) mod panics;
+pub(crate) mod python;
 pub(crate) mod reduce;
 pub(crate) mod report;
 pub(crate) mod run;
 pub(crate) mod runtime;
+pub(crate) mod side_files;
 pub(crate) mod source;
 pub(crate) mod stage;
 pub mod storage;

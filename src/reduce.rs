@@ -463,6 +463,7 @@ impl ReduceRun<'_> {
             env,
             in_dir: in_dir.clone(),
             out_dir: out_dir.clone(),
+            files_dir: None,
             stdin: None,
             stdout: dir.join("stdout"),
             stdout_cap: self.job.output.max_bytes,

@@ -42,12 +42,12 @@ impl K8sArgs {
         }
         let mut job_args = self.job.clone();
         job_args.flags.executor.kind = Some("kubernetes".parse().expect("a word parses"));
-        let (job, origins) = job::resolve(&job_args).map_err(usage)?;
+        let (mut job, origins) = job::resolve(&job_args).map_err(usage)?;
+        let options = self.storage.options();
+        let opened = open_everything(&mut job, &origins, &options, quiet).await?;
         let Executor::Kubernetes { concurrency, image, secret } = &job.executor else {
             unreachable!("the kind was set to kubernetes")
         };
-        let options = self.storage.options();
-        let opened = open_everything(&job, &origins, &options, quiet).await?;
         let Opened { dest, source, load, workers: Workers::Kubernetes(function_key), .. } = opened else {
             unreachable!("a kubernetes job opens as one")
         };
@@ -197,6 +197,7 @@ pub(super) async fn follow(args: StatusArgs) -> Result<u8, Failure> {
     let mut job = document.job.clone();
     // The committer may run anywhere: it takes the function from DEST, where the pods do.
     job.function.wasm = Some(job.output.dest.join(&protocol::function_key(&document.function.sha256)));
+    job.function.python = None;
     if !matches!(job.executor, Executor::Kubernetes { .. }) {
         return Err(usage(anyhow!(
             "--follow commits the pods' answers of a Kubernetes job (made by `fanout k8s`); job {} ran here or on \
@@ -204,7 +205,7 @@ pub(super) async fn follow(args: StatusArgs) -> Result<u8, Failure> {
             document.job_id
         )));
     }
-    let opened = open_everything(&job, &Origins::default(), &options, quiet).await?;
+    let opened = open_everything(&mut job, &Origins::default(), &options, quiet).await?;
     if opened.load.sha256 != document.function.sha256 {
         return Err(usage(anyhow!(
             "{}: not the function job {} was made with",

@@ -23,7 +23,7 @@ const FAILURES_SHOWN: usize = 5;
 
 /// Opens what the job needs (see `launch::open`) and prints its warnings unless quiet.
 pub(super) async fn open_everything(
-    job: &Job,
+    job: &mut Job,
     origins: &Origins,
     options: &StorageOptions,
     quiet: bool,
@@ -42,14 +42,14 @@ pub(super) fn grace_of(text: &str) -> Result<Duration, Failure> {
 impl RunArgs {
     pub(super) async fn execute(self) -> Result<u8, Failure> {
         let quiet = self.output.quiet || self.output.json;
-        let (job, origins) = job::resolve(&self.job).map_err(usage)?;
+        let (mut job, origins) = job::resolve(&self.job).map_err(usage)?;
         launch::refuse_kubernetes(&job)?;
         if self.job_id.is_some() && !self.resume {
             return Err(usage(anyhow!("--job goes with --resume (or use `fanout redrive DEST --job ID`)")));
         }
         let grace = grace_of(&self.control.grace)?;
         let options = self.storage.options();
-        let opened = open_everything(&job, &origins, &options, quiet).await?;
+        let opened = open_everything(&mut job, &origins, &options, quiet).await?;
         let mut continuing = None;
         if self.resume {
             continuing =
@@ -77,13 +77,14 @@ impl RedriveArgs {
         let grace = grace_of(&self.control.grace)?;
         let options = self.storage.options();
         let (_, document) = open_job(&self.target.dest, self.target.job_id.as_deref(), &options).await?;
-        let job = document.job.clone();
+        let mut job = document.job.clone();
         launch::refuse_kubernetes(&job)?;
-        let opened = open_everything(&job, &Origins::default(), &options, quiet).await?;
+        let opened = open_everything(&mut job, &Origins::default(), &options, quiet).await?;
         if opened.load.sha256 != document.function.sha256 {
             return Err(usage(anyhow!(
-                "function.wasm: {} changed since job {} ran (sha256 {} then, {} now); run it as a new job instead",
-                job.function.wasm.as_ref().map_or_else(|| "the sandbox".to_string(), ToString::to_string),
+                "{}: {} changed since job {} ran (sha256 {} then, {} now); run it as a new job instead",
+                job.function.field(),
+                job.function.shown(),
                 document.job_id,
                 &document.function.sha256[..12],
                 &opened.load.sha256[..12]

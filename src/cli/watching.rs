@@ -17,11 +17,11 @@ use tokio_util::sync::CancellationToken;
 impl WatchArgs {
     pub(super) async fn execute(self) -> Result<u8, Failure> {
         let quiet = self.output.quiet || self.output.json;
-        let (job, origins) = job::resolve(&self.job).map_err(usage)?;
+        let (mut job, origins) = job::resolve(&self.job).map_err(usage)?;
         refuse_unwatchable(&job, &origins)?;
         let grace = grace_of(&self.control.grace)?;
         let options = self.storage.options();
-        let opened = open_everything(&job, &origins, &options, quiet).await?;
+        let opened = open_everything(&mut job, &origins, &options, quiet).await?;
         refuse_one_object(&opened.source, &job, &origins)?;
         let (events, event_rx) = EventSink::channel();
         let progress_done = CancellationToken::new();

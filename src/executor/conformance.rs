@@ -66,6 +66,7 @@ fn task_in(dir: &Path, shard: u64, attempt: u32, env: Vec<(String, String)>) -> 
         env,
         in_dir,
         out_dir: out_dir.clone(),
+        files_dir: None,
         stdin: None,
         stdout: root.join("stdout"),
         stdout_cap: 1 << 20,

@@ -15,7 +15,7 @@ use error::JobError;
 pub(crate) use kafka::{secret_settings, secret_variable};
 pub(crate) use model::{
     backoff_before, Executor, Function, Include, Job, KafkaInput, KafkaStart, PartitionBounds, RecordFormat,
-    ReduceStep, Sandbox, ShardRule, Stragglers,
+    ReduceStep, Sandbox, ShardRule, SideFile, Stragglers,
 };
 pub(crate) use resolve::{is_dns_name, resolve, Origins};
 pub(crate) use schema::JobArgs;

@@ -357,6 +357,9 @@ pub(crate) struct Function {
     /// none (or the stored form of the command, where a committer fetches it from DEST).
     #[serde(default)]
     pub(crate) wasm: Option<Location>,
+    /// A Python function: a script, or a folder with `main.py` (built into a component).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) python: Option<std::path::PathBuf>,
     /// A native command's words, placeholders unexpanded (`args` follow them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) command: Option<Vec<String>>,
@@ -365,6 +368,9 @@ pub(crate) struct Function {
     pub(crate) sandbox: Sandbox,
     pub(crate) args: Vec<String>,
     pub(crate) env: BTreeMap<String, String>,
+    /// Side files, by the name the function sees them under (`/files/NAME`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) files: BTreeMap<String, SideFile>,
     /// The hard per-invocation limit (with a relative timeout: its cap).
     pub(crate) timeout_ms: u64,
     /// `timeout = "200%"`: stop an attempt that runs longer than this percentage of the
@@ -374,7 +380,36 @@ pub(crate) struct Function {
     pub(crate) memory_bytes: u64,
 }
 
+/// A file every invocation sees read-only at `/files/NAME`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct SideFile {
+    /// Where it is read from, as given: a local path or an object.
+    pub(crate) source: Location,
+    /// Its SHA-256, once `launch::open` has read it: remote workers fetch it by this.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub(crate) sha256: String,
+}
+
 impl Function {
+    /// The field that gives the function: `function.wasm`, `function.python` or `function.command`.
+    pub(crate) fn field(&self) -> &'static str {
+        match (&self.command, &self.python) {
+            (Some(_), _) => "function.command",
+            (None, Some(_)) => "function.python",
+            (None, None) => "function.wasm",
+        }
+    }
+
+    /// The function as the user named it, for messages.
+    pub(crate) fn shown(&self) -> String {
+        match (&self.wasm, &self.python, &self.command) {
+            (Some(wasm), _, _) => wasm.to_string(),
+            (None, Some(script), _) => script.display().to_string(),
+            (None, None, Some(words)) => words.first().cloned().unwrap_or_default(),
+            (None, None, None) => "the function".into(),
+        }
+    }
+
     pub(crate) fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
     }
@@ -461,10 +496,12 @@ impl Job {
             input: Input { source, include: Include::default(), shard: ShardRule::Object, kafka: None },
             function: Function {
                 wasm: Some(Location::Local("/nowhere/f.wasm".into())),
+                python: None,
                 command: None,
                 sandbox: Sandbox::default(),
                 args: Vec::new(),
                 env: BTreeMap::new(),
+                files: BTreeMap::new(),
                 timeout_ms: 60_000,
                 relative_timeout_percent: None,
                 memory_bytes: 64 << 20,

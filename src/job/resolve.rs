@@ -7,11 +7,11 @@
 use super::error::{syntax_error, JobError, JobText, Origin};
 use super::model::{
     defaults, share_of_shards, Executor, Function, Include, Input, Job, Output, Reduce, ReduceStep, Retry, Sandbox,
-    ShardRule, Stragglers, Watch, Workers, PLACEHOLDERS,
+    ShardRule, SideFile, Stragglers, Watch, Workers, PLACEHOLDERS,
 };
 use super::schema::{
-    CommandWords, EnvVar, ExecutorTable, FunctionTable, Given, InputTable, JobArgs, JobFile, OutputTable, ReduceTable,
-    RetryTable, ShardSpec, ShardTable, SizeValue, StragglersTable, WatchTable, WorkersTable,
+    CommandWords, ExecutorTable, FunctionTable, Given, InputTable, JobArgs, JobFile, NamedValue, OutputTable,
+    ReduceTable, RetryTable, ShardSpec, ShardTable, SizeValue, StragglersTable, WatchTable, WorkersTable,
 };
 use crate::location::Location;
 use crate::units::{self, Tolerance};
@@ -179,21 +179,23 @@ fn resolve_function(
     origins: &mut Origins,
 ) -> Result<Function, JobError> {
     let sandbox = resolve_sandbox(table.sandbox)?;
-    let (wasm, command) = match (table.wasm, table.command) {
-        (Some(wasm), Some(command)) => {
-            return Err(command
-                .error(format!("give the function as function.wasm ({}) or function.command, not both", wasm.value)))
+    let (wasm, python, command) = match (table.wasm, table.python, table.command) {
+        (wasm, python, command) if wasm.is_some() as u8 + python.is_some() as u8 + command.is_some() as u8 > 1 => {
+            return Err(one_function_kind(wasm, python, command));
         }
-        (None, Some(command)) => (None, Some(resolve_command(command, input)?)),
-        (wasm, None) => (Some(required_location(wasm, "function.wasm", "--function F", text, origins)?.1), None),
+        (_, _, Some(command)) => (None, None, Some(resolve_command(command, input)?)),
+        (_, Some(python), _) => (None, Some(resolve_python(python, origins)?), None),
+        (wasm, None, None) => {
+            (Some(required_location(wasm, "function.wasm", "--function F", text, origins)?.1), None, None)
+        }
     };
     let mut args = table.args.map(|given| given.value).unwrap_or_default();
     args.extend(extra_args.iter().cloned());
     let mut env = BTreeMap::new();
     for given in &table.env {
         let (key, value) = match &given.value {
-            EnvVar::Entry(key, value) => (key.clone(), value.clone()),
-            EnvVar::Flag(pair) => {
+            NamedValue::Entry(key, value) => (key.clone(), value.clone()),
+            NamedValue::Flag(pair) => {
                 let (key, value) = pair.split_once('=').ok_or_else(|| given.error(format!("\"{pair}\" is not K=V")))?;
                 (key.to_string(), value.to_string())
             }
@@ -201,6 +203,7 @@ fn resolve_function(
         check_env_key(&key).map_err(|message| given.entry_error(&key, message))?;
         env.insert(key, value);
     }
+    let files = resolve_files(&table.files, origins)?;
     let (timeout, relative_timeout_percent) = resolve_timeout(table.timeout, table.timeout_cap)?;
     let memory = or_default_size(table.memory, defaults::MEMORY, "function.memory");
     let memory_bytes = size_of(&memory)?;
@@ -216,14 +219,81 @@ fn resolve_function(
     }
     Ok(Function {
         wasm,
+        python,
         command,
         sandbox,
         args,
         env,
+        files,
         timeout_ms: timeout.as_millis().max(1) as u64,
         relative_timeout_percent,
         memory_bytes,
     })
+}
+
+/// Side files: each name one plain file name (what the function opens under `/files/`),
+/// each source a local path or an object.
+fn resolve_files(given: &[Given<NamedValue>], origins: &mut Origins) -> Result<BTreeMap<String, SideFile>, JobError> {
+    let mut files = BTreeMap::new();
+    for entry in given {
+        let (name, source) = match &entry.value {
+            NamedValue::Entry(name, source) => (name.clone(), source.clone()),
+            NamedValue::Flag(pair) => {
+                let (name, source) =
+                    pair.split_once('=').ok_or_else(|| entry.error(format!("\"{pair}\" is not NAME=PATH")))?;
+                (name.to_string(), source.to_string())
+            }
+        };
+        let plain = !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\0']) && name.len() <= 255;
+        if !plain {
+            return Err(entry.entry_error(&name, format!("\"{name}\" is not a file name (one name, no '/')")));
+        }
+        let source = match Location::parse(&source).map_err(|e| entry.entry_error(&name, e.to_string()))? {
+            Location::Kafka { .. } => return Err(entry.entry_error(&name, "a Kafka topic is not a file")),
+            location => location,
+        };
+        if files.insert(name.clone(), SideFile { source, sha256: String::new() }).is_some() {
+            return Err(entry.entry_error(&name, format!("\"{name}\" is given twice")));
+        }
+        origins.note("function.files", entry);
+    }
+    Ok(files)
+}
+
+/// The error for a function given two ways: it names the later field given, and the other.
+fn one_function_kind(
+    wasm: Option<Given<String>>,
+    python: Option<Given<String>>,
+    command: Option<Given<CommandWords>>,
+) -> JobError {
+    let mut given: Vec<&str> = Vec::new();
+    if wasm.is_some() {
+        given.push("function.wasm");
+    }
+    if python.is_some() {
+        given.push("function.python");
+    }
+    let listed = given.join(" and ");
+    match (command, python) {
+        (Some(command), _) => {
+            command.error(format!("give the function one way: {listed} or function.command, not both"))
+        }
+        (None, Some(python)) => python.error("give the function one way: function.wasm or function.python, not both"),
+        (None, None) => unreachable!("two kinds were given"),
+    }
+}
+
+/// A Python function's script or folder: a local path (fanout builds it on this machine).
+fn resolve_python(given: Given<String>, origins: &mut Origins) -> Result<std::path::PathBuf, JobError> {
+    match Location::parse(&given.value).map_err(|e| given.error(e.to_string()))? {
+        Location::Local(path) => {
+            origins.note("function.python", &given);
+            Ok(path)
+        }
+        other => Err(given.error(format!(
+            "{other} is not a local path: a Python function is built on this machine from a script or a folder"
+        ))),
+    }
 }
 
 fn resolve_sandbox(given: Option<Given<String>>) -> Result<Sandbox, JobError> {

@@ -243,23 +243,24 @@ pub(crate) struct ShardTable {
     pub(crate) align: Option<Spanned<String>>,
 }
 
-/// One environment variable for the function: an entry of the `env` table, or a `--env
-/// K=V` flag (split and checked when the job is resolved, so the error names the flag).
+/// One named value (an environment variable, a side file): an entry of a table such as
+/// `env`, or a `--env K=V` flag (split and checked when the job is resolved, so the error
+/// names the flag).
 #[derive(Debug, Clone)]
-pub(crate) enum EnvVar {
+pub(crate) enum NamedValue {
     Entry(String, String),
     Flag(String),
 }
 
-impl Entry for EnvVar {
+impl Entry for NamedValue {
     const FLAGS_ADD: bool = true;
 }
 
-impl std::str::FromStr for EnvVar {
+impl std::str::FromStr for NamedValue {
     type Err = std::convert::Infallible;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        Ok(EnvVar::Flag(text.to_string()))
+        Ok(NamedValue::Flag(text.to_string()))
     }
 }
 
@@ -279,10 +280,10 @@ fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Given<S
     Ok(globs.into_iter().map(|glob| given.with(glob)).collect())
 }
 
-/// `env = { K = "V" }`: one entry per key, each at the table's line.
-fn env_table<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Given<EnvVar>>, D::Error> {
+/// `env = { K = "V" }`, `files = { NAME = "PATH" }`: one entry per key, each at the table's line.
+fn named_values<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Given<NamedValue>>, D::Error> {
     let given = Given::<BTreeMap<String, String>>::deserialize(deserializer)?;
-    Ok(given.value.iter().map(|(k, v)| given.with(EnvVar::Entry(k.clone(), v.clone()))).collect())
+    Ok(given.value.iter().map(|(k, v)| given.with(NamedValue::Entry(k.clone(), v.clone()))).collect())
 }
 
 job_table! {
@@ -336,6 +337,9 @@ job_table! {
         /// The function: a .wasm file, an s3:// object, or a crate folder to build.
         #[arg(long = "function", value_name = "F")]
         wasm: Option<Given<String>>,
+        /// A Python function instead: a .py script, or a folder with main.py (and requirements.txt).
+        #[arg(long = "python", value_name = "SCRIPT")]
+        python: Option<Given<String>>,
         /// A native command instead, e.g. "convert {in} -resize 64x64 {out}/{stem}.png" (split
         /// like a shell's words, never run by a shell; placeholders {in} {name} {stem} {ext} {out}).
         #[arg(long = "command", value_name = "COMMAND")]
@@ -348,8 +352,13 @@ job_table! {
         args: Option<Given<Vec<String>>>,
         /// An environment variable for the function (repeatable).
         #[arg(long, value_name = "K=V")]
-        #[serde(default, deserialize_with = "env_table")]
-        env: Vec<Given<EnvVar>>,
+        #[serde(default, deserialize_with = "named_values")]
+        env: Vec<Given<NamedValue>>,
+        /// A file the function reads at /files/NAME, read-only (repeatable): NAME=PATH, a local
+        /// path or an s3:// object.
+        #[arg(long = "file", value_name = "NAME=PATH")]
+        #[serde(default, deserialize_with = "named_values")]
+        files: Vec<Given<NamedValue>>,
         /// Per-invocation time limit (e.g. 30s), or a share of the median shard (e.g. 200%).
         #[arg(long, value_name = "DURATION")]
         timeout: Option<Given<String>>,

@@ -85,14 +85,20 @@ pub enum Workers {
 }
 
 /// Opens DEST, the source and the function, and proves the job's engine answers, before
-/// anything is written. `quiet` silences a function crate's build output.
-pub async fn open(job: &Job, origins: &Origins, options: &StorageOptions, quiet: bool) -> Result<Opened, LaunchError> {
+/// anything is written but the function and side files, content-addressed. The side files
+/// are pinned (their digests recorded in `job`). `quiet` silences a function's build output.
+pub async fn open(
+    job: &mut Job,
+    origins: &Origins,
+    options: &StorageOptions,
+    quiet: bool,
+) -> Result<Opened, LaunchError> {
     let at_dest = origins.prefix("output.dest");
     let dest =
         storage::open(&job.output.dest, options).await.map_err(|e| refused(format!("{at_dest}output.dest: {e}")))?;
     dest.check(true).await.map_err(|e| refused(format!("{at_dest}output.dest: {e}")))?;
     let source = source::open_source(job, options).await.map_err(|e| LaunchError::plan(e, origins))?;
-    let field = if job.function.command.is_some() { "function.command" } else { "function.wasm" };
+    let field = job.function.field();
     let at_function = origins.prefix(field);
     if job.function.command.is_some() && matches!(job.executor, Executor::Lambda { .. }) {
         return Err(refused(format!(
@@ -103,12 +109,15 @@ pub async fn open(job: &Job, origins: &Origins, options: &StorageOptions, quiet:
     }
     let function = crate::function::load_function(&job.function, options, quiet)
         .await
-        .map_err(|e| refused(format!("{at_function}{e}")))?;
+        .map_err(|e| refused(format!("{at_function}{field}: {e}")))?;
     let limits = Limits {
         timeout: job.function.timeout(),
         memory_bytes: job.function.memory_bytes,
         concurrency: job.workers.max,
     };
+    crate::side_files::pin(&mut job.function.files, options, &dest)
+        .await
+        .map_err(|e| refused(format!("{}{e}", origins.prefix("function.files"))))?;
     let bytes = Bytes::from(function.bytes);
     let wasm = bytes.clone();
     let (runtime, load) = tokio::task::spawn_blocking(move || Runtime::load(&function.name, &wasm, limits))
@@ -116,7 +125,7 @@ pub async fn open(job: &Job, origins: &Origins, options: &StorageOptions, quiet:
         .expect("loading the function does not panic")
         .map_err(|e| match e {
             crate::runtime::RuntimeError::Sandbox(message) => refused(message),
-            e => refused(format!("{at_function}function.wasm: {e}")),
+            e => refused(format!("{at_function}{field}: {e}")),
         })?;
     let mut warnings = Vec::new();
     let workers = match &job.executor {
@@ -188,9 +197,19 @@ pub fn incompatibility(stored: &JobDocument, job: &Job, load: &LoadReport) -> Op
         .or_else(|| difference("input.shard", &then.input.shard, &job.input.shard, ToString::to_string))
         .or_else(|| difference("function.wasm", &stored.function.sha256, &load.sha256, Clone::clone))
         .or_else(|| difference("function.command", &then.function.command, &job.function.command, |c| format!("{c:?}")))
+        .or_else(|| {
+            difference("function.files", &digests(&then.function.files), &digests(&job.function.files), |d| {
+                format!("{d:?}")
+            })
+        })
         .or_else(|| difference("function.args", &then.function.args, &job.function.args, |a| format!("{a:?}")))
         .or_else(|| difference("function.env", &then.function.env, &job.function.env, |e| format!("{e:?}")))
         .or_else(|| difference("output.dest", &then.output.dest, &job.output.dest, ToString::to_string))
+}
+
+/// Side files by name and digest: what a run's outputs depend on.
+fn digests(files: &std::collections::BTreeMap<String, crate::job::SideFile>) -> Vec<(String, String)> {
+    files.iter().map(|(name, file)| (name.clone(), file.sha256.chars().take(12).collect())).collect()
 }
 
 /// Refuses to resume a job whose inputs, function or outputs differ from this one.

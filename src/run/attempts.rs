@@ -58,6 +58,7 @@ impl Coordinator {
         let invocation = stage::invocation(
             slot,
             out_dir.clone(),
+            crate::side_files::folder_of(&job.function.files),
             attempt,
             call.argv_env(),
             staged.stdin.clone(),

@@ -133,6 +133,8 @@ pub struct Invocation {
     pub env: Vec<(String, String)>,
     pub in_dir: PathBuf,
     pub out_dir: PathBuf,
+    /// The job's side files, seen read-only at `/files` (none: no `/files`).
+    pub files_dir: Option<PathBuf>,
     /// A file to feed on stdin, or none (empty stdin).
     pub stdin: Option<PathBuf>,
     pub stdout: PathBuf,

@@ -15,7 +15,7 @@ use capture::{CappedCapture, Overflow};
 pub use invocation::{FunctionKind, Invocation, InvocationReport, Limits, Outcome, OutcomeKind};
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -446,8 +446,27 @@ fn link_message(error: &wasmtime::Error) -> String {
     text.lines().next().unwrap_or_default().chars().take(500).collect()
 }
 
-/// Builds the guest's whole world, denying by default: two preopened folders, captured
-/// stdio, the given args and env, no network, nothing inherited from the host.
+/// An empty, read-only `/` for guests, holding only the names of the folders mounted on it.
+/// Without it `/` does not exist in WASI, and code that walks up a path (Python's
+/// `os.makedirs("/out/a", exist_ok=True)` asks whether `/` exists) fails where it works on a
+/// host. Made once a process, in fanout's cache; its content never changes.
+fn guest_root() -> Result<&'static Path, String> {
+    static ROOT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        let root = cache_dir().join("guest-root");
+        for mount in ["in", "out", "files"] {
+            std::fs::create_dir_all(root.join(mount)).map_err(|e| format!("{}: {e}", root.display()))?;
+        }
+        Ok(root)
+    })
+    .as_ref()
+    .map(PathBuf::as_path)
+    .map_err(Clone::clone)
+}
+
+/// Builds the guest's whole world, denying by default: its preopened folders (an empty `/`,
+/// `/in`, `/out`, and `/files` when the job has side files), captured stdio, the given args
+/// and env, no network, nothing inherited from the host.
 fn sandbox(invocation: &Invocation, stdout: &CappedCapture, stderr: &CappedCapture) -> Result<WasiCtxBuilder, String> {
     let mut builder = WasiCtxBuilder::new();
     // Must come before the preopens: each directory captures it when opened. The guest's
@@ -470,6 +489,16 @@ fn sandbox(invocation: &Invocation, stdout: &CappedCapture, stderr: &CappedCaptu
     builder
         .preopened_dir(&invocation.out_dir, "/out", FsPerms::ReadWrite)
         .map_err(|e| format!("cannot open the staged /out {}: {e:#}", invocation.out_dir.display()))?;
+    if let Some(files) = &invocation.files_dir {
+        builder
+            .preopened_dir(files, "/files", FsPerms::ReadOnly)
+            .map_err(|e| format!("cannot open the side files {}: {e:#}", files.display()))?;
+    }
+    // After the others, so that /in and /out keep file descriptors 3 and 4. The longest
+    // matching preopen serves a path: this one only ever serves `/` itself.
+    builder
+        .preopened_dir(guest_root()?, "/", FsPerms::ReadOnly)
+        .map_err(|e| format!("cannot open the guest's /: {e:#}"))?;
     // With blocking allowed, WASI p1 would serve a lone sleep with std::thread::sleep, beyond
     // the reach of timeouts: modules get fanout's own poll_oneoff (see `poll`). Components
     // sleep through wasi:io/poll, which is async either way.

@@ -313,6 +313,9 @@ fn sandbox_args(invocation: &Invocation) -> Vec<OsString> {
     args.extend(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"].map(OsString::from));
     args.extend(["--ro-bind".into(), invocation.in_dir.clone().into_os_string(), "/in".into()]);
     args.extend(["--bind".into(), invocation.out_dir.clone().into_os_string(), "/out".into()]);
+    if let Some(files) = &invocation.files_dir {
+        args.extend(["--ro-bind".into(), files.clone().into_os_string(), "/files".into()]);
+    }
     args.extend(["--chdir", "/tmp"].map(OsString::from));
     args
 }
@@ -388,9 +391,15 @@ fn environment(invocation: &Invocation) -> Vec<(String, String)> {
     env
 }
 
-/// Without a sandbox, `/in/...` and `/out/...` in the command's words are the staged folders.
+/// Without a sandbox, `/in/...`, `/out/...` and `/files/...` in the command's words are the
+/// staged folders and the side files' folder.
 fn unsandboxed_path(word: &str, invocation: &Invocation) -> OsString {
-    for (inside, host) in [("/in", &invocation.in_dir), ("/out", &invocation.out_dir)] {
+    let folders = [
+        ("/in", Some(&invocation.in_dir)),
+        ("/out", Some(&invocation.out_dir)),
+        ("/files", invocation.files_dir.as_ref()),
+    ];
+    for (inside, host) in folders.into_iter().filter_map(|(inside, host)| Some((inside, host?))) {
         if word == inside {
             return host.clone().into_os_string();
         }

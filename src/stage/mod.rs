@@ -111,10 +111,13 @@ pub fn expand(word: &str, key: Option<&str>) -> String {
 
 /// The sandbox of one attempt staged in `slot`: `/in` is the slot's, `/out` is `out_dir`
 /// (the slot's own, or a backup's beside it). A record shard's stdout is its output, capped
-/// at `max_output_bytes`; otherwise stdout is log, truncated at [`LOG_CAP`].
+/// at `max_output_bytes`; otherwise stdout is log, truncated at [`LOG_CAP`]. `files` is the
+/// job's side-file folder, seen at `/files`.
+#[allow(clippy::too_many_arguments)]
 pub fn invocation(
     slot: &Slot,
     out_dir: PathBuf,
+    files: Option<PathBuf>,
     attempt: u32,
     (argv, env): (Vec<String>, Vec<(String, String)>),
     stdin: Option<PathBuf>,
@@ -126,6 +129,7 @@ pub fn invocation(
         env,
         in_dir: slot.in_dir.clone(),
         out_dir,
+        files_dir: files,
         stdin,
         stdout: slot.stdout(attempt),
         stdout_cap: if is_records { max_output_bytes } else { LOG_CAP },

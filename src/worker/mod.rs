@@ -93,6 +93,10 @@ impl Warm {
             Ok(loaded) => loaded,
             Err(e) => return fail_all(format!("worker {}: {e}", self.environment)),
         };
+        // Laid out where `stage::invocation` finds them (cached: fetched once per environment).
+        if let Err(e) = crate::side_files::fetch(&request.job.function.files, &dest).await {
+            return fail_all(format!("worker {}: {e}", self.environment));
+        }
         let parallel = self.parallel;
         let dir = self.scratch.join(format!("r{}", self.requests.load(Ordering::Relaxed)));
         // Staging waits on S3: more attempts stage at once than run (the pool runs as many
@@ -243,6 +247,7 @@ impl Batch<'_> {
         let invocation = stage::invocation(
             &slot,
             slot.out_dir.clone(),
+            crate::side_files::folder_of(&job.function.files),
             order.attempt,
             (order.argv.clone(), order.env.clone()),
             staged.stdin.clone(),

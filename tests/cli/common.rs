@@ -271,3 +271,10 @@ pub fn keys_by_shard(job: &Path) -> BTreeMap<String, String> {
         })
         .collect()
 }
+
+/// report.csv's rows of the one job in `dest`, by the key of each shard's one object.
+pub fn rows_by_key(dest: &Path) -> BTreeMap<String, BTreeMap<String, String>> {
+    let job = job_dir(dest);
+    let keys = keys_by_shard(&job);
+    report(&job).into_iter().map(|row| (keys[&row["shard"]].clone(), row)).collect()
+}

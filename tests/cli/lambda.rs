@@ -723,3 +723,51 @@ fn results_too_large_for_an_answer_travel_through_dest() {
     }
     assert!(!keys(&format!("{prefix}out/_fanout/")).iter().any(|k| k.contains("/attempts/")), "results swept");
 }
+
+#[test]
+#[cfg_attr(not(fanout_lambda_server), ignore = "needs the Lambda emulator and S3: run scripts/test")]
+fn a_python_function_and_its_side_file_reach_lambda_workers_through_dest() {
+    let prefix = unique_prefix("lambda-python");
+    let input = tempfile::tempdir().unwrap();
+    write_files(input.path(), &[("look", "probe")]);
+    boto3_upload(input.path(), &format!("{prefix}in/"));
+    let note = input.path().join("note.txt");
+    std::fs::write(&note, "read on a Lambda worker").unwrap();
+    let _workers = Workers::start("fanout-python", 2);
+    let probe = repo().join("tests/fixtures/python/probe");
+    let file = format!("note.txt={}", note.display());
+    let ran = run_lambda(
+        &repo(),
+        &[
+            "run",
+            "--input",
+            &s3_url(&format!("{prefix}in/")),
+            "--python",
+            probe.to_str().unwrap(),
+            "--file",
+            &file,
+            "--output",
+            &s3_url(&format!("{prefix}out/")),
+            "--executor",
+            "lambda",
+            "--lambda-function",
+            "fanout-python",
+            "--concurrency",
+            "2",
+            "-q",
+            "--",
+            "on-lambda",
+        ],
+    );
+    ran.assert_code(0);
+    let (outputs, _dir, _job) = fetch(&format!("{prefix}out/"));
+    let found: serde_json::Value = serde_json::from_slice(&outputs["look.json"]).unwrap();
+    assert_eq!(found["argv"], serde_json::json!(["main.py", "on-lambda"]));
+    assert_eq!(found["files"], serde_json::json!({"note.txt": "read on a Lambda worker"}));
+    assert_eq!(found["six"], "1.16.0");
+    assert!(!found["env"].to_string().contains("hunter2"), "the worker's secret stays out");
+    // The component and the side file are stored once, content-addressed, under DEST.
+    let stored = keys(&format!("{prefix}out/_fanout/"));
+    assert_eq!(stored.iter().filter(|k| k.starts_with("functions/")).count(), 1, "{stored:?}");
+    assert_eq!(stored.iter().filter(|k| k.starts_with("files/")).count(), 1, "{stored:?}");
+}

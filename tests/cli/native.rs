@@ -3,7 +3,6 @@
 //! exit codes end a command the way they end a WebAssembly guest.
 
 use crate::common::*;
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -20,12 +19,6 @@ fn run_command(work: &Path, command: &str, extra: &[&str]) -> Ran {
         .output()
         .unwrap()
         .into()
-}
-
-fn rows_by_key(dest: &Path) -> BTreeMap<String, BTreeMap<String, String>> {
-    let job = job_dir(dest);
-    let keys = keys_by_shard(&job);
-    report(&job).into_iter().map(|row| (keys[&row["shard"]].clone(), row)).collect()
 }
 
 /// A picture's pixels, decoded (8-bit RGBA), with its size.

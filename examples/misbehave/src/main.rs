@@ -4,7 +4,7 @@
 //! (and a test that expects failure catches it).
 //!
 //! Commands: ok | work MS | nap MS | trap | exit N | loop | sleep | alloc | passwd | dotdot | env NAME |
-//! symlink | slowfirst MS | latefirst MS | holdfirst | flaky | files N | bytes N | stdout N | stderr N | stdin
+//! sidefile NAME | symlink | slowfirst MS | latefirst MS | holdfirst | flaky | files N | bytes N | stdout N | stderr N | stdin
 
 use std::io::{Read, Write};
 use std::process::exit;
@@ -120,6 +120,17 @@ fn run(command: &str, argument: &str, name: &str) {
                 Err(e) => eprintln!("denied listing /: {e}"),
             }
             exit(43)
+        }
+        "sidefile" => {
+            let path = format!("/files/{argument}");
+            let bytes = std::fs::read(&path).unwrap_or_else(|e| {
+                eprintln!("cannot read {path}: {e}");
+                exit(45)
+            });
+            if std::fs::write(&path, b"overwritten").is_ok() || std::fs::write("/files/planted", b"x").is_ok() {
+                leak("files-writable", b"a side file could be written");
+            }
+            std::fs::write(format!("/out/{name}.copy"), bytes).expect("write the copy");
         }
         "env" => {
             let all: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();

@@ -1,0 +1,197 @@
+//! Side files (`files = { NAME = "PATH" }`): read once when a job opens, from a local path
+//! or an object, and pinned by their SHA-256; kept content-addressed in fanout's cache and,
+//! for remote workers, under DEST (`_fanout/files/<sha256>`), stored once whatever the number
+//! of jobs. Every invocation sees them as one read-only folder, `/files`: this module lays it
+//! out (hard links into the cache, else copies) and names it; the runtimes mount it. It never
+//! runs a function and writes nothing but its cache and those keys.
+
+use crate::job::SideFile;
+use crate::location::Location;
+use crate::storage::{self, DynStorage, StorageError, StorageOptions};
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SideFileError {
+    #[error("function.files.{name}: {from} does not exist")]
+    Missing { name: String, from: String },
+    #[error("function.files.{name}: {from}: {message}")]
+    Read { name: String, from: String, message: String },
+    #[error("function.files.{name}: {key} holds sha256 {found}, not the job's {expected}")]
+    Changed { name: String, key: String, found: String, expected: String },
+    #[error("function.files.{name}: storing it under output.dest: {message}")]
+    Store { name: String, message: String },
+    #[error("fanout's cache: {0}")]
+    Cache(String),
+}
+
+/// The key under DEST of the side file with this digest.
+pub fn key(sha256: &str) -> String {
+    format!("{}/files/{sha256}", crate::manifest::FANOUT_DIR)
+}
+
+/// Reads every side file not pinned yet from where the job names it and records its digest
+/// in `files` (a stored job's files are pinned already: they come from the cache, or from
+/// DEST), keeps each in the cache and stores each under DEST once, where any worker and any
+/// later run of the job finds it. Returns the folder the invocations see, if there are any.
+pub async fn pin(
+    files: &mut BTreeMap<String, SideFile>,
+    options: &StorageOptions,
+    dest: &DynStorage,
+) -> Result<Option<PathBuf>, SideFileError> {
+    for (name, file) in files.iter_mut().filter(|(_, file)| file.sha256.is_empty()) {
+        let bytes = read_source(name, &file.source, options).await?;
+        file.sha256 = format!("{:x}", Sha256::digest(&bytes));
+        keep(&file.sha256, &bytes)?;
+    }
+    fetch(files, dest).await?;
+    for (name, file) in files.iter() {
+        store(file, dest).await.map_err(|e| SideFileError::Store { name: name.clone(), message: e.to_string() })?;
+    }
+    folder(files)
+}
+
+/// Stores a pinned side file under DEST, unless it is there already.
+async fn store(file: &SideFile, dest: &DynStorage) -> Result<(), StorageError> {
+    let blob = blob_path(&file.sha256);
+    let unreadable = |source| StorageError::Io { location: blob.display().to_string(), source };
+    let size = std::fs::metadata(&blob).map(|m| m.len()).map_err(unreadable)?;
+    if dest.head(&key(&file.sha256)).await?.is_some_and(|meta| meta.size == size) {
+        return Ok(());
+    }
+    let bytes = tokio::fs::read(&blob).await.map_err(unreadable)?;
+    dest.put(&key(&file.sha256), Bytes::from(bytes)).await
+}
+
+/// The pinned side files fetched from DEST (unless the cache holds them already), as a
+/// remote worker needs them, and laid out. Returns the folder the invocations see, if there are any.
+pub async fn fetch(files: &BTreeMap<String, SideFile>, dest: &DynStorage) -> Result<Option<PathBuf>, SideFileError> {
+    for (name, file) in files {
+        if blob_path(&file.sha256).is_file() {
+            continue;
+        }
+        let key = key(&file.sha256);
+        let bytes = dest.get(&key).await.map_err(|e| SideFileError::Read {
+            name: name.clone(),
+            from: key.clone(),
+            message: e.to_string(),
+        })?;
+        let found = format!("{:x}", Sha256::digest(&bytes));
+        if found != file.sha256 {
+            return Err(SideFileError::Changed { name: name.clone(), key, found, expected: file.sha256.clone() });
+        }
+        keep(&file.sha256, &bytes)?;
+    }
+    folder(files)
+}
+
+/// The folder of a job's pinned side files (made by [`pin`] or [`fetch`]), if it has any.
+pub fn folder_of(files: &BTreeMap<String, SideFile>) -> Option<PathBuf> {
+    (!files.is_empty()).then(|| root().join("sets").join(listing_digest(files)))
+}
+
+async fn read_source(name: &str, source: &Location, options: &StorageOptions) -> Result<Bytes, SideFileError> {
+    let shown = source.to_string();
+    let missing = || SideFileError::Missing { name: name.to_string(), from: shown.clone() };
+    let failed = |message: String| SideFileError::Read { name: name.to_string(), from: shown.clone(), message };
+    match source {
+        Location::Local(path) if path.is_dir() => Err(failed("is a folder, not a file".into())),
+        Location::Local(path) => match tokio::fs::read(path).await {
+            Ok(bytes) => Ok(Bytes::from(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(missing()),
+            Err(e) => Err(failed(e.to_string())),
+        },
+        Location::S3 { bucket, prefix } => {
+            let (parent, key) = match prefix.rsplit_once('/') {
+                Some((parent, key)) => (format!("{parent}/"), key.to_string()),
+                None => (String::new(), prefix.clone()),
+            };
+            let store = storage::open(&Location::S3 { bucket: bucket.clone(), prefix: parent }, options)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            match store.get(&key).await {
+                Ok(bytes) => Ok(bytes),
+                Err(e) if e.is_not_found() => Err(missing()),
+                Err(e) => Err(failed(e.to_string())),
+            }
+        }
+        Location::Kafka { .. } => Err(failed("a Kafka topic is not a file".into())),
+    }
+}
+
+fn root() -> PathBuf {
+    crate::runtime::cache_dir().join("files")
+}
+
+fn blob_path(sha256: &str) -> PathBuf {
+    root().join("blobs").join(sha256)
+}
+
+fn cache_error(path: &Path, e: std::io::Error) -> SideFileError {
+    SideFileError::Cache(format!("{}: {e}", path.display()))
+}
+
+/// Writes a blob into the cache once (by rename, so a reader never sees half of one).
+fn keep(sha256: &str, bytes: &[u8]) -> Result<(), SideFileError> {
+    let blob = blob_path(sha256);
+    if blob.is_file() {
+        return Ok(());
+    }
+    let dir = blob.parent().expect("a blob has a folder");
+    std::fs::create_dir_all(dir).map_err(|e| cache_error(dir, e))?;
+    crate::storage::local::write_atomic(&blob, bytes).map_err(|e| cache_error(&blob, e))
+}
+
+/// A digest of the names and contents: the folder's name, the same for the same files.
+fn listing_digest(files: &BTreeMap<String, SideFile>) -> String {
+    let mut hasher = Sha256::new();
+    for (name, file) in files {
+        hasher.update(name.as_bytes());
+        hasher.update([0]);
+        hasher.update(file.sha256.as_bytes());
+        hasher.update([b'\n']);
+    }
+    format!("{:x}", hasher.finalize())
+}
+
+/// Lays out the folder of `files` from the cache's blobs, once: built beside and renamed
+/// into place, so that invocations never see it half made.
+fn folder(files: &BTreeMap<String, SideFile>) -> Result<Option<PathBuf>, SideFileError> {
+    let Some(folder) = folder_of(files) else { return Ok(None) };
+    if folder.is_dir() {
+        return Ok(Some(folder));
+    }
+    let partial = folder.with_extension(format!("partial-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&partial);
+    std::fs::create_dir_all(&partial).map_err(|e| cache_error(&partial, e))?;
+    for (name, file) in files {
+        let (blob, link) = (blob_path(&file.sha256), partial.join(name));
+        if std::fs::hard_link(&blob, &link).is_err() {
+            std::fs::copy(&blob, &link).map_err(|e| cache_error(&link, e))?;
+        }
+    }
+    if std::fs::rename(&partial, &folder).is_err() {
+        // Another process laid out the same folder meanwhile.
+        let _ = std::fs::remove_dir_all(&partial);
+    }
+    Ok(Some(folder))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_files_give_the_same_folder_and_any_change_another() {
+        let file = |sha: &str| SideFile { source: Location::Local("/x".into()), sha256: sha.into() };
+        let a = BTreeMap::from([("schema.json".to_string(), file("aa")), ("model.bin".to_string(), file("bb"))]);
+        let renamed = BTreeMap::from([("schema2.json".to_string(), file("aa")), ("model.bin".to_string(), file("bb"))]);
+        let changed = BTreeMap::from([("schema.json".to_string(), file("ab")), ("model.bin".to_string(), file("bb"))]);
+        assert_eq!(folder_of(&a), folder_of(&a.clone()));
+        assert_ne!(folder_of(&a), folder_of(&renamed));
+        assert_ne!(folder_of(&a), folder_of(&changed));
+        assert_eq!(folder_of(&BTreeMap::new()), None);
+    }
+}
