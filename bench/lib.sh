@@ -130,3 +130,24 @@ for i in range(int(sys.argv[3])):
     crop.save(os.path.join(sys.argv[2], f"photo{i:03}.jpg"), quality=90, exif=exif)
 PY
 }
+
+# make_corpus DIR FILES KB: FILES text files of KB KiB in DIR, cut at line ends from the
+# Debian changelogs under /usr/share/doc, with \r, \v and \f made spaces (so that awk's
+# fields in the C locale and Python's bytes.split() are the same words).
+make_corpus() {
+	mkdir -p "$1"
+	python3 - "$1" "$2" "$3" <<'PY'
+import glob, gzip, sys
+corpus, files, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]) * 1024
+def lines():
+    for path in sorted(glob.glob("/usr/share/doc/*/changelog*.gz")):
+        with gzip.open(path) as f:
+            yield from f
+source, clean = lines(), bytes.maketrans(b"\r\v\f", b"   ")
+for i in range(files):
+    chunk = bytearray()
+    while len(chunk) < size:
+        chunk += next(source).translate(clean)
+    open(f"{corpus}/doc-{i:03}.txt", "wb").write(chunk)
+PY
+}

@@ -21,21 +21,7 @@ lithops_setup "$WORK"
 VENV=$LITHOPS_VENV
 
 CORPUS=$WORK/corpus
-mkdir -p "$CORPUS"
-python3 - "$CORPUS" "$FILES" "$FILE_KB" <<'PY'
-import glob, gzip, sys
-corpus, files, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]) * 1024
-def lines():
-    for path in sorted(glob.glob("/usr/share/doc/*/changelog*.gz")):
-        with gzip.open(path) as f:
-            yield from f
-source, clean = lines(), bytes.maketrans(b"\r\v\f", b"   ")
-for i in range(files):
-    chunk = bytearray()
-    while len(chunk) < size:
-        chunk += next(source).translate(clean)
-    open(f"{corpus}/doc-{i:03}.txt", "wb").write(chunk)
-PY
+make_corpus "$CORPUS" "$FILES" "$FILE_KB"
 echo "bench: corpus of $FILES files, $(du -sh "$CORPUS" | cut -f1)" >&2
 
 # Each peer's table is "word count" lines; fanout's is CSV. Both are checked here.
