@@ -52,7 +52,8 @@ for run in $(seq 1 "$RUNS"); do
 	timed "noop parallel" sh -c "ls '$WORK/tiny' | parallel -j2 python3 '$WORK/noop.py' '$WORK/tiny/{}'"
 	timed "wordfreq fanout" "$FANOUT" run --input "$CORPUS" --python "$SCRIPT" --output "$WORK/out-fanout" --quiet -- --top 10
 	timed "wordfreq parallel" sh -c "ls '$CORPUS' | parallel -j2 python3 '$SCRIPT' --top 10 '$CORPUS/{}' '$WORK/out-parallel'"
-	timed "wordfreq lithops" "$VENV/bin/python" "$WORK/lithops_wordfreq.py" "$CORPUS" "$WORK/out-lithops"
+	# Lithops' localhost runner starts `python` from PATH: the venv's.
+	timed "wordfreq lithops" env "PATH=$VENV/bin:$PATH" "$VENV/bin/python" "$WORK/lithops_wordfreq.py" "$CORPUS" "$WORK/out-lithops"
 done
 report
 python3 - "$WORK" "$COUNT" <<PY
