@@ -62,18 +62,11 @@ pub async fn load(location: &Location, options: &StorageOptions, quiet: bool) ->
                 Err(source) => Err(FunctionError::Read { path: path.display().to_string(), source }),
             }
         }
-        Location::S3 { bucket, prefix } => {
-            let (parent, key) = match prefix.rsplit_once('/') {
-                Some((parent, key)) => (format!("{parent}/"), key.to_string()),
-                None => (String::new(), prefix.clone()),
-            };
-            let storage = storage::open(&Location::S3 { bucket: bucket.clone(), prefix: parent }, options).await?;
-            match storage.get(&key).await {
-                Ok(bytes) => checked(location.to_string(), bytes.to_vec(), None),
-                Err(e) if e.is_not_found() => Err(FunctionError::Missing(location.to_string())),
-                Err(e) => Err(e.into()),
-            }
-        }
+        Location::S3 { bucket, prefix } => match storage::get_object(bucket, prefix, options).await {
+            Ok(bytes) => checked(location.to_string(), bytes.to_vec(), None),
+            Err(e) if e.is_not_found() => Err(FunctionError::Missing(location.to_string())),
+            Err(e) => Err(e.into()),
+        },
         Location::Kafka { .. } => Err(FunctionError::NotWasm(location.to_string())),
     }
 }

@@ -103,20 +103,11 @@ async fn read_source(name: &str, source: &Location, options: &StorageOptions) ->
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(missing()),
             Err(e) => Err(failed(e.to_string())),
         },
-        Location::S3 { bucket, prefix } => {
-            let (parent, key) = match prefix.rsplit_once('/') {
-                Some((parent, key)) => (format!("{parent}/"), key.to_string()),
-                None => (String::new(), prefix.clone()),
-            };
-            let store = storage::open(&Location::S3 { bucket: bucket.clone(), prefix: parent }, options)
-                .await
-                .map_err(|e| failed(e.to_string()))?;
-            match store.get(&key).await {
-                Ok(bytes) => Ok(bytes),
-                Err(e) if e.is_not_found() => Err(missing()),
-                Err(e) => Err(failed(e.to_string())),
-            }
-        }
+        Location::S3 { bucket, prefix } => match storage::get_object(bucket, prefix, options).await {
+            Ok(bytes) => Ok(bytes),
+            Err(e) if e.is_not_found() => Err(missing()),
+            Err(e) => Err(failed(e.to_string())),
+        },
         Location::Kafka { .. } => Err(failed("a Kafka topic is not a file".into())),
     }
 }

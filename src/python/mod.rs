@@ -114,9 +114,12 @@ impl App {
             hash_field(&mut hasher, name.as_bytes());
             hash_field(&mut hasher, text.as_bytes());
         }
-        for (name, text) in &self.sources {
-            hash_field(&mut hasher, name.as_bytes());
-            hash_field(&mut hasher, text.as_bytes());
+        // A folder's files include its sources; a lone script is its one source.
+        if self.folder.is_none() {
+            for (name, text) in &self.sources {
+                hash_field(&mut hasher, name.as_bytes());
+                hash_field(&mut hasher, text.as_bytes());
+            }
         }
         if let Some(folder) = &self.folder {
             let unreadable = |e: std::io::Error| PythonError::Read { path: self.shown.clone(), message: e.to_string() };

@@ -22,6 +22,16 @@ pub use contract::*;
 use crate::location::Location;
 use std::sync::Arc;
 
+/// The one object an `s3://bucket/key` location names (opened at its parent prefix, read
+/// whole): a function's bytes, a side file.
+pub async fn get_object(bucket: &str, key_path: &str, options: &StorageOptions) -> StorageResult<bytes::Bytes> {
+    let (parent, key) = match key_path.rsplit_once('/') {
+        Some((parent, key)) => (format!("{parent}/"), key),
+        None => (String::new(), key_path),
+    };
+    open(&Location::S3 { bucket: bucket.to_string(), prefix: parent }, options).await?.get(key).await
+}
+
 /// Opens the backend for a location. Local roots need not exist yet (a DEST is created on
 /// first write); S3 clients are built from the AWS default chain plus `options`.
 pub async fn open(location: &Location, options: &StorageOptions) -> StorageResult<DynStorage> {
