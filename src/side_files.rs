@@ -5,6 +5,7 @@
 //! out (hard links into the cache, else copies) and names it; the runtimes mount it. It never
 //! runs a function and writes nothing but its cache and those keys.
 
+use crate::cache::blob_path;
 use crate::job::SideFile;
 use crate::location::Location;
 use crate::storage::{self, DynStorage, StorageError, StorageOptions};
@@ -48,41 +49,66 @@ pub async fn pin(
     }
     fetch(files, dest).await?;
     for (name, file) in files.iter() {
-        store(file, dest).await.map_err(|e| SideFileError::Store { name: name.clone(), message: e.to_string() })?;
+        store_blob(&file.sha256, dest)
+            .await
+            .map_err(|e| SideFileError::Store { name: name.clone(), message: e.to_string() })?;
     }
     folder(files)
 }
 
-/// Stores a pinned side file under DEST, unless it is there already.
-async fn store(file: &SideFile, dest: &DynStorage) -> Result<(), StorageError> {
-    let blob = blob_path(&file.sha256);
+/// Stores a blob of the cache under DEST, streamed, unless it is there already: a pinned side
+/// file, or the Python interpreter's files for remote workers.
+pub async fn store_blob(sha256: &str, dest: &DynStorage) -> Result<(), StorageError> {
+    let blob = blob_path(sha256);
     let unreadable = |source| StorageError::Io { location: blob.display().to_string(), source };
     let size = std::fs::metadata(&blob).map(|m| m.len()).map_err(unreadable)?;
-    if dest.head(&key(&file.sha256)).await?.is_some_and(|meta| meta.size == size) {
+    if dest.head(&key(sha256)).await?.is_some_and(|meta| meta.size == size) {
         return Ok(());
     }
-    let bytes = tokio::fs::read(&blob).await.map_err(unreadable)?;
-    dest.put(&key(&file.sha256), Bytes::from(bytes)).await
+    dest.upload(&key(sha256), &blob).await.map(|_| ())
+}
+
+/// Fetches the blob `sha256` from DEST into the cache (streamed, and checked against its
+/// digest before any reader sees it), unless the cache holds it already. `name` is what
+/// errors call it.
+pub async fn fetch_blob(name: &str, sha256: &str, dest: &DynStorage) -> Result<PathBuf, SideFileError> {
+    let blob = blob_path(sha256);
+    if blob.is_file() {
+        return Ok(blob);
+    }
+    let key = key(sha256);
+    let dir = blob.parent().expect("a blob has a folder");
+    std::fs::create_dir_all(dir).map_err(|e| cache_error(dir, e))?;
+    let partial = blob.with_extension(format!("partial-{}", std::process::id()));
+    let read_error = |message: String| SideFileError::Read { name: name.to_string(), from: key.clone(), message };
+    let fetched = dest.download(&key, &partial).await.map_err(|e| read_error(e.to_string()));
+    let found = fetched.and_then(|_| {
+        let mut hasher = Sha256::new();
+        let mut file = std::fs::File::open(&partial).map_err(|e| read_error(e.to_string()))?;
+        std::io::copy(&mut file, &mut hasher).map_err(|e| read_error(e.to_string()))?;
+        Ok(format!("{:x}", hasher.finalize()))
+    });
+    let kept = match found {
+        Ok(found) if found == sha256 => std::fs::rename(&partial, &blob).map_err(|e| cache_error(&blob, e)),
+        Ok(found) => Err(SideFileError::Changed {
+            name: name.to_string(),
+            key: key.clone(),
+            found,
+            expected: sha256.to_string(),
+        }),
+        Err(e) => Err(e),
+    };
+    if kept.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    kept.map(|_| blob)
 }
 
 /// The pinned side files fetched from DEST (unless the cache holds them already), as a
 /// remote worker needs them, and laid out. Returns the folder the invocations see, if there are any.
 pub async fn fetch(files: &BTreeMap<String, SideFile>, dest: &DynStorage) -> Result<Option<PathBuf>, SideFileError> {
     for (name, file) in files {
-        if blob_path(&file.sha256).is_file() {
-            continue;
-        }
-        let key = key(&file.sha256);
-        let bytes = dest.get(&key).await.map_err(|e| SideFileError::Read {
-            name: name.clone(),
-            from: key.clone(),
-            message: e.to_string(),
-        })?;
-        let found = format!("{:x}", Sha256::digest(&bytes));
-        if found != file.sha256 {
-            return Err(SideFileError::Changed { name: name.clone(), key, found, expected: file.sha256.clone() });
-        }
-        keep(&file.sha256, &bytes)?;
+        fetch_blob(name, &file.sha256, dest).await?;
     }
     folder(files)
 }
@@ -113,11 +139,7 @@ async fn read_source(name: &str, source: &Location, options: &StorageOptions) ->
 }
 
 fn root() -> PathBuf {
-    crate::runtime::cache_dir().join("files")
-}
-
-fn blob_path(sha256: &str) -> PathBuf {
-    root().join("blobs").join(sha256)
+    crate::cache::cache_dir().join("files")
 }
 
 fn cache_error(path: &Path, e: std::io::Error) -> SideFileError {

