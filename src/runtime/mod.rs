@@ -308,7 +308,19 @@ impl Runtime {
             name: document.interpreter.release.clone(),
             message: format!("{e:#}"),
         };
-        let cache_hit = cache_file.exists();
+        let mut cache_hit = cache_file.exists();
+        // Compiling it takes minutes and gigabytes: one process does it, the others wait for it.
+        let _compiling = if cache_hit {
+            None
+        } else {
+            std::fs::create_dir_all(&dir).map_err(|source| RuntimeError::Cache { path: dir.clone(), source })?;
+            let lock_path = cache_file.with_extension("lock");
+            let lock = std::fs::File::create(&lock_path)
+                .and_then(|file| file.lock().map(|_| file))
+                .map_err(|source| RuntimeError::Cache { path: lock_path, source })?;
+            cache_hit = cache_file.exists();
+            Some(lock)
+        };
         // SAFETY: as in `load`: fanout's own cache, named by the engine's compatibility hash.
         let module = match cache_hit.then(|| unsafe { Module::deserialize_file(&engine, &cache_file) }) {
             Some(Ok(module)) => module,

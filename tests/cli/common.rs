@@ -229,7 +229,7 @@ pub fn s3_report(prefix: &str) -> (Vec<BTreeMap<String, String>>, PathBuf, tempf
     let job = std::fs::read_dir(back.path().join("_fanout"))
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| !p.ends_with("functions"))
+        .find(|p| !p.ends_with("functions") && !p.ends_with("files"))
         .expect("a job folder");
     (report(&job), job, back)
 }

@@ -771,3 +771,32 @@ fn a_python_function_and_its_side_file_reach_lambda_workers_through_dest() {
     assert_eq!(stored.iter().filter(|k| k.starts_with("functions/")).count(), 1, "{stored:?}");
     assert_eq!(stored.iter().filter(|k| k.starts_with("files/")).count(), 1, "{stored:?}");
 }
+
+#[test]
+#[cfg_attr(not(fanout_lambda_server), ignore = "needs the Lambda emulator and S3: run scripts/test")]
+fn a_pandas_function_on_lambda_is_refused_with_the_reason() {
+    let prefix = unique_prefix("lambda-pandas");
+    let input = tempfile::tempdir().unwrap();
+    write_files(input.path(), &[("a.csv", "a\n1\n")]);
+    boto3_upload(input.path(), &format!("{prefix}in/"));
+    let script = repo().join("tests/fixtures/python/stats.py");
+    let ran = run_lambda(
+        &repo(),
+        &[
+            "run",
+            "--input",
+            &s3_url(&format!("{prefix}in/")),
+            "--python",
+            script.to_str().unwrap(),
+            "--output",
+            &s3_url(&format!("{prefix}out/")),
+            "--executor",
+            "lambda",
+            "--lambda-function",
+            "fanout-python",
+        ],
+    );
+    ran.assert_refused("function.python: AWS Lambda cannot run");
+    assert!(ran.stderr.contains("numpy"), "{}", ran.stderr);
+    assert!(keys(&format!("{prefix}out/")).is_empty(), "nothing is written");
+}

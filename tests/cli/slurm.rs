@@ -81,6 +81,50 @@ fn a_native_command_on_slurm_runs_sandboxed_on_the_nodes_as_it_does_here() {
     assert!(image::open(slurm_back.path().join("logo.png")).unwrap().width() <= 32);
 }
 
+#[test]
+#[cfg_attr(not(fanout_slurm_cluster), ignore = "needs the Slurm test cluster and S3: run scripts/test")]
+fn a_pandas_function_on_slurm_gives_what_it_gives_here() {
+    let prefix = unique_prefix("slurm-pandas");
+    let csvs = tempfile::tempdir().unwrap();
+    for file in 0..3 {
+        let rows: String = (0..30)
+            .map(|row| {
+                let station = ["oslo", "lima"][row % 2];
+                format!("{station},{}.{:03},{}.5,{}\n", row * 7 % 31, row * 37 % 1000, row * 13 % 17, row % 5)
+            })
+            .collect();
+        std::fs::write(csvs.path().join(format!("day-{file}.csv")), format!("station,temp,rain,wind\n{rows}")).unwrap();
+    }
+    boto3_upload(csvs.path(), &format!("{prefix}csv/"));
+    let input = s3_url(&format!("{prefix}csv/"));
+    let script = repo().join("tests/fixtures/python/stats.py");
+    let run = |dest: &str, more: &[&str]| {
+        let mut args = vec!["run", "--input", &input, "--python", script.to_str().unwrap(), "--output", dest, "--json"];
+        args.extend(more);
+        args.extend(["--", "/in", "/out"]);
+        run_in(&repo(), &args)
+    };
+    run(&s3_url(&format!("{prefix}local/")), &[]).assert_code(0);
+    let ran = run(&s3_url(&format!("{prefix}slurm/")), &["--executor", "slurm", "--concurrency", "2"]);
+    ran.assert_code(0);
+    let summary: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    assert_eq!(summary["shards"]["ok"], 3, "{summary}");
+    assert_eq!(summary["function"]["kind"], "python", "{summary}");
+    let (_, _, local) = s3_report(&format!("{prefix}local/"));
+    let (rows, _, slurm_back) = s3_report(&format!("{prefix}slurm/"));
+    assert!(rows.iter().all(|r| r["worker"].starts_with("slurm ")), "{rows:?}");
+    let outputs = |dir: &Path| {
+        let mut files = tree(dir);
+        files.retain(|key, _| key.ends_with(".json"));
+        files
+    };
+    assert_eq!(outputs(local.path()).len(), 3);
+    assert_eq!(outputs(local.path()), outputs(slurm_back.path()), "the same interpreter gives the same bytes");
+    // The interpreter's two files are stored once under DEST, for workers that lack them.
+    let stored = std::fs::read_dir(slurm_back.path().join("_fanout/files")).unwrap().count();
+    assert_eq!(stored, 2, "python.wasm and its stdlib zip");
+}
+
 /// Waits for `file` to hold a line starting with `start`, and returns the rest of it.
 fn line_in(file: &Path, start: &str, limit: Duration) -> String {
     let mut found = None;
