@@ -129,13 +129,20 @@ fn a_python_function_sees_only_what_the_job_gave_it() {
 
 #[test]
 fn a_python_function_ends_by_exit_timeout_memory_cap_or_exception() {
+    assert_ends_each_way(&fixture("probe"), "128MiB", 600);
+}
+
+/// Runs `fixture` over five inputs that each end one way (exit 3, a loop, an allocation of
+/// `allocate_mb`, an exception, a probe) under `memory`, and checks each outcome and its log.
+fn assert_ends_each_way(fixture: &Path, memory: &str, allocate_mb: u32) {
     let work = tempfile::tempdir().unwrap();
+    let hungry = format!("allocate {allocate_mb}");
     write_files(
         &work.path().join("in"),
-        &[("exit3", "exit 3"), ("loop", "loop"), ("hungry", "allocate 600"), ("raise", "raise"), ("fine", "probe")],
+        &[("exit3", "exit 3"), ("loop", "loop"), ("hungry", &hungry), ("raise", "raise"), ("fine", "probe")],
     );
-    let limits = ["--timeout", "3s", "--memory", "128MiB", "--attempts", "1"];
-    let ran = run_python(work.path(), &fixture("probe"), &limits);
+    let limits = ["--timeout", "3s", "--memory", memory, "--attempts", "1"];
+    let ran = run_python(work.path(), fixture, &limits);
     ran.assert_code(1);
     let dest = work.path().join("out");
     let rows = rows_by_key(&dest);
@@ -285,28 +292,7 @@ fn a_pandas_function_sees_only_what_the_job_gave_it() {
 
 #[test]
 fn a_pandas_function_ends_by_exit_timeout_memory_cap_or_exception() {
-    let work = tempfile::tempdir().unwrap();
-    write_files(
-        &work.path().join("in"),
-        &[("exit3", "exit 3"), ("loop", "loop"), ("hungry", "allocate 900"), ("raise", "raise"), ("fine", "probe")],
-    );
-    let limits = ["--timeout", "3s", "--memory", "512MiB", "--attempts", "1"];
-    let ran = run_python(work.path(), &fixture("scientific"), &limits);
-    ran.assert_code(1);
-    let dest = work.path().join("out");
-    let rows = rows_by_key(&dest);
-    assert_eq!(rows["exit3"]["outcome"], "exit", "{:?}", rows["exit3"]);
-    assert!(rows["exit3"]["error"].contains('3'), "{:?}", rows["exit3"]);
-    assert_eq!(rows["loop"]["outcome"], "timeout", "{:?}", rows["loop"]);
-    assert_eq!(rows["hungry"]["outcome"], "oom", "{:?}", rows["hungry"]);
-    assert_eq!(rows["raise"]["outcome"], "exit", "{:?}", rows["raise"]);
-    assert_eq!(rows["fine"]["status"], "ok");
-    let log = |key: &str| {
-        let shard: u64 = rows[key]["shard"].parse().unwrap();
-        std::fs::read_to_string(job_dir(&dest).join(format!("logs/{shard:05}.txt"))).unwrap_or_default()
-    };
-    assert!(log("exit3").contains("leaving with 3"), "{}", log("exit3"));
-    assert!(log("raise").contains("ValueError: asked to fail"), "the traceback is in the log: {}", log("raise"));
+    assert_ends_each_way(&fixture("scientific"), "512MiB", 900);
 }
 
 #[test]
