@@ -20,12 +20,24 @@ pub enum SideFileError {
     Missing { name: String, from: String },
     #[error("function.files.{name}: {from}: {message}")]
     Read { name: String, from: String, message: String },
-    #[error("function.files.{name}: {key} holds sha256 {found}, not the job's {expected}")]
-    Changed { name: String, key: String, found: String, expected: String },
     #[error("function.files.{name}: storing it under output.dest: {message}")]
     Store { name: String, message: String },
+    #[error("function.files.{name}: {source}")]
+    Blob { name: String, source: BlobError },
     #[error("fanout's cache: {0}")]
     Cache(String),
+}
+
+/// Fetching a content-addressed blob from DEST: it says nothing of what the blob is for, so
+/// the caller names it (a side file, the interpreter's files, a compiled snapshot).
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("{key}: {message}")]
+    Read { key: String, message: String },
+    #[error("{key} holds sha256 {found}, not the expected {expected}")]
+    Changed { key: String, found: String, expected: String },
+    #[error("fanout's cache: {path}: {source}")]
+    Cache { path: PathBuf, source: std::io::Error },
 }
 
 /// The key under DEST of the side file with this digest.
@@ -69,18 +81,21 @@ pub async fn store_blob(sha256: &str, dest: &DynStorage) -> Result<(), StorageEr
 }
 
 /// Fetches the blob `sha256` from DEST into the cache (streamed, and checked against its
-/// digest before any reader sees it), unless the cache holds it already. `name` is what
-/// errors call it.
-pub async fn fetch_blob(name: &str, sha256: &str, dest: &DynStorage) -> Result<PathBuf, SideFileError> {
+/// digest before any reader sees it), unless the cache holds it already.
+pub async fn fetch_blob(sha256: &str, dest: &DynStorage) -> Result<PathBuf, BlobError> {
     let blob = blob_path(sha256);
     if blob.is_file() {
         return Ok(blob);
     }
     let key = key(sha256);
     let dir = blob.parent().expect("a blob has a folder");
-    std::fs::create_dir_all(dir).map_err(|e| cache_error(dir, e))?;
+    let cache = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| BlobError::Cache { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(cache(dir))?;
     let partial = blob.with_extension(format!("partial-{}", std::process::id()));
-    let read_error = |message: String| SideFileError::Read { name: name.to_string(), from: key.clone(), message };
+    let read_error = |message: String| BlobError::Read { key: key.clone(), message };
     let fetched = dest.download(&key, &partial).await.map_err(|e| read_error(e.to_string()));
     let found = fetched.and_then(|_| {
         let mut hasher = Sha256::new();
@@ -89,13 +104,8 @@ pub async fn fetch_blob(name: &str, sha256: &str, dest: &DynStorage) -> Result<P
         Ok(format!("{:x}", hasher.finalize()))
     });
     let kept = match found {
-        Ok(found) if found == sha256 => std::fs::rename(&partial, &blob).map_err(|e| cache_error(&blob, e)),
-        Ok(found) => Err(SideFileError::Changed {
-            name: name.to_string(),
-            key: key.clone(),
-            found,
-            expected: sha256.to_string(),
-        }),
+        Ok(found) if found == sha256 => std::fs::rename(&partial, &blob).map_err(cache(&blob)),
+        Ok(found) => Err(BlobError::Changed { key: key.clone(), found, expected: sha256.to_string() }),
         Err(e) => Err(e),
     };
     if kept.is_err() {
@@ -108,7 +118,7 @@ pub async fn fetch_blob(name: &str, sha256: &str, dest: &DynStorage) -> Result<P
 /// remote worker needs them, and laid out. Returns the folder the invocations see, if there are any.
 pub async fn fetch(files: &BTreeMap<String, SideFile>, dest: &DynStorage) -> Result<Option<PathBuf>, SideFileError> {
     for (name, file) in files {
-        fetch_blob(name, &file.sha256, dest).await?;
+        fetch_blob(&file.sha256, dest).await.map_err(|source| SideFileError::Blob { name: name.clone(), source })?;
     }
     folder(files)
 }

@@ -135,6 +135,10 @@ pub(super) struct DeployArgs {
     /// Configured memory in MB (Lambda gives CPU in proportion: 1,769 MB is one vCPU).
     #[arg(long, value_name = "MB", default_value_t = 2048)]
     pub(super) memory: i32,
+    /// The size of its /tmp in MB (512 to 10240): where workers cache compiled functions; a
+    /// Python function with numpy or pandas needs ~360 MB there.
+    #[arg(long, value_name = "MB", default_value_t = 1024)]
+    pub(super) ephemeral_storage: i32,
     /// The function's timeout in seconds (at most 900).
     #[arg(long, value_name = "SECONDS", default_value_t = 900)]
     pub(super) timeout: i32,

@@ -11,8 +11,8 @@ use super::running::{open_everything, Launch};
 use crate::events::EventSink;
 use crate::executor::kubernetes::{self, CommitterLease, JobSpec, Shares};
 use crate::executor::remote::protocol::{self, Order, Request};
-use crate::job::{self, Executor, Job, Origins};
-use crate::launch::{new_document, Opened, Workers};
+use crate::job::{self, Executor, Job, Origins, Sandbox};
+use crate::launch::{new_document, Opened, StoredFunction, Workers};
 use crate::manifest::{JobDocument, Manifest, PlanState};
 use crate::source::{self, PlanTotals, Planned, Shard};
 use crate::stage::Call;
@@ -48,7 +48,7 @@ impl K8sArgs {
         let Executor::Kubernetes { concurrency, image, secret } = &job.executor else {
             unreachable!("the kind was set to kubernetes")
         };
-        let Opened { dest, source, load, workers: Workers::Kubernetes(function_key), .. } = opened else {
+        let Opened { dest, source, load, workers: Workers::Kubernetes(function), .. } = opened else {
             unreachable!("a kubernetes job opens as one")
         };
         let (shards, totals) = plan_whole(&job, source, &origins).await?;
@@ -63,7 +63,7 @@ impl K8sArgs {
         let count = self.shares.unwrap_or(*concurrency).min(shards.len()).max(1);
         let name = self.job_name.clone().unwrap_or_else(|| kubernetes::job_name(&job_id));
         let shares = Shares {
-            first_shards: store_shares(&document, &function_key, &dest, shards, count).await?,
+            first_shards: store_shares(&document, &function, &dest, shards, count).await?,
             pods_per_share: self.backoff_limit_per_index + 1,
             job_name: name.clone(),
         };
@@ -87,6 +87,7 @@ impl K8sArgs {
             cpus: self.cpus,
             guest_memory_bytes: job.function.memory_bytes,
             env: endpoint.into_iter().collect(),
+            bubblewrap: job.function.command.is_some() && job.function.sandbox == Sandbox::Bubblewrap,
         };
         let manifest = kubernetes::job_manifest(&spec);
         match self.output.json {
@@ -129,7 +130,7 @@ async fn plan_whole(job: &Job, source: source::Source, origins: &Origins) -> Res
 /// first shard.
 async fn store_shares(
     document: &JobDocument,
-    function_key: &str,
+    function: &StoredFunction,
     dest: &crate::storage::DynStorage,
     shards: Vec<Shard>,
     count: usize,
@@ -163,7 +164,8 @@ async fn store_shares(
             protocol: protocol::PROTOCOL,
             job_id: document.job_id.clone(),
             job: job.clone(),
-            function_key: function_key.to_string(),
+            function_key: function.key.clone(),
+            python_compiled: function.python_compiled.clone(),
             function_sha256: document.function.sha256.clone(),
             orders,
             retry_up_to: Some(job.retry.attempts),

@@ -24,6 +24,12 @@ impl LambdaArgs {
                 if !(128..=10_240).contains(&args.memory) {
                     return Err(usage(anyhow!("--memory: {} is not between 128 and 10240 MB", args.memory)));
                 }
+                if !(512..=10_240).contains(&args.ephemeral_storage) {
+                    return Err(usage(anyhow!(
+                        "--ephemeral-storage: {} is not between 512 and 10240 MB",
+                        args.ephemeral_storage
+                    )));
+                }
                 let deployment = Deployment {
                     name: args.name,
                     role: args.role,
@@ -32,6 +38,7 @@ impl LambdaArgs {
                     arm64: args.arm64,
                     memory_mb: args.memory,
                     timeout_s: args.timeout,
+                    ephemeral_mb: args.ephemeral_storage,
                 };
                 let deployed = deploy::deploy(&deployment).await.map_err(|e| match e {
                     deploy::DeployError::Lambda { .. } => failed(anyhow!("{e}")),

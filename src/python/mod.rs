@@ -60,9 +60,8 @@ fn build_component(app: &App, quiet: bool) -> Result<PathBuf, PythonError> {
     }
     // One build of the same app at a time across processes: a second waits for the first.
     let lock_path = built.with_extension("lock");
-    let lock = std::fs::File::create(&lock_path)
-        .and_then(|file| file.lock().map(|_| file))
-        .map_err(|e| PythonError::Cache(format!("{}: {e}", lock_path.display())))?;
+    let lock =
+        crate::cache::lock(&lock_path).map_err(|e| PythonError::Cache(format!("{}: {e}", lock_path.display())))?;
     if !built.is_file() {
         // A note for a person waiting at a terminal; scripts and logs get only errors.
         if !quiet && std::io::stderr().is_terminal() {
@@ -74,7 +73,6 @@ fn build_component(app: &App, quiet: bool) -> Result<PathBuf, PythonError> {
         app.build_into(&built)?;
     }
     drop(lock);
-    let _ = std::fs::remove_file(&lock_path);
     Ok(built)
 }
 

@@ -175,8 +175,7 @@ pub fn install(quiet: bool) -> Result<Interpreter, PythonError> {
     }
     let cache = |e: std::io::Error| PythonError::Cache(format!("{}: {e}", home.display()));
     std::fs::create_dir_all(&home).map_err(cache)?;
-    let lock = std::fs::File::create(home.join("install.lock")).and_then(|file| file.lock().map(|_| file));
-    let _lock = lock.map_err(cache)?;
+    let _lock = crate::cache::lock(&home.join("install.lock")).map_err(cache)?;
     if let Some(interpreter) = installed() {
         return Ok(interpreter);
     }

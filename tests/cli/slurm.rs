@@ -120,9 +120,10 @@ fn a_pandas_function_on_slurm_gives_what_it_gives_here() {
     };
     assert_eq!(outputs(local.path()).len(), 3);
     assert_eq!(outputs(local.path()), outputs(slurm_back.path()), "the same interpreter gives the same bytes");
-    // The interpreter's two files are stored once under DEST, for workers that lack them.
+    // The interpreter's two files and its compiled snapshot are stored once under DEST, for
+    // workers that lack them.
     let stored = std::fs::read_dir(slurm_back.path().join("_fanout/files")).unwrap().count();
-    assert_eq!(stored, 2, "python.wasm and its stdlib zip");
+    assert_eq!(stored, 3, "python.wasm, its stdlib zip and the compiled snapshot");
 }
 
 /// Waits for `file` to hold a line starting with `start`, and returns the rest of it.

