@@ -124,7 +124,12 @@ pub fn write_files(dir: &Path, files: &[(&str, &str)]) {
 
 /// The one job folder under `dest/_fanout/`.
 pub fn job_dir(dest: &Path) -> PathBuf {
-    let mut jobs: Vec<PathBuf> = std::fs::read_dir(dest.join("_fanout")).unwrap().map(|e| e.unwrap().path()).collect();
+    // `files/` and `functions/` hold what every job of DEST shares (side files, stored functions).
+    let mut jobs: Vec<PathBuf> = std::fs::read_dir(dest.join("_fanout"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|path| !path.ends_with("files") && !path.ends_with("functions"))
+        .collect();
     jobs.sort();
     assert_eq!(jobs.len(), 1, "expected one job under {}: {jobs:?}", dest.display());
     jobs.pop().unwrap()

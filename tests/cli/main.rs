@@ -4,6 +4,7 @@
 mod common;
 
 mod bad_jobs;
+mod dataproc;
 mod examples;
 mod image;
 mod interrupt;
