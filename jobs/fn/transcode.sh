@@ -20,12 +20,13 @@ while [ $# -gt 0 ]; do
 done
 case $height in '' | *[!0-9]*) echo "transcode: --height wants a number of lines, not $height" >&2; exit 2 ;; esac
 
-streams=$(ffprobe -v error -show_entries stream=codec_type -of csv=p=0 "$in" 2>/tmp/probe) || {
+# One probe: the streams' kinds, and the duration the poster is taken at a tenth of.
+probe=$(ffprobe -v error -show_entries stream=codec_type:format=duration -of default=nw=1 "$in" 2>/tmp/probe) || {
 	echo "transcode: $in is not a video ffprobe can read: $(head -c 300 /tmp/probe)" >&2
 	exit 1
 }
-case $streams in *audio*) audio=yes ;; *) audio=no ;; esac
-case $streams in *video*) video=yes ;; *) video=no ;; esac
+case $probe in *codec_type=audio*) audio=yes ;; *) audio=no ;; esac
+case $probe in *codec_type=video*) video=yes ;; *) video=no ;; esac
 if [ $kind = audio ]; then
 	[ $audio = yes ] || { echo "transcode: $in has no sound to extract" >&2; exit 1; }
 	exec ffmpeg -nostdin -v error -i "$in" -map 0:a:0 -vn -c:a aac -b:a 128k -movflags +faststart "$out/$stem.m4a"
@@ -46,6 +47,5 @@ fi
 ffmpeg -nostdin -v error -i "$in" -map 0:v:0 -map '0:a:0?' -vf "$scale" "$@" "$target"
 
 # The poster: the frame at a tenth of the duration (the first, when it is unknown).
-duration=$(ffprobe -v error -show_entries format=duration -of default=nw=1:nk=1 "$in" || true)
-at=$(awk -v d="$duration" 'BEGIN { if (d + 0 > 0) printf "%.3f", d / 10; else print 0 }')
+at=$(printf '%s\n' "$probe" | awk -F= '$1 == "duration" && $2 + 0 > 0 { printf "%.3f", $2 / 10; found = 1 } END { if (!found) print 0 }')
 exec ffmpeg -nostdin -v error -ss "$at" -i "$in" -frames:v 1 -vf "$scale" -q:v 3 "$out/$stem.jpg"
