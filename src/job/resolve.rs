@@ -235,13 +235,16 @@ fn resolve_function(
 /// each source a local path or an object.
 fn resolve_files(given: &[Given<NamedValue>], origins: &mut Origins) -> Result<BTreeMap<String, SideFile>, JobError> {
     let mut files = BTreeMap::new();
+    // Which names a `--file` flag gave: a flag overrides the job file's side file of the same
+    // name, as every flag overrides its field; twice in one place is still an error.
+    let mut flagged = std::collections::BTreeSet::new();
     for entry in given {
-        let (name, source) = match &entry.value {
-            NamedValue::Entry(name, source) => (name.clone(), source.clone()),
+        let (name, source, from_flag) = match &entry.value {
+            NamedValue::Entry(name, source) => (name.clone(), source.clone(), false),
             NamedValue::Flag(pair) => {
                 let (name, source) =
                     pair.split_once('=').ok_or_else(|| entry.error(format!("\"{pair}\" is not NAME=PATH")))?;
-                (name.to_string(), source.to_string())
+                (name.to_string(), source.to_string(), true)
             }
         };
         let plain = !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\0']) && name.len() <= 255;
@@ -252,8 +255,13 @@ fn resolve_files(given: &[Given<NamedValue>], origins: &mut Origins) -> Result<B
             Location::Kafka { .. } => return Err(entry.entry_error(&name, "a Kafka topic is not a file")),
             location => location,
         };
-        if files.insert(name.clone(), SideFile { source, sha256: String::new() }).is_some() {
+        let given_before = files.insert(name.clone(), SideFile { source, sha256: String::new() }).is_some();
+        let overrides_the_job_file = from_flag && !flagged.contains(&name);
+        if given_before && !overrides_the_job_file {
             return Err(entry.entry_error(&name, format!("\"{name}\" is given twice")));
+        }
+        if from_flag {
+            flagged.insert(name.clone());
         }
         origins.note("function.files", entry);
     }

@@ -76,6 +76,15 @@ fn a_side_file_job_file_table_and_its_mistakes() {
     ran.assert_refused("function.files.schema.json:");
     assert!(ran.stderr.contains("gone.json does not exist"), "{}", ran.stderr);
 
+    // A --file flag overrides the job file's side file of the same name, as every flag
+    // overrides its field; one name given twice by flags is a mistake.
+    std::fs::write(work.path().join("other.json"), "{\"type\": \"array\"}").unwrap();
+    std::fs::remove_dir_all(work.path().join("out")).unwrap();
+    run_in(work.path(), &["run", "job.toml", "--file", "schema.json=other.json"]).assert_code(0);
+    assert_eq!(std::fs::read_to_string(work.path().join("out/copy.copy")).unwrap(), "{\"type\": \"array\"}");
+    let twice = ["run", "job.toml", "--file", "schema.json=other.json", "--file", "schema.json=schema.json"];
+    run_in(work.path(), &twice).assert_refused("is given twice");
+
     let fresh = tempfile::tempdir().unwrap();
     write_files(&fresh.path().join("in"), &[("a", "ok")]);
     for (flag, named) in [("a/b=schema.json", "is not a file name"), ("schema.json", "is not NAME=PATH")] {
