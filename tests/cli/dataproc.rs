@@ -268,3 +268,198 @@ fn the_transcode_job_makes_webm_or_extracts_the_sound_when_asked() {
     let log = std::fs::read_to_string(job_dir(&work.path().join("bad")).join("logs/00000.txt")).unwrap();
     assert!(log.contains("--height wants a number of lines, not tall"), "{log}");
 }
+
+/// ffmpeg's EBU R128 meter (`ebur128=peak=true`) on a file: (integrated LUFS, true peak dBTP).
+fn loudness(path: &Path) -> (f64, f64) {
+    let out = Command::new("ffmpeg")
+        .args(["-nostdin", "-nostats", "-hide_banner", "-i"])
+        .arg(path)
+        .args(["-af", "ebur128=peak=true", "-f", "null", "-"])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    let summary = log.split("Summary:").nth(1).unwrap_or_else(|| panic!("ffmpeg measured {}: {log}", path.display()));
+    let field = |name: &str| -> f64 {
+        let line = summary.lines().find(|line| line.trim_start().starts_with(name)).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap_or(f64::NEG_INFINITY)
+    };
+    (field("I:"), field("Peak:"))
+}
+
+/// The first audio stream as ffprobe sees it: codec, sample format, bits, rate, channels.
+fn audio_format(path: &Path) -> (String, String, String, u32, u32) {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "a:0", "-show_entries"])
+        .args(["stream=codec_name,sample_fmt,bits_per_raw_sample,sample_rate,channels", "-of", "json"])
+        .arg(path)
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = &json["streams"][0];
+    let text = |field: &str| s[field].as_str().unwrap_or("").to_string();
+    (
+        text("codec_name"),
+        text("sample_fmt"),
+        text("bits_per_raw_sample"),
+        text("sample_rate").parse().unwrap(),
+        s["channels"].as_u64().unwrap() as u32,
+    )
+}
+
+/// The decoded samples of a file's first audio stream, interleaved, as ffmpeg decodes them.
+fn samples(path: &Path) -> Vec<f32> {
+    let out = Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-i"])
+        .arg(path)
+        .args(["-map", "0:a:0", "-f", "f32le", "-"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ffmpeg decoded {}", path.display());
+    out.stdout.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+}
+
+/// Writes `source` (ffmpeg input arguments) to `path` at `lufs`, encoded with `codec`.
+fn make_audio_at(path: &Path, source: &[&str], lufs: f64, codec: &[&str]) {
+    let raw = path.with_extension("raw.wav");
+    let status = Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-y"])
+        .args(source)
+        .args(["-c:a", "pcm_f32le"])
+        .arg(&raw)
+        .status()
+        .unwrap();
+    assert!(status.success(), "ffmpeg made {}", raw.display());
+    let gain = lufs - loudness(&raw).0;
+    let status = Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-y", "-i"])
+        .arg(&raw)
+        .args(["-af", &format!("volume={gain}dB")])
+        .args(codec)
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(status.success(), "ffmpeg made {}", path.display());
+    std::fs::remove_file(raw).unwrap();
+}
+
+#[test]
+fn the_loudness_job_brings_every_format_to_minus_16_lufs_under_the_true_peak_ceiling() {
+    let work = tempfile::tempdir().unwrap();
+    let (audio, out, measured) = (work.path().join("audio"), work.path().join("out"), work.path().join("measured"));
+    std::fs::create_dir_all(&audio).unwrap();
+    let music = "aevalsrc=exprs='0.5*sin(2*PI*110*t)*exp(-3*mod(t,0.5))+0.3*sin(2*PI*220*t+2*sin(2*PI*3*t))\
+        |0.5*sin(2*PI*110*t)*exp(-3*mod(t,0.5))+0.3*sin(2*PI*277*t+2*sin(2*PI*2*t))':s=44100:d=8";
+    let tone = ["-f", "lavfi", "-i", "sine=frequency=1000:sample_rate=48000:duration=8", "-ac", "2"];
+    // Pink noise with a two-sample click every half second: +14 dB of plain gain would put
+    // the clicks far over the ceiling, so only a limiter reaches the target.
+    let clicks = "anoisesrc=color=pink:amplitude=0.05:r=48000:d=8:seed=7,\
+        aeval=exprs='val(0)+0.9*lt(mod(t,0.5),2/48000)*(1-2*lt(mod(t,0.5),1/48000))'";
+    // (file, source, loudness, codec, needs the limiter, the output's name)
+    type Case<'a> = (&'a str, &'a [&'a str], f64, &'a [&'a str], bool, &'a str);
+    let cases: [Case; 5] = [
+        ("tone.wav", &tone, -30.0, &["-c:a", "pcm_s24le"], false, "tone.wav"),
+        ("loud.wav", &["-f", "lavfi", "-i", music], -10.0, &["-c:a", "pcm_f32le"], false, "loud.wav"),
+        ("song.mp3", &["-f", "lavfi", "-i", music], -20.0, &["-c:a", "libmp3lame", "-b:a", "192k"], false, "song.flac"),
+        ("tune.ogg", &["-f", "lavfi", "-i", music], -12.0, &["-c:a", "libvorbis", "-q:a", "5"], false, "tune.flac"),
+        (
+            "clicks.flac",
+            &["-f", "lavfi", "-i", clicks, "-ac", "2"],
+            -30.0,
+            &["-c:a", "flac", "-sample_fmt", "s16"],
+            true,
+            "clicks.flac",
+        ),
+    ];
+    for (name, source, lufs, codec, _, _) in cases {
+        make_audio_at(&audio.join(name), source, lufs, codec);
+    }
+    std::fs::copy(repo().join("examples/data/audio/speech.flac"), audio.join("speech.flac")).unwrap();
+    let status = Command::new("ffmpeg")
+        .args([
+            "-nostdin",
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "anullsrc=r=48000:cl=stereo",
+            "-t",
+            "2",
+            "-c:a",
+            "pcm_s16le",
+        ])
+        .arg(audio.join("silence.wav"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let noise: Vec<u8> = (0..65536u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    std::fs::write(audio.join("broken.mp3"), noise).unwrap();
+
+    run_job("jobs/loudness.toml", &audio, &out, &[]).assert_code(1);
+    let failed = failed_logs(&out);
+    assert!(failed.len() == 1 && failed[0].contains("broken.mp3"), "only the broken file fails, named: {failed:?}");
+    assert!(!out.join("broken.flac").exists(), "nothing written for it");
+    let speech = ("speech.flac", &[][..], 0.0, &[][..], true, "speech.flac");
+    for (name, _, _, _, limited, output) in cases.into_iter().chain([speech]) {
+        let (source, normalized) = (audio.join(name), out.join(output));
+        let (integrated, true_peak) = loudness(&normalized);
+        let within = if limited { 1.0 } else { 0.5 };
+        assert!((integrated + 16.0).abs() <= within, "{name}: {integrated} LUFS (within {within} LU of -16)");
+        assert!(true_peak <= -1.0, "{name}: true peak {true_peak} dBTP");
+        let (codec, sample_format, bits, rate, channels) = audio_format(&source);
+        let kept = audio_format(&normalized);
+        assert_eq!((kept.3, kept.4), (rate, channels), "{name}: rate and channels kept");
+        match codec.as_str() {
+            "flac" => {
+                assert_eq!((kept.0.as_str(), kept.2.as_str()), ("flac", bits.as_str()), "{name}: FLAC's depth kept")
+            }
+            pcm if pcm.starts_with("pcm_") => {
+                assert_eq!(
+                    (kept.0.as_str(), kept.1.as_str()),
+                    (pcm, sample_format.as_str()),
+                    "{name}: WAV's format kept"
+                )
+            }
+            _ => assert_eq!((kept.0.as_str(), kept.2.as_str()), ("flac", "24"), "{name}: lossy -> 24-bit FLAC"),
+        }
+        let (before, after) = (samples(&source), samples(&normalized));
+        assert_eq!(before.len(), after.len(), "{name}: length kept");
+        if name == "loud.wav" {
+            // A plain gain is exactly that: every sample scaled by one factor.
+            let pairs: Vec<(f32, f32)> =
+                before.iter().copied().zip(after.iter().copied()).filter(|(x, _)| x.abs() > 1e-3).collect();
+            let factor = pairs[0].1 / pairs[0].0;
+            assert!(
+                pairs.iter().all(|(x, y)| (y / x - factor).abs() <= 1e-4 * factor.abs()),
+                "{name}: one gain throughout"
+            );
+        }
+    }
+    assert_eq!(samples(&audio.join("silence.wav")), samples(&out.join("silence.wav")), "silence passes unchanged");
+
+    // --measure: the numbers ffmpeg's meter reads, and no audio.
+    run_job("jobs/loudness.toml", &audio, &measured, &["--measure"]).assert_code(1);
+    let written: Vec<String> = std::fs::read_dir(&measured)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name != "_fanout")
+        .collect();
+    assert!(written.iter().all(|name| name.ends_with(".json")), "only measurements: {written:?}");
+    for (name, _, _, _, limited, _) in cases {
+        let stem = name.split('.').next().unwrap();
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(measured.join(format!("{stem}.json"))).unwrap()).unwrap();
+        let (integrated, true_peak) = loudness(&audio.join(name));
+        let reported = json["integrated_lufs"].as_f64().unwrap();
+        assert!((reported - integrated).abs() <= 0.15, "{stem}: measured {reported}, ffmpeg {integrated}: {json}");
+        assert!((json["true_peak_dbtp"].as_f64().unwrap() - true_peak).abs() <= 0.3, "{stem}: true peak {json}");
+        assert!(json["loudness_range_lu"].is_number() && json["gain_db"].is_number(), "{stem}: {json}");
+        assert_eq!(
+            json["limiting_needed"], limited,
+            "{stem}: the limiter is needed exactly where plain gain passes the ceiling: {json}"
+        );
+    }
+    let silence: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(measured.join("silence.json")).unwrap()).unwrap();
+    assert!(silence["integrated_lufs"].is_null() && silence["gain_db"] == 0.0, "silence has no loudness: {silence}");
+}
