@@ -463,3 +463,162 @@ fn the_loudness_job_brings_every_format_to_minus_16_lufs_under_the_true_peak_cei
         serde_json::from_slice(&std::fs::read(measured.join("silence.json")).unwrap()).unwrap();
     assert!(silence["integrated_lufs"].is_null() && silence["gain_db"] == 0.0, "silence has no loudness: {silence}");
 }
+
+/// `fanout run jobs/validate.toml` from the repository with `flags` and function `args`.
+fn run_validate(flags: &[&str], args: &[&str]) -> Ran {
+    let mut command = fanout();
+    command.current_dir(repo()).args(["run", "jobs/validate.toml", "-q"]).args(flags);
+    if !args.is_empty() {
+        command.arg("--").args(args);
+    }
+    command.output().unwrap().into()
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// Generated orders (JSONL) and flights (CSV) with about 5% faults of known kinds, and their schemas.
+fn generated_records(dir: &Path, records: usize) {
+    let status = Command::new("python3")
+        .arg(repo().join("tests/fixtures/validate/gen.py"))
+        .arg(dir)
+        .args([records.to_string(), records.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "gen.py failed");
+}
+
+#[test]
+fn the_validate_job_rejects_exactly_what_python_jsonschema_rejects_in_jsonl_and_csv() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    generated_records(&data, 25_000);
+    for (mode, file, schema) in
+        [("jsonl", "orders.jsonl", "orders.schema.json"), ("csv", "flights.csv", "flights.schema.json")]
+    {
+        let out = work.path().join(mode);
+        let schema_flag = format!("schema.json={}", data.join(schema).display());
+        let input = data.join(file);
+        run_validate(&["--input", path_str(&input), "--file", &schema_flag, "--output", path_str(&out)], &[])
+            .assert_code(0);
+        // The reference: Python jsonschema's Draft202012Validator over every record, with the
+        // CSV coercion the function documents; the rejected sets and the valid bytes must match.
+        let agree = Command::new("python3")
+            .arg(repo().join("tests/fixtures/validate/agree.py"))
+            .args([mode, path_str(&input), path_str(&data.join(schema)), path_str(&out), "10000"])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&agree.stdout);
+        assert!(agree.status.success(), "{mode}: {said}{}", String::from_utf8_lossy(&agree.stderr));
+        let total: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+        assert_eq!((total["records"].as_u64(), total["shards"].as_u64()), (Some(25_000), Some(3)), "{mode}: {total}");
+        assert!(total["rejected"].as_u64().unwrap() > 500, "{mode}: faults were found: {total}");
+        // Every rejected line names its record, its line and its reasons.
+        let rejected = std::fs::read_to_string(out.join("rejected/part-00001.jsonl")).unwrap();
+        let source_text = std::fs::read_to_string(&input).unwrap();
+        let source: Vec<&str> = source_text.lines().collect();
+        for line in rejected.lines() {
+            let entry: serde_json::Value = serde_json::from_str(line).unwrap();
+            let errors = entry["errors"].as_array().unwrap();
+            assert!(!errors.is_empty() && errors.iter().all(|e| e.as_str().unwrap().starts_with('/')), "{line}");
+            let number = entry["line"].as_u64().unwrap() as usize;
+            if mode == "jsonl" {
+                // Shard 1 holds the file's lines 10001-20000, numbered from 1.
+                let original = source[10_000 + number - 1];
+                match serde_json::from_str::<serde_json::Value>(original) {
+                    Ok(record) => assert_eq!(entry["record"], record, "{line}"),
+                    Err(_) => assert_eq!(entry["record"], original, "{line}: a line that is not JSON is kept as text"),
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_validate_job_coerces_csv_by_the_schema_dedupes_and_refuses_a_bad_schema() {
+    let work = tempfile::tempdir().unwrap();
+    let schema = work.path().join("schema.json");
+    std::fs::write(
+        &schema,
+        r#"{"type": "object", "required": ["id", "name"],
+            "properties": {"id": {"type": "integer", "minimum": 1}, "name": {"type": "string"},
+                           "score": {"type": ["number", "null"]}, "member": {"type": "boolean"}}}"#,
+    )
+    .unwrap();
+    let csv = work.path().join("people.csv");
+    std::fs::write(
+        &csv,
+        "id,name,score,member\r\n1,Ada,9.5,true\r\n2,\"Hopper, Grace\",NA,FALSE\r\n3a,Linus,1,true\r\n0,Ken,,true\r\n\
+         2,Grace again,7,true\r\n5,Barbara,high,yes\r\n",
+    )
+    .unwrap();
+    let out = work.path().join("out");
+    let schema_flag = format!("schema.json={}", schema.display());
+    run_validate(&["--input", path_str(&csv), "--file", &schema_flag, "--output", path_str(&out)], &["--dedupe", "id"])
+        .assert_code(0);
+    // Valid rows keep their bytes (quotes, CRLF) under the same header.
+    assert_eq!(
+        std::fs::read_to_string(out.join("part-00000.csv")).unwrap(),
+        "id,name,score,member\r\n1,Ada,9.5,true\r\n2,\"Hopper, Grace\",NA,FALSE\r\n"
+    );
+    let rejected: Vec<serde_json::Value> = std::fs::read_to_string(out.join("rejected/part-00000.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let by_line: HashMap<u64, &serde_json::Value> = rejected.iter().map(|r| (r["line"].as_u64().unwrap(), r)).collect();
+    let errors = |line: u64| -> String { by_line[&line]["errors"].to_string() };
+    assert_eq!(by_line.len(), 4, "{rejected:?}");
+    assert!(errors(4).contains("/id: ") && errors(4).contains("3a"), "not an integer: {}", errors(4));
+    assert!(errors(5).contains("/id: ") && errors(5).contains("minimum"), "below the minimum: {}", errors(5));
+    assert!(errors(6).contains("/id: duplicate of line 3"), "the second id 2: {}", errors(6));
+    assert!(errors(7).contains("/score: ") && errors(7).contains("/member: "), "both bad cells named: {}", errors(7));
+    assert_eq!(by_line[&5]["record"], serde_json::json!({"id": 0, "name": "Ken", "score": null, "member": true}));
+    let total: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(
+        (total["records"].as_u64(), total["valid"].as_u64(), total["rejected"].as_u64()),
+        (Some(6), Some(2), Some(3))
+    );
+    assert_eq!(total["duplicates"].as_u64(), Some(1), "{total}");
+
+    // Across shards: ids repeated in a later shard are counted by the reduce, however deep
+    // its tree (fan-in 2 over 3 shards' outputs makes more than one level).
+    let jsonl = work.path().join("orders.jsonl");
+    let record = |id: u32| format!("{{\"id\": {id}, \"name\": \"n{id}\"}}\n");
+    let lines: String = (1..=20).chain([3, 7, 7]).chain(21..=25).map(record).collect();
+    std::fs::write(&jsonl, lines).unwrap();
+    for fan_in in ["4096", "2"] {
+        let out = work.path().join(format!("dedupe-{fan_in}"));
+        let flags = ["--input", path_str(&jsonl), "--shard", "rows=10", "--fan-in", fan_in, "--file", &schema_flag];
+        run_validate(&[&flags[..], &["--output", path_str(&out)]].concat(), &["--dedupe", "id"]).assert_code(0);
+        let total: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+        assert_eq!(total["records"].as_u64(), Some(28), "fan-in {fan_in}: {total}");
+        if fan_in == "4096" {
+            // Shard 2 holds 3, 7, 7: the second 7 is a duplicate within it, 3 and 7 across shards.
+            assert_eq!(
+                (total["duplicates"].as_u64(), total["cross_shard_duplicates"].as_u64()),
+                (Some(1), Some(2)),
+                "{total}"
+            );
+        }
+    }
+
+    // A schema that is not one: every shard fails with the reason, nothing is published.
+    let bad = work.path().join("bad.json");
+    std::fs::write(&bad, r#"{"type": "objekt"}"#).unwrap();
+    let out = work.path().join("bad");
+    let bad_flag = format!("schema.json={}", bad.display());
+    let ran = run_validate(
+        &["--input", path_str(&jsonl), "--file", &bad_flag, "--output", path_str(&out), "--attempts", "1"],
+        &[],
+    );
+    assert_ne!(ran.code, 0, "a bad schema fails the job");
+    let logs = failed_logs(&out);
+    assert!(!logs.is_empty() && logs.iter().all(|log| log.contains("schema")), "{logs:?}");
+    let published: Vec<_> =
+        std::fs::read_dir(&out).unwrap().filter(|e| e.as_ref().unwrap().file_name() != "_fanout").collect();
+    assert!(published.is_empty(), "nothing published: {published:?}");
+}
