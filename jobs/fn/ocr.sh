@@ -10,8 +10,12 @@ shift 3
 # The output kinds named among the arguments, else plain text.
 case " $* " in *" txt "* | *" pdf "* | *" hocr "*) ;; *) set -- "$@" txt ;; esac
 shown=$in
+command -v tesseract >/dev/null ||
+	{ echo "ocr: tesseract is not installed on this machine (Debian: tesseract-ocr tesseract-ocr-eng)" >&2; exit 127; }
 case "$in" in
 *.pdf | *.PDF)
+	command -v pdftoppm >/dev/null ||
+		{ echo "ocr: $in is a PDF, and pdftoppm is not installed on this machine (Debian: poppler-utils)" >&2; exit 127; }
 	pages=/tmp/pages
 	mkdir -p "$pages"
 	pdftoppm -r 300 -gray -png "$in" "$pages/page"

@@ -19,6 +19,9 @@ while [ $# -gt 0 ]; do
 	esac
 done
 case $height in '' | *[!0-9]*) echo "transcode: --height wants a number of lines, not $height" >&2; exit 2 ;; esac
+for tool in ffmpeg ffprobe; do
+	command -v $tool >/dev/null || { echo "transcode: $tool is not installed on this machine (Debian: ffmpeg)" >&2; exit 127; }
+done
 
 # One probe: the streams' kinds, and the duration the poster is taken at a tenth of.
 probe=$(ffprobe -v error -show_entries stream=codec_type:format=duration -of default=nw=1 "$in" 2>/tmp/probe) || {
