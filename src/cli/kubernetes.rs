@@ -25,8 +25,8 @@ use std::time::Duration;
 const PLAN_SEGMENT: usize = 10_000;
 
 impl K8sArgs {
-    pub(super) async fn execute(self) -> Result<u8, Failure> {
-        let quiet = self.output.quiet || self.output.json;
+    /// The flags only `fanout k8s` has, checked before anything is opened.
+    fn check_flags(&self) -> Result<(), Failure> {
         if self.cpus == 0 || self.shares == Some(0) {
             return Err(usage(anyhow!("--cpus and --shares: at least 1")));
         }
@@ -40,6 +40,12 @@ impl K8sArgs {
                 _ => {}
             }
         }
+        Ok(())
+    }
+
+    pub(super) async fn execute(self) -> Result<u8, Failure> {
+        let quiet = self.output.quiet || self.output.json;
+        self.check_flags()?;
         let mut job_args = self.job.clone();
         job_args.flags.executor.kind = Some("kubernetes".parse().expect("a word parses"));
         let (mut job, origins) = job::resolve(&job_args).map_err(usage)?;

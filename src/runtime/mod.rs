@@ -268,18 +268,20 @@ pub fn ship_python(key: &str, cache_file: &Path) -> Result<python::Shipped, Runt
     Ok(python::Shipped { compiled, memory_bytes })
 }
 
-/// Whether this machine has compiled (or adopted) the snapshot filed under `key` for some
-/// engine configuration: a worker that has need not fetch the coordinator's.
+/// Where this machine keeps the snapshot filed under `key`, compiled by `engine`.
+fn python_cache_file(key: &str, engine: &Engine) -> PathBuf {
+    cache_dir().join("modules").join(format!("wasi-python-{key}-{:016x}.cwasm", compatibility_hash(engine)))
+}
+
+/// Whether this machine has compiled (or adopted) the snapshot filed under `key` for the
+/// engine this build makes: a worker that has need not fetch the coordinator's. A form
+/// compiled by another fanout (an upgrade on a node whose cache is shared) does not count,
+/// since this one could not load it.
 pub fn python_compiled_here(key: &str) -> bool {
-    let prefix = format!("wasi-python-{key}-");
+    // The compatibility hash covers the compiler and its settings, not the pool's sizes.
+    let limits = Limits { timeout: Duration::from_secs(1), memory_bytes: 1 << 30, concurrency: 1 };
     python::started_memory(key).is_some()
-        && std::fs::read_dir(cache_dir().join("modules")).is_ok_and(|entries| {
-            entries.flatten().any(|entry| {
-                let name = entry.file_name();
-                let name = name.to_string_lossy();
-                name.starts_with(&prefix) && name.ends_with(".cwasm")
-            })
-        })
+        && engine_for(&limits).is_ok_and(|engine| python_cache_file(key, &engine).is_file())
 }
 
 impl Runtime {
@@ -367,8 +369,8 @@ impl Runtime {
         let layout = python::Layout::prepare(&document)?;
         let key = python::snapshot_key(&document.interpreter);
         let engine = engine_for(&limits)?;
-        let dir = cache_dir().join("modules");
-        let cache_file = dir.join(format!("wasi-python-{key}-{:016x}.cwasm", compatibility_hash(&engine)));
+        let cache_file = python_cache_file(&key, &engine);
+        let dir = cache_file.parent().expect("a cache file has a folder").to_path_buf();
         let compile_error = |e: wasmtime::Error| RuntimeError::Compile {
             name: document.interpreter.release.clone(),
             message: format!("{e:#}"),
