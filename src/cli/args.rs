@@ -50,10 +50,12 @@ pub(super) struct WorkerArgs {
     /// The Kubernetes job (made by `fanout k8s`) in DEST whose share to run.
     #[arg(long = "job", value_name = "ID")]
     pub(super) job_id: Option<String>,
-    /// Which share (default: $SLURM_ARRAY_TASK_ID, or Kubernetes' $JOB_COMPLETION_INDEX).
+    /// Which share (default: the engine's own variable: $SLURM_ARRAY_TASK_ID,
+    /// $JOB_COMPLETION_INDEX, $CLOUD_RUN_TASK_INDEX, Code Engine's $JOB_INDEX, $AWS_BATCH_JOB_ARRAY_INDEX).
     #[arg(long, value_name = "N")]
     pub(super) index: Option<usize>,
-    /// The shares there are, checked against the job's (with --job).
+    /// The shares there are, checked against the job's (with --job; default: what the engine
+    /// says, where it says).
     #[arg(long, value_name = "N", requires = "job_id")]
     pub(super) count: Option<usize>,
 }

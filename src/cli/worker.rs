@@ -7,12 +7,14 @@ use super::exit::{failed, usage, Failure, EXIT_OK};
 use crate::executor::remote::shares_prefix;
 use crate::location::Location;
 use crate::storage::{self, StorageOptions};
+use crate::worker::engine;
 use crate::worker::share::{self, ShareError};
 use anyhow::anyhow;
 
 impl WorkerArgs {
     pub(super) async fn execute(self) -> Result<u8, Failure> {
-        let index = share::share_index(self.index).map_err(failure)?;
+        let task = engine::task(self.index, |name| std::env::var(name).ok()).map_err(|e| usage(anyhow!(e)))?;
+        let index = task.index;
         let mut location = Location::parse(&self.requests).map_err(|e| usage(anyhow!("REQUESTS: {e}")))?;
         if let Some(job_id) = &self.job_id {
             location = location.join(&shares_prefix(job_id));
@@ -21,11 +23,14 @@ impl WorkerArgs {
             .await
             .map_err(|e| failed(anyhow!("{location}: {e}")))?;
         let where_ = location.to_string();
-        if let Some(count) = self.count {
+        // The engine's count is checked like --count's, where the job's shares are stored: an
+        // array of another size than the job's shares would leave some unrun.
+        let engine_count = task.count.filter(|_| self.job_id.is_some());
+        for count in self.count.into_iter().chain(engine_count.filter(|&n| Some(n) != self.count)) {
             share::check_count(&requests, &where_, count, index).await.map_err(failure)?;
         }
         let tag = share::worker_tag();
-        if let Err(error) = share::answer_share(&requests, &where_, index, &tag).await {
+        if let Err(error) = share::answer_share(&requests, &where_, &task, &tag).await {
             share::store_error(&requests, index, &tag, &error.to_string()).await;
             return Err(failure(error));
         }

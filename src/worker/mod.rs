@@ -5,10 +5,11 @@
 //! (or the committer that follows a batch engine) does both, for one attempt per shard. A
 //! guest's failure is data in the result. Its two ways in: [`lambda`], the Lambda Runtime
 //! API loop (`fanout lambda worker`, the deployment's bootstrap), and [`share`], one share
-//! of stored requests answered beside them (`fanout worker`, started by a Slurm array task
-//! or a Kubernetes pod). Owns the warm state of an execution environment (compiled
+//! of stored requests answered beside them (`fanout worker`, started as an array task by
+//! Slurm, Kubernetes, Cloud Run Jobs, Code Engine or AWS Batch: [`engine`]). Owns the warm state of an execution environment (compiled
 //! functions, storage clients); imports the executors' protocol, never an executor.
 
+pub mod engine;
 pub mod lambda;
 pub mod share;
 

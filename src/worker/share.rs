@@ -1,5 +1,5 @@
 //! One share of a job's attempts, answered beside its stored request: what `fanout worker`
-//! does when a batch engine starts it (a Slurm array task, a Kubernetes pod). It reads
+//! does when a batch engine starts it (an array task: see [`super::engine`]). It reads
 //! share `index`'s request, runs it as the Lambda worker runs an invocation, and stores its
 //! answers beside the request as they come (every few seconds), then a marker saying it is
 //! done. A worker skips the shards an earlier worker of its share already answered for
@@ -7,6 +7,7 @@
 //! workers on the same share at once stage under prefixes of their own and store answers
 //! of their own, and the committer takes one.
 
+use super::engine::Task;
 use crate::executor::remote::protocol::{self, Answer, Order, Request, ShardResult};
 use crate::executor::remote::{self, Shares, Stored, StoredFile, StoredKind, SHARES};
 use crate::storage::{DynStorage, StorageError};
@@ -34,36 +35,6 @@ impl ShareError {
     fn storage(what: impl Into<String>) -> impl FnOnce(StorageError) -> ShareError {
         let what = what.into();
         move |source| ShareError::Storage { what, source }
-    }
-}
-
-/// The share the engine gave this task: the flag, or the engine's own variable.
-pub fn share_index(flag: Option<usize>) -> Result<usize, ShareError> {
-    if let Some(index) = flag {
-        return Ok(index);
-    }
-    for variable in ["SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX"] {
-        if let Ok(value) = std::env::var(variable) {
-            return value
-                .trim()
-                .parse()
-                .map_err(|_| ShareError::Usage(format!("${variable} is {value:?}, not a share number")));
-        }
-    }
-    Err(ShareError::Usage("which share? pass --index N (or run as a Slurm array task or an Indexed Job's pod)".into()))
-}
-
-/// A name for this worker: the engine's name for the task, and the node it runs on.
-fn worker_name(index: usize) -> String {
-    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-    let host = var("SLURMD_NODENAME")
-        .or_else(|| var("HOSTNAME"))
-        .unwrap_or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().into());
-    match (var("SLURM_ARRAY_JOB_ID"), var("JOB_COMPLETION_INDEX")) {
-        (Some(array), _) => format!("slurm {array}_{index} on {host}"),
-        // A pod's hostname is the pod's name.
-        (None, Some(_)) => format!("pod {host} (index {index})"),
-        (None, None) => format!("worker {index} on {host}"),
     }
 }
 
@@ -102,7 +73,8 @@ pub async fn store_error(requests: &DynStorage, index: usize, tag: &str, error: 
 
 /// Reads share `index`'s request (under `where_`, for messages), runs what earlier workers
 /// left undone, and stores the answers beside it.
-pub async fn answer_share(requests: &DynStorage, where_: &str, index: usize, tag: &str) -> Result<(), ShareError> {
+pub async fn answer_share(requests: &DynStorage, where_: &str, task: &Task, tag: &str) -> Result<(), ShareError> {
+    let index = task.index;
     let key = format!("{index}.json");
     let body = requests.get(&key).await.map_err(ShareError::storage(format!("reading share {index}")))?;
     let mut request: Request = serde_json::from_slice(&body)
@@ -123,7 +95,7 @@ pub async fn answer_share(requests: &DynStorage, where_: &str, index: usize, tag
     for order in &mut request.orders {
         order.staging_prefix.push_str(&format!("w-{tag}/"));
     }
-    let name = worker_name(index);
+    let name = task.name.clone();
     let (results_tx, results_rx) = mpsc::unbounded_channel();
     let storing = tokio::spawn(store_answers(requests.clone(), (index, tag.to_string()), name.clone(), results_rx));
     super::answer(&request, name, cores(), &results_tx).await;

@@ -64,6 +64,12 @@ impl K8sJob {
     /// Pod `index` of the Job, as Kubernetes would start it: the container's arguments and
     /// environment, `JOB_COMPLETION_INDEX`, and the Secret's keys (this test's S3 settings).
     fn pod(&self, index: usize, name: &str) -> Child {
+        let vars = [("JOB_COMPLETION_INDEX", index.to_string()), ("HOSTNAME", format!("{name}-{index}"))];
+        self.task(&vars)
+    }
+
+    /// The container as another engine would start it, with that engine's variables `vars`.
+    fn task(&self, vars: &[(&str, String)]) -> Child {
         let container = self.container();
         let args: Vec<&str> = container["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
         let mut command = fanout();
@@ -72,13 +78,7 @@ impl K8sJob {
             let value = variable["value"].as_str().unwrap().replace("/tmp", &self.dir.path().to_string_lossy());
             command.env(variable["name"].as_str().unwrap(), value);
         }
-        command
-            .env("JOB_COMPLETION_INDEX", index.to_string())
-            .env("HOSTNAME", format!("{name}-{index}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
+        command.envs(vars.iter().map(|(k, v)| (k, v))).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
     }
 
     /// Every pod of the Job once, one after another; each must exit 0.
@@ -401,4 +401,78 @@ fn a_native_command_jobs_pods_may_make_bubblewraps_namespaces_and_no_other_job_m
     assert!(wasm.job["spec"]["template"]["spec"].get("hostUsers").is_none());
     assert_eq!(wasm.container()["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
     assert!(wasm.container()["securityContext"].get("procMount").is_none());
+}
+
+#[test]
+#[cfg_attr(not(fanout_k8s_validate), ignore = "needs kubernetes-validate and S3: run scripts/test")]
+fn the_same_worker_finds_its_share_as_a_cloud_run_code_engine_aws_batch_or_slurm_task() {
+    let prefix = unique_prefix("engines");
+    boto3_upload(&repo().join("examples/data/images"), &format!("{prefix}raw/"));
+    let input = s3_url(&format!("{prefix}raw/"));
+    let local_dest = s3_url(&format!("{prefix}local/"));
+    run_in(&repo(), &["run", "jobs/thumbnails.toml", "--input", &input, "--output", &local_dest]).assert_code(0);
+    let dest = s3_url(&format!("{prefix}arrays/"));
+    let args =
+        ["jobs/thumbnails.toml", "--input", &input, "--output", &dest, "--image", "fanout:test", "--concurrency", "4"];
+    let job = K8sJob::make(&args);
+    assert_eq!(job.completions(), 4);
+    let follower = job.follow();
+    // Each share started by another engine, told only by that engine's own variables.
+    let host = |name: &str| ("HOSTNAME", name.to_string());
+    let tasks: [Vec<(&str, String)>; 4] = [
+        vec![
+            ("CLOUD_RUN_TASK_INDEX", "0".into()),
+            ("CLOUD_RUN_TASK_COUNT", "4".into()),
+            ("CLOUD_RUN_TASK_ATTEMPT", "0".into()),
+            ("CLOUD_RUN_EXECUTION", "thumbs-x1".into()),
+            host("localhost"),
+        ],
+        vec![
+            ("CE_JOBRUN", "thumbs-run".into()),
+            ("JOB_INDEX", "1".into()),
+            ("JOB_ARRAY_SIZE", "4".into()),
+            ("JOB_INDEX_RETRY_COUNT", "1".into()),
+            host("localhost"),
+        ],
+        vec![
+            ("AWS_BATCH_JOB_ID", "b7:2".into()),
+            ("AWS_BATCH_JOB_ARRAY_INDEX", "2".into()),
+            ("AWS_BATCH_JOB_ARRAY_SIZE", "4".into()),
+            ("AWS_BATCH_JOB_ATTEMPT", "1".into()),
+            host("localhost"),
+        ],
+        vec![
+            ("SLURM_ARRAY_TASK_ID", "3".into()),
+            ("SLURM_ARRAY_JOB_ID", "55".into()),
+            ("SLURMD_NODENAME", "node3".into()),
+        ],
+    ];
+    for vars in &tasks {
+        let task = job.task(vars).wait_with_output().unwrap();
+        assert!(task.status.success(), "{vars:?}: {}", String::from_utf8_lossy(&task.stderr));
+    }
+    let followed = finish(follower, Duration::from_secs(60));
+    followed.assert_code(0);
+    let (_, _, local) = read_back(&format!("{prefix}local/"));
+    let (rows, journal, back) = read_back(&format!("{prefix}arrays/"));
+    assert_eq!(tree(local.path()), tree(back.path()), "the outputs differ from the local executor's");
+    assert!(commits_per_shard(&journal).values().all(|&n| n == 1), "{journal:?}");
+    // The report names each task as its engine does, with the attempt where it is a retry.
+    let workers: std::collections::BTreeSet<&str> = rows.iter().map(|r| r["worker"].as_str()).collect();
+    let expected = [
+        "aws-batch b7:2 on localhost",
+        "cloud-run thumbs-x1 task 0 on localhost",
+        "code-engine thumbs-run index 1 on localhost, attempt 2",
+        "slurm 55_3 on node3",
+    ];
+    assert_eq!(workers, expected.into_iter().collect(), "{rows:?}");
+    // An execution the engine was asked to make of another size is refused by its tasks.
+    let mut wrong = tasks[0].clone();
+    wrong[1] = ("CLOUD_RUN_TASK_COUNT", "5".into());
+    for args in [&["worker", &dest, "--job", &job.job_id][..], &["worker", &dest, "--job", &job.job_id, "--count", "4"]]
+    {
+        let refused: Ran = fanout().args(args).envs(wrong.iter().map(|(k, v)| (k, v))).output().unwrap().into();
+        refused.assert_code(2);
+        assert!(refused.stderr.contains("the job has 4 shares"), "{args:?}: {}", refused.stderr);
+    }
 }
