@@ -1,8 +1,8 @@
-//! Finding the function's bytes: a `.wasm` file, an `s3://` object, a Rust crate folder
-//! (such as `examples/thumbnail`) that is built for `wasm32-wasip1` with cargo when its
-//! `.wasm` is missing or stale, or a Python script built by `python`. Owns that resolution
-//! and its errors, which name no field (the caller knows which one it read); compiling the
-//! bytes is `runtime`'s business.
+//! Finding the function's bytes: a `.wasm` file, an `s3://` (or `az://`, `gs://`) object, a
+//! Rust crate folder (such as `examples/thumbnail`) that is built for `wasm32-wasip1` with
+//! cargo when its `.wasm` is missing or stale, or a Python script built by `python`. Owns
+//! that resolution and its errors, which name no field (the caller knows which one it read);
+//! compiling the bytes is `runtime`'s business.
 
 use crate::location::Location;
 use crate::storage::{self, StorageError, StorageOptions};
@@ -62,11 +62,13 @@ pub async fn load(location: &Location, options: &StorageOptions, quiet: bool) ->
                 Err(source) => Err(FunctionError::Read { path: path.display().to_string(), source }),
             }
         }
-        Location::S3 { bucket, prefix } => match storage::get_object(bucket, prefix, options).await {
-            Ok(bytes) => checked(location.to_string(), bytes.to_vec(), None),
-            Err(e) if e.is_not_found() => Err(FunctionError::Missing(location.to_string())),
-            Err(e) => Err(e.into()),
-        },
+        Location::S3 { .. } | Location::Azure { .. } | Location::Gcs { .. } => {
+            match storage::get_object(location, options).await {
+                Ok(bytes) => checked(location.to_string(), bytes.to_vec(), None),
+                Err(e) if e.is_not_found() => Err(FunctionError::Missing(location.to_string())),
+                Err(e) => Err(e.into()),
+            }
+        }
         Location::Kafka { .. } => Err(FunctionError::NotWasm(location.to_string())),
     }
 }

@@ -139,11 +139,13 @@ async fn read_source(name: &str, source: &Location, options: &StorageOptions) ->
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(missing()),
             Err(e) => Err(failed(e.to_string())),
         },
-        Location::S3 { bucket, prefix } => match storage::get_object(bucket, prefix, options).await {
-            Ok(bytes) => Ok(bytes),
-            Err(e) if e.is_not_found() => Err(missing()),
-            Err(e) => Err(failed(e.to_string())),
-        },
+        Location::S3 { .. } | Location::Azure { .. } | Location::Gcs { .. } => {
+            match storage::get_object(source, options).await {
+                Ok(bytes) => Ok(bytes),
+                Err(e) if e.is_not_found() => Err(missing()),
+                Err(e) => Err(failed(e.to_string())),
+            }
+        }
         Location::Kafka { .. } => Err(failed("a Kafka topic is not a file".into())),
     }
 }

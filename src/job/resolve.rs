@@ -484,7 +484,7 @@ const MOST_INVOCATIONS: i64 = 10_000;
 const MOST_BATCH: i64 = 256;
 
 /// Workers elsewhere (`who`) see neither this machine's files nor its paths: their job
-/// reads and writes s3:// addresses. The error names the field as the user gave it.
+/// reads and writes object-store addresses (s3://, az://, gs://). The error names the field as the user gave it.
 fn refuse_local_paths(
     (source, dest): (Option<Given<String>>, Option<Given<String>>),
     input: &Input,
@@ -493,9 +493,9 @@ fn refuse_local_paths(
 ) -> Result<(), JobError> {
     for (given, location) in [(source, &input.source), (dest, &output.dest)] {
         // A Kafka source is refused for remote workers by its own rule (`resolve_executor`).
-        if let Some(given) = given.filter(|_| !location.is_s3() && !location.is_kafka()) {
+        if let Some(given) = given.filter(|_| !location.is_object_store() && !location.is_kafka()) {
             return Err(given.error(format!(
-                "{location} is a local path, and {who} cannot reach this machine's files: this job reads and writes s3:// addresses"
+                "{location} is a local path, and {who} cannot reach this machine's files: this job reads and writes s3://, az:// or gs:// addresses"
             )));
         }
     }

@@ -290,7 +290,7 @@ job_table! {
     /// `[input]`: what the job reads and how it is cut into shards.
     #[command(next_help_heading = "Input ([input] in a job file)")]
     struct InputTable in "input" {
-        /// Input: a folder, s3://bucket/prefix/, file:///path, or one CSV/JSONL/text object.
+        /// Input: a folder, s3:// (az://, gs://) bucket/prefix/, file:///path, or one CSV/JSONL/text object.
         #[arg(long = "input", value_name = "SRC")]
         source: Option<Given<String>>,
         /// Keep only keys matching this glob (repeatable).
@@ -334,7 +334,7 @@ job_table! {
     /// `[function]`: the WebAssembly function and the limits of each invocation.
     #[command(next_help_heading = "Function ([function])")]
     struct FunctionTable in "function" {
-        /// The function: a .wasm file, an s3:// object, or a crate folder to build.
+        /// The function: a .wasm file, an s3:// (az://, gs://) object, or a crate folder to build.
         #[arg(long = "function", value_name = "F")]
         wasm: Option<Given<String>>,
         /// A Python function instead: a .py script, or a folder with main.py (and requirements.txt).
@@ -355,7 +355,7 @@ job_table! {
         #[serde(default, deserialize_with = "named_values")]
         env: Vec<Given<NamedValue>>,
         /// A file the function reads at /files/NAME, read-only (repeatable): NAME=PATH, a local
-        /// path or an s3:// object.
+        /// path or an s3:// (az://, gs://) object.
         #[arg(long = "file", value_name = "NAME=PATH")]
         #[serde(default, deserialize_with = "named_values")]
         files: Vec<Given<NamedValue>>,
@@ -375,7 +375,7 @@ job_table! {
     /// `[output]`: where outputs land, and what one shard may write.
     #[command(next_help_heading = "Output ([output])")]
     struct OutputTable in "output" {
-        /// Output: a folder or s3://bucket/prefix/.
+        /// Output: a folder or s3:// (az://, gs://) bucket/prefix/.
         #[arg(long = "output", value_name = "DEST")]
         dest: Option<Given<String>>,
         /// Most output files per shard.
@@ -484,7 +484,7 @@ job_table! {
     /// `[reduce]`: one step after the map, over every map output.
     #[command(next_help_heading = "Reduce ([reduce])")]
     struct ReduceTable in "reduce" {
-        /// The reduce function: a .wasm file, an s3:// object, or a crate folder to build.
+        /// The reduce function: a .wasm file, an s3:// (az://, gs://) object, or a crate folder to build.
         #[arg(id = "reduce_wasm", long = "reduce", value_name = "F")]
         wasm: Option<Given<String>>,
         /// Concatenate the map's outputs in shard order instead of running a function.

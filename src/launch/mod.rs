@@ -190,7 +190,7 @@ async fn store_function(dest: &DynStorage, load: &LoadReport, wasm: Bytes) -> Re
 fn local_paths_on_a_cluster(job: &Job) -> Vec<String> {
     [("input.source", &job.input.source), ("output.dest", &job.output.dest)]
         .into_iter()
-        .filter(|(_, location)| !location.is_s3())
+        .filter(|(_, location)| !location.is_object_store())
         .map(|(field, location)| {
             format!(
                 "{field}: {location} is a local path: every Slurm node must see it at this path \
@@ -261,7 +261,9 @@ pub fn staging_root(flag: Option<PathBuf>, dest: &Location, job_id: &str) -> Pat
     }
     match dest {
         Location::Local(path) => path.join(manifest::FANOUT_DIR).join(job_id).join("staging"),
-        Location::S3 { .. } | Location::Kafka { .. } => std::env::temp_dir().join("fanout-staging").join(job_id),
+        Location::S3 { .. } | Location::Azure { .. } | Location::Gcs { .. } | Location::Kafka { .. } => {
+            std::env::temp_dir().join("fanout-staging").join(job_id)
+        }
     }
 }
 

@@ -136,7 +136,7 @@ pub async fn announce(
             "a shard closes when full or {} after its first record",
             units::format_duration(std::time::Duration::from_millis(job.watch.max_wait_ms))
         )
-    } else if job.input.source.is_s3() {
+    } else if job.input.source.is_object_store() {
         format!(
             "listed every {}, less often while idle",
             units::format_duration(std::time::Duration::from_millis(job.watch.interval_ms))

@@ -241,23 +241,24 @@ pub async fn open_source(job: &Job, options: &StorageOptions) -> Result<Source, 
             let storage = storage::open(&location, options).await?;
             Ok(Source { reader: Reader::Store(storage), location, single: None })
         }
-        Location::S3 { bucket, prefix } => {
+        Location::S3 { .. } | Location::Azure { .. } | Location::Gcs { .. } => {
+            let (_, prefix) = location.bucket_and_prefix().expect("an object store");
             if !prefix.is_empty() && !prefix.ends_with('/') {
                 let (parent, name) = match prefix.rsplit_once('/') {
                     Some((parent, name)) => (format!("{parent}/"), name.to_string()),
-                    None => (String::new(), prefix.clone()),
+                    None => (String::new(), prefix.to_string()),
                 };
-                let parent_storage =
-                    storage::open(&Location::S3 { bucket: bucket.clone(), prefix: parent }, options).await?;
+                let parent_storage = storage::open(&location.with_prefix(parent), options).await?;
                 parent_storage.check(false).await?;
                 if let Some(object) = parent_storage.head(&name).await? {
                     return Ok(Source { reader: Reader::Store(parent_storage), location, single: Some(object) });
                 }
             }
-            let folder = Location::S3 {
-                bucket: bucket.clone(),
-                prefix: if prefix.is_empty() || prefix.ends_with('/') { prefix.clone() } else { format!("{prefix}/") },
-            };
+            let folder = location.with_prefix(if prefix.is_empty() || prefix.ends_with('/') {
+                prefix.to_string()
+            } else {
+                format!("{prefix}/")
+            });
             let storage = storage::open(&folder, options).await?;
             storage.check(false).await?;
             Ok(Source { reader: Reader::Store(storage), location: folder, single: None })

@@ -1,6 +1,6 @@
 //! The contract every storage backend keeps, written down once: the [`Storage`] trait and
 //! its guarantees (see the `storage` module's map), the errors a backend reports, and the
-//! key rules. Backends (`local`, `s3`) implement it; nothing here opens one.
+//! key rules. Backends (`local`, `s3`, `cloud`) implement it; nothing here opens one.
 
 use crate::location::Location;
 use async_trait::async_trait;
@@ -43,14 +43,17 @@ pub enum StorageError {
     InvalidKey { key: String, reason: &'static str },
     #[error("{location}: {source}")]
     Io { location: String, source: std::io::Error },
-    #[error("{location}: cannot reach the S3 endpoint {endpoint}: {message}")]
-    Unreachable { location: String, endpoint: String, message: String },
+    /// `service` names the store as users know it: "S3", "Azure Blob", "Google Cloud Storage".
+    #[error("{location}: cannot reach the {service} endpoint {endpoint}: {message}")]
+    Unreachable { location: String, service: &'static str, endpoint: String, message: String },
     #[error("{location}: access denied ({message}); check the credentials and the bucket's permissions")]
     AccessDenied { location: String, message: String },
-    #[error("{location}: the bucket \"{bucket}\" does not exist")]
-    NoSuchBucket { location: String, bucket: String },
-    #[error("{location}: no usable AWS credentials: {message}")]
-    Credentials { location: String, message: String },
+    /// `what` is "bucket", or "container" on Azure.
+    #[error("{location}: the {what} \"{bucket}\" does not exist")]
+    NoSuchBucket { location: String, what: &'static str, bucket: String },
+    /// `cloud` is whose credentials: "AWS", "Azure", "Google Cloud".
+    #[error("{location}: no usable {cloud} credentials: {message}")]
+    Credentials { location: String, cloud: &'static str, message: String },
     #[error("{location}: {operation} failed: {message}")]
     Service { location: String, operation: &'static str, message: String },
 }
@@ -195,10 +198,11 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
 
 pub type DynStorage = Arc<dyn Storage>;
 
-/// Options that shape how backends connect (today: S3's endpoint override).
+/// Options that shape how backends connect (today: S3's endpoint override; Azure and Google
+/// Cloud Storage take theirs from the environment, as their own tools do).
 #[derive(Debug, Clone, Default)]
 pub struct StorageOptions {
-    /// Overrides `AWS_ENDPOINT_URL`; implies path-style addressing.
+    /// Overrides `AWS_ENDPOINT_URL` for s3:// locations; implies path-style addressing.
     pub endpoint_url: Option<String>,
 }
 

@@ -37,7 +37,7 @@ const MIN_PART: u64 = 5 << 20;
 const PART_CONCURRENCY: usize = 4;
 /// Writes `chunks` back to back from `offset` of a shared file, on the blocking pool, in
 /// vectored writes: the network's buffers go to the page cache without being gathered first.
-async fn write_chunks_at(
+pub(super) async fn write_chunks_at(
     file: std::sync::Arc<std::fs::File>,
     mut chunks: Vec<Bytes>,
     mut offset: u64,
@@ -290,15 +290,17 @@ impl S3Storage {
                 if text.contains("no credentials found") || text.contains("CredentialsNotLoaded") {
                     StorageError::Credentials {
                         location,
+                        cloud: "AWS",
                         message: "none found in the environment (AWS_ACCESS_KEY_ID...), the shared config \
                                   and credentials files (AWS_PROFILE), web identity, ECS or instance metadata"
                             .into(),
                     }
                 } else if text.contains("credential") {
-                    StorageError::Credentials { location, message: credentials_message(&text) }
+                    StorageError::Credentials { location, cloud: "AWS", message: credentials_message(&text) }
                 } else if failure.is_io() || failure.is_timeout() {
                     StorageError::Unreachable {
                         location,
+                        service: "S3",
                         endpoint: self.endpoint.clone(),
                         message: connector_message(&text),
                     }
@@ -306,9 +308,12 @@ impl S3Storage {
                     StorageError::Service { location, operation, message: first_line(without_debug_dump(&text)) }
                 }
             }
-            SdkError::TimeoutError(_) => {
-                StorageError::Unreachable { location, endpoint: self.endpoint.clone(), message: "timed out".into() }
-            }
+            SdkError::TimeoutError(_) => StorageError::Unreachable {
+                location,
+                service: "S3",
+                endpoint: self.endpoint.clone(),
+                message: "timed out".into(),
+            },
             SdkError::ServiceError(service) => {
                 let status = service.raw().status().as_u16();
                 let code = service.err().code().unwrap_or_default().to_string();
@@ -316,7 +321,9 @@ impl S3Storage {
                 let described =
                     if message.is_empty() { format!("{code} (HTTP {status})") } else { format!("{code}: {message}") };
                 match code.as_str() {
-                    "NoSuchBucket" => StorageError::NoSuchBucket { location, bucket: self.bucket.clone() },
+                    "NoSuchBucket" => {
+                        StorageError::NoSuchBucket { location, what: "bucket", bucket: self.bucket.clone() }
+                    }
                     "NoSuchKey" | "NotFound" => StorageError::NotFound { location },
                     "AccessDenied"
                     | "InvalidAccessKeyId"
@@ -329,7 +336,7 @@ impl S3Storage {
                 }
             }
             _ if text.contains("credential") => {
-                StorageError::Credentials { location, message: credentials_message(&text) }
+                StorageError::Credentials { location, cloud: "AWS", message: credentials_message(&text) }
             }
             _ => StorageError::Service { location, operation, message: first_line(without_debug_dump(&text)) },
         }
