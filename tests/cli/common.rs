@@ -283,3 +283,97 @@ pub fn rows_by_key(dest: &Path) -> BTreeMap<String, BTreeMap<String, String>> {
     let keys = keys_by_shard(&job);
     report(&job).into_iter().map(|row| (keys[&row["shard"]].clone(), row)).collect()
 }
+
+/// The Azure Blob emulator from `scripts/test` (or `scripts/test-azure start`): its tests are
+/// ignored when none was configured at build time (see build.rs); one that runs needs it.
+pub struct Azure {
+    pub container: String,
+}
+
+pub fn azure() -> Azure {
+    match (std::env::var("FANOUT_TEST_AZURE_CONTAINER"), std::env::var("AZURE_STORAGE_CONNECTION_STRING")) {
+        (Ok(container), Ok(_)) => Azure { container },
+        _ => panic!("no Azure test server: FANOUT_TEST_AZURE_CONTAINER is unset (run the tests with scripts/test)"),
+    }
+}
+
+/// The Google Cloud Storage emulator from `scripts/test` (or `scripts/test-gcs start`).
+pub struct Gcs {
+    pub bucket: String,
+}
+
+pub fn gcs() -> Gcs {
+    match (std::env::var("FANOUT_TEST_GCS_BUCKET"), std::env::var("STORAGE_EMULATOR_HOST")) {
+        (Ok(bucket), Ok(_)) => Gcs { bucket },
+        _ => panic!("no GCS test server: FANOUT_TEST_GCS_BUCKET is unset (run the tests with scripts/test)"),
+    }
+}
+
+/// Runs a snippet with Microsoft's azure-storage-blob (an Azure client that is not fanout's),
+/// `container` bound to the test container's client.
+pub fn azure_python(script: &str, args: &[&str]) -> String {
+    let prelude = "import sys, os\nfrom azure.storage.blob import BlobServiceClient\n\
+        service = BlobServiceClient.from_connection_string(os.environ['AZURE_STORAGE_CONNECTION_STRING'])\n\
+        container = service.get_container_client(os.environ['FANOUT_TEST_AZURE_CONTAINER'])\n";
+    let python = std::env::var("FANOUT_TEST_AZURE_PYTHON").expect("FANOUT_TEST_AZURE_PYTHON (scripts/test-azure)");
+    let output = Command::new(python).arg("-c").arg(format!("{prelude}{script}")).args(args).output().expect("python");
+    assert!(output.status.success(), "azure-storage-blob failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Downloads every blob under `prefix` into `dir` with azure-storage-blob; returns the names
+/// below the prefix.
+pub fn azure_download(prefix: &str, dir: &Path) -> Vec<String> {
+    let listed = azure_python(
+        "prefix, root = sys.argv[1], sys.argv[2]\n\
+         for blob in container.list_blobs(name_starts_with=prefix):\n\
+         \x20   rel = blob.name[len(prefix):]\n\
+         \x20   os.makedirs(os.path.dirname(os.path.join(root, rel)), exist_ok=True)\n\
+         \x20   with open(os.path.join(root, rel), 'wb') as f:\n\
+         \x20       container.download_blob(blob.name).readinto(f)\n\
+         \x20   print(rel)\n",
+        &[prefix, dir.to_str().unwrap()],
+    );
+    listed.lines().map(str::to_string).collect()
+}
+
+/// Runs a snippet against the GCS emulator's own JSON API (plain HTTP, not fanout's client
+/// nor the proxy in front of it), with `api` (its base URL) and `bucket` bound.
+pub fn gcs_json(script: &str, args: &[&str]) -> String {
+    let prelude = "import sys, os, json, urllib.request, urllib.parse\n\
+        api = os.environ['FANOUT_TEST_GCS_JSON']\n\
+        bucket = os.environ['FANOUT_TEST_GCS_BUCKET']\n\
+        def names(prefix):\n\
+        \x20   token, found = None, []\n\
+        \x20   while True:\n\
+        \x20       q = {'prefix': prefix, 'maxResults': '500'}\n\
+        \x20       if token: q['pageToken'] = token\n\
+        \x20       page = json.load(urllib.request.urlopen(f'{api}/storage/v1/b/{bucket}/o?' + urllib.parse.urlencode(q)))\n\
+        \x20       found += [o['name'] for o in page.get('items', [])]\n\
+        \x20       token = page.get('nextPageToken')\n\
+        \x20       if not token: return found\n";
+    let output =
+        Command::new("python3").arg("-c").arg(format!("{prelude}{script}")).args(args).output().expect("python3");
+    assert!(output.status.success(), "the GCS JSON API failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Uploads every file below `dir` to `gs://bucket/prefix` through the emulator's JSON API.
+pub fn gcs_upload(dir: &Path, prefix: &str) {
+    gcs_json(
+        "root, prefix = sys.argv[1], sys.argv[2]\n\
+         for base, _, files in os.walk(root):\n\
+         \x20   for f in files:\n\
+         \x20       path = os.path.join(base, f)\n\
+         \x20       name = prefix + os.path.relpath(path, root)\n\
+         \x20       with open(path, 'rb') as body:\n\
+         \x20           request = urllib.request.Request(f'{api}/upload/storage/v1/b/{bucket}/o?' + urllib.parse.urlencode({'uploadType': 'media', 'name': name}), data=body, method='POST', headers={'Content-Length': str(os.path.getsize(path))})\n\
+         \x20           urllib.request.urlopen(request).read()\n",
+        &[dir.to_str().unwrap(), prefix],
+    );
+}
+
+/// The object names under `gs://bucket/prefix`, from the emulator's JSON API.
+pub fn gcs_names(prefix: &str) -> Vec<String> {
+    gcs_json("for name in names(sys.argv[1]): print(name)\n", &[prefix]).lines().map(str::to_string).collect()
+}

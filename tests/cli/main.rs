@@ -4,6 +4,7 @@
 mod common;
 
 mod bad_jobs;
+mod clouds;
 mod dataproc;
 mod examples;
 mod image;

@@ -1,5 +1,7 @@
-//! One conformance suite for the storage trait, passed by the local backend and by the S3
-//! backend against a real S3-compatible server.
+//! One conformance suite for the storage trait, passed by the local backend, by the S3
+//! backend against a real S3-compatible server, and by the Azure Blob and Google Cloud
+//! Storage backend against their emulators (Azurite; fake-gcs-server behind the proxy of
+//! scripts/test-gcs-shim.py for the XML writes it lacks).
 
 use crate::common::*;
 use bytes::Bytes;
@@ -193,5 +195,68 @@ fn s3_errors_are_classified_before_any_work() {
         let error = storage.check(false).await.unwrap_err();
         assert!(matches!(error, StorageError::Unreachable { .. }), "{error}");
         assert!(error.to_string().contains("127.0.0.1:9"), "{error}");
+    });
+}
+
+#[test]
+// Ignored (the runner counts it as skipped) when no Azure test server was configured at
+// build time; scripts/test starts Azurite and runs it.
+#[cfg_attr(not(fanout_azure_server), ignore = "needs the Azure test server: run scripts/test")]
+fn azure_backend_passes_the_conformance_suite() {
+    let azure = azure();
+    let work = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let location = Location::Azure { container: azure.container.clone(), prefix: unique_prefix("conformance") };
+        let storage = storage::open(&location, &StorageOptions::default()).await.unwrap();
+        conformance(storage, work.path()).await;
+    });
+}
+
+#[test]
+// Ignored (the runner counts it as skipped) when no GCS test server was configured at
+// build time; scripts/test starts fake-gcs-server and runs it.
+#[cfg_attr(not(fanout_gcs_server), ignore = "needs the GCS test server: run scripts/test")]
+fn gcs_backend_passes_the_conformance_suite() {
+    let gcs = gcs();
+    let work = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let location = Location::Gcs { bucket: gcs.bucket.clone(), prefix: unique_prefix("conformance") };
+        let storage = storage::open(&location, &StorageOptions::default()).await.unwrap();
+        conformance(storage, work.path()).await;
+    });
+}
+
+#[test]
+#[cfg_attr(not(fanout_azure_server), ignore = "needs the Azure test server: run scripts/test")]
+fn azure_errors_are_classified_before_any_work() {
+    let azure = azure();
+    runtime().block_on(async {
+        let missing = Location::Azure { container: "no-such-container-for-fanout".into(), prefix: String::new() };
+        let storage = storage::open(&missing, &StorageOptions::default()).await.unwrap();
+        let error = storage.check(false).await.unwrap_err();
+        assert!(matches!(error, StorageError::NoSuchBucket { what: "container", .. }), "{error}");
+        assert!(error.to_string().starts_with("az://no-such-container-for-fanout/: the container"), "{error}");
+        // A missing blob of a container that exists is NotFound, not a missing container.
+        let present = Location::Azure { container: azure.container.clone(), prefix: unique_prefix("errors") };
+        let storage = storage::open(&present, &StorageOptions::default()).await.unwrap();
+        storage.check(true).await.unwrap();
+        assert!(storage.get("none").await.unwrap_err().is_not_found());
+    });
+}
+
+#[test]
+#[cfg_attr(not(fanout_gcs_server), ignore = "needs the GCS test server: run scripts/test")]
+fn gcs_errors_are_classified_before_any_work() {
+    let gcs = gcs();
+    runtime().block_on(async {
+        let missing = Location::Gcs { bucket: "no-such-bucket-for-fanout".into(), prefix: String::new() };
+        let storage = storage::open(&missing, &StorageOptions::default()).await.unwrap();
+        let error = storage.check(false).await.unwrap_err();
+        assert!(matches!(error, StorageError::NoSuchBucket { what: "bucket", .. }), "{error}");
+        assert!(error.to_string().starts_with("gs://no-such-bucket-for-fanout/: the bucket"), "{error}");
+        let present = Location::Gcs { bucket: gcs.bucket.clone(), prefix: unique_prefix("errors") };
+        let storage = storage::open(&present, &StorageOptions::default()).await.unwrap();
+        storage.check(true).await.unwrap();
+        assert!(storage.get("none").await.unwrap_err().is_not_found());
     });
 }
