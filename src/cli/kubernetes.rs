@@ -9,7 +9,8 @@ use super::common::{follow_command, open_job, plan_failure};
 use super::exit::{failed, usage, Failure, EXIT_OK};
 use super::running::{open_everything, Launch};
 use crate::events::EventSink;
-use crate::executor::kubernetes::{self, CommitterLease, JobSpec, Shares};
+use crate::executor::kubernetes::{self, JobSpec, Shares};
+use crate::executor::remote::lease::{CommitterLease, Guard};
 use crate::executor::remote::protocol::{self, Order, Request};
 use crate::job::{self, Executor, Job, Origins, Sandbox};
 use crate::launch::{new_document, Opened, StoredFunction, Workers};
@@ -221,8 +222,18 @@ pub(super) async fn follow(args: StatusArgs) -> Result<u8, Failure> {
             document.job_id
         )));
     }
-    let lease = CommitterLease::take(&opened.dest, &document.job_id).await.map_err(usage)?;
-    let followed = Launch {
+    let lease_key = format!("{}{}", kubernetes::shares_prefix(&document.job_id), kubernetes::COMMITTER);
+    let lease = CommitterLease::take(&opened.dest, &lease_key, &document.job_id).await.map_err(usage)?;
+    let lost = lease.lost();
+    if lease.guard() == Guard::Lease && !quiet {
+        eprintln!(
+            "note: {} ignores conditional writes, so the committer's lease cannot stop a second committer started \
+             in the same instant; start one only",
+            opened.dest.root()
+        );
+    }
+    let (dest_url, job_id) = (opened.dest.root().to_string(), document.job_id.clone());
+    let following = Launch {
         job,
         origins: Origins::default(),
         opened,
@@ -232,8 +243,16 @@ pub(super) async fn follow(args: StatusArgs) -> Result<u8, Failure> {
         output: args.output,
         options,
     }
-    .run()
-    .await;
+    .run();
+    // A committer that lost its lease (another took it over, thinking this one gone) stops
+    // at once: what it committed stays, the other finishes the rest.
+    let followed = tokio::select! {
+        followed = following => followed,
+        _ = lost.cancelled() => Err(failed(anyhow!(
+            "{}: another committer took over job {} (this one could not renew its lease in time); it finishes the job",
+            dest_url, job_id
+        ))),
+    };
     lease.release().await;
     followed
 }

@@ -7,7 +7,7 @@
 //! again, and store their answers beside the requests as they go. The committer is
 //! [`Follower`], the executor behind `fanout status DEST --follow`: it hands the
 //! coordinator each attempt the pods answered for, so that publishing, commits and reports
-//! are the coordinator's, as on every engine; a [`CommitterLease`] keeps it one at a time.
+//! are the coordinator's, as on every engine; a lease (`remote::lease`) keeps it one at a time.
 //! Owns the Job's shape, the shares' layout and the reading of answers; it never talks to
 //! a cluster (kubectl does, and the pods read only DEST and the source).
 
@@ -17,31 +17,19 @@ pub use super::remote::{shares_prefix, Shares, SHARES};
 use super::{AttemptDone, Executor, Task};
 use crate::events::{Event, EventSink};
 use crate::storage::DynStorage;
-use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc::UnboundedSender;
-use tokio_util::sync::CancellationToken;
 
 /// Beside the shares' requests: who commits the job now, and when it last said so.
-const COMMITTER: &str = "committer.json";
+pub const COMMITTER: &str = "committer.json";
 /// How often the committer looks for new answers.
 const FOLLOW_EVERY: Duration = Duration::from_secs(1);
-/// A committer that has not renewed its lease for this long is taken to be gone.
-const LEASE_LAPSES: Duration = Duration::from_secs(20);
 /// A worker heard from within this long counts as running.
 const RECENTLY: Duration = Duration::from_secs(10);
-
-#[derive(Debug, thiserror::Error)]
-pub enum KubernetesError {
-    #[error("another `fanout status --follow` ({0}) commits this job; stop it first, or wait {1}s after it died")]
-    Committing(String, u64),
-    #[error("{0}")]
-    Storage(#[from] crate::storage::StorageError),
-}
 
 /// What the printed Job is made of.
 pub struct JobSpec<'a> {
@@ -222,85 +210,6 @@ fn yaml_key(key: &str) -> String {
 /// The shards the pods have answered for successfully so far (committed or not).
 pub async fn answered(dest: &DynStorage, job_id: &str) -> HashSet<u64> {
     remote::succeeded_under(dest, &shares_prefix(job_id)).await.into_iter().map(|(r, _)| r.shard).collect()
-}
-
-/// The right to commit a job's answers, renewed while held: a second `fanout status
-/// --follow` on the same job is refused instead of committing beside the first. S3 gives
-/// no compare-and-swap every server honours, so two committers started in the same
-/// instant could both take it; the lease stops the everyday mistake, not that race.
-pub struct CommitterLease {
-    dest: DynStorage,
-    key: String,
-    stop: CancellationToken,
-}
-
-#[derive(Serialize, Deserialize)]
-struct Committer {
-    who: String,
-    renewed_ms: u64,
-    #[serde(default)]
-    host: String,
-    #[serde(default)]
-    pid: u32,
-}
-
-impl Committer {
-    /// Still committing: renewed lately, and not a process of this host that has ended.
-    fn holds(&self, host: &str) -> bool {
-        let age = Duration::from_millis(unix_ms().saturating_sub(self.renewed_ms));
-        let ended_here = self.host == host && !std::path::Path::new(&format!("/proc/{}", self.pid)).exists();
-        age < LEASE_LAPSES && !ended_here
-    }
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-impl CommitterLease {
-    pub async fn take(dest: &DynStorage, job_id: &str) -> Result<CommitterLease, KubernetesError> {
-        let key = format!("{}{COMMITTER}", shares_prefix(job_id));
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
-        if let Ok(body) = dest.get(&key).await {
-            if let Ok(holder) = serde_json::from_slice::<Committer>(&body) {
-                if holder.holds(&host) {
-                    return Err(KubernetesError::Committing(holder.who, LEASE_LAPSES.as_secs()));
-                }
-            }
-        }
-        let pid = std::process::id();
-        let who = format!("pid {pid} on {host}");
-        let renewal = move || {
-            let holder = Committer { who: who.clone(), renewed_ms: unix_ms(), host: host.clone(), pid };
-            Bytes::from(serde_json::to_vec(&holder).expect("a lease serializes"))
-        };
-        dest.put(&key, renewal()).await?;
-        let stop = CancellationToken::new();
-        let (renewing, stopped, at) = (dest.clone(), stop.clone(), key.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stopped.cancelled() => return,
-                    _ = tokio::time::sleep(LEASE_LAPSES / 4) => {
-                        let _ = renewing.put(&at, renewal()).await;
-                    }
-                }
-            }
-        });
-        Ok(CommitterLease { dest: dest.clone(), key, stop })
-    }
-
-    /// Gives the lease up, so that the next committer need not wait for it to lapse.
-    pub async fn release(self) {
-        self.stop.cancel();
-        let _ = self.dest.delete(&self.key).await;
-    }
-}
-
-impl Drop for CommitterLease {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
 }
 
 #[derive(Default, Serialize)]

@@ -5,6 +5,7 @@
 //! Kubernetes import this and never each other; the worker (`crate::worker`) imports it to
 //! read requests and write answers. It must not know any one engine's API.
 
+pub mod lease;
 pub mod protocol;
 
 use super::{AttemptDone, Task};

@@ -194,6 +194,55 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// Proves the root is usable (reachable, credentials valid, bucket present) before a job
     /// starts, so that a wrong address fails at once with one clear line.
     async fn check(&self, for_writing: bool) -> StorageResult<()>;
+
+    /// The whole object and its [`Version`], or `None` when it does not exist: what a
+    /// conditional write ([`Storage::put_if`]) is then compared against.
+    async fn get_versioned(&self, key: &str) -> StorageResult<Option<(Bytes, Version)>>;
+
+    /// Stores `data` at `key` only when `precondition` holds, the check and the write one
+    /// atomic step in the store: local folders (a hard link, a lock on the file), Azure Blob
+    /// (`If-None-Match`/`If-Match`), Google Cloud Storage (`ifGenerationMatch`) and AWS S3
+    /// (`If-None-Match`/`If-Match`). Some S3-compatible servers (Garage) ignore the condition
+    /// and write anyway: a caller that relies on it asks [`enforces_conditional_writes`] first.
+    async fn put_if(&self, key: &str, data: Bytes, precondition: Precondition) -> StorageResult<Conditional>;
+}
+
+/// An object's version as conditional writes compare it: opaque, only handed back to the
+/// store that gave it (an ETag, a generation, a local file's content digest).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version(pub String);
+
+/// What a conditional write requires of the object already at its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Precondition {
+    /// No object is there.
+    Absent,
+    /// The object is still this version.
+    Current(Version),
+}
+
+/// What a conditional write did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Conditional {
+    /// Written; the new object's version.
+    Written(Version),
+    /// The precondition did not hold: nothing was written.
+    Refused,
+}
+
+/// Whether `storage` really refuses a conditional create of a key that exists: two creates of
+/// `probe_key`, the second expected refused, then the probe removed. Garage answers no.
+pub async fn enforces_conditional_writes(storage: &dyn Storage, probe_key: &str) -> StorageResult<bool> {
+    let nonce = || Bytes::from(format!("{} {:?}", std::process::id(), std::time::SystemTime::now()));
+    storage.delete(probe_key).await?;
+    let first = storage.put_if(probe_key, nonce(), Precondition::Absent).await;
+    let second = match first {
+        Ok(Conditional::Written(_)) => storage.put_if(probe_key, nonce(), Precondition::Absent).await,
+        Ok(Conditional::Refused) => Ok(Conditional::Written(Version(String::new()))),
+        Err(e) => Err(e),
+    };
+    let _ = storage.delete(probe_key).await;
+    Ok(second? == Conditional::Refused)
 }
 
 pub type DynStorage = Arc<dyn Storage>;

@@ -3,7 +3,9 @@
 //! reader never sees half an object; downloads are hard links when the file system
 //! allows (staging costs no copy). Blocking calls run on tokio's blocking pool.
 
-use super::contract::{validate_key, ObjectMeta, Storage, StorageError, StorageResult};
+use super::contract::{
+    validate_key, Conditional, ObjectMeta, Precondition, Storage, StorageError, StorageResult, Version,
+};
 use crate::location::Location;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -77,6 +79,57 @@ pub fn write_atomic(target: &Path, data: &[u8]) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&temp);
     }
     result
+}
+
+/// A local object's version for conditional writes: the digest of its bytes (a rename
+/// replaces the inode, whose number the file system may hand out again).
+fn content_version(data: &[u8]) -> Version {
+    use sha2::{Digest, Sha256};
+    Version(format!("{:x}", Sha256::digest(data)))
+}
+
+/// Creates `target` with `data` unless something is there: the bytes go to a temporary file
+/// that is then hard-linked into place, which fails when the name exists.
+fn create_exclusive(target: &Path, data: &[u8]) -> std::io::Result<bool> {
+    let temp = temp_path_beside(target);
+    write_atomic(&temp, data)?;
+    let linked = std::fs::hard_link(&temp, target);
+    let _ = std::fs::remove_file(&temp);
+    match linked {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Replaces `target` with `data` when its bytes are still `version`. Every conditional
+/// replacement holds an exclusive lock on the file it read, and checks that the name still
+/// leads to that file once the lock is held (a replacement renamed a new one in meanwhile),
+/// so two replacements of one version cannot both succeed.
+fn replace_if_current(target: &Path, data: &[u8], version: &Version) -> std::io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    loop {
+        let mut file = match std::fs::File::open(target) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        file.lock()?;
+        let locked = file.metadata()?;
+        match std::fs::metadata(target) {
+            Ok(named) if named.ino() == locked.ino() && named.dev() == locked.dev() => {}
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        let mut current = Vec::new();
+        file.read_to_end(&mut current)?;
+        if content_version(&current) != *version {
+            return Ok(false);
+        }
+        write_atomic(target, data)?;
+        return Ok(true);
+    }
 }
 
 /// Moves `source` to `target` (creating folders), or copies then renames across devices.
@@ -373,6 +426,33 @@ impl Storage for LocalStorage {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(this.io_error(&path, e)),
+        })
+        .await
+    }
+
+    async fn get_versioned(&self, key: &str) -> StorageResult<Option<(Bytes, Version)>> {
+        match self.get(key).await {
+            Ok(data) => {
+                let version = content_version(&data);
+                Ok(Some((data, version)))
+            }
+            Err(StorageError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn put_if(&self, key: &str, data: Bytes, precondition: Precondition) -> StorageResult<Conditional> {
+        let path = self.path_of(key)?;
+        let this = self.clone();
+        blocking(move || {
+            let written = match &precondition {
+                Precondition::Absent => create_exclusive(&path, &data),
+                Precondition::Current(version) => replace_if_current(&path, &data, version),
+            };
+            match written.map_err(|e| this.io_error(&path, e))? {
+                true => Ok(Conditional::Written(content_version(&data))),
+                false => Ok(Conditional::Refused),
+            }
         })
         .await
     }

@@ -8,7 +8,9 @@
 //! endpoint is overridden and `AWS_REQUEST_CHECKSUM_CALCULATION` is unset, fanout asks for
 //! checksums only when an operation requires them; against AWS itself the default stays.
 
-use super::contract::{ObjectMeta, Storage, StorageError, StorageOptions, StorageResult};
+use super::contract::{
+    Conditional, ObjectMeta, Precondition, Storage, StorageError, StorageOptions, StorageResult, Version,
+};
 use crate::location::Location;
 use async_trait::async_trait;
 use aws_sdk_s3::config::{RequestChecksumCalculation, StalledStreamProtectionConfig};
@@ -889,6 +891,47 @@ impl Storage for S3Storage {
             .await
             .map(|_| ())
             .map_err(|e| self.classify("DeleteObject", key, e))
+    }
+
+    async fn get_versioned(&self, key: &str) -> StorageResult<Option<(Bytes, Version)>> {
+        let full_key = self.full_key(key)?;
+        let object = match self.client.get_object().bucket(&self.bucket).key(&full_key).send().await {
+            Ok(object) => object,
+            Err(e) => {
+                return match self.classify("GetObject", key, e) {
+                    StorageError::NotFound { .. } => Ok(None),
+                    other => Err(other),
+                }
+            }
+        };
+        let version = Version(object.e_tag().unwrap_or_default().to_string());
+        let body = object.body.collect().await.map_err(|e| StorageError::Service {
+            location: self.url(key),
+            operation: "GetObject",
+            message: e.to_string(),
+        })?;
+        Ok(Some((body.into_bytes(), version)))
+    }
+
+    async fn put_if(&self, key: &str, data: Bytes, precondition: Precondition) -> StorageResult<Conditional> {
+        let full_key = self.full_key(key)?;
+        let request = match &precondition {
+            Precondition::Absent => self.put_request(&full_key, data).if_none_match("*"),
+            Precondition::Current(Version(e_tag)) => self.put_request(&full_key, data).if_match(e_tag),
+        };
+        match request.send().await {
+            Ok(written) => Ok(Conditional::Written(Version(written.e_tag().unwrap_or_default().to_string()))),
+            // 412: the condition failed; 409: another conditional write of the key is in
+            // flight (AWS), which one of the two wins.
+            Err(SdkError::ServiceError(e)) if matches!(e.raw().status().as_u16(), 412 | 409) => {
+                Ok(Conditional::Refused)
+            }
+            // If-Match on a key that is gone.
+            Err(e) => match self.classify("PutObject", key, e) {
+                StorageError::NotFound { .. } => Ok(Conditional::Refused),
+                other => Err(other),
+            },
+        }
     }
 
     async fn check(&self, _for_writing: bool) -> StorageResult<()> {

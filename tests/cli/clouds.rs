@@ -187,3 +187,69 @@ fn gcs_problems_are_one_line_errors_before_any_work() {
     refused(&dest, &missing_key, "no usable Google Cloud credentials", "missing key file");
     assert!(gcs_names(&prefix).is_empty(), "nothing was written");
 }
+
+#[test]
+// Ignored (the runner counts it as skipped) when the two emulators were not configured at
+// build time; scripts/test starts both and runs it.
+#[cfg_attr(
+    not(all(fanout_azure_server, fanout_gcs_server)),
+    ignore = "needs the Azure and GCS test servers: run scripts/test"
+)]
+fn a_record_job_splits_a_file_on_azure_with_a_side_file_on_gcs_and_reduces_on_gcs_as_it_does_locally() {
+    let (azure, gcs) = (azure(), gcs());
+    let prefix = unique_prefix("records");
+    let work = tempfile::tempdir().unwrap();
+    let local_dest = work.path().join("local");
+    let local = run_in(
+        &repo(),
+        &["run", "jobs/validate.toml", "--shard", "rows=150", "--output", local_dest.to_str().unwrap(), "--json"],
+    );
+    local.assert_code(0);
+
+    // The same records as one blob on Azure, split by byte ranges; the schema on GCS.
+    azure_upload(&repo().join("examples/data/records/orders.jsonl"), &format!("{prefix}in/orders.jsonl"));
+    let schema_dir = work.path().join("schema");
+    std::fs::create_dir(&schema_dir).unwrap();
+    std::fs::copy(repo().join("examples/data/records/orders.schema.json"), schema_dir.join("orders.schema.json"))
+        .unwrap();
+    gcs_upload(&schema_dir, &format!("{prefix}schema/"));
+    let dest = format!("gs://{}/{prefix}out/", gcs.bucket);
+    let cloud = run_in(
+        &repo(),
+        &[
+            "run",
+            "jobs/validate.toml",
+            "--input",
+            &format!("az://{}/{prefix}in/orders.jsonl", azure.container),
+            "--file",
+            &format!("schema.json=gs://{}/{prefix}schema/orders.schema.json", gcs.bucket),
+            "--shard",
+            "rows=150",
+            "--output",
+            &dest,
+            "--json",
+        ],
+    );
+    cloud.assert_code(0);
+    let (local_summary, cloud_summary): (serde_json::Value, serde_json::Value) =
+        (serde_json::from_str(&local.stdout).unwrap(), serde_json::from_str(&cloud.stdout).unwrap());
+    assert_eq!(cloud_summary["shards"]["ok"], local_summary["shards"]["ok"], "{}", cloud.stdout);
+    assert!(cloud_summary["shards"]["ok"].as_u64().unwrap() >= 7, "{}", cloud.stdout);
+
+    // Every part, rejected file, summary and the reduce's total: byte-identical to local.
+    let back = work.path().join("back");
+    gcs_download(&format!("{prefix}out/"), &back);
+    let (expected, got) = (tree(&local_dest), tree(&back));
+    assert!(expected.contains_key("summary.json") && expected.keys().any(|k| k.starts_with("rejected/")));
+    assert_eq!(expected.keys().collect::<Vec<_>>(), got.keys().collect::<Vec<_>>());
+    for (name, bytes) in &expected {
+        assert!(got[name] == *bytes, "{name} differs from the local run's");
+    }
+    // report and redrive read the manifest on GCS.
+    let report = run_in(&repo(), &["report", &dest, "--csv"]);
+    report.assert_code(0);
+    let ok_rows = report.stdout.lines().filter(|line| line.contains(",ok,") && line.ends_with(",map")).count() as u64;
+    assert_eq!(ok_rows, cloud_summary["shards"]["ok"].as_u64().unwrap(), "{}", report.stdout);
+    let redrive = run_in(&repo(), &["redrive", &dest, "--json"]);
+    redrive.assert_code(0);
+}

@@ -337,6 +337,14 @@ pub fn azure_download(prefix: &str, dir: &Path) -> Vec<String> {
     listed.lines().map(str::to_string).collect()
 }
 
+/// Uploads the local file `path` as the blob `name` with azure-storage-blob.
+pub fn azure_upload(path: &Path, name: &str) {
+    azure_python(
+        "with open(sys.argv[1], 'rb') as body:\n\x20   container.upload_blob(sys.argv[2], body, overwrite=True)\n",
+        &[path.to_str().unwrap(), name],
+    );
+}
+
 /// Runs a snippet against the GCS emulator's own JSON API (plain HTTP, not fanout's client
 /// nor the proxy in front of it), with `api` (its base URL) and `bucket` bound.
 pub fn gcs_json(script: &str, args: &[&str]) -> String {
@@ -371,6 +379,23 @@ pub fn gcs_upload(dir: &Path, prefix: &str) {
          \x20           urllib.request.urlopen(request).read()\n",
         &[dir.to_str().unwrap(), prefix],
     );
+}
+
+/// Downloads every object under `gs://bucket/prefix` into `dir` through the emulator's JSON
+/// API; returns the names below the prefix.
+pub fn gcs_download(prefix: &str, dir: &Path) -> Vec<String> {
+    let listed = gcs_json(
+        "prefix, root = sys.argv[1], sys.argv[2]\n\
+         for name in names(prefix):\n\
+         \x20   rel = name[len(prefix):]\n\
+         \x20   os.makedirs(os.path.dirname(os.path.join(root, rel)), exist_ok=True)\n\
+         \x20   url = f'{api}/storage/v1/b/{bucket}/o/' + urllib.parse.quote(name, safe='') + '?alt=media'\n\
+         \x20   with open(os.path.join(root, rel), 'wb') as f:\n\
+         \x20       f.write(urllib.request.urlopen(url).read())\n\
+         \x20   print(rel)\n",
+        &[prefix, dir.to_str().unwrap()],
+    );
+    listed.lines().map(str::to_string).collect()
 }
 
 /// The object names under `gs://bucket/prefix`, from the emulator's JSON API.

@@ -208,7 +208,7 @@ fn the_job_validates_and_its_pods_run_by_hand_give_the_local_executors_outputs()
     });
     let second = run_in(&repo(), &["status", &dest, "--follow"]);
     second.assert_code(2);
-    assert!(second.stderr.contains("another `fanout status --follow`"), "{}", second.stderr);
+    assert!(second.stderr.contains("another committer (pid "), "{}", second.stderr);
     k8s.run_pods();
     let followed = finish(follower, Duration::from_secs(60));
     followed.assert_code(0);
