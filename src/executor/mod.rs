@@ -10,6 +10,10 @@
 //! `fake`, an engine that plays scripted attempts in virtual time, and `conformance`, the
 //! checks of this contract that every executor passes.
 
+pub mod array;
+pub mod aws_batch;
+pub mod cloud_run;
+pub mod code_engine;
 #[cfg(test)]
 mod conformance;
 #[cfg(test)]
@@ -18,6 +22,7 @@ pub mod kubernetes;
 pub mod lambda;
 pub mod local;
 pub mod remote;
+pub mod rest;
 pub mod slurm;
 
 use crate::runtime::{Invocation, InvocationReport};

@@ -251,6 +251,21 @@ pub(crate) enum Executor {
         #[serde(default)]
         worker: Option<String>,
     },
+    /// Google Cloud Run Jobs: each wave an execution of the job `job` (created with fanout's
+    /// image) in project `project` of `region`, at most `concurrency` tasks per execution.
+    CloudRun { concurrency: usize, project: String, region: String, job: String },
+    /// AWS Batch: each wave an array job in the job queue `queue` of the job definition
+    /// `definition` (fanout's image), at most `concurrency` children per array.
+    AwsBatch {
+        concurrency: usize,
+        queue: String,
+        definition: String,
+        #[serde(default)]
+        region: Option<String>,
+    },
+    /// IBM Cloud Code Engine: each wave a job run of the job `job` (created with fanout's
+    /// image) in project `project` of `region`, at most `concurrency` indices per run.
+    CodeEngine { concurrency: usize, project: String, region: String, job: String },
     /// A Kubernetes Indexed Job (`fanout k8s` prints it; kubectl applies it): at most
     /// `concurrency` pods at once, each running `fanout worker` from `image`, with S3
     /// credentials from the Secret `secret`. `fanout status DEST --follow` commits.

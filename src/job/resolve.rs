@@ -579,7 +579,63 @@ fn resolve_executor(
             };
             Ok(Executor::Kubernetes { concurrency, image: image.value, secret })
         }
-        other => Err(kind.error(format!("\"{other}\" is not an executor (use local, lambda, slurm or kubernetes)"))),
+        "aws-batch" => {
+            refuse_local_paths(addresses, input, output, "AWS Batch's containers")?;
+            let queue = required_setting(
+                table.queue,
+                "queue",
+                whole,
+                "the AWS Batch job queue: set executor.queue or pass --queue NAME".to_string(),
+            )?;
+            let definition = required_setting(
+                table.job,
+                "job",
+                whole,
+                "the AWS Batch job definition with fanout's image: set executor.job or pass --engine-job NAME"
+                    .to_string(),
+            )?;
+            let region = table.region.map(|given| given.value).filter(|region| !region.trim().is_empty());
+            Ok(Executor::AwsBatch { concurrency, queue, definition, region })
+        }
+        engine @ ("code-engine" | "cloud-run") => {
+            let (who, project_hint) = match engine {
+                "code-engine" => ("Code Engine's instances", "the Code Engine project's id"),
+                _ => ("Cloud Run's tasks", "the Google Cloud project"),
+            };
+            refuse_local_paths(addresses, input, output, who)?;
+            let required = |given, field, hint| required_setting(given, field, whole, hint);
+            let project = required(
+                table.project,
+                "project",
+                format!("{project_hint}: set executor.project or pass --project ID"),
+            )?;
+            let region = required(
+                table.region,
+                "region",
+                "the job's region: set executor.region or pass --region REGION".to_string(),
+            )?;
+            let job = required(
+                table.job,
+                "job",
+                format!("the {engine} job created with fanout's image: set executor.job or pass --engine-job NAME"),
+            )?;
+            Ok(match engine {
+                "code-engine" => Executor::CodeEngine { concurrency, project, region, job },
+                _ => Executor::CloudRun { concurrency, project, region, job },
+            })
+        }
+        other => Err(kind.error(format!(
+            "\"{other}\" is not an executor (use local, lambda, slurm, cloud-run, code-engine, aws-batch or kubernetes)"
+        ))),
+    }
+}
+
+/// An engine's setting that must be given and not blank.
+fn required_setting(given: Option<Given<String>>, field: &str, whole: &str, hint: String) -> Result<String, JobError> {
+    match given {
+        Some(given) if given.value.trim().is_empty() => Err(given.error(format!("the {field} is empty"))),
+        Some(given) => Ok(given.value),
+        None => Err(JobError::Missing { whole: whole.to_string(), field: format!("executor.{field}"), hint }),
     }
 }
 

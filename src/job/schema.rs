@@ -436,7 +436,7 @@ job_table! {
     /// `[executor]`: where attempts run: this machine's pool, AWS Lambda, Slurm or Kubernetes.
     #[command(next_help_heading = "Executor ([executor])")]
     struct ExecutorTable in "executor" {
-        /// Where shards run: local (this machine's pool), lambda, slurm or kubernetes (`fanout k8s`).
+        /// Where shards run: local (this machine's pool), lambda, slurm, cloud-run, code-engine, aws-batch or kubernetes (`fanout k8s`).
         #[arg(long = "executor", value_name = "KIND")]
         kind: Option<Given<String>>,
         /// The Lambda function running `fanout lambda worker` (a name or an ARN).
@@ -461,6 +461,20 @@ job_table! {
         /// The Kubernetes Secret whose keys become the pods' environment (S3 credentials).
         #[arg(long, value_name = "NAME")]
         secret: Option<Given<String>>,
+        /// The cloud project the engine runs in (cloud-run: the project; code-engine: the project's id).
+        #[arg(long, value_name = "ID")]
+        project: Option<Given<String>>,
+        /// The cloud region the engine runs in (cloud-run: us-central1...; code-engine: us-south...;
+        /// aws-batch: default the AWS SDK's).
+        #[arg(long, value_name = "REGION")]
+        region: Option<Given<String>>,
+        /// The engine's job whose runs execute the shards, created with fanout's image (cloud-run,
+        /// code-engine; aws-batch: the job definition).
+        #[arg(id = "engine_job", long = "engine-job", value_name = "NAME")]
+        job: Option<Given<String>>,
+        /// The job queue the arrays are submitted to (aws-batch).
+        #[arg(long, value_name = "NAME")]
+        queue: Option<Given<String>>,
     }
 }
 

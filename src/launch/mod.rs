@@ -10,12 +10,16 @@
 pub mod watch;
 
 use crate::events::{Event, EventSink};
+use crate::executor::array::{ArrayApi, ArrayExecutor};
+use crate::executor::aws_batch::{AwsBatchApi, AwsBatchSettings};
+use crate::executor::cloud_run::{CloudRunApi, CloudRunSettings};
+use crate::executor::code_engine::{CodeEngineApi, CodeEngineSettings};
 use crate::executor::kubernetes::Follower;
 use crate::executor::lambda::{Capacity, LambdaExecutor, LambdaFunction, MAX_BATCH};
 use crate::executor::local::Pool;
 use crate::executor::remote::protocol;
 use crate::executor::remote::JobBase;
-use crate::executor::slurm::{self, SlurmExecutor, SlurmSettings};
+use crate::executor::slurm::{self, SlurmApi, SlurmSettings};
 use crate::job::{Executor, Job, Origins};
 use crate::location::Location;
 use crate::manifest::{self, FunctionIdentity, JobDocument, Journal, Manifest, PlanState};
@@ -81,6 +85,8 @@ pub enum Workers {
     Lambda(LambdaFunction, StoredFunction),
     /// Slurm's commands and controller answer; the function in DEST.
     Slurm(StoredFunction),
+    /// A cloud batch engine's API answers for the job; the function in DEST.
+    Array(Box<dyn ArrayApi>, StoredFunction),
     /// Pods of a Kubernetes Job answer, and this process only commits; the function in DEST.
     Kubernetes(StoredFunction),
 }
@@ -149,6 +155,27 @@ pub async fn open(
             slurm::check().await.map_err(|e| refused(format!("executor.kind: {e}")))?;
             warnings.extend(local_paths_on_a_cluster(job));
             Workers::Slurm(store_function(&dest, &load, bytes).await?)
+        }
+        Executor::CodeEngine { project, region, job: engine_job, .. } => {
+            let settings =
+                CodeEngineSettings { project: project.clone(), region: region.clone(), job: engine_job.clone() };
+            let api = CodeEngineApi::new(settings).map_err(|e| refused(format!("executor.kind: {e}")))?;
+            api.check().await.map_err(|e| refused(format!("executor.job: {e}")))?;
+            Workers::Array(Box::new(api), store_function(&dest, &load, bytes).await?)
+        }
+        Executor::AwsBatch { queue, definition, region, .. } => {
+            let settings =
+                AwsBatchSettings { queue: queue.clone(), definition: definition.clone(), region: region.clone() };
+            let api = AwsBatchApi::connect(settings).await;
+            api.check().await.map_err(|e| refused(format!("executor.queue: {e}")))?;
+            Workers::Array(Box::new(api), store_function(&dest, &load, bytes).await?)
+        }
+        Executor::CloudRun { project, region, job: engine_job, .. } => {
+            let settings =
+                CloudRunSettings { project: project.clone(), region: region.clone(), job: engine_job.clone() };
+            let api = CloudRunApi::new(settings).map_err(|e| refused(format!("executor.kind: {e}")))?;
+            api.check().await.map_err(|e| refused(format!("executor.job: {e}")))?;
+            Workers::Array(Box::new(api), store_function(&dest, &load, bytes).await?)
         }
         Executor::Kubernetes { .. } => Workers::Kubernetes(store_function(&dest, &load, bytes).await?),
     };
@@ -317,9 +344,19 @@ pub fn executor_for(
             let base = base(function_key);
             let here = || std::env::current_exe().unwrap_or_else(|_| PathBuf::from("fanout"));
             let worker = worker.as_ref().map_or_else(here, PathBuf::from);
-            let settings = SlurmSettings { concurrency: *concurrency, args: args.clone(), worker };
-            let events = events.clone();
-            Box::new(move |results| Box::new(SlurmExecutor::new(base, settings, results, events)))
+            let api = SlurmApi { settings: SlurmSettings { args: args.clone(), worker } };
+            let (concurrency, events) = (*concurrency, events.clone());
+            Box::new(move |results| Box::new(ArrayExecutor::new(base, Box::new(api), concurrency, results, events)))
+        }
+        (
+            Executor::CodeEngine { concurrency, .. }
+            | Executor::CloudRun { concurrency, .. }
+            | Executor::AwsBatch { concurrency, .. },
+            Workers::Array(api, function_key),
+        ) => {
+            let base = base(function_key);
+            let (concurrency, events) = (*concurrency, events.clone());
+            Box::new(move |results| Box::new(ArrayExecutor::new(base, api, concurrency, results, events)))
         }
         (Executor::Kubernetes { .. }, Workers::Kubernetes(function_key)) => {
             let (base, events) = (base(function_key), events.clone());

@@ -78,11 +78,7 @@ fn a_job_reads_from_gcs_and_writes_to_azure_read_back_by_their_own_clients() {
         assert_eq!(copied.len(), data.len(), "{name}");
         assert_eq!(Sha256::digest(&copied), Sha256::digest(data), "{name} differs from its input");
     }
-    let job = std::fs::read_dir(back.path().join("_fanout"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| !p.ends_with("functions") && !p.ends_with("files"))
-        .expect("a job folder");
+    let job = job_folder(back.path());
     let rows = report(&job);
     assert_eq!(rows.len(), files.len());
     assert!(rows.iter().all(|row| row["status"] == "ok"), "{rows:?}");

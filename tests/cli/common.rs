@@ -171,6 +171,15 @@ pub fn journal(job_dir: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// How many commit records the journal holds for each shard.
+pub fn commits_per_shard(journal: &[serde_json::Value]) -> BTreeMap<u64, usize> {
+    let mut commits = BTreeMap::new();
+    for record in journal {
+        *commits.entry(record["shard"].as_u64().unwrap()).or_default() += 1;
+    }
+    commits
+}
+
 /// Every file below `dir`, relative, sorted, with its bytes; `_fanout/` left out.
 pub fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut files = BTreeMap::new();
@@ -225,17 +234,23 @@ pub fn boto3(script: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// The one job's folder in a DEST read back into `dir` (the functions' and side files'
+/// stores beside it are not jobs).
+pub fn job_folder(dir: &Path) -> PathBuf {
+    std::fs::read_dir(dir.join("_fanout"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| !p.ends_with("functions") && !p.ends_with("files"))
+        .expect("a job folder")
+}
+
 /// A remote executor's DEST read back with boto3: report.csv's rows, the job's folder, and
 /// the copy (the functions' store beside the job, where remote workers fetch the
 /// function, is not a job).
 pub fn s3_report(prefix: &str) -> (Vec<BTreeMap<String, String>>, PathBuf, tempfile::TempDir) {
     let back = tempfile::tempdir().unwrap();
     boto3_download(prefix, back.path());
-    let job = std::fs::read_dir(back.path().join("_fanout"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| !p.ends_with("functions") && !p.ends_with("files"))
-        .expect("a job folder");
+    let job = job_folder(back.path());
     (report(&job), job, back)
 }
 

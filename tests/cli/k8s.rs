@@ -132,14 +132,6 @@ fn read_back(prefix: &str) -> (Vec<BTreeMap<String, String>>, Vec<Value>, tempfi
 }
 
 /// Each shard's commit records: exactly one each is the rule.
-fn commits_per_shard(journal: &[Value]) -> BTreeMap<u64, usize> {
-    let mut commits = BTreeMap::new();
-    for record in journal {
-        *commits.entry(record["shard"].as_u64().unwrap()).or_default() += 1;
-    }
-    commits
-}
-
 #[test]
 #[cfg_attr(not(fanout_k8s_validate), ignore = "needs kubernetes-validate and S3: run scripts/test")]
 fn the_job_validates_and_its_pods_run_by_hand_give_the_local_executors_outputs() {

@@ -6,6 +6,7 @@ mod common;
 mod bad_jobs;
 mod clouds;
 mod dataproc;
+mod engines;
 mod examples;
 mod image;
 mod interrupt;
