@@ -1,9 +1,11 @@
 //! The seam between the coordinator and whatever runs attempts, and the executors
 //! themselves, as siblings: [`local`] (this machine's pool of worker threads), [`lambda`]
-//! (AWS Lambda invocations), [`slurm`] (job arrays of `fanout worker` tasks) and
-//! [`kubernetes`] (the committer that follows an Indexed Job's pods). What the remote ones
-//! share (the request and answer protocol, the files workers leave in DEST) is [`remote`];
-//! no executor imports another. Every executor receives [`Task`]s and sends back one
+//! (AWS Lambda invocations), [`array`] (waves of `fanout worker` tasks as arrays of a batch
+//! engine, whose APIs are siblings too: [`slurm`], [`cloud_run`], [`code_engine`],
+//! [`aws_batch`]) and [`kubernetes`] (the committer that follows an Indexed Job's pods). What
+//! the remote ones share (the request and answer protocol, the files workers leave in DEST)
+//! is [`remote`], the REST engines' one call [`rest`]; no executor imports another, and an
+//! engine's API knows nothing of waves. Every executor receives [`Task`]s and sends back one
 //! [`AttemptDone`] per task; planning, retries, stragglers, publishing and commits stay in
 //! the coordinator (`run`), so a job looks the same whichever executor ran it. Adding an
 //! engine is a sibling file here and one arm in `launch::executor_for`. For tests only:
