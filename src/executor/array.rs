@@ -28,6 +28,9 @@ use tokio::sync::mpsc::UnboundedSender;
 
 /// Attempts handed over within this long of each other share a wave (one array).
 const GATHER: Duration = Duration::from_millis(200);
+/// How often a wave's answers are looked for in DEST (the engine's task states are asked at
+/// the engine's own pace, [`ArrayApi::follow_every`]).
+const ANSWERS_EVERY: Duration = Duration::from_millis(400);
 /// The control plane may be unreachable this long before a wave's attempts are given up on.
 const CONTROLLER_PATIENCE: Duration = Duration::from_secs(120);
 /// Beside a wave's requests: the id of the array that runs them.
@@ -362,10 +365,16 @@ impl Inner {
         let mut controller_lost_since: Option<std::time::Instant> = None;
         // Array tasks that had ended (by the engine) at the previous look without an answer.
         let mut ended_before: HashMap<usize, String> = HashMap::new();
+        let mut states_asked: Option<tokio::time::Instant> = None;
         while wave.owed.iter().any(|owed| !owed.is_empty()) {
-            tokio::time::sleep(self.api.follow_every()).await;
+            tokio::time::sleep(ANSWERS_EVERY.min(self.api.follow_every())).await;
             self.read_answers(&mut wave).await;
             self.cancel_if_abandoned(&mut wave).await;
+            // Answers are read from DEST often; the engine's API is asked at its own pace.
+            if states_asked.is_some_and(|asked| asked.elapsed() < self.api.follow_every()) {
+                continue;
+            }
+            states_asked = Some(tokio::time::Instant::now());
             let states = match self.api.states(&wave.array, wave.owed.len()).await {
                 Ok(states) => {
                     controller_lost_since = None;
