@@ -61,7 +61,7 @@ done
 standin cloud-run
 for run in $(seq 1 "$RUNS"); do
 	timed cloud-run env GCE_METADATA_HOST="127.0.0.1:$PORT" CLOUDSDK_API_ENDPOINT_OVERRIDES_RUN="http://127.0.0.1:$PORT" \
-		HOME=/nonexistent "$FANOUT" run --input "$IN" --function "$WASM" --output "s3://$BUCKET/$RUN_ID/cr-$run/" \
+		"$FANOUT" run --input "$IN" --function "$WASM" --output "s3://$BUCKET/$RUN_ID/cr-$run/" \
 		--quiet --executor cloud-run --project bench --region us-south --engine-job fanout --concurrency "$CONCURRENCY"
 done
 standin aws-batch

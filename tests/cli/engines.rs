@@ -156,7 +156,6 @@ fn cloud_run_takes_its_token_from_the_metadata_server_and_writes_gcs_as_the_loca
         command.current_dir(repo()).args(&args).env_remove("GOOGLE_APPLICATION_CREDENTIALS");
         command.env("GCE_METADATA_HOST", format!("127.0.0.1:{}", engine.port));
         command.env("CLOUDSDK_API_ENDPOINT_OVERRIDES_RUN", format!("{}/", engine.url()));
-        command.env("HOME", "/nonexistent");
         command.output().unwrap().into()
     };
     let local = tempfile::tempdir().unwrap();
