@@ -249,3 +249,63 @@ fn a_record_job_splits_a_file_on_azure_with_a_side_file_on_gcs_and_reduces_on_gc
     let redrive = run_in(&repo(), &["redrive", &dest, "--json"]);
     redrive.assert_code(0);
 }
+
+#[test]
+#[cfg_attr(
+    not(all(fanout_azure_server, fanout_gcs_server)),
+    ignore = "needs the Azure and GCS test servers: run scripts/test"
+)]
+fn watch_once_takes_each_new_or_changed_blob_once_from_azure_to_gcs_and_back() {
+    let (azure, gcs) = (azure(), gcs());
+    let prefix = unique_prefix("watch-clouds");
+    let watch = |input: &str, dest: &str| -> serde_json::Value {
+        let ran = run_in(
+            &repo(),
+            &["watch", "--input", input, "--function", function("copy").to_str().unwrap(), "--output", dest]
+                .iter()
+                .copied()
+                .chain(["--once", "--json"])
+                .collect::<Vec<_>>(),
+        );
+        ran.assert_code(0);
+        serde_json::from_str(&ran.stdout).unwrap_or_else(|e| panic!("{e}: {}", ran.stdout))
+    };
+    let files = tempfile::tempdir().unwrap();
+    let put = |name: &str, text: &str| {
+        let path = files.path().join(name.replace('/', "_"));
+        std::fs::write(&path, text).unwrap();
+        azure_upload(&path, &format!("{prefix}in/{name}"));
+    };
+    let az_in = format!("az://{}/{prefix}in/", azure.container);
+    let gs_out = format!("gs://{}/{prefix}out/", gcs.bucket);
+    for (name, text) in [("a.txt", "one"), ("b.txt", "two"), ("deep/c.txt", "three")] {
+        put(name, text);
+    }
+    // A watch job goes on from run to run: its counts are the job's so far.
+    let counts = |summary: serde_json::Value| (summary["shards"]["total"].clone(), summary["shards"]["ok"].clone());
+    assert_eq!(counts(watch(&az_in, &gs_out)), (3.into(), 3.into()));
+    // Nothing new: no shard. One new blob and one overwritten: a shard each.
+    assert_eq!(counts(watch(&az_in, &gs_out)), (3.into(), 3.into()));
+    put("d.txt", "four");
+    put("a.txt", "one, again");
+    assert_eq!(counts(watch(&az_in, &gs_out)), (5.into(), 5.into()));
+    let back = tempfile::tempdir().unwrap();
+    gcs_download(&format!("{prefix}out/"), back.path());
+    let read = |name: &str| std::fs::read_to_string(back.path().join(name)).unwrap();
+    assert_eq!(
+        (read("a.txt"), read("b.txt"), read("deep/c.txt"), read("d.txt")),
+        ("one, again".to_string(), "two".to_string(), "three".to_string(), "four".to_string())
+    );
+
+    // And the other way: a GCS prefix watched into Azure.
+    gcs_upload(files.path(), &format!("{prefix}gs-in/"));
+    let gs_in = format!("gs://{}/{prefix}gs-in/", gcs.bucket);
+    let az_out = format!("az://{}/{prefix}az-out/", azure.container);
+    assert_eq!(counts(watch(&gs_in, &az_out)), (4.into(), 4.into()));
+    assert_eq!(counts(watch(&gs_in, &az_out)), (4.into(), 4.into()));
+    let back = tempfile::tempdir().unwrap();
+    let names = azure_download(&format!("{prefix}az-out/"), back.path());
+    let outputs: Vec<&String> = names.iter().filter(|name| !name.starts_with("_fanout/")).collect();
+    assert_eq!(outputs.len(), 4, "{names:?}");
+    assert_eq!(std::fs::read_to_string(back.path().join("a.txt")).unwrap(), "one, again");
+}
