@@ -40,6 +40,18 @@ pub struct JobDocument {
     /// True for a `fanout watch` job: its plan grows as objects arrive, segment by segment.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub watch: bool,
+    /// True for a job stored for the user's own tools to start its workers (`fanout run
+    /// --emit`); a Kubernetes job always is.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub emitted: bool,
+}
+
+impl JobDocument {
+    /// Its workers are started by the user's tools and `fanout status --follow` commits what
+    /// they do, rather than a coordinator that starts them (`run`, `redrive`).
+    pub fn is_followed(&self) -> bool {
+        self.emitted || matches!(self.job.executor, crate::job::Executor::Kubernetes { .. })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

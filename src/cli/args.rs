@@ -183,6 +183,11 @@ pub(super) struct RunArgs {
     /// With --resume: the job to continue (default: the latest of this name).
     #[arg(long = "job", value_name = "ID", help_heading = "Run")]
     pub(super) job_id: Option<String>,
+    /// Store the job and print the array that runs it (cloud-run, code-engine, aws-batch: the
+    /// API request and the CLI command) instead of submitting it; `fanout status DEST --follow`
+    /// then commits what its tasks do.
+    #[arg(long, help_heading = "Run", conflicts_with = "resume")]
+    pub(super) emit: bool,
     #[command(flatten)]
     pub(super) control: RunControl,
     #[command(flatten)]

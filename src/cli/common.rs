@@ -2,6 +2,7 @@
 //! line that points at the job file, and printing a command a user can paste back.
 
 use super::exit::{usage, Failure};
+use crate::executor::shell_quote;
 use crate::job::Origins;
 use crate::location::Location;
 use crate::manifest::{self, JobDocument};
@@ -42,14 +43,6 @@ pub(super) fn follow_command(dest: &str, job_id: &str) -> String {
 }
 
 /// `text` as one shell word: as it is when that is safe, else in single quotes.
-fn shell_quote(text: &str) -> String {
-    let safe = |c: char| c.is_ascii_alphanumeric() || "_-./:@%+=,".contains(c);
-    if !text.is_empty() && text.chars().all(safe) {
-        return text.to_string();
-    }
-    format!("'{}'", text.replace('\'', r"'\''"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -74,7 +74,7 @@ async fn read_state(manifest: &Manifest, document: &JobDocument) -> Result<State
 impl StatusArgs {
     pub(super) async fn execute(self) -> Result<u8, Failure> {
         if self.follow {
-            return super::kubernetes::follow(self).await;
+            return super::followed::follow(self).await;
         }
         let (storage, document) =
             open_job(&self.target.dest, self.target.job_id.as_deref(), &self.storage.options()).await?;
@@ -121,13 +121,17 @@ impl StatusArgs {
             let attempts = report::attempts_phrase(record.attempts);
             println!("  failed {:05} after {attempts}: {error} (log: {})", record.shard, log_of(record.shard));
         }
-        let on_kubernetes = matches!(document.job.executor, Executor::Kubernetes { .. });
-        if on_kubernetes && pending > 0 {
+        let followed = document.is_followed();
+        if followed && pending > 0 {
             let committed: HashSet<u64> = state.journal.latest.keys().copied().collect();
             let waiting = kubernetes::answered(&storage, &document.job_id).await.difference(&committed).count();
-            println!("  {waiting} pending shards answered by the Kubernetes Job's pods, not committed yet");
-            println!("  commit what the pods do with: {}", follow_command(&self.target.dest, &document.job_id));
-        } else if !on_kubernetes && failed_count + pending > 0 {
+            let workers = match document.job.executor {
+                Executor::Kubernetes { .. } => "the Kubernetes Job's pods".to_string(),
+                ref engine => format!("the {} array's tasks", engine.kind()),
+            };
+            println!("  {waiting} pending shards answered by {workers}, not committed yet");
+            println!("  commit what they do with: {}", follow_command(&self.target.dest, &document.job_id));
+        } else if !followed && failed_count + pending > 0 {
             println!("  run them again with: {}", redrive_command(&self.target.dest, &document.job_id));
         }
         Ok(EXIT_OK)

@@ -1,14 +1,15 @@
 //! The command line: parsing (clap, `args`), the exit-code contract (`exit`) and the
 //! translation of every error into one clear line. Each subcommand is a struct with an
 //! `execute`, beside the work it does: `running` (run, redrive), `watching` (watch), `inspect` (plan,
-//! status, report), `lambda`, `kubernetes` (k8s, status --follow) and `worker` (the engines' side); `common` holds what they share. This is the only place that
-//! prints errors; the work itself lives in the library modules.
+//! status, report), `lambda`, `followed` (jobs whose workers the user's tools start: k8s, run --emit,
+//! status --follow) and `worker` (the engines' side); `common` holds what they share. This is
+//! the only place that prints errors; the work itself lives in the library modules.
 
 mod args;
 mod common;
 mod exit;
+mod followed;
 mod inspect;
-mod kubernetes;
 mod lambda;
 mod running;
 mod watching;
@@ -35,6 +36,8 @@ pub fn main() -> ExitCode {
     };
     let command = async {
         match cli.command {
+            // Stored for the user's tools to start, not run: `followed`.
+            Command::Run(args) if args.emit => followed::emit(args).await,
             Command::Run(args) => args.execute().await,
             Command::Redrive(args) => args.execute().await,
             Command::Plan(args) => args.execute().await,

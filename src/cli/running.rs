@@ -6,8 +6,8 @@ use super::args::{OutputFlags, RedriveArgs, RunArgs};
 use super::common::{follow_command, open_job, plan_failure, redrive_command};
 use super::exit::{usage, Failure, EXIT_JOB_FAILED, EXIT_OK};
 use crate::events::EventSink;
-use crate::job::{self, Executor, Job, Origins};
-use crate::launch::{self, Opened};
+use crate::job::{self, Job, Origins};
+use crate::launch::{self, Opened, Starter, Workers};
 use crate::manifest::{self, JobDocument, Manifest};
 use crate::report::{self, ProgressMode, Summary};
 use crate::run::RunResult;
@@ -27,8 +27,9 @@ pub(super) async fn open_everything(
     origins: &Origins,
     options: &StorageOptions,
     quiet: bool,
+    starter: Starter,
 ) -> Result<Opened, Failure> {
-    let opened = launch::open(job, origins, options, quiet).await?;
+    let opened = launch::open(job, origins, options, quiet, starter).await?;
     for warning in opened.warnings.iter().filter(|_| !quiet) {
         eprintln!("fanout: warning: {warning}");
     }
@@ -49,7 +50,7 @@ impl RunArgs {
         }
         let grace = grace_of(&self.control.grace)?;
         let options = self.storage.options();
-        let opened = open_everything(&mut job, &origins, &options, quiet).await?;
+        let opened = open_everything(&mut job, &origins, &options, quiet, Starter::Fanout).await?;
         let mut continuing = None;
         if self.resume {
             continuing =
@@ -79,7 +80,7 @@ impl RedriveArgs {
         let (_, document) = open_job(&self.target.dest, self.target.job_id.as_deref(), &options).await?;
         let mut job = document.job.clone();
         launch::refuse_kubernetes(&job)?;
-        let opened = open_everything(&mut job, &Origins::default(), &options, quiet).await?;
+        let opened = open_everything(&mut job, &Origins::default(), &options, quiet, Starter::Fanout).await?;
         if opened.load.sha256 != document.function.sha256 {
             return Err(usage(anyhow!(
                 "{}: {} changed since job {} ran (sha256 {} then, {} now); run it as a new job instead",
@@ -115,6 +116,7 @@ impl Launch {
     pub(super) async fn run(self) -> Result<u8, Failure> {
         let Launch { job, origins, opened, continuing, staging, grace, output, options } = self;
         let quiet = output.quiet || output.json;
+        let followed = matches!(opened.workers, Workers::Elsewhere(_));
         let (events, event_rx) = EventSink::channel();
         let progress_done = CancellationToken::new();
         let progress =
@@ -137,12 +139,13 @@ impl Launch {
         print_outcome(&summary, &manifest, &job, output);
         if result.stats.stopped_early || summary.shards.pending > 0 {
             let (dest, job_id) = (job.output.dest.to_string(), manifest.job_id());
-            match job.executor {
-                Executor::Kubernetes { .. } => eprintln!(
-                    "fanout: stopped following; the Kubernetes Job goes on. To commit what it does, run: {}",
+            match followed {
+                true => eprintln!(
+                    "fanout: stopped following; the {} workers go on. To commit what they do, run: {}",
+                    job.executor.kind(),
                     follow_command(&dest, job_id)
                 ),
-                _ => eprintln!("fanout: to finish this job, run: {}", redrive_command(&dest, job_id)),
+                false => eprintln!("fanout: to finish this job, run: {}", redrive_command(&dest, job_id)),
             }
         }
         Ok(if result.succeeded && reduce_ok { EXIT_OK } else { EXIT_JOB_FAILED })

@@ -10,6 +10,7 @@ use super::running::{grace_of, open_everything, print_outcome};
 use crate::events::EventSink;
 use crate::job;
 use crate::launch::watch::{refuse_one_object, refuse_unwatchable, Reporter, WatchLaunch};
+use crate::launch::Starter;
 use crate::report::{self, ProgressMode};
 use crate::run::RunResult;
 use tokio_util::sync::CancellationToken;
@@ -21,7 +22,7 @@ impl WatchArgs {
         refuse_unwatchable(&job, &origins)?;
         let grace = grace_of(&self.control.grace)?;
         let options = self.storage.options();
-        let opened = open_everything(&mut job, &origins, &options, quiet).await?;
+        let opened = open_everything(&mut job, &origins, &options, quiet, Starter::Fanout).await?;
         refuse_one_object(&opened.source, &job, &origins)?;
         let (events, event_rx) = EventSink::channel();
         let progress_done = CancellationToken::new();

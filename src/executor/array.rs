@@ -48,9 +48,10 @@ pub enum TaskState {
 
 /// One array to submit.
 pub struct Submission<'a> {
-    /// Where the wave's requests are (`DEST/_fanout/<job>/<engine>/<wave>/`), as the tasks
-    /// reach it: each runs `fanout worker REQUESTS`.
-    pub requests: &'a str,
+    /// What each task runs after `fanout`: `worker REQUESTS`, REQUESTS being where the wave's
+    /// requests are (`DEST/_fanout/<job>/<engine>/<wave>/`) as the tasks reach it; for a job
+    /// whose arrays the user submits (`--emit`), `worker DEST --job ID --count N`.
+    pub args: &'a [String],
     /// Tasks in the array (indices 0..count).
     pub count: usize,
     /// Tasks running at once at most.
@@ -58,8 +59,30 @@ pub struct Submission<'a> {
     pub job_id: &'a str,
     /// The memory a task needs: the guest's and the worker's own.
     pub memory_mb: u64,
-    /// The guest's time limit; a task needs a little more.
+    /// The guest's time limit; a task needs a little more ([`task_timeout`]).
     pub timeout: Duration,
+    /// Times the engine may start a failed task: 1 when the coordinator submits (it retries
+    /// what failed in an array of only that), more when nobody else would.
+    pub task_attempts: u32,
+}
+
+/// What the engine is asked for when it submits by itself: the user's tools, from what
+/// `fanout run --emit` prints.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Emission {
+    /// The engine's API call: method, URL and body (the body alone is what the engine's CLI
+    /// takes as a file, where it takes one).
+    pub method: &'static str,
+    pub url: String,
+    pub body: serde_json::Value,
+    /// The same submission with the engine's own command-line tool.
+    pub command: String,
+}
+
+/// How long an array task may run: a share of guests, each within the job's timeout, and
+/// the worker's own start and stores.
+pub fn task_timeout(guest: Duration) -> Duration {
+    Duration::from_secs(guest.as_secs().max(60) * 2 + 600)
 }
 
 /// An engine's control plane, as the array executor uses it.
@@ -327,14 +350,15 @@ impl Inner {
                 return Err((shares.into_iter().flatten().collect(), format!("storing the array's requests: {e}")));
             }
         }
-        let requests = self.base.dest.root().join(prefix).to_string();
+        let args = ["worker".to_string(), self.base.dest.root().join(prefix).to_string()];
         let submission = Submission {
-            requests: &requests,
+            args: &args,
             count: shares.len(),
             concurrency: self.concurrency,
             job_id: &self.base.job_id,
             memory_mb: self.base.job.function.memory_bytes.div_ceil(1 << 20) + WORKER_OVERHEAD_MB,
             timeout: Duration::from_millis(self.base.job.function.timeout_ms),
+            task_attempts: 1,
         };
         let array = match self.api.submit(&submission).await {
             Ok(array) => array,

@@ -6,7 +6,8 @@
 //! array's children says which run and which ended. Owns the SDK calls; credentials,
 //! region and endpoint come from the AWS SDK's usual chain (`AWS_ENDPOINT_URL_BATCH`).
 
-use super::array::{ArrayApi, Submission, TaskState};
+use super::array::{self, ArrayApi, Emission, Submission, TaskState};
+use super::shell_quote;
 use async_trait::async_trait;
 use aws_sdk_batch::types::{ArrayProperties, ContainerOverrides, JobStatus, JobTimeout, KeyValuesPair, RetryStrategy};
 use aws_sdk_batch::Client;
@@ -25,6 +26,38 @@ pub struct AwsBatchSettings {
     pub definition: String,
     /// The region, when not the SDK's default.
     pub region: Option<String>,
+}
+
+/// The array job's name: Batch takes letters, digits, - and _ only, at most 128.
+pub fn job_name(job_id: &str) -> String {
+    let name: String = format!("fanout-{job_id}")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+        .collect();
+    name.chars().take(128).collect()
+}
+
+/// What `--emit` prints: `SubmitJob`'s input, which `aws batch submit-job --cli-input-json`
+/// takes as it is.
+pub fn emission(settings: &AwsBatchSettings, submission: &Submission<'_>) -> Emission {
+    let mut body = serde_json::json!({
+        "jobName": job_name(submission.job_id),
+        "jobQueue": settings.queue,
+        "jobDefinition": settings.definition,
+        "containerOverrides": {"command": submission.args},
+        "retryStrategy": {"attempts": submission.task_attempts},
+        "timeout": {"attemptDurationSeconds": array::task_timeout(submission.timeout).as_secs()},
+    });
+    if submission.count > 1 {
+        body["arrayProperties"] = serde_json::json!({"size": submission.count});
+    }
+    let region = settings.region.as_deref().map(|r| format!(" --region {}", shell_quote(r))).unwrap_or_default();
+    Emission {
+        method: "POST",
+        url: format!("https://batch.{}.amazonaws.com/v1/submitjob", settings.region.as_deref().unwrap_or("REGION")),
+        body,
+        command: format!("aws batch submit-job{region} --cli-input-json file://submit-job.json"),
+    }
 }
 
 /// AWS Batch through the AWS SDK as an [`ArrayApi`].
@@ -120,18 +153,18 @@ impl ArrayApi for AwsBatchApi {
     }
 
     async fn submit(&self, submission: &Submission<'_>) -> Result<String, String> {
-        let command = vec!["worker".to_string(), submission.requests.to_string()];
+        let command = submission.args.to_vec();
         let mut request = self
             .client
             .submit_job()
-            .job_name(format!("fanout-{}", submission.job_id))
+            .job_name(job_name(submission.job_id))
             .job_queue(&self.settings.queue)
             .job_definition(&self.settings.definition)
             .container_overrides(ContainerOverrides::builder().set_command(Some(command)).build())
-            .retry_strategy(RetryStrategy::builder().attempts(1).build())
+            .retry_strategy(RetryStrategy::builder().attempts(submission.task_attempts as i32).build())
             .timeout(
                 JobTimeout::builder()
-                    .attempt_duration_seconds((submission.timeout.as_secs().max(60) * 2 + 600) as i32)
+                    .attempt_duration_seconds(array::task_timeout(submission.timeout).as_secs() as i32)
                     .build(),
             );
         // Batch's arrays have 2 to 10,000 children; one task is a plain job (index 0).

@@ -7,8 +7,8 @@
 //! (`GOOGLE_APPLICATION_CREDENTIALS`, gcloud's application-default file, the metadata
 //! server), through `object_store`'s provider, as the gs:// backend gets its own.
 
-use super::array::{ArrayApi, Submission, TaskState};
-use super::rest;
+use super::array::{self, ArrayApi, Emission, Submission, TaskState};
+use super::{rest, shell_quote};
 use async_trait::async_trait;
 use object_store::gcp::{GcpCredentialProvider, GoogleCloudStorageBuilder};
 use serde_json::{json, Value};
@@ -28,6 +28,45 @@ pub struct CloudRunSettings {
     pub region: String,
     /// The Cloud Run job the executions are of, created with fanout's image.
     pub job: String,
+}
+
+impl CloudRunSettings {
+    fn job_path(&self) -> String {
+        format!("projects/{}/locations/{}/jobs/{}", self.project, self.region, self.job)
+    }
+}
+
+/// The body of `jobs/JOB:run` for `submission`. Cloud Run takes no retries here: a task is
+/// started again up to the job's own `maxRetries` (3 unless it was created otherwise).
+fn run_body(submission: &Submission<'_>) -> Value {
+    json!({
+        "overrides": {
+            "containerOverrides": [{"args": submission.args}],
+            "taskCount": submission.count,
+            "timeout": format!("{}s", array::task_timeout(submission.timeout).as_secs()),
+        }
+    })
+}
+
+/// What `--emit` prints: the execution to start, over REST and with gcloud.
+pub fn emission(settings: &CloudRunSettings, submission: &Submission<'_>) -> Emission {
+    let command = [
+        "gcloud run jobs execute".to_string(),
+        shell_quote(&settings.job),
+        format!("--project {}", shell_quote(&settings.project)),
+        format!("--region {}", shell_quote(&settings.region)),
+        format!("--tasks {}", submission.count),
+        format!("--task-timeout {}s", array::task_timeout(submission.timeout).as_secs()),
+        // gcloud splits --args at commas; its ^SEP^ prefix picks another separator.
+        format!("--args {}", shell_quote(&format!("^|^{}", submission.args.join("|")))),
+    ]
+    .join(" ");
+    Emission {
+        method: "POST",
+        url: format!("https://run.googleapis.com/v2/{}:run", settings.job_path()),
+        body: run_body(submission),
+        command,
+    }
 }
 
 /// The Cloud Run Admin API v2 as an [`ArrayApi`].
@@ -58,7 +97,7 @@ impl CloudRunApi {
     }
 
     fn job_path(&self) -> String {
-        format!("projects/{}/locations/{}/jobs/{}", self.settings.project, self.settings.region, self.settings.job)
+        self.settings.job_path()
     }
 
     /// Before anything is written: a token is had, and the job exists.
@@ -111,15 +150,10 @@ impl ArrayApi for CloudRunApi {
 
     async fn submit(&self, submission: &Submission<'_>) -> Result<String, String> {
         let url = format!("{}/v2/{}:run", self.api, self.job_path());
-        let body = json!({
-            "overrides": {
-                "containerOverrides": [{"args": ["worker", submission.requests]}],
-                "taskCount": submission.count,
-                // A task runs a share of guests, each within the job's timeout.
-                "timeout": format!("{}s", submission.timeout.as_secs().max(60) * 2 + 600),
-            }
-        });
-        let operation = self.call(reqwest::Method::POST, &url, Some(body)).await.map_err(|e| format!("run: {e}"))?;
+        let operation = self
+            .call(reqwest::Method::POST, &url, Some(run_body(submission)))
+            .await
+            .map_err(|e| format!("run: {e}"))?;
         operation["metadata"]["name"]
             .as_str()
             .map(str::to_string)

@@ -7,8 +7,8 @@
 //! indices run, succeeded or failed. Owns the API calls and the IAM token exchange (an API
 //! key for a bearer token, renewed before it expires); nothing of the waves.
 
-use super::array::{ArrayApi, Submission, TaskState};
-use super::rest;
+use super::array::{self, ArrayApi, Emission, Submission, TaskState};
+use super::{rest, shell_quote};
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -29,6 +29,48 @@ pub struct CodeEngineSettings {
     pub region: String,
     /// The job the runs are of, created with fanout's image.
     pub job: String,
+}
+
+/// The body of `POST /projects/{id}/job_runs` for `submission`.
+fn job_run_body(settings: &CodeEngineSettings, submission: &Submission<'_>) -> Value {
+    json!({
+        "job_name": settings.job,
+        "run_arguments": submission.args,
+        "scale_array_spec": format!("0-{}", submission.count - 1),
+        "scale_retry_limit": submission.task_attempts.saturating_sub(1),
+        "scale_max_execution_time": array::task_timeout(submission.timeout).as_secs(),
+        "scale_memory_limit": format!("{}G", memory_gb(submission)),
+        "run_env_variables": [{"type": "literal", "name": "FANOUT_JOB", "value": submission.job_id}],
+    })
+}
+
+/// Code Engine's memory sizes go in steps; whole gigabytes are always accepted.
+fn memory_gb(submission: &Submission<'_>) -> u64 {
+    submission.memory_mb.div_ceil(1024).max(1)
+}
+
+/// What `--emit` prints: the job run to submit, over REST and with the ibmcloud CLI.
+pub fn emission(settings: &CodeEngineSettings, submission: &Submission<'_>) -> Emission {
+    let mut command = vec![
+        "ibmcloud ce jobrun submit".to_string(),
+        format!("--job {}", shell_quote(&settings.job)),
+        format!("--array-indices 0-{}", submission.count - 1),
+        format!("--retrylimit {}", submission.task_attempts.saturating_sub(1)),
+        format!("--maxexecutiontime {}", array::task_timeout(submission.timeout).as_secs()),
+        format!("--memory {}G", memory_gb(submission)),
+        format!("--env FANOUT_JOB={}", shell_quote(submission.job_id)),
+    ];
+    // `=` keeps an argument that starts with -- from reading as the CLI's own flag.
+    command.extend(submission.args.iter().map(|arg| format!("--argument={}", shell_quote(arg))));
+    Emission {
+        method: "POST",
+        url: format!(
+            "https://api.{}.codeengine.cloud.ibm.com/v2/projects/{}/job_runs",
+            settings.region, settings.project
+        ),
+        body: job_run_body(settings, submission),
+        command: command.join(" "),
+    }
 }
 
 /// The API's base URL and the API key, from the environment as IBM's own SDKs read them:
@@ -153,17 +195,7 @@ impl ArrayApi for CodeEngineApi {
 
     async fn submit(&self, submission: &Submission<'_>) -> Result<String, String> {
         let url = format!("{}/projects/{}/job_runs", self.endpoints.api, self.settings.project);
-        // Code Engine's memory sizes go in steps; whole gigabytes are always accepted.
-        let memory_gb = submission.memory_mb.div_ceil(1024).max(1);
-        let body = json!({
-            "job_name": self.settings.job,
-            "run_arguments": ["worker", submission.requests],
-            "scale_array_spec": format!("0-{}", submission.count - 1),
-            "scale_retry_limit": 0,
-            "scale_max_execution_time": submission.timeout.as_secs().max(60) * 2 + 600,
-            "scale_memory_limit": format!("{memory_gb}G"),
-            "run_env_variables": [{"type": "literal", "name": "FANOUT_JOB", "value": submission.job_id}],
-        });
+        let body = job_run_body(&self.settings, submission);
         let run = self.call(reqwest::Method::POST, &url, Some(body)).await.map_err(|e| format!("job_runs: {e}"))?;
         run["name"].as_str().map(str::to_string).ok_or_else(|| "job_runs: the answer names no run".to_string())
     }

@@ -317,7 +317,7 @@ impl Subject for FollowerSubject {
             function_sha256: "0".into(),
         };
         let (events, _) = EventSink::channel();
-        Box::new(Follower::new(base, results, events))
+        Box::new(Follower::new(base, "kubernetes", results, events))
     }
 
     async fn task(&mut self, shard: u64, attempt: u32, role: Role) -> Task {

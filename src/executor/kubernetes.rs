@@ -255,8 +255,14 @@ struct Inner {
 pub struct Follower(Arc<Inner>);
 
 impl Follower {
-    pub fn new(base: JobBase, results: UnboundedSender<AttemptDone>, events: EventSink) -> Follower {
-        let state = State { stats: FollowStats { kind: "kubernetes", ..Default::default() }, ..Default::default() };
+    /// `kind`: the engine whose workers answer, as summaries name it ("kubernetes", "cloud-run"...).
+    pub fn new(
+        base: JobBase,
+        kind: &'static str,
+        results: UnboundedSender<AttemptDone>,
+        events: EventSink,
+    ) -> Follower {
+        let state = State { stats: FollowStats { kind, ..Default::default() }, ..Default::default() };
         Follower(Arc::new(Inner { base, results, events, state: Mutex::new(state) }))
     }
 }
@@ -276,7 +282,7 @@ impl Inner {
         let shares = match read.await {
             Ok(shares) => shares,
             Err(why) => {
-                let message = format!("{key}: {why} (was this job made by `fanout k8s`?)");
+                let message = format!("{key}: {why} (was this job made by `fanout k8s` or `fanout run --emit`?)");
                 let owed: Vec<Task> = self.state().owed.drain().map(|(_, task)| task).collect();
                 for task in owed {
                     let _ = self.results.send(remote::failed(&task, SystemTime::now(), message.clone()));
@@ -352,7 +358,8 @@ impl Inner {
             let given_up = errors.get(&share).filter(|said| said.len() >= shares.pods_per_share as usize);
             let message = if let Some(said) = given_up {
                 format!(
-                    "share {share} failed in {} pods (the Job's backoffLimitPerIndex is used up): {}",
+                    "share {share} failed in {} workers (as many as the engine starts it: a Kubernetes Job's \
+                     backoffLimitPerIndex + 1, the tasks' retries + 1 elsewhere): {}",
                     said.len(),
                     said.last().map(String::as_str).unwrap_or_default()
                 )
@@ -360,10 +367,13 @@ impl Inner {
                 let last = results.keys().filter(|(s, _)| *s == shard).map(|(_, a)| *a).max();
                 match last {
                     Some(last) => {
-                        format!("the pods ran attempts up to {last} of shard {shard:05}, not {}", task.attempt)
+                        format!("the workers ran attempts up to {last} of shard {shard:05}, not {}", task.attempt)
                     }
                     None => {
-                        format!("share {share}'s pods finished without an attempt {} of shard {shard:05}", task.attempt)
+                        format!(
+                            "share {share}'s workers finished without an attempt {} of shard {shard:05}",
+                            task.attempt
+                        )
                     }
                 }
             } else {

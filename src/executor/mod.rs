@@ -36,6 +36,16 @@ use std::time::SystemTime;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// `word` as one word of a POSIX shell: the commands engines run (`sbatch --wrap`) and those
+/// printed for a person to paste.
+pub fn shell_quote(word: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "_-./:@%+=,".contains(c);
+    if !word.is_empty() && word.chars().all(safe) {
+        return word.to_string();
+    }
+    format!("'{}'", word.replace('\'', r"'\''"))
+}
+
 /// One attempt at one shard, ready to run.
 pub struct Task {
     pub shard: Shard,

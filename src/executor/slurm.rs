@@ -5,6 +5,7 @@
 //! waves or the run's state.
 
 use super::array::{ArrayApi, Submission, TaskState};
+use super::shell_quote;
 use async_trait::async_trait;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -67,14 +68,6 @@ fn which(program: &str) -> Option<PathBuf> {
     std::env::split_paths(&path).map(|dir| dir.join(program)).find(|candidate| candidate.is_file())
 }
 
-/// A shell word: quoted unless it is plainly safe.
-fn shell_quote(word: &str) -> String {
-    if !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || "/._-:=@%+,".contains(c)) {
-        return word.to_string();
-    }
-    format!("'{}'", word.replace('\'', r"'\''"))
-}
-
 /// Slurm's commands as an [`ArrayApi`]: `sbatch --array`, `squeue`, `scancel`.
 pub struct SlurmApi {
     pub settings: SlurmSettings,
@@ -124,7 +117,8 @@ impl ArrayApi for SlurmApi {
         ];
         args.extend(self.settings.args.iter().cloned());
         let worker = shell_quote(&self.settings.worker.to_string_lossy());
-        args.push(format!("--wrap=exec {worker} worker {}", shell_quote(submission.requests)));
+        let command: Vec<String> = submission.args.iter().map(|arg| shell_quote(arg)).collect();
+        args.push(format!("--wrap=exec {worker} {}", command.join(" ")));
         match slurm_command("sbatch", &args).await {
             Ok(out) => Ok(out.trim().split(';').next().unwrap_or_default().to_string()),
             Err(e) => Err(format!("sbatch: {e}")),

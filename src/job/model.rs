@@ -277,6 +277,21 @@ pub(crate) enum Executor {
     },
 }
 
+impl Executor {
+    /// Its `executor.kind`, as job files and summaries name it.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Executor::Local => "local",
+            Executor::Lambda { .. } => "lambda",
+            Executor::Slurm { .. } => "slurm",
+            Executor::CloudRun { .. } => "cloud-run",
+            Executor::AwsBatch { .. } => "aws-batch",
+            Executor::CodeEngine { .. } => "code-engine",
+            Executor::Kubernetes { .. } => "kubernetes",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Input {
     pub(crate) source: Location,

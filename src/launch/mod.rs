@@ -87,8 +87,9 @@ pub enum Workers {
     Slurm(StoredFunction),
     /// A cloud batch engine's API answers for the job; the function in DEST.
     Array(Box<dyn ArrayApi>, StoredFunction),
-    /// Pods of a Kubernetes Job answer, and this process only commits; the function in DEST.
-    Kubernetes(StoredFunction),
+    /// Workers the user's own tools start (the pods of a Kubernetes Job, an array submitted
+    /// from what `--emit` printed) answer, and this process only commits; the function in DEST.
+    Elsewhere(StoredFunction),
 }
 
 /// The job's function as remote workers find it under DEST.
@@ -99,14 +100,26 @@ pub struct StoredFunction {
     pub python_compiled: Option<Shipped>,
 }
 
-/// Opens DEST, the source and the function, and proves the job's engine answers, before
-/// anything is written but the function and side files, content-addressed. The side files
-/// are pinned (their digests recorded in `job`). `quiet` silences a function's build output.
+/// Who starts a job's workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Starter {
+    /// This process: its pool, or the engine it submits to (which must answer first).
+    Fanout,
+    /// The user's own tools, from what `fanout k8s` or `--emit` printed: the engine is not
+    /// asked anything, and this process stores the job and commits.
+    User,
+}
+
+/// Opens DEST, the source and the function, and proves the job's engine answers (when
+/// fanout starts the workers), before anything is written but the function and side files,
+/// content-addressed. The side files are pinned (their digests recorded in `job`). `quiet`
+/// silences a function's build output.
 pub async fn open(
     job: &mut Job,
     origins: &Origins,
     options: &StorageOptions,
     quiet: bool,
+    starter: Starter,
 ) -> Result<Opened, LaunchError> {
     let at_dest = origins.prefix("output.dest");
     let dest =
@@ -145,6 +158,8 @@ pub async fn open(
     let mut warnings = Vec::new();
     let workers = match &job.executor {
         Executor::Local => Workers::Here,
+        Executor::Kubernetes { .. } => Workers::Elsewhere(store_function(&dest, &load, bytes).await?),
+        _ if starter == Starter::User => Workers::Elsewhere(store_function(&dest, &load, bytes).await?),
         Executor::Lambda { function, .. } => {
             // Proven a fanout worker before anything is written.
             let lambda = LambdaFunction::connect(function).await;
@@ -177,7 +192,6 @@ pub async fn open(
             api.check().await.map_err(|e| refused(format!("executor.job: {e}")))?;
             Workers::Array(Box::new(api), store_function(&dest, &load, bytes).await?)
         }
-        Executor::Kubernetes { .. } => Workers::Kubernetes(store_function(&dest, &load, bytes).await?),
     };
     Ok(Opened { dest, source, runtime: Arc::new(runtime), load, workers, warnings })
 }
@@ -358,9 +372,9 @@ pub fn executor_for(
             let (concurrency, events) = (*concurrency, events.clone());
             Box::new(move |results| Box::new(ArrayExecutor::new(base, api, concurrency, results, events)))
         }
-        (Executor::Kubernetes { .. }, Workers::Kubernetes(function_key)) => {
-            let (base, events) = (base(function_key), events.clone());
-            Box::new(move |results| Box::new(Follower::new(base, results, events)))
+        (executor, Workers::Elsewhere(function_key)) => {
+            let (base, events, kind) = (base(function_key), events.clone(), executor.kind());
+            Box::new(move |results| Box::new(Follower::new(base, kind, results, events)))
         }
         (Executor::Local, Workers::Here) => {
             let (max, idle, events) = (job.workers.max, job.workers.idle(), events.clone());
@@ -473,6 +487,7 @@ pub fn new_document(job: &Job, load: &LoadReport, watch: bool) -> JobDocument {
         function: FunctionIdentity { sha256: load.sha256.clone(), kind: load.kind },
         plan: PlanState::default(),
         watch,
+        emitted: false,
     }
 }
 

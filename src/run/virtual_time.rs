@@ -132,6 +132,7 @@ impl Bench {
             function: FunctionIdentity { sha256: "0".repeat(64), kind: FunctionKind::Module },
             plan: PlanState::default(),
             watch: false,
+            emitted: false,
         };
         let Location::Local(source) = &self.job.input.source else { unreachable!("a folder") };
         let source = crate::storage::open(&Location::Local(source.clone()), &Default::default()).await.unwrap();

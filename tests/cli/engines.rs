@@ -259,3 +259,175 @@ fn aws_batch_runs_signed_arrays_that_write_azure_as_the_local_executor_does() {
         run(&url("missing/"), &["--executor", "aws-batch", "--queue", "nope", "--engine-job", "fanout-worker:3"]);
     missing.assert_refused("executor.queue");
 }
+
+/// The variables an engine gives task `index` of an array of `count` (attempt `retry` + 1),
+/// as its documentation lists them.
+fn engine_variables(engine: &str, index: usize, count: usize, retry: u32) -> Vec<(String, String)> {
+    let pairs: Vec<(&str, String)> = match engine {
+        "code-engine" => vec![
+            ("CE_JOBRUN", "fanout-jobrun-x7k2p".into()),
+            ("CE_JOB", "fanout".into()),
+            ("JOB_INDEX", index.to_string()),
+            ("JOB_ARRAY_SIZE", count.to_string()),
+            ("JOB_INDEX_RETRY_COUNT", retry.to_string()),
+        ],
+        "cloud-run" => vec![
+            ("CLOUD_RUN_JOB", "fanout".into()),
+            ("CLOUD_RUN_EXECUTION", "fanout-abcde".into()),
+            ("CLOUD_RUN_TASK_INDEX", index.to_string()),
+            ("CLOUD_RUN_TASK_COUNT", count.to_string()),
+            ("CLOUD_RUN_TASK_ATTEMPT", retry.to_string()),
+        ],
+        _ => vec![
+            ("AWS_BATCH_JOB_ID", format!("5c6d0e1f:{index}")),
+            ("AWS_BATCH_JOB_ARRAY_INDEX", index.to_string()),
+            ("AWS_BATCH_JOB_ARRAY_SIZE", count.to_string()),
+            ("AWS_BATCH_JOB_ATTEMPT", (retry + 1).to_string()),
+        ],
+    };
+    pairs.into_iter().map(|(name, value)| (name.to_string(), value)).collect()
+}
+
+/// What each engine's emitted request asks its tasks to run.
+fn emitted_args(engine: &str, body: &Value) -> Vec<String> {
+    let args = match engine {
+        "code-engine" => &body["run_arguments"],
+        "cloud-run" => &body["overrides"]["containerOverrides"][0]["args"],
+        _ => &body["containerOverrides"]["command"],
+    };
+    args.as_array().unwrap().iter().map(|arg| arg.as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+#[cfg_attr(not(fanout_s3_server), ignore = "needs the S3 test server: run scripts/test")]
+fn an_emitted_array_run_by_the_users_tools_is_committed_by_follow_as_a_local_run() {
+    let s3 = s3();
+    let prefix = unique_prefix("emit");
+    boto3_upload(&repo().join("examples/data/images"), &format!("{prefix}raw/"));
+    let url = |path: &str| format!("s3://{}/{prefix}{path}", s3.bucket);
+    let input = url("raw/");
+    let run = |args: &[&str]| -> Ran {
+        let mut command = fanout();
+        command.current_dir(repo()).args(["run", "jobs/thumbnails.toml", "--input", &input]).args(args);
+        // The user submits with their own tools: fanout needs none of the engines' credentials.
+        for name in ["IBMCLOUD_API_KEY", "CODE_ENGINE_APIKEY", "GOOGLE_APPLICATION_CREDENTIALS"] {
+            command.env_remove(name);
+        }
+        command.env("GCE_METADATA_HOST", "127.0.0.1:9").env("AWS_ENDPOINT_URL_BATCH", "http://127.0.0.1:9");
+        command.output().unwrap().into()
+    };
+    let local = url("local/");
+    run(&["--output", &local]).assert_code(0);
+    let (local_rows, _, local_back) = s3_report(&format!("{prefix}local/"));
+
+    let engines: [(&str, &[&str]); 3] = [
+        ("code-engine", &["--project", "9d2e-project", "--region", "us-south", "--engine-job", "fanout"]),
+        ("cloud-run", &["--project", "acme-batch", "--region", "europe-west1", "--engine-job", "fanout"]),
+        ("aws-batch", &["--queue", "fanout-queue", "--engine-job", "fanout-worker:3", "--region", "eu-west-1"]),
+    ];
+    for (engine, settings) in engines {
+        let dest = url(&format!("{engine}/"));
+        let emitted =
+            run(&[&["--output", &dest, "--executor", engine, "--concurrency", "3"], settings, &["--emit"]].concat());
+        emitted.assert_code(0);
+        // stdout: the request's body alone, for curl or the engine's CLI; stderr: how to submit it.
+        let body: Value = serde_json::from_str(&emitted.stdout).unwrap_or_else(|e| panic!("{e}: {}", emitted.stdout));
+        assert!(emitted.stderr.contains("status") && emitted.stderr.contains("--follow"), "{}", emitted.stderr);
+        let json_dest = url(&format!("{engine}-json/"));
+        let whole = run(&[
+            &["--output", &json_dest, "--executor", engine, "--concurrency", "3"],
+            settings,
+            &["--emit", "--json"],
+        ]
+        .concat());
+        let whole: Value = serde_json::from_str(&whole.assert_code(0).stdout).unwrap();
+        let command = whole["command"].as_str().unwrap();
+        let job_id = {
+            let args = emitted_args(engine, &body);
+            assert_eq!(args[..2], ["worker".to_string(), dest.clone()], "{engine}: {body}");
+            assert_eq!(args[2], "--job");
+            assert_eq!(args[4..], ["--count".to_string(), "3".to_string()], "{engine}: {body}");
+            args[3].clone()
+        };
+        match engine {
+            "code-engine" => {
+                assert_eq!(body["job_name"], "fanout");
+                assert_eq!(body["scale_array_spec"], "0-2", "{body}");
+                assert_eq!(body["scale_retry_limit"], 3, "the engine retries: no coordinator submits again");
+                assert!(command.starts_with("ibmcloud ce jobrun submit --job fanout --array-indices 0-2"), "{command}");
+                assert_eq!(
+                    whole["url"],
+                    "https://api.us-south.codeengine.cloud.ibm.com/v2/projects/9d2e-project/job_runs"
+                );
+            }
+            "cloud-run" => {
+                assert_eq!(body["overrides"]["taskCount"], 3, "{body}");
+                assert!(
+                    command.starts_with(
+                        "gcloud run jobs execute fanout --project acme-batch --region europe-west1 --tasks 3"
+                    ),
+                    "{command}"
+                );
+                assert!(command.contains(&format!("--args '^|^worker|{json_dest}|--job|")), "{command}");
+                assert_eq!(
+                    whole["url"],
+                    "https://run.googleapis.com/v2/projects/acme-batch/locations/europe-west1/jobs/fanout:run"
+                );
+            }
+            _ => {
+                assert_eq!(body["arrayProperties"]["size"], 3, "{body}");
+                assert_eq!(body["retryStrategy"]["attempts"], 4, "{body}");
+                assert_eq!(
+                    (body["jobQueue"].as_str(), body["jobDefinition"].as_str()),
+                    (Some("fanout-queue"), Some("fanout-worker:3"))
+                );
+                assert_eq!(command, "aws batch submit-job --region eu-west-1 --cli-input-json file://submit-job.json");
+            }
+        }
+        assert!(serde_json::to_string(&body).unwrap().len() < 2048, "the payload stays tiny: {body}");
+
+        // Before any task ran: stored, nothing done, and `status` says who commits.
+        let status: Ran = fanout().args(["status", &dest, "--job", &job_id]).output().unwrap().into();
+        assert!(status.assert_code(0).stdout.contains("4 pending"), "{}", status.stdout);
+        assert!(status.stdout.contains(&format!("the {engine} array's tasks")), "{}", status.stdout);
+
+        // The engine runs the array: a task per index with its variables. Task 2's first
+        // container is killed at once (a machine lost); the engine starts it again.
+        let args = emitted_args(engine, &body);
+        let worker = |index: usize, retry: u32| {
+            let mut command = fanout();
+            command.args(&args).envs(engine_variables(engine, index, 3, retry)).stdin(Stdio::null());
+            command.stdout(Stdio::null()).stderr(Stdio::piped());
+            command.spawn().unwrap()
+        };
+        let mut lost = worker(2, 0);
+        std::thread::sleep(Duration::from_millis(50));
+        lost.kill().unwrap();
+        lost.wait().unwrap();
+        let tasks: Vec<Child> = vec![worker(0, 0), worker(1, 0), worker(2, 1)];
+        for task in tasks {
+            let done = task.wait_with_output().unwrap();
+            assert!(done.status.success(), "{engine}: {}", String::from_utf8_lossy(&done.stderr));
+        }
+
+        let followed: Ran =
+            fanout().args(["status", &dest, "--job", &job_id, "--follow", "--json"]).output().unwrap().into();
+        followed.assert_code(0);
+        let summary: Value = serde_json::from_str(&followed.stdout).unwrap();
+        assert_eq!(summary["shards"]["ok"], 4, "{summary}");
+        assert_eq!(summary["executor"]["kind"], engine, "{summary}");
+        let (rows, job, back) = s3_report(&format!("{prefix}{engine}/"));
+        assert_eq!(
+            tree(local_back.path()),
+            tree(back.path()),
+            "{engine}: the outputs differ from the local executor's"
+        );
+        assert_eq!(outcomes(&local_rows), outcomes(&rows));
+        assert!(commits_per_shard(&journal(&job)).values().all(|&n| n == 1), "one commit per shard");
+    }
+
+    // Only the engines a user submits to: the others are started by fanout.
+    let refused = run(&["--output", &url("no/"), "--emit"]);
+    refused.assert_code(2);
+    assert!(refused.stderr.contains("--emit") && refused.stderr.contains("local"), "{}", refused.stderr);
+}

@@ -294,7 +294,10 @@ fn a_share_whose_pods_all_fail_fails_its_shards_with_what_the_pods_said() {
     }
     for row in &rows[3..] {
         assert_eq!(row["status"], "failed", "{row:?}");
-        assert!(row["error"].contains("failed in 2 pods") && row["error"].contains("not a fanout request"), "{row:?}");
+        assert!(
+            row["error"].contains("failed in 2 workers") && row["error"].contains("not a fanout request"),
+            "{row:?}"
+        );
     }
     assert!(commits_per_shard(&journal).values().all(|&n| n == 1), "{journal:?}");
 }
