@@ -68,6 +68,6 @@ standin aws-batch
 for run in $(seq 1 "$RUNS"); do
 	timed aws-batch env AWS_ENDPOINT_URL_BATCH="http://127.0.0.1:$PORT" "$FANOUT" run --input "$IN" \
 		--function "$WASM" --output "s3://$BUCKET/$RUN_ID/batch-$run/" --quiet --executor aws-batch \
-		--queue bench-queue --engine-job fanout-worker --concurrency "$CONCURRENCY"
+		--job-queue bench-queue --engine-job fanout-worker --concurrency "$CONCURRENCY"
 done
 report

@@ -31,6 +31,8 @@
 //!   Lambda runtime loop, `fanout worker` for Slurm array tasks and pods).
 //! - [`reduce`]: the step after the map: a tree of reduce invocations, or a concatenation.
 //! - [`report`]: progress, report.csv, summary.json.
+//! - [`serve`]: `fanout serve`, a job's function as an HTTP endpoint: a fresh sandbox per
+//!   request on worker threads that scale with the requests and go when idle.
 //! - [`launch`]: from a resolved job to a running coordinator and its reports, shared by
 //!   `run`, `redrive`, `watch`, `k8s` and `status --follow`.
 //! - [`cli`]: the command line and exit codes; the only place that prints errors.
@@ -53,6 +55,7 @@ pub(crate) mod reduce;
 pub(crate) mod report;
 pub(crate) mod run;
 pub(crate) mod runtime;
+pub(crate) mod serve;
 pub(crate) mod side_files;
 pub(crate) mod source;
 pub(crate) mod stage;

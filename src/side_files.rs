@@ -54,11 +54,7 @@ pub async fn pin(
     options: &StorageOptions,
     dest: &DynStorage,
 ) -> Result<Option<PathBuf>, SideFileError> {
-    for (name, file) in files.iter_mut().filter(|(_, file)| file.sha256.is_empty()) {
-        let bytes = read_source(name, &file.source, options).await?;
-        file.sha256 = format!("{:x}", Sha256::digest(&bytes));
-        keep(&file.sha256, &bytes)?;
-    }
+    read_unpinned(files, options).await?;
     fetch(files, dest).await?;
     for (name, file) in files.iter() {
         store_blob(&file.sha256, dest)
@@ -66,6 +62,25 @@ pub async fn pin(
             .map_err(|e| SideFileError::Store { name: name.clone(), message: e.to_string() })?;
     }
     folder(files)
+}
+
+/// Reads and pins the side files for this machine alone (`fanout serve`): kept in the cache,
+/// stored nowhere else. Returns the folder the invocations see, if there are any.
+pub async fn pin_here(
+    files: &mut BTreeMap<String, SideFile>,
+    options: &StorageOptions,
+) -> Result<Option<PathBuf>, SideFileError> {
+    read_unpinned(files, options).await?;
+    folder(files)
+}
+
+async fn read_unpinned(files: &mut BTreeMap<String, SideFile>, options: &StorageOptions) -> Result<(), SideFileError> {
+    for (name, file) in files.iter_mut().filter(|(_, file)| file.sha256.is_empty()) {
+        let bytes = read_source(name, &file.source, options).await?;
+        file.sha256 = format!("{:x}", Sha256::digest(&bytes));
+        keep(&file.sha256, &bytes)?;
+    }
+    Ok(())
 }
 
 /// Stores a blob of the cache under DEST, streamed, unless it is there already: a pinned side

@@ -36,6 +36,9 @@ pub(super) enum Command {
     /// Store a job's plan and shares in DEST and print a Kubernetes Indexed Job that runs
     /// them (`kubectl apply -f`); `fanout status DEST --follow` then commits what it does.
     K8s(K8sArgs),
+    /// Serve the job's function over HTTP: POST /NAME runs it once on the body and answers
+    /// with what it wrote (a fresh sandbox per request; GET /healthz).
+    Serve(ServeArgs),
     /// Run one share of a job's attempts as a batch engine's task (a Slurm array task, a
     /// Kubernetes pod): read the share's request, store the answer beside it.
     Worker(WorkerArgs),
@@ -58,6 +61,34 @@ pub(super) struct WorkerArgs {
     /// says, where it says).
     #[arg(long, value_name = "N", requires = "job_id")]
     pub(super) count: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct ServeArgs {
+    // The function, its args, env, side files, timeout and memory, and --max-workers and
+    // --idle, as a job gives them; input and output are not needed.
+    #[command(flatten)]
+    pub(super) job: JobArgs,
+    /// Where to listen (default: 0.0.0.0 on $FUNCTIONS_CUSTOMHANDLER_PORT, else $PORT, else 8080).
+    #[arg(long, value_name = "ADDR:PORT", help_heading = "Serve")]
+    pub(super) listen: Option<String>,
+    /// Requests that may wait for a worker; past that, 503 with Retry-After.
+    #[arg(long, value_name = "N", default_value_t = 1000, help_heading = "Serve")]
+    pub(super) queue: usize,
+    /// The largest request body (past it: 413).
+    #[arg(long = "max-body", value_name = "SIZE", default_value = "6MiB", help_heading = "Serve")]
+    pub(super) max_body: String,
+    /// The largest answer: the function's outputs, or its stdout (past it: 500).
+    #[arg(long = "max-output", value_name = "SIZE", default_value = "64MiB", help_heading = "Serve")]
+    pub(super) max_output: String,
+    /// Requests must carry `Authorization: Bearer $VAR` (else 401); /healthz never needs it.
+    #[arg(long = "token-env", value_name = "VAR", help_heading = "Serve")]
+    pub(super) token_env: Option<String>,
+    /// One JSON object per request in the log (stderr).
+    #[arg(long, help_heading = "Serve")]
+    pub(super) json: bool,
+    #[command(flatten)]
+    pub(super) storage: StorageFlags,
 }
 
 #[derive(Args, Debug)]

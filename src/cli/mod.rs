@@ -1,7 +1,7 @@
 //! The command line: parsing (clap, `args`), the exit-code contract (`exit`) and the
 //! translation of every error into one clear line. Each subcommand is a struct with an
 //! `execute`, beside the work it does: `running` (run, redrive), `watching` (watch), `inspect` (plan,
-//! status, report), `lambda`, `followed` (jobs whose workers the user's tools start: k8s, run --emit,
+//! status, report), `serving` (serve), `lambda`, `followed` (jobs whose workers the user's tools start: k8s, run --emit,
 //! status --follow) and `worker` (the engines' side); `common` holds what they share. This is
 //! the only place that prints errors; the work itself lives in the library modules.
 
@@ -12,6 +12,7 @@ mod followed;
 mod inspect;
 mod lambda;
 mod running;
+mod serving;
 mod watching;
 mod worker;
 
@@ -46,6 +47,7 @@ pub fn main() -> ExitCode {
             Command::Watch(args) => args.execute().await,
             Command::Lambda(args) => args.execute().await,
             Command::K8s(args) => args.execute().await,
+            Command::Serve(args) => args.execute().await,
             Command::Worker(args) => args.execute().await,
         }
     };

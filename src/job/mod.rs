@@ -17,7 +17,7 @@ pub(crate) use model::{
     backoff_before, Executor, Function, Include, Job, KafkaInput, KafkaStart, PartitionBounds, RecordFormat,
     ReduceStep, Sandbox, ShardRule, SideFile, Stragglers,
 };
-pub(crate) use resolve::{is_dns_name, resolve, Origins};
+pub(crate) use resolve::{is_dns_name, resolve, resolve_function, Origins};
 pub(crate) use schema::JobArgs;
 
 #[cfg(test)]

@@ -42,22 +42,15 @@ impl Origins {
 /// where its checked-later fields came from.
 pub(crate) fn resolve(args: &JobArgs) -> Result<(Job, Origins), JobError> {
     let file = args.file.as_deref();
-    let text = match file {
-        Some(path) => std::fs::read_to_string(path).map_err(|source| JobError::Read { file: path.into(), source })?,
-        None => String::new(),
-    };
-    let parsed: JobFile = match file {
-        Some(path) => toml::from_str(&text).map_err(|e| syntax_error(path, &text, e))?,
-        None => JobFile::default(),
-    };
+    let text = read_job_file(file)?;
     let text = JobText { file, text: &text };
-    let fields = parsed.overlay(args.flags.clone(), &text);
+    let fields = parsed(&text)?.overlay(args.flags.clone(), &text);
     let mut origins = Origins::default();
     let name = resolve_name(fields.name, &text)?;
     // The executor's check names these fields as the user gave them.
     let addresses = (fields.input.source.clone(), fields.output.dest.clone());
     let input = resolve_input(fields.input, &name, &text, &mut origins)?;
-    let function = resolve_function(fields.function, &args.args, &input, &text, &mut origins)?;
+    let function = resolve_function_table(fields.function, &args.args, &input, &text, &mut origins)?;
     let output = resolve_output(fields.output, &input.source, &text, &mut origins)?;
     let executor = resolve_executor(fields.executor, addresses, &input, &output, &text.whole())?;
     let retry = resolve_retry(fields.retry)?;
@@ -77,7 +70,41 @@ pub(crate) fn resolve(args: &JobArgs) -> Result<(Job, Origins), JobError> {
     Ok((job, origins))
 }
 
-/// A required field, or the error saying where to set it.
+/// The job file's text (empty without one).
+fn read_job_file(file: Option<&std::path::Path>) -> Result<String, JobError> {
+    match file {
+        Some(path) => std::fs::read_to_string(path).map_err(|source| JobError::Read { file: path.into(), source }),
+        None => Ok(String::new()),
+    }
+}
+
+fn parsed(text: &JobText) -> Result<JobFile, JobError> {
+    match text.file {
+        Some(path) => toml::from_str(text.text).map_err(|e| syntax_error(path, text.text, e)),
+        None => Ok(JobFile::default()),
+    }
+}
+
+/// The function of a job file and flags, the job's name and its `[workers]`, for `fanout
+/// serve`: each request is the input and the answer the output, so `input` and `output` may
+/// be left out (and are not opened when given); the function, its arguments, environment,
+/// side files, timeout and memory are the job's.
+pub(crate) fn resolve_function(args: &JobArgs) -> Result<(String, Function, Workers, Origins), JobError> {
+    let file = args.file.as_deref();
+    let text = read_job_file(file)?;
+    let text = JobText { file, text: &text };
+    let mut fields = parsed(&text)?.overlay(args.flags.clone(), &text);
+    let mut origins = Origins::default();
+    let name = resolve_name(fields.name, &text)?;
+    // A request is one file: the shard rule a command's {key} placeholders read.
+    fields.input.source.get_or_insert_with(|| Given::by_default(".".to_string(), "input.source"));
+    fields.input.shard = None;
+    let input = resolve_input(fields.input, &name, &text, &mut Origins::default())?;
+    let function = resolve_function_table(fields.function, &args.args, &input, &text, &mut origins)?;
+    Ok((name, function, resolve_workers(fields.workers)?, origins))
+}
+
+/// A required field, or the error saying where to set it./// A required field, or the error saying where to set it.
 fn required<T>(given: Option<Given<T>>, field: &str, flag: &str, text: &JobText) -> Result<Given<T>, JobError> {
     given.ok_or_else(|| JobError::Missing {
         whole: text.whole(),
@@ -171,7 +198,7 @@ fn resolve_input(table: InputTable, name: &str, text: &JobText, origins: &mut Or
     Ok(Input { source, include, shard, kafka })
 }
 
-fn resolve_function(
+fn resolve_function_table(
     table: FunctionTable,
     extra_args: &[String],
     input: &Input,
@@ -585,7 +612,7 @@ fn resolve_executor(
                 table.queue,
                 "queue",
                 whole,
-                "the AWS Batch job queue: set executor.queue or pass --queue NAME".to_string(),
+                "the AWS Batch job queue: set executor.queue or pass --job-queue NAME".to_string(),
             )?;
             let definition = required_setting(
                 table.job,

@@ -472,8 +472,8 @@ job_table! {
         /// code-engine; aws-batch: the job definition).
         #[arg(id = "engine_job", long = "engine-job", value_name = "NAME")]
         job: Option<Given<String>>,
-        /// The job queue the arrays are submitted to (aws-batch).
-        #[arg(long, value_name = "NAME")]
+        /// The job queue the arrays are submitted to (aws-batch; the AWS CLI's `--job-queue`).
+        #[arg(id = "job_queue", long = "job-queue", value_name = "NAME")]
         queue: Option<Given<String>>,
     }
 }

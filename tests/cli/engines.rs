@@ -225,7 +225,7 @@ fn aws_batch_runs_signed_arrays_that_write_azure_as_the_local_executor_does() {
     };
     let local = tempfile::tempdir().unwrap();
     run(local.path().to_str().unwrap(), &[]).assert_code(0);
-    let on_engine = ["--executor", "aws-batch", "--queue", "fanout-queue", "--engine-job", "fanout-worker:3"];
+    let on_engine = ["--executor", "aws-batch", "--job-queue", "fanout-queue", "--engine-job", "fanout-worker:3"];
     let ran = run(&url("batch/"), &[&on_engine[..], &["--concurrency", "4"]].concat());
     ran.assert_code(0);
     let summary: Value = serde_json::from_str(&ran.stdout).unwrap();
@@ -256,7 +256,7 @@ fn aws_batch_runs_signed_arrays_that_write_azure_as_the_local_executor_does() {
 
     // A queue Batch does not have: one line naming it, exit 2.
     let missing =
-        run(&url("missing/"), &["--executor", "aws-batch", "--queue", "nope", "--engine-job", "fanout-worker:3"]);
+        run(&url("missing/"), &["--executor", "aws-batch", "--job-queue", "nope", "--engine-job", "fanout-worker:3"]);
     missing.assert_refused("executor.queue");
 }
 
@@ -323,7 +323,7 @@ fn an_emitted_array_run_by_the_users_tools_is_committed_by_follow_as_a_local_run
     let engines: [(&str, &[&str]); 3] = [
         ("code-engine", &["--project", "9d2e-project", "--region", "us-south", "--engine-job", "fanout"]),
         ("cloud-run", &["--project", "acme-batch", "--region", "europe-west1", "--engine-job", "fanout"]),
-        ("aws-batch", &["--queue", "fanout-queue", "--engine-job", "fanout-worker:3", "--region", "eu-west-1"]),
+        ("aws-batch", &["--job-queue", "fanout-queue", "--engine-job", "fanout-worker:3", "--region", "eu-west-1"]),
     ];
     for (engine, settings) in engines {
         let dest = url(&format!("{engine}/"));

@@ -23,6 +23,7 @@ mod report;
 mod resume;
 mod s3;
 mod sandbox;
+mod serve;
 mod side_files;
 mod slurm;
 mod storage;
