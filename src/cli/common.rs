@@ -37,6 +37,21 @@ pub(super) fn redrive_command(dest: &str, job_id: &str) -> String {
     format!("fanout redrive {} --job {}", shell_quote(dest), shell_quote(job_id))
 }
 
+/// A job whose workers the user's tools start is finished by its committer, not run again
+/// here: a second coordinator would run its shards twice and race the committer's commits.
+pub(super) fn refuse_followed(document: &JobDocument, dest: &str) -> Result<(), Failure> {
+    if !document.is_followed() {
+        return Ok(());
+    }
+    Err(usage(anyhow::anyhow!(
+        "job {}: its workers are started by your own tools ({}, from what `fanout k8s` or `--emit` printed), \
+         so fanout does not run its shards again; commit what they do with: {}",
+        document.job_id,
+        document.job.executor.kind(),
+        follow_command(dest, &document.job_id)
+    )))
+}
+
 /// The command that commits what a Kubernetes job's pods do, ready to paste into a shell.
 pub(super) fn follow_command(dest: &str, job_id: &str) -> String {
     format!("fanout status {} --job {} --follow", shell_quote(dest), shell_quote(job_id))

@@ -220,12 +220,24 @@ pub(super) async fn emit(run: RunArgs) -> Result<u8, Failure> {
         return Ok(EXIT_OK);
     }
     println!("{}", serde_json::to_string_pretty(&emission.body).expect("a body serializes"));
+    let retries = match &job.executor {
+        // Cloud Run takes a task's retries from the job, not the request.
+        Executor::CloudRun { job, .. } => format!(
+            "the job {job} must allow {} retries (gcloud's default, --max-retries 3) for the committer to know when a task gave up.",
+            EMITTED_TASK_ATTEMPTS - 1
+        ),
+        Executor::AwsBatch { .. } => "save the body above as submit-job.json for that command".to_string(),
+        _ => String::new(),
+    };
     if !quiet {
         eprintln!(
             "fanout: job {}: {} shards in {} shares, stored in {dest}. Submit the array with the body above \
              ({} {}), or with:\n  {}\nthen commit what its tasks do with:\n  {follow}",
             stored.job_id, stored.shards, stored.shares, emission.method, emission.url, emission.command
         );
+        if !retries.is_empty() {
+            eprintln!("fanout: {retries}");
+        }
     }
     Ok(EXIT_OK)
 }

@@ -3,7 +3,7 @@
 //! written), draw progress while it runs, and print the outcome.
 
 use super::args::{OutputFlags, RedriveArgs, RunArgs};
-use super::common::{follow_command, open_job, plan_failure, redrive_command};
+use super::common::{follow_command, open_job, plan_failure, redrive_command, refuse_followed};
 use super::exit::{usage, Failure, EXIT_JOB_FAILED, EXIT_OK};
 use crate::events::EventSink;
 use crate::job::{self, Job, Origins};
@@ -56,7 +56,10 @@ impl RunArgs {
             continuing =
                 manifest::find_job(&opened.dest, self.job_id.as_deref(), Some(&job.name)).await.map_err(usage)?;
             match &continuing {
-                Some(document) => launch::check_compatible(document, &job, &opened.load)?,
+                Some(document) => {
+                    refuse_followed(document, &job.output.dest.to_string())?;
+                    launch::check_compatible(document, &job, &opened.load)?
+                }
                 None if !quiet => {
                     eprintln!(
                         "fanout: no earlier job named \"{}\" in {}: starting a new one",
@@ -78,8 +81,8 @@ impl RedriveArgs {
         let grace = grace_of(&self.control.grace)?;
         let options = self.storage.options();
         let (_, document) = open_job(&self.target.dest, self.target.job_id.as_deref(), &options).await?;
+        refuse_followed(&document, &self.target.dest)?;
         let mut job = document.job.clone();
-        launch::refuse_kubernetes(&job)?;
         let opened = open_everything(&mut job, &Origins::default(), &options, quiet, Starter::Fanout).await?;
         if opened.load.sha256 != document.function.sha256 {
             return Err(usage(anyhow!(

@@ -88,21 +88,23 @@ impl ServeArgs {
             pool.max, self.queue
         );
         let settings = Settings { max_body, token, json_logs: self.json };
-        serve::serve(listener, Workers::new(served, limits), settings, stop_signal()).await;
+        let (stops, counted) = tokio::sync::watch::channel(0u32);
+        tokio::spawn(count_stops(stops));
+        serve::serve(listener, Workers::new(served, limits), settings, counted).await;
         eprintln!("fanout: stopped serving; every request taken was answered");
         drop(staging);
         Ok(EXIT_OK)
     }
 }
 
-/// SIGTERM (what Cloud Run, Knative and Kubernetes send) or Ctrl-C.
-async fn stop_signal() {
-    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(signal) => signal,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+/// Counts SIGTERMs (what Cloud Run, Knative and Kubernetes send) and Ctrl-Cs.
+async fn count_stops(stops: tokio::sync::watch::Sender<u32>) {
+    let Ok(mut terminate) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else { return };
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        stops.send_modify(|count| *count += 1);
     }
 }

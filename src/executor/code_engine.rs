@@ -51,7 +51,9 @@ fn memory_gb(submission: &Submission<'_>) -> u64 {
 
 /// What `--emit` prints: the job run to submit, over REST and with the ibmcloud CLI.
 pub fn emission(settings: &CodeEngineSettings, submission: &Submission<'_>) -> Emission {
+    // `ibmcloud ce` runs in the selected project; select the job's first.
     let mut command = vec![
+        format!("ibmcloud ce project select --id {} &&", shell_quote(&settings.project)),
         "ibmcloud ce jobrun submit".to_string(),
         format!("--job {}", shell_quote(&settings.job)),
         format!("--array-indices 0-{}", submission.count - 1),

@@ -15,15 +15,15 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::json;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-use workers::{Busy, Reply, Workers};
+use tokio::sync::watch;
+use workers::{NotTaken, Reply, Workers};
 
 /// How the server answers, besides its workers' limits.
 #[derive(Debug, Clone)]
@@ -64,20 +64,30 @@ struct Server {
     settings: Settings,
 }
 
-/// Serves until `stop` resolves, then stops taking connections and requests, answers those
-/// in flight and queued, and returns.
-pub async fn serve(listener: TcpListener, workers: Workers, settings: Settings, stop: impl Future<Output = ()>) {
+/// Serves until the first stop (`stops` counts SIGTERMs and Ctrl-Cs), then takes no more
+/// connections or requests and answers those in flight and queued; a second stop ends it
+/// without waiting for them.
+pub async fn serve(listener: TcpListener, workers: Workers, settings: Settings, mut stops: watch::Receiver<u32>) {
     let server = Arc::new(Server { workers: workers.clone(), settings });
     let graceful = GracefulShutdown::new();
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    tokio::pin!(stop);
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // A timer turns on hyper's own limit on reading a request's head (30 s): a client that
+    // never finishes its headers is dropped.
+    builder.http1().timer(TokioTimer::new());
+    builder.http2().timer(TokioTimer::new());
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = &mut stop => break,
+            _ = stops.wait_for(|&n| n >= 1) => break,
         };
-        // A connection that fails to open (reset, out of descriptors) costs only itself.
-        let Ok((stream, _)) = accepted else { continue };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            // Out of descriptors (or a reset before accept): wait a moment rather than spin.
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let server = server.clone();
         let service = hyper::service::service_fn(move |request| {
@@ -92,7 +102,10 @@ pub async fn serve(listener: TcpListener, workers: Workers, settings: Settings, 
     }
     drop(listener);
     workers.stop_taking();
-    graceful.shutdown().await;
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = stops.wait_for(|&n| n >= 2) => eprintln!("fanout: stopped again: not waiting for the requests in flight"),
+    }
 }
 
 /// What a request came to, for its response and its log line.
@@ -146,10 +159,12 @@ impl Server {
         }
         if let Some(token) = &self.settings.token {
             let given = request.headers().get(AUTHORIZATION).and_then(|value| value.to_str().ok());
-            if !given
-                .and_then(|value| value.strip_prefix("Bearer "))
-                .is_some_and(|given| constant_time_eq(given, token))
-            {
+            // The scheme's name is case-insensitive (RFC 9110); the token is not.
+            let presented = given.and_then(|value| {
+                let (scheme, rest) = value.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+            });
+            if !presented.is_some_and(|given| constant_time_eq(given, token)) {
                 return Answer::refused(StatusCode::UNAUTHORIZED, "a bearer token is needed")
                     .with(WWW_AUTHENTICATE, "Bearer");
             }
@@ -182,8 +197,12 @@ impl Server {
                 Ok(reply) => reply,
                 Err(_) => return Answer::json(StatusCode::INTERNAL_SERVER_ERROR, json!({"outcome": "error"}), "error"),
             },
-            Err(Busy) => {
+            Err(NotTaken::Busy) => {
                 return Answer::refused(StatusCode::SERVICE_UNAVAILABLE, "every worker is busy and the queue is full")
+                    .with(RETRY_AFTER, "1")
+            }
+            Err(NotTaken::Stopping) => {
+                return Answer::refused(StatusCode::SERVICE_UNAVAILABLE, "the server is stopping")
                     .with(RETRY_AFTER, "1")
             }
         };
@@ -241,8 +260,10 @@ fn name_of(path: &str) -> Result<String, String> {
         }
     }
     let Ok(name) = String::from_utf8(bytes) else { return refused() };
+    // A leading '-' would read as an option where a command's placeholder is a whole word.
     let plain = name != "."
         && name != ".."
+        && !name.starts_with('-')
         && name.len() <= 255
         && !name.chars().any(|c| c == '/' || c == '\\' || c.is_control());
     if !plain {
@@ -355,8 +376,9 @@ mod azure {
             let value: Value = serde_json::from_slice(body).ok()?;
             let data = value.get("Data")?.as_object()?;
             value.get("Metadata")?;
-            // The first binding: an HTTP trigger's request (its Body), or a message as is.
-            let first = data.values().next();
+            // The trigger's binding: an HTTP request (with its Body), else the first (a message).
+            let first =
+                data.values().find(|v| v.get("Body").is_some() || v.get("Method").is_some()).or(data.values().next());
             let input = match first {
                 Some(Value::Object(request)) => match request.get("Body") {
                     Some(Value::String(text)) => Bytes::from(text.clone()),
@@ -444,7 +466,7 @@ mod tests {
     fn a_name_is_one_plain_segment() {
         assert_eq!(name_of("/photo.jpg").unwrap(), "photo.jpg");
         assert_eq!(name_of("/IMG%201.jpg").unwrap(), "IMG 1.jpg");
-        for bad in ["/", "/a/b", "/..", "/.", "/%2e%2e", "/a%2fb", "/%00", "/%zz", "/a%5Cb"] {
+        for bad in ["/", "/a/b", "/..", "/.", "/%2e%2e", "/a%2fb", "/%00", "/%zz", "/a%5Cb", "/-rf", "/%2Dx"] {
             assert!(name_of(bad).is_err(), "{bad} was taken");
         }
     }

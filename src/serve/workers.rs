@@ -60,9 +60,14 @@ pub struct Reply {
     pub elapsed: Duration,
 }
 
-/// The queue is full: the request was not taken.
-#[derive(Debug)]
-pub struct Busy;
+/// Why a request was not taken.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NotTaken {
+    /// Every worker is busy and the queue is full.
+    Busy,
+    /// The server is stopping.
+    Stopping,
+}
 
 /// What `/healthz` shows.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -114,26 +119,34 @@ impl Workers {
         }))
     }
 
-    /// Queues a request (answered in arrival order) and starts a worker if none is idle and
-    /// fewer than `max_workers` live. Dropping the receiver cancels the guest.
-    pub fn submit(&self, name: String, body: Bytes) -> Result<oneshot::Receiver<Reply>, Busy> {
+    /// Queues a request (answered in arrival order) and starts a worker when the free ones
+    /// (live, not running a request) are fewer than the requests queued and fewer than
+    /// `max_workers` live. Dropping the receiver cancels the guest.
+    pub fn submit(&self, name: String, body: Bytes) -> Result<oneshot::Receiver<Reply>, NotTaken> {
         let (reply, answer) = oneshot::channel();
         let mut state = self.0.state.lock().expect("serve lock");
-        // Waiting for a worker: the queue; a request an idle worker takes at once never waits.
-        let waiting = state.queue.len().saturating_sub(state.idle);
-        if state.stopping || waiting >= self.0.limits.queue {
-            return Err(Busy);
+        if state.stopping {
+            return Err(NotTaken::Stopping);
+        }
+        // Requests a free or a new worker takes at once do not wait; `queue` more may.
+        let takers = self.0.limits.max_workers - state.running;
+        if state.queue.len() >= self.0.limits.queue + takers {
+            return Err(NotTaken::Busy);
         }
         state.queue.push_back(Job { name, body, reply });
-        if state.idle == 0 && state.live < self.0.limits.max_workers {
+        let free = state.live - state.running;
+        if state.queue.len() > free && state.live < self.0.limits.max_workers {
             state.live += 1;
             drop(state);
             let inner = self.0.clone();
-            std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .name("fanout-serve".into())
                 .stack_size(WORKER_STACK)
-                .spawn(move || inner.work())
-                .expect("spawn a worker thread");
+                .spawn(move || inner.work());
+            if let Err(e) = spawned {
+                // Out of threads: this worker never was; its request is answered, not stranded.
+                self.0.lost_worker(&format!("cannot start a worker thread: {e}"));
+            }
         } else {
             drop(state);
             self.0.work_ready.notify_one();
@@ -180,22 +193,39 @@ impl Inner {
 
     fn work(self: Arc<Self>) {
         // Guest file calls run inline on this thread's own runtime (as the local pool's workers do).
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a worker runtime");
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(e) => return self.lost_worker(&format!("cannot start a worker's runtime: {e}")),
+        };
         while let Some(job) = self.next_job() {
             let Job { name, body, mut reply } = job;
             let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 runtime.block_on(self.answer(&name, body, &mut reply))
             }));
-            let answer = answered.unwrap_or_else(|_| Reply {
-                outcome: Outcome::Error("an internal error (a bug in fanout) ended this request".into()),
-                outputs: Ok(Vec::new()),
-                stdout: Bytes::new(),
-                stderr_tail: String::new(),
-                elapsed: Duration::ZERO,
+            let answer = answered.unwrap_or_else(|_| {
+                error_reply("an internal error (a bug in fanout) ended this request".into(), Duration::ZERO)
             });
             let _ = reply.send(answer);
             self.answered.fetch_add(1, Ordering::Relaxed);
             self.state.lock().expect("serve lock").running -= 1;
+        }
+    }
+
+    /// A worker counted live that could not start: uncounted, and if no worker is left to
+    /// take the queue, the oldest request is answered with why.
+    fn lost_worker(&self, why: &str) {
+        let orphan = {
+            let mut state = self.state.lock().expect("serve lock");
+            state.live -= 1;
+            if state.live == 0 {
+                state.queue.pop_front()
+            } else {
+                None
+            }
+        };
+        self.work_ready.notify_one();
+        if let Some(job) = orphan {
+            let _ = job.reply.send(error_reply(why.to_string(), Duration::ZERO));
         }
     }
 
@@ -204,19 +234,14 @@ impl Inner {
         let started = Instant::now();
         let number = self.next_request.fetch_add(1, Ordering::Relaxed);
         let dir = self.served.staging.join(format!("r{number}"));
-        let failed = |message: String| Reply {
-            outcome: Outcome::Error(message),
-            outputs: Ok(Vec::new()),
-            stdout: Bytes::new(),
-            stderr_tail: String::new(),
-            elapsed: started.elapsed(),
-        };
+        // Removed however this request ends (a panic included).
+        let _removed = RemovedOnDrop(dir.clone());
+        let failed = |message: String| error_reply(message, started.elapsed());
         let (in_dir, out_dir) = (dir.join("in"), dir.join("out"));
         let staged = std::fs::create_dir_all(&in_dir)
             .and_then(|_| std::fs::create_dir_all(&out_dir))
             .and_then(|_| std::fs::write(in_dir.join(name), &body));
         if let Err(e) = staged {
-            let _ = std::fs::remove_dir_all(&dir);
             return failed(format!("staging the request: {e}"));
         }
         let served = &self.served;
@@ -289,5 +314,34 @@ impl Inner {
             read.push((file.key, Bytes::from(bytes)));
         }
         Ok(read)
+    }
+}
+
+fn error_reply(message: String, elapsed: Duration) -> Reply {
+    Reply {
+        outcome: Outcome::Error(message),
+        outputs: Ok(Vec::new()),
+        stdout: Bytes::new(),
+        stderr_tail: String::new(),
+        elapsed,
+    }
+}
+
+/// A request's sandbox, removed when dropped. A guest that took its own write permission
+/// away (a native command's `chmod`) is given it back first.
+struct RemovedOnDrop(PathBuf);
+
+impl Drop for RemovedOnDrop {
+    fn drop(&mut self) {
+        if std::fs::remove_dir_all(&self.0).is_ok() || !self.0.exists() {
+            return;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        for entry in walkdir::WalkDir::new(&self.0).follow_links(false).into_iter().flatten() {
+            if entry.file_type().is_dir() {
+                let _ = std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o700));
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }

@@ -354,7 +354,10 @@ fn an_emitted_array_run_by_the_users_tools_is_committed_by_follow_as_a_local_run
                 assert_eq!(body["job_name"], "fanout");
                 assert_eq!(body["scale_array_spec"], "0-2", "{body}");
                 assert_eq!(body["scale_retry_limit"], 3, "the engine retries: no coordinator submits again");
-                assert!(command.starts_with("ibmcloud ce jobrun submit --job fanout --array-indices 0-2"), "{command}");
+                assert!(
+                    command.starts_with("ibmcloud ce project select --id 9d2e-project && ibmcloud ce jobrun submit --job fanout --array-indices 0-2"),
+                    "{command}"
+                );
                 assert_eq!(
                     whole["url"],
                     "https://api.us-south.codeengine.cloud.ibm.com/v2/projects/9d2e-project/job_runs"
@@ -424,6 +427,9 @@ fn an_emitted_array_run_by_the_users_tools_is_committed_by_follow_as_a_local_run
         );
         assert_eq!(outcomes(&local_rows), outcomes(&rows));
         assert!(commits_per_shard(&journal(&job)).values().all(|&n| n == 1), "one commit per shard");
+        // Its committer finishes it: a redrive would run its shards beside the user's array.
+        let redrive: Ran = fanout().args(["redrive", &dest, "--job", &job_id]).output().unwrap().into();
+        redrive.assert_refused("--follow");
     }
 
     // Only the engines a user submits to: the others are started by fanout.

@@ -203,6 +203,8 @@ async fn bad_requests_are_refused_with_their_status() {
     assert_eq!(send(http.post(format!("{url}/a.txt")).bearer_auth("wrong").body("x")).await, 401);
     let with_token = |request: reqwest::RequestBuilder| request.bearer_auth("s3cret");
     assert_eq!(send(with_token(http.post(format!("{url}/a.txt")).body("x"))).await, 200);
+    let lowercase = http.post(format!("{url}/a.txt")).header("authorization", "bearer s3cret").body("x");
+    assert_eq!(send(lowercase).await, 200, "the scheme's name is case-insensitive");
     assert_eq!(send(with_token(http.put(format!("{url}/a.txt")).body("x"))).await, 405);
     assert_eq!(send(with_token(http.get(format!("{url}/a.txt")))).await, 405);
     assert_eq!(send(with_token(http.post(format!("{url}/a.txt")).body(vec![0u8; 1025]))).await, 413);
