@@ -13,7 +13,9 @@ use crate::runtime::Outcome;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use hyper::header::{
+    HeaderValue, ALLOW, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -137,13 +139,20 @@ impl Server {
     async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
         let started = Instant::now();
         let (method, path) = (request.method().clone(), request.uri().path().to_string());
+        let http1 = request.version() < hyper::Version::HTTP_2;
         let answer = self.route(request).await;
         self.log(&method, &path, &answer, started);
+        // A request refused before its body was read leaves the rest of it on the connection:
+        // the client is told not to send another on it (HTTP/1; HTTP/2 streams are apart).
+        let unread = matches!(answer.status.as_u16(), 400 | 401 | 405 | 413);
         let mut response = Response::new(Full::new(answer.body));
         *response.status_mut() = answer.status;
         response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(answer.content_type));
         for (name, value) in answer.headers {
             response.headers_mut().insert(name, value);
+        }
+        if unread && http1 {
+            response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }
